@@ -1,0 +1,56 @@
+"""Where a job's image goes, and writing it so that it appears whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_UNSAFE = re.compile(r"[^\w\-. ]+")
+
+
+def image_path(root: Path, job: dict[str, Any]) -> Path:
+    """``<root>/<batch>/<job-id>.png``, or ``<job-id>-<name>.png`` with an ``output_name``
+    template; the job id keeps names unique and user text never picks the folder."""
+    name = f"{int(job['id']):06d}"
+    template = job.get("output_name") or ""
+    if template:
+        fields = {
+            "seed": job["seed"],
+            "index": job["image_index"],
+            "line": job["line"],
+            "steps": job["steps"],
+            "scheduler": job["scheduler"],
+            "width": job["width"],
+            "height": job["height"],
+        }
+        rendered = template.format(**fields)
+        # Validated at submit; sanitised again so a hand-edited database cannot escape either.
+        rendered = _UNSAFE.sub("_", rendered).strip(". ")[:120]
+        if rendered:
+            name += "-" + rendered
+    return root / str(int(job["batch_id"])) / f"{name}.png"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

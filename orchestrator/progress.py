@@ -1,0 +1,82 @@
+"""Progress of a run: a bar on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from orchestrator.local import JobEvent
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Jobs done of total, images per minute and ETA, fed by worker events."""
+
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        *,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+    ) -> None:
+        self.counts = counts
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.started = time.monotonic()
+        self.made = 0
+        self._bar: Any = None
+        c = counts()
+        self.initial_done = sum(c[s] for s in FINISHED)
+        if self.tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=sum(c.values()),
+                initial=self.initial_done,
+                unit="img",
+                file=self.stream,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}",
+            )
+
+    def rate_per_minute(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return 60.0 * self.made / elapsed if elapsed > 0 else 0.0
+
+    def __call__(self, event: JobEvent) -> None:
+        if event.status == "succeeded":
+            self.made += 1
+        c = self.counts()
+        total = sum(c.values())
+        done = sum(c[s] for s in FINISHED)
+        rate = self.rate_per_minute()
+        eta = (total - done) / rate * 60 if rate > 0 else None
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.n = done
+            self._bar.set_postfix_str(f"{rate:.1f} img/min, {c['failed']} failed", refresh=False)
+            self._bar.refresh()
+        else:
+            line = (
+                f"[{done}/{total}] job {event.job_id} {event.status} in {event.seconds:.2f}s"
+                f" | {rate:.1f} img/min | ETA {format_eta(eta)}"
+            )
+            if event.error:
+                line += f" | {event.error}"
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,73 @@
+"""The numbers users ask for: counts by status, progress per batch, stage timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.models import JobStatus
+from orchestrator.store import JobStore
+
+STAGE_LABELS = (
+    ("queue_wait_s", "queue wait"),
+    ("load_s", "load"),
+    ("text_encode_s", "text encode"),
+    ("denoise_s", "denoise"),
+    ("decode_s", "decode"),
+    ("encode_s", "PNG encode"),
+    ("total_s", "total"),
+)
+
+
+def overview(store: JobStore, batch_id: int | None = None) -> dict[str, Any]:
+    """Counts by status, per-batch progress and mean stage timings (the ``--json`` shape)."""
+    counts = store.counts(batch_id)
+    batches = store.batches()
+    if batch_id is not None:
+        batches = [b for b in batches if b["id"] == batch_id]
+    return {
+        "batch": batch_id,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "timings": store.stage_timings(batch_id),
+        "batches": [
+            {
+                "id": b["id"],
+                "name": b["name"],
+                "created_at": b["created_at"],
+                "jobs": sum(b["counts"].values()),
+                "counts": b["counts"],
+            }
+            for b in batches
+        ],
+    }
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+
+
+def render_text(data: dict[str, Any]) -> str:
+    scope = f"batch {data['batch']}" if data["batch"] is not None else "all batches"
+    lines = [f"Jobs ({scope}):"]
+    for status in JobStatus:
+        lines.append(f"  {status.value:<10} {data['counts'][status.value]:>8}")
+    lines.append(f"  {'total':<10} {data['total']:>8}")
+    t = data["timings"]
+    if t.get("n"):
+        parts = [f"{label} {_seconds(t[key])}" for key, label in STAGE_LABELS]
+        if t.get("peak_mem_mb") is not None:
+            parts.append(f"peak memory {t['peak_mem_mb']:.0f} MB")
+        lines.append(f"Mean timings over {t['n']} succeeded attempts:")
+        lines.append("  " + ", ".join(parts))
+    if data["batches"]:
+        lines.append("Batches:")
+        lines.append(f"  {'id':>4}  {'name':<24} {'done':>13}  {'failed':>6}  {'running':>7}")
+        for b in data["batches"]:
+            c = b["counts"]
+            lines.append(
+                f"  {b['id']:>4}  {b['name'][:24]:<24} {c['succeeded']:>6}/{b['jobs']:<6}"
+                f"  {c['failed']:>6}  {c['running']:>7}"
+            )
+    return "\n".join(lines)

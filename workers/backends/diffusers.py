@@ -1,0 +1,193 @@
+"""The diffusers/PyTorch backend: Stable Diffusion on CPU, CUDA or Apple's MPS.
+
+Noise comes from a CPU ``torch.Generator`` seeded per job, and torch runs with a fixed thread
+count, so the same job gives the same pixels in any process on the same kind of machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workers.backends import GenerationRequest, GenerationResult, JobInterrupted
+from workers.models import is_tiny, local_folder
+from workers.schedulers import build_scheduler
+from workers.tiny import ensure_tiny_model
+
+logger = logging.getLogger(__name__)
+
+# Library chatter (progress bars, optional-dependency notices) would bury the worker's own log.
+for _var, _value in (
+    ("TRANSFORMERS_VERBOSITY", "error"),
+    ("DIFFUSERS_VERBOSITY", "error"),
+    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+):
+    os.environ.setdefault(_var, _value)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded."""
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError("device 'cuda' was asked for but torch sees no CUDA GPU")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise ModelLoadError("device 'mps' was asked for but torch sees no Apple GPU (MPS)")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class DiffusersBackend:
+    """A loaded ``StableDiffusionPipeline``, kept for every job that names its model."""
+
+    name = "diffusers"
+
+    def __init__(self, model: str, *, device: str = "auto", threads: int = 2) -> None:
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        self.model = model
+        self.threads = threads
+        # The thread count changes how reductions are split, and so the pixels: fix it.
+        torch.set_num_threads(threads)
+        self.device = pick_device(device)
+        # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.
+        self._torch_dtype = torch.float32 if self.device == "cpu" else torch.float16
+        self.dtype = "fp32" if self._torch_dtype == torch.float32 else "fp16"
+        source = self._source(model)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source,
+                dtype=self._torch_dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load model {model!r} from {source}: {exc}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        self._scheduler_config = dict(pipe.scheduler.config)
+
+    @staticmethod
+    def _source(model: str) -> str:
+        if is_tiny(model):
+            return str(ensure_tiny_model())
+        folder = local_folder(model)
+        if folder is not None:
+            return str(folder)
+        if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists():
+            raise ModelLoadError(
+                f"model {model!r} is not a diffusers folder (no model_index.json there)"
+            )
+        return model  # a hub id: from_pretrained finds it in the local HF cache or downloads it
+
+    def versions(self) -> dict[str, str]:
+        import diffusers
+        import torch
+        import transformers
+
+        return {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "platform": platform.platform(),
+        }
+
+    def generate(
+        self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
+    ) -> GenerationResult:
+        import torch
+
+        pipe = self.pipe
+        do_cfg = request.guidance_scale > 1.0
+        # 1. A fresh scheduler of the job's kind (schedulers keep per-run state).
+        pipe.scheduler = build_scheduler(request.scheduler, self._scheduler_config)
+
+        with torch.inference_mode():
+            # 2. Text encoding
+            t0 = time.perf_counter()
+            prompt_embeds, negative_embeds = pipe.encode_prompt(
+                request.prompt,
+                self.device,
+                1,
+                do_cfg,
+                request.negative_prompt or None,
+            )
+            self._sync()
+            t1 = time.perf_counter()
+
+            # 3. Denoising, with the pipeline's own loop; the callback times each step and
+            # lets a shutdown or cancel stop between steps.
+            step_ends: list[float] = []
+
+            def on_step_end(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+                self._sync()
+                step_ends.append(time.perf_counter())
+                if should_stop is not None and should_stop():
+                    raise JobInterrupted(f"stopped after step {len(step_ends)}")
+                return kwargs
+
+            latents = pipe(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                height=request.height,
+                width=request.width,
+                generator=torch.Generator("cpu").manual_seed(request.seed),
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+            ).images
+            t2 = time.perf_counter()
+
+            # 4. VAE decode
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[
+                0
+            ]
+            image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+            t3 = time.perf_counter()
+
+        starts = [t1, *step_ends[:-1]]
+        return GenerationResult(
+            image=image,
+            text_encode_s=t1 - t0,
+            denoise_s=t2 - t1,
+            decode_s=t3 - t2,
+            unet_evaluations=len(step_ends) * (2 if do_cfg else 1),
+            step_times=[round(e - s, 6) for s, e in zip(starts, step_ends, strict=True)],
+        )
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        elif self.device == "mps":
+            torch.mps.synchronize()
+
+    def peak_memory_mb(self) -> float:
+        import resource
+        import sys
+
+        import torch
+
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024

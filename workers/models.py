@@ -1,0 +1,43 @@
+"""Where a model named in a manifest comes from, without importing torch."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from workers.tiny import TINY_MODEL_NAME
+
+SD_NATIVE = (512, 512)
+TINY_NATIVE = (64, 64)
+VAE_SCALE = 8
+
+
+def is_tiny(model: str) -> bool:
+    return model == TINY_MODEL_NAME
+
+
+def local_folder(model: str) -> Path | None:
+    """The model's folder when ``model`` names one on this machine."""
+    p = Path(model).expanduser()
+    return p if (p / "model_index.json").is_file() else None
+
+
+@lru_cache(maxsize=64)
+def native_size(model: str) -> tuple[int, int]:
+    """The (width, height) a model was trained at: the size used when a row gives none.
+
+    Read from a local folder's UNet config; a hub id not on disk is taken as Stable Diffusion
+    1.x's 512 px (give width and height in the manifest for other models).
+    """
+    if is_tiny(model):
+        return TINY_NATIVE
+    folder = local_folder(model)
+    if folder is not None:
+        try:
+            config = json.loads((folder / "unet" / "config.json").read_text())
+            side = int(config["sample_size"]) * VAE_SCALE
+            return (side, side)
+        except (OSError, ValueError, KeyError, TypeError):
+            return SD_NATIVE
+    return SD_NATIVE
