@@ -46,7 +46,7 @@ CONTEXT = {
 class State:
     def __init__(self, db: str | None, output: str) -> None:
         self.db = db
-        self.output = Path(output)
+        self.output = Path(output).expanduser().absolute()
         self._store: Any = None
 
     @property
@@ -392,7 +392,7 @@ def generate(
     """Make one image without a manifest (the same path as a one-row manifest)."""
     _configure_logging(ctx.find_root().meta["verbose"])
     if output_path:
-        state.output = Path(output_path)
+        state.output = Path(output_path).expanduser().absolute()
     data = single_job(prompt, _defaults(kw), seed=seed, negative_prompt=negative_prompt)
     m = parse_manifest(data, "--prompt", _defaults(kw))
     _report_submit(_submit(state, m, "generate", kw))

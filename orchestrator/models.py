@@ -16,7 +16,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,10 +70,6 @@ class Batch(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # The claim: the next pending job by priority, then submission order.
-        Index("ix_jobs_claim", "status", text("priority DESC"), "id"),
-        # The same, among jobs for the model a worker already has loaded.
-        Index("ix_jobs_claim_model", "status", "model", text("priority DESC"), "id"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
     )
@@ -109,6 +104,12 @@ class Job(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
     output_path: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# The claim: the next pending job by priority, then submission order...
+Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.id)
+# ...and the same among jobs for the model a worker already has loaded.
+Index("ix_jobs_claim_model", Job.status, Job.model, Job.priority.desc(), Job.id)
 
 
 class Attempt(Base):

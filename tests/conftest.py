@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.database import database_url, open_engine
+from orchestrator.manifest import Defaults, parse_manifest
+from orchestrator.store import JobStore, WorkerIdentity
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One tiny-model cache for the whole session, outside the user's home."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("ORCHESTRATE_CACHE")
+    os.environ["ORCHESTRATE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ORCHESTRATE_CACHE", None)
+    else:
+        os.environ["ORCHESTRATE_CACHE"] = old
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return database_url(str(tmp_path / "jobs.db"))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[JobStore]:
+    engine = open_engine(db_url)
+    yield JobStore(engine)
+    engine.dispose()
+
+
+def fixed_size(_model: str) -> tuple[int, int]:
+    return (64, 64)
+
+
+def manifest_of(text: str, defaults: Defaults | None = None):  # type: ignore[no-untyped-def]
+    return parse_manifest(text, "test.csv", defaults, native_size=fixed_size)
+
+
+def submit_text(store: JobStore, text: str, *, max_attempts: int = 3):  # type: ignore[no-untyped-def]
+    return store.submit(manifest_of(text), name="test", defaults={}, max_attempts=max_attempts)
+
+
+def worker(name: str = "w1") -> WorkerIdentity:
+    return WorkerIdentity(name=name, host="testhost", pid=os.getpid())

@@ -1,0 +1,140 @@
+"""The ``orchestrate`` command end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.conftest import Cli, write
+from workers.metadata import read_png_metadata
+
+pytestmark = pytest.mark.slow
+
+
+def test_example_manifest_end_to_end(cli: Cli, tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.csv"
+    shutil.copy(REPO / "jobs.example.csv", manifest)
+    run = cli("run", "jobs.csv")
+    assert run.stdout.splitlines()[0] == "batch 1: 8 rows, 11 jobs added, 0 duplicates"
+    assert "11/11 succeeded, 0 failed, 0 cancelled" in run.stdout
+    pngs = sorted((tmp_path / "output" / "1").glob("*.png"))
+    assert len(pngs) == 11
+    assert not list((tmp_path / "output").rglob("*.tmp"))
+
+    status = cli.json("status")
+    assert status["counts"]["succeeded"] == 11 and status["total"] == 11
+    assert status["timings"]["n"] == 11
+    for key in ("queue_wait_s", "text_encode_s", "denoise_s", "decode_s", "total_s", "peak_mem_mb"):
+        assert status["timings"][key] > 0, key
+
+    # the timings are columns a user can query in plain SQL
+    with closing(sqlite3.connect(tmp_path / "orchestrate.db")) as db:
+        n, denoise = db.execute(
+            "SELECT count(*), sum(denoise_s) FROM attempts WHERE status = 'succeeded'"
+        ).fetchone()
+    assert n == 11 and denoise > 0
+
+    meta = read_png_metadata((tmp_path / "output" / "1" / "000003.png").read_bytes())
+    assert meta["parameters"].startswith(
+        'a red fox, in the snow, "cinematic" lighting\nNegative prompt: low quality, watermark\n'
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 64x64"
+    )
+
+    # the same manifest again: nothing new, and nothing left to do
+    again = cli("run", "jobs.csv")
+    assert again.stdout.splitlines()[0] == "no new batch: 8 rows, 0 jobs added, 11 duplicates"
+    assert "11/11 succeeded" in again.stdout
+
+
+def test_bad_manifest_is_rejected_whole(cli: Cli, tmp_path: Path) -> None:
+    write(
+        tmp_path / "bad.csv",
+        "prompt,steps,width,scheduler\nfine,20,64,dpmpp_2m\n,0,65,dpmpp_2m\nok,20,64,plms\n",
+    )
+    proc = cli("submit", "bad.csv", check=2)
+    assert proc.stderr.splitlines() == [
+        "error: bad.csv:3: column 'prompt': must not be empty (got '')",
+        "error: bad.csv:3: column 'steps': must be between 1 and 500 (got '0')",
+        "error: bad.csv:3: column 'width': must be a multiple of 8 (Stable Diffusion's VAE scale) (got '65')",
+        "error: bad.csv:4: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim (got 'plms')",
+        "4 errors in the manifest; nothing was submitted",
+    ]
+    assert "Traceback" not in proc.stderr
+    assert cli.json("status")["total"] == 0
+
+
+def test_submit_then_work_then_inspect_jobs(cli: Cli, tmp_path: Path) -> None:
+    write(
+        tmp_path / "j.csv", "prompt,seed,steps,num_images,priority\na cat,1,2,3,0\nurgent,9,2,1,5\n"
+    )
+    out = cli("submit", "j.csv", "--json")
+    assert out.stdout.strip() == '{"batch_id": 1, "rows": 2, "added": 4, "duplicates": 0}'
+    assert cli("jobs", "cancel", "2").stdout.strip() == "1 jobs cancelled"
+    cli("work", "--local", "--burst")
+    listing = cli("jobs", "list").stdout.splitlines()
+    assert listing[0].split() == [
+        "id",
+        "batch",
+        "status",
+        "try",
+        "seed",
+        "steps",
+        "scheduler",
+        "prompt",
+    ]
+    assert [line.split()[2] for line in listing[1:]] == [
+        "succeeded",
+        "cancelled",
+        "succeeded",
+        "succeeded",
+    ]
+    shown = cli("jobs", "show", "4").stdout
+    assert "attempt 1: succeeded on" in shown and "denoise" in shown
+    assert cli("jobs", "retry", "2").stdout.strip() == "1 jobs back in the queue"
+    assert cli("run").returncode == 0
+    assert cli.json("status")["counts"]["succeeded"] == 4
+    missing = cli("jobs", "show", "99", check=2)
+    assert missing.stderr.strip() == "error: no job with id 99"
+
+
+def test_generate_one_image_and_env_configuration(cli: Cli, tmp_path: Path) -> None:
+    cli.env["ORCHESTRATE_DB"] = str(tmp_path / "elsewhere.db")
+    proc = cli(
+        "generate",
+        "--prompt",
+        "a lighthouse",
+        "--scheduler",
+        "dpmpp_2m",
+        "--steps",
+        "5",
+        "--seed",
+        "7667",
+        "--output-path",
+        "imgs",
+    )
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path == tmp_path / "imgs" / "1" / "000001.png"
+    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "orchestrate.db").exists()
+    params = read_png_metadata(path.read_bytes())["parameters"]
+    assert params.startswith(
+        "a lighthouse\nSteps: 5, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 7667"
+    )
+
+
+def test_help_names_environment_variables(cli: Cli) -> None:
+    top = cli("--help").stdout
+    assert "ORCHESTRATE_DB" in top and "ORCHESTRATE_OUTPUT" in top
+    work = cli("work", "--help").stdout
+    assert "ORCHESTRATE_WORK_LEASE" in work and "ORCHESTRATE_WORK_THREADS" in work
+
+
+def test_unsupported_database_url_is_a_clear_error(cli: Cli) -> None:
+    proc = cli("--db", "postgresql://x/y", "status", check=2)
+    assert proc.stderr.strip() == (
+        "error: only SQLite databases are supported, got 'postgresql' in 'postgresql://x/y'"
+    )

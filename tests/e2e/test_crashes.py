@@ -1,0 +1,106 @@
+"""Workers killed at the worst moment: every job still finishes exactly once."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cli, write
+
+pytestmark = pytest.mark.slow
+
+
+def query(db: Path, sql: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def running_job(db: Path) -> int | None:
+    try:
+        rows = query(db, "SELECT id FROM jobs WHERE status = 'running'")
+    except sqlite3.OperationalError:  # not created yet
+        return None
+    return rows[0][0] if rows else None
+
+
+def wait_for_running(db: Path, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = running_job(db)
+        if job is not None:
+            return job
+        time.sleep(0.05)
+    raise AssertionError("no job started running")
+
+
+# 192 px with 12 steps: about a second a job on the tiny model, long enough to kill mid-job.
+SLOW_JOBS = "prompt,seed,steps,width,height,num_images\na slow one,1,12,192,192,4\n"
+
+
+def test_sigkill_mid_job_then_another_worker_finishes_all_exactly_once(
+    cli: Cli, tmp_path: Path
+) -> None:
+    write(tmp_path / "slow.csv", SLOW_JOBS)
+    cli("submit", "slow.csv")
+    db = tmp_path / "orchestrate.db"
+    victim = cli.popen("work", "--local", "--burst", "--lease", "2")
+    killed_job = wait_for_running(db)
+    time.sleep(0.3)  # well inside the job
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    assert running_job(db) == killed_job  # left behind, lease still held
+
+    t0 = time.monotonic()
+    cli("work", "--local", "--burst", "--lease", "2", timeout=300)
+    assert time.monotonic() - t0 < 120
+
+    statuses = query(db, "SELECT status, count(*) FROM jobs GROUP BY status")
+    succeeded_attempts = query(
+        db, "SELECT job_id, count(*) FROM attempts WHERE status = 'succeeded' GROUP BY job_id"
+    )
+    lost = query(db, "SELECT job_id, error FROM attempts WHERE status = 'lost'")
+    assert statuses == [("succeeded", 4)]
+    assert sorted(succeeded_attempts) == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert [j for j, _ in lost] == [killed_job]
+    assert lost[0][1].startswith("lease expired: worker ")
+    files = sorted(p.name for p in (tmp_path / "output").rglob("*") if p.is_file())
+    assert files == ["000001.png", "000002.png", "000003.png", "000004.png"]
+
+
+def test_sigterm_finishes_the_current_job_and_leaves_nothing_running(
+    cli: Cli, tmp_path: Path
+) -> None:
+    write(tmp_path / "slow.csv", SLOW_JOBS)
+    db = tmp_path / "orchestrate.db"
+    proc = cli.popen("run", "slow.csv")
+    job = wait_for_running(db)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    err = (tmp_path / "worker.log").read_text()
+    assert proc.returncode == 130, err
+    assert "SIGTERM: finishing the current job, then stopping" in err
+    status = dict(query(db, "SELECT id, status FROM jobs"))
+    assert status[job] == "succeeded"
+    assert "running" not in status.values()
+    # the rest is picked up by the next run
+    assert "4/4 succeeded" in cli("run", "slow.csv").stdout
+
+
+def test_second_sigint_releases_the_job_immediately(cli: Cli, tmp_path: Path) -> None:
+    write(tmp_path / "slow.csv", "prompt,seed,steps,width,height\nslower,1,200,192,192\n")
+    db = tmp_path / "orchestrate.db"
+    proc = cli.popen("run", "slow.csv")
+    job = wait_for_running(db)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, (tmp_path / "worker.log").read_text()
+    assert query(db, "SELECT status, attempts FROM jobs WHERE id = ?", job) == [("pending", 0)]
+    assert query(db, "SELECT status FROM attempts WHERE job_id = ?", job) == [("released",)]

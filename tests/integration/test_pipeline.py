@@ -1,0 +1,151 @@
+"""The real diffusers pipeline on the tiny model built from code."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from workers.backends import JobInputError, JobInterrupted
+from workers.metadata import read_png_metadata
+from workers.schedulers import SCHEDULER_NAMES
+from workers.task import PipelineCache, run_job
+from workers.tiny import ensure_tiny_model, write_clip_vocabulary
+
+pytestmark = pytest.mark.slow
+
+JOB = {
+    "id": 1,
+    "batch_id": 1,
+    "prompt": "a lighthouse, at dawn",
+    "negative_prompt": "blurry",
+    "seed": 7667,
+    "steps": 6,
+    "guidance_scale": 7.5,
+    "width": 64,
+    "height": 64,
+    "scheduler": "dpmpp_2m",
+    "model": "tiny",
+    "quantization": "fp16",
+    "output_name": "",
+    "line": 2,
+    "image_index": 0,
+    "attempts": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def cache() -> PipelineCache:
+    return PipelineCache(threads=2)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_tiny_model_is_a_real_loadable_sd_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from diffusers import StableDiffusionPipeline
+
+    path = ensure_tiny_model(tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(path)
+    assert len(pipe.tokenizer) == write_clip_vocabulary(tmp_path / "vocab-check")
+    assert pipe.vae_scale_factor == 8  # SD's x8: width and height mean what they mean for SD
+    assert (path / "tokenizer" / "vocab.json").is_file()
+    assert (path / "tokenizer" / "merges.txt").is_file()
+    # built deterministically: a second build has identical weights
+    other = ensure_tiny_model(tmp_path / "again")
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (path / part).read_bytes() == (other / part).read_bytes()
+
+
+def test_job_produces_png_with_metadata_and_timings(cache: PipelineCache) -> None:
+    out = run_job(JOB, cache)
+    img = pixels(out.png)
+    assert img.shape == (64, 64, 3)
+    meta = read_png_metadata(out.png)
+    assert meta["parameters"].startswith(
+        "a lighthouse, at dawn\nNegative prompt: blurry\nSteps: 6, Sampler: DPM++ 2M"
+    )
+    assert meta["meta"]["job"]["seed"] == 7667
+    assert len(meta["meta"]["timings"]["step_times"]) == 6
+    r = out.result
+    assert r["unet_evaluations"] == 12  # classifier-free guidance: two per step
+    for key in ("text_encode_s", "denoise_s", "decode_s", "encode_s", "total_s", "peak_mem_mb"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["torch_threads"] == 2 and r["device"] == "cpu"
+
+
+def test_model_is_loaded_once_per_process(cache: PipelineCache) -> None:
+    run_job(JOB, cache)
+    backend = cache.current
+    out = run_job({**JOB, "seed": 1}, cache)
+    assert cache.current is backend
+    assert out.result["load_s"] == 0.0
+
+
+def test_same_job_same_pixels_different_seed_different_pixels(cache: PipelineCache) -> None:
+    a = pixels(run_job(JOB, cache).png)
+    b = pixels(run_job(JOB, cache).png)
+    c = pixels(run_job({**JOB, "seed": 7668}, cache).png)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_same_pixels_in_another_process(cache: PipelineCache) -> None:
+    here = hashlib.sha256(pixels(run_job(JOB, cache).png).tobytes()).hexdigest()
+    code = (
+        "import hashlib, io, json, sys, numpy as np\n"
+        "from PIL import Image\n"
+        "from workers.task import PipelineCache, run_job\n"
+        "job = json.loads(sys.argv[1])\n"
+        "png = run_job(job, PipelineCache(threads=2)).png\n"
+        "px = np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))\n"
+        "print(hashlib.sha256(px.tobytes()).hexdigest())\n"
+    )
+    import json
+
+    there = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(JOB)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert there == here
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_every_scheduler_runs(cache: PipelineCache, scheduler: str) -> None:
+    out = run_job({**JOB, "scheduler": scheduler, "steps": 4, "width": 64, "height": 96}, cache)
+    assert pixels(out.png).shape == (96, 64, 3)
+
+
+def test_no_guidance_means_one_unet_evaluation_per_step(cache: PipelineCache) -> None:
+    out = run_job({**JOB, "guidance_scale": 1.0}, cache)
+    assert out.result["unet_evaluations"] == 6
+
+
+def test_should_stop_interrupts_between_steps(cache: PipelineCache) -> None:
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    with pytest.raises(JobInterrupted, match="stopped after step 2"):
+        run_job(JOB, cache, should_stop=stop)
+
+
+def test_unknown_quantization_is_an_input_error(cache: PipelineCache) -> None:
+    with pytest.raises(JobInputError, match="quantization '4bit'"):
+        run_job({**JOB, "quantization": "4bit"}, cache)
+
+
+def test_missing_local_model_folder_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from workers.backends.diffusers import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="is not a diffusers folder"):
+        run_job({**JOB, "model": str(tmp_path)}, PipelineCache())

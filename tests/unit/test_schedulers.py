@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from workers.schedulers import SCHEDULER_NAMES, build_scheduler
+
+SD_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+
+def test_dpmpp_2m_is_dpm_solver_plus_plus_order_2() -> None:
+    s = build_scheduler("dpmpp_2m", SD_CONFIG)
+    assert type(s).__name__ == "DPMSolverMultistepScheduler"
+    assert s.config.algorithm_type == "dpmsolver++"
+    assert s.config.solver_order == 2
+    assert not s.config.use_karras_sigmas
+    assert s.config.beta_schedule == "scaled_linear"
+
+
+def test_karras_variant_uses_karras_sigmas() -> None:
+    s = build_scheduler("dpmpp_2m_karras", SD_CONFIG)
+    assert s.config.use_karras_sigmas
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_every_scheduler_sets_the_requested_steps(name: str) -> None:
+    s = build_scheduler(name, SD_CONFIG)
+    s.set_timesteps(20)
+    assert len(s.timesteps) in (20, 21)  # PLMS repeats one timestep
+    assert "skip_prk_steps" not in s.config or name == "pndm"
