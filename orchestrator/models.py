@@ -114,9 +114,15 @@ Index("ix_jobs_claim_model", Job.status, Job.model, Job.priority.desc(), Job.id)
 
 class Attempt(Base):
     __tablename__ = "attempts"
+    __table_args__ = (
+        # Recent succeeded attempts, overall and per batch: the status timings window.
+        Index("ix_attempts_status_id", "status", "id"),
+        Index("ix_attempts_batch_status_id", "batch_id", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[int] = mapped_column(Integer)  # the job's, copied so queries need no join
     number: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     worker: Mapped[str] = mapped_column(String(255))

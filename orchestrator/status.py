@@ -59,7 +59,7 @@ def render_text(data: dict[str, Any]) -> str:
         parts = [f"{label} {_seconds(t[key])}" for key, label in STAGE_LABELS]
         if t.get("peak_mem_mb") is not None:
             parts.append(f"peak memory {t['peak_mem_mb']:.0f} MB")
-        lines.append(f"Mean timings over {t['n']} succeeded attempts:")
+        lines.append(f"Mean timings over the last {t['n']} succeeded attempts:")
         lines.append("  " + ", ".join(parts))
     if data["batches"]:
         lines.append("Batches:")

@@ -100,6 +100,7 @@ def upgrade() -> None:
         "attempts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("batch_id", sa.Integer(), nullable=False),
         sa.Column("number", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("worker", sa.String(length=255), nullable=False),
@@ -127,6 +128,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_attempts")),
     )
     op.create_index(op.f("ix_attempts_job_id"), "attempts", ["job_id"])
+    op.create_index("ix_attempts_status_id", "attempts", ["status", "id"])
+    op.create_index("ix_attempts_batch_status_id", "attempts", ["batch_id", "status", "id"])
     op.create_table(
         "job_counts",
         sa.Column("batch_id", sa.Integer(), nullable=False),
@@ -142,6 +145,8 @@ def downgrade() -> None:
     for name in ("jobs_count_delete", "jobs_count_update", "jobs_count_insert"):
         op.execute(f"DROP TRIGGER IF EXISTS {name}")
     op.drop_table("job_counts")
+    op.drop_index("ix_attempts_batch_status_id", table_name="attempts")
+    op.drop_index("ix_attempts_status_id", table_name="attempts")
     op.drop_index(op.f("ix_attempts_job_id"), table_name="attempts")
     op.drop_table("attempts")
     op.drop_index("ix_jobs_batch_status", table_name="jobs")

@@ -6,6 +6,7 @@ count, so the same job gives the same pixels in any process on the same kind of 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -58,9 +59,13 @@ class DiffusersBackend:
     name = "diffusers"
 
     def __init__(self, model: str, *, device: str = "auto", threads: int = 2) -> None:
+        import diffusers
         import torch
+        import transformers
         from diffusers import StableDiffusionPipeline
 
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
         self.model = model
         self.threads = threads
         # The thread count changes how reductions are split, and so the pixels: fix it.
@@ -96,7 +101,8 @@ class DiffusersBackend:
             )
         return model  # a hub id: from_pretrained finds it in the local HF cache or downloads it
 
-    def versions(self) -> dict[str, str]:
+    @functools.cached_property
+    def _versions(self) -> dict[str, str]:
         import diffusers
         import torch
         import transformers
@@ -108,6 +114,9 @@ class DiffusersBackend:
             "transformers": transformers.__version__,
             "platform": platform.platform(),
         }
+
+    def versions(self) -> dict[str, str]:
+        return dict(self._versions)
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
