@@ -63,11 +63,11 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append("  " + ", ".join(parts))
     if data["batches"]:
         lines.append("Batches:")
-        lines.append(f"  {'id':>4}  {'name':<24} {'done':>13}  {'failed':>6}  {'running':>7}")
+        lines.append(f"  {'id':>4}  {'name':<24} {'succeeded':>15}  {'failed':>6}  {'running':>7}")
         for b in data["batches"]:
             c = b["counts"]
+            done = f"{c['succeeded']}/{b['jobs']}"
             lines.append(
-                f"  {b['id']:>4}  {b['name'][:24]:<24} {c['succeeded']:>6}/{b['jobs']:<6}"
-                f"  {c['failed']:>6}  {c['running']:>7}"
+                f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c['failed']:>6}  {c['running']:>7}"
             )
     return "\n".join(lines)

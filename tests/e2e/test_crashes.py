@@ -104,3 +104,15 @@ def test_second_sigint_releases_the_job_immediately(cli: Cli, tmp_path: Path) ->
     assert proc.returncode == 130, (tmp_path / "worker.log").read_text()
     assert query(db, "SELECT status, attempts FROM jobs WHERE id = ?", job) == [("pending", 0)]
     assert query(db, "SELECT status FROM attempts WHERE job_id = ?", job) == [("released",)]
+
+
+def test_two_workers_share_one_database_and_each_job_runs_once(cli: Cli, tmp_path: Path) -> None:
+    write(tmp_path / "many.csv", "prompt,seed,steps,num_images\nshared,1,4,8\n")
+    cli("submit", "many.csv")
+    workers = [cli.popen("work", "--local", "--burst", log=f"w{i}.log") for i in range(2)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0
+    db = tmp_path / "orchestrate.db"
+    assert query(db, "SELECT status, count(*) FROM jobs GROUP BY status") == [("succeeded", 8)]
+    assert query(db, "SELECT count(*), count(DISTINCT job_id) FROM attempts") == [(8, 8)]
+    assert len(list((tmp_path / "output" / "1").glob("*.png"))) == 8
