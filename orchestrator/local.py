@@ -55,6 +55,7 @@ class WorkerStats:
     succeeded: int = 0
     failed: int = 0
     released: int = 0
+    busy_s: float = 0.0
     started_at: float = field(default_factory=time.time)
 
 
@@ -118,6 +119,7 @@ class LocalWorker:
         """Work until stopped, until ``max_jobs``, or (burst) until no job is left."""
         s = self.settings
         logger.info("worker %s started", self.identity.name, extra={"action": "worker_started"})
+        self._report("idle")
         done = 0
         while not self._stop.is_set():
             if s.max_jobs is not None and done >= s.max_jobs:
@@ -132,8 +134,11 @@ class LocalWorker:
                     break
                 self._stop.wait(s.poll_seconds)
                 continue
+            self._report("busy", claim.job["id"])
             self._work(claim)
+            self._report("idle")
             done += 1
+        self._report("stopped")
         logger.info(
             "worker %s stopped: %d succeeded, %d failed",
             self.identity.name,
@@ -189,6 +194,7 @@ class LocalWorker:
         write_atomic(path, output.png)
         if self.store.complete(claim, str(path), output.result):
             self.stats.succeeded += 1
+            self.stats.busy_s += float(output.result.get("total_s") or 0.0)
             logger.info(
                 "job %s succeeded in %.2fs",
                 job["id"],
@@ -204,6 +210,33 @@ class LocalWorker:
                 "job %s result dropped", job["id"], extra={**log_extra, "action": "job_superseded"}
             )
             self._emit(JobEvent(job["id"], "superseded", time.perf_counter() - t0))
+
+    def _report(self, state: str, current_job: int | None = None) -> None:
+        """This worker's row in the workers table, for status and the dashboard."""
+        backend = self.cache.current
+        try:
+            self.store.upsert_workers(
+                [
+                    {
+                        "name": self.identity.name,
+                        "transport": "local",
+                        "host": self.identity.host,
+                        "pid": self.identity.pid,
+                        "backend": getattr(backend, "name", None),
+                        "device": getattr(backend, "device", None),
+                        "model": self.cache.loaded_model,
+                        "state": state,
+                        "current_job": current_job,
+                        "jobs_done": self.stats.succeeded,
+                        "jobs_failed": self.stats.failed,
+                        "busy_s": self.stats.busy_s,
+                        "started_at": self.stats.started_at,
+                        "last_seen": time.time(),
+                    }
+                ]
+            )
+        except Exception:  # status is best effort; the work is not
+            logger.warning("could not update the workers table", exc_info=True)
 
     def _emit(self, event: JobEvent) -> None:
         if self.on_event is not None:

@@ -41,6 +41,7 @@ FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class AttemptStatus(enum.StrEnum):
+    DISPATCHED = "dispatched"  # sent to Redis, no worker has it yet
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -154,3 +155,25 @@ class JobCount(Base):
     batch_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = mapped_column(Integer)
+
+
+class Worker(Base):
+    """Every worker seen: local ones write their own row, RQ workers' rows come from the
+    coordinator (they never touch the database)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    transport: Mapped[str] = mapped_column(String(16))  # local | rq
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    backend: Mapped[str | None] = mapped_column(String(32))
+    device: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # idle | busy | stopped
+    current_job: Mapped[int | None] = mapped_column(Integer)
+    jobs_done: Mapped[int] = mapped_column(Integer)
+    jobs_failed: Mapped[int] = mapped_column(Integer)
+    busy_s: Mapped[float] = mapped_column(Float)  # seconds spent on succeeded jobs
+    started_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float, index=True)

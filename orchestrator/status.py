@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from orchestrator.models import JobStatus
 from orchestrator.store import JobStore
 
+WORKERS_SEEN_WITHIN = 24 * 3600.0
 STAGE_LABELS = (
     ("queue_wait_s", "queue wait"),
     ("load_s", "load"),
@@ -29,6 +31,7 @@ def overview(store: JobStore, batch_id: int | None = None) -> dict[str, Any]:
         "counts": counts,
         "total": sum(counts.values()),
         "timings": store.stage_timings(batch_id),
+        "workers": store.workers(seen_within=WORKERS_SEEN_WITHIN),
         "batches": [
             {
                 "id": b["id"],
@@ -70,4 +73,27 @@ def render_text(data: dict[str, Any]) -> str:
             lines.append(
                 f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c['failed']:>6}  {c['running']:>7}"
             )
+    if data.get("workers"):
+        now = time.time()
+        lines.append("Workers (seen in the last 24 h):")
+        lines.append(
+            f"  {'name':<28} {'host':<14} {'backend':<16} {'model':<14} {'state':<7} "
+            f"{'jobs':>5} {'s/image':>8}  last seen"
+        )
+        for w in data["workers"]:
+            backend = " ".join(x for x in (w["transport"], w["backend"], w["device"]) if x)
+            spi = f"{w['s_per_image']:.2f}" if w["s_per_image"] is not None else "-"
+            lines.append(
+                f"  {w['name'][:28]:<28} {w['host'][:14]:<14} {backend[:16]:<16} "
+                f"{(w['model'] or '-')[:14]:<14} {w['state']:<7} {w['jobs_done']:>5} {spi:>8}  "
+                f"{_ago(now - w['last_seen'])}"
+            )
     return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"

@@ -9,6 +9,7 @@ import pytest
 from orchestrator.database import database_url, open_engine
 from orchestrator.manifest import Defaults, parse_manifest
 from orchestrator.store import JobStore, WorkerIdentity
+from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,15 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("ORCHESTRATE_CACHE", None)
     else:
         os.environ["ORCHESTRATE_CACHE"] = old
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own; the suite fails (never skips) without one."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""The ``orchestrate`` command. Each command parses, calls the library, prints.
+
+Every option can also come from an environment variable (``--help`` names it):
+``ORCHESTRATE_DB``, ``ORCHESTRATE_OUTPUT``, ``ORCHESTRATE_REDIS_URL``, and
+``ORCHESTRATE_<COMMAND>_<OPTION>`` for the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from orchestrator import __version__
+from orchestrator.cli.common import CONTEXT, State, print_manifest_error
+from orchestrator.config import DEFAULT_OUTPUT
+from orchestrator.errors import ManifestError, OrchestratorError
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="orchestrate")
+@click.option(
+    "--db",
+    envvar="ORCHESTRATE_DB",
+    show_envvar=True,
+    default=None,
+    help="Job database: a path or SQLAlchemy URL [default: ./orchestrate.db].",
+)
+@click.option(
+    "--output",
+    envvar="ORCHESTRATE_OUTPUT",
+    show_envvar=True,
+    default=DEFAULT_OUTPUT,
+    help="Folder for images: <output>/<batch>/<job-id>.png.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
+    """Turn a CSV of prompts into a finished, reproducible image dataset."""
+    ctx.obj = State(db, output)
+    ctx.meta["verbose"] = verbose
+
+
+from orchestrator.cli import distributed, jobs, local  # noqa: E402  (they register on main)
+
+_ = (distributed, jobs, local)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """Entry point: library errors become clean messages and exit codes, never tracebacks."""
+    try:
+        main.main(args=argv, prog_name="orchestrate", standalone_mode=False)
+    except ManifestError as exc:
+        print_manifest_error(exc)
+        sys.exit(exc.exit_code)
+    except OrchestratorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,207 @@
+"""What the commands share: settings from flags or environment, option groups, helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.config import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_THREADS,
+)
+from orchestrator.errors import ManifestError
+from orchestrator.manifest import (
+    QUANTIZATIONS,
+    Defaults,
+    Manifest,
+)
+from workers.schedulers import SCHEDULER_NAMES
+
+CONTEXT = {
+    "auto_envvar_prefix": "ORCHESTRATE",
+    "show_default": True,
+    "help_option_names": ["-h", "--help"],
+}
+
+
+class State:
+    def __init__(self, db: str | None, output: str) -> None:
+        self.db = db
+        self.output = Path(output).expanduser().absolute()
+        self._store: Any = None
+
+    @property
+    def url(self) -> str:
+        from orchestrator.database import database_url
+
+        return database_url(self.db)
+
+    def store(self) -> Any:
+        if self._store is None:
+            from orchestrator.database import open_engine
+            from orchestrator.store import JobStore
+
+            self._store = JobStore(open_engine(self.url))
+        return self._store
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def option(*names: str, **kw: Any) -> Callable[[Any], Any]:
+    kw.setdefault("show_envvar", True)
+    return click.option(*names, **kw)
+
+
+def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Values for columns a manifest leaves out."""
+    d = Defaults()
+    opts = [
+        option("--steps", type=click.IntRange(1, 500), default=d.steps, help="Denoising steps."),
+        option(
+            "--guidance-scale",
+            type=click.FloatRange(0, 50),
+            default=d.guidance_scale,
+            help="CFG scale.",
+        ),
+        option(
+            "--scheduler", type=click.Choice(SCHEDULER_NAMES), default=d.scheduler, help="Sampler."
+        ),
+        option(
+            "--model", default=d.model, help="'tiny' (built in), a diffusers folder, or a hub id."
+        ),
+        option(
+            "--quantization",
+            type=click.Choice(QUANTIZATIONS),
+            default=d.quantization,
+            help="Weights variant.",
+        ),
+        option(
+            "--width",
+            type=click.IntRange(64, 4096),
+            default=None,
+            help="Image width [default: the model's native size].",
+        ),
+        option(
+            "--height",
+            type=click.IntRange(64, 4096),
+            default=None,
+            help="Image height [default: the model's native size].",
+        ),
+        option("--priority", type=int, default=d.priority, help="Higher runs first."),
+        option(
+            "--max-attempts",
+            type=click.IntRange(1, 100),
+            default=DEFAULT_MAX_ATTEMPTS,
+            help="Tries per job before it fails.",
+        ),
+        option(
+            "--extra-column",
+            "extra_columns",
+            multiple=True,
+            help="Declare an extra metadata column (repeatable); 'meta_*' columns need no declaration.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        option(
+            "--lease",
+            "lease_seconds",
+            type=click.FloatRange(1, 3600),
+            default=DEFAULT_LEASE_SECONDS,
+            help="Seconds a claimed job stays ours without renewal.",
+        ),
+        option(
+            "--threads",
+            type=click.IntRange(1, 256),
+            default=DEFAULT_THREADS,
+            help="Torch CPU threads (fixed: the count changes the pixels).",
+        ),
+        option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+            default="auto",
+            help="Torch device.",
+        ),
+        option(
+            "--max-jobs", type=click.IntRange(1), default=None, help="Exit after this many jobs."
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def defaults_from(kw: dict[str, Any]) -> Defaults:
+    return Defaults(
+        steps=kw["steps"],
+        guidance_scale=kw["guidance_scale"],
+        scheduler=kw["scheduler"],
+        model=kw["model"],
+        quantization=kw["quantization"],
+        width=kw["width"],
+        height=kw["height"],
+        priority=kw["priority"],
+    )
+
+
+def print_manifest_error(exc: ManifestError, limit: int = 100) -> None:
+    for issue in exc.issues[:limit]:
+        click.echo(f"error: {issue}", err=True)
+    if len(exc.issues) > limit:
+        click.echo(f"error: ... and {len(exc.issues) - limit} more", err=True)
+    click.echo(f"{exc}", err=True)
+
+
+def submit_manifest(state: State, manifest: Manifest, name: str, kw: dict[str, Any]) -> Any:
+    defaults = defaults_from(kw)
+    return state.store().submit(
+        manifest, name=name, defaults=asdict(defaults), max_attempts=kw["max_attempts"]
+    )
+
+
+def report_submit(result: Any, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+        return
+    where = f"batch {result.batch_id}" if result.batch_id is not None else "no new batch"
+    click.echo(
+        f"{where}: {result.rows} rows, {result.added} jobs added, {result.duplicates} duplicates"
+    )
+
+
+def configure_logging(verbose: int, service: bool = False) -> None:
+    level = (
+        logging.DEBUG if verbose > 1 else logging.INFO if (verbose or service) else logging.WARNING
+    )
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("orchestrator").setLevel(level)
+    logging.getLogger("workers").setLevel(level)
+
+
+def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--redis",
+        "redis_url",
+        envvar="ORCHESTRATE_REDIS_URL",
+        show_envvar=True,
+        required=True,
+        help="Redis URL: redis://[user:password@]host:6379/0, rediss:// for TLS.",
+    )(f)

@@ -1,0 +1,161 @@
+"""Commands of the Redis/RQ path: the coordinator on the queue host, a worker on each Mac."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import click
+
+from orchestrator.cli import main
+from orchestrator.cli.common import State, configure_logging, option, pass_state, redis_option
+from orchestrator.config import DEFAULT_THREADS
+from orchestrator.errors import OrchestratorError
+
+
+@main.command()
+@redis_option
+@option(
+    "--until-done",
+    is_flag=True,
+    help="Exit when no job is pending, queued or running (1 if any failed).",
+)
+@option(
+    "--window",
+    type=click.IntRange(1),
+    default=None,
+    help="Jobs kept in Redis at once [default: 2 per live worker, at least 2].",
+)
+@option(
+    "--lost-after",
+    type=click.FloatRange(1),
+    default=10.0,
+    help="Seconds a dispatched job may go unaccounted for (in no queue, no heartbeat) before it is dispatched again.",
+)
+@option(
+    "--job-timeout",
+    type=click.IntRange(10),
+    default=3600,
+    help="RQ's limit on one job's run time, in seconds.",
+)
+@pass_state
+@click.pass_context
+def coordinator(
+    ctx: click.Context,
+    state: State,
+    redis_url: str,
+    until_done: bool,
+    window: int | None,
+    lost_after: float,
+    job_timeout: int,
+) -> None:
+    """Feed the queue to RQ workers on other machines and collect their results."""
+    from orchestrator.dispatch import Coordinator, CoordinatorSettings
+    from orchestrator.progress import Progress
+    from workers.rq_protocol import connect, redact
+
+    configure_logging(ctx.find_root().meta["verbose"], service=True)
+    store = state.store()
+    try:
+        redis = connect(redis_url)
+    except ConnectionError as exc:
+        raise OrchestratorError(str(exc)) from None
+    settings = CoordinatorSettings(
+        output_dir=state.output,
+        window=window,
+        lost_after=lost_after,
+        job_timeout=job_timeout,
+        until_done=until_done,
+    )
+    bar = Progress(store.counts)
+    coord = Coordinator(store, redis, settings, on_event=bar)
+    click.echo(
+        f"coordinator on {redact(redis_url)}: {len(coord.in_flight)} jobs in flight", err=True
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        click.echo(f"\n{name}: stopping (jobs in flight stay in Redis)", err=True)
+        coord.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = coord.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        bar.close()
+    sys.exit(code)
+
+
+@main.command()
+@redis_option
+@option("--burst", is_flag=True, help="Exit after --burst-idle seconds without a job.")
+@option(
+    "--burst-idle",
+    type=click.IntRange(1),
+    default=5,
+    help="Seconds without a job before --burst exits.",
+)
+@option("--model", default=None, help="Load this model at start and prefer its jobs.")
+@option("--name", default=None, help="Worker name [default: host.pid.random].")
+@option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=DEFAULT_THREADS,
+    help="Torch CPU threads (fixed: the count changes the pixels).",
+)
+@option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    help="Torch device.",
+)
+@option(
+    "--max-jobs",
+    type=click.IntRange(1),
+    default=None,
+    help="Exit after this many jobs (a service manager starts a fresh one).",
+)
+@option(
+    "--heartbeat",
+    type=click.FloatRange(0.5, 60),
+    default=5.0,
+    help="Seconds between heartbeats during a job; after three missed, the coordinator "
+    "gives the job to another worker.",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    redis_url: str,
+    burst: bool,
+    burst_idle: int,
+    model: str | None,
+    name: str | None,
+    threads: int,
+    device: str,
+    max_jobs: int | None,
+    heartbeat: float,
+) -> None:
+    """An RQ worker: takes jobs from Redis, keeps its model loaded, never opens the database."""
+    from workers.rq_worker import run_worker
+    from workers.task import PipelineCache
+
+    verbose = ctx.find_root().meta["verbose"]
+    configure_logging(verbose, service=True)
+    try:
+        run_worker(
+            redis_url,
+            cache=PipelineCache(device=device, threads=threads),
+            model=model,
+            burst=burst,
+            burst_idle=burst_idle,
+            max_jobs=max_jobs,
+            name=name,
+            heartbeat_interval=heartbeat,
+            heartbeat_ttl=max(1, round(3 * heartbeat)),
+            logging_level="DEBUG" if verbose > 1 else "INFO",
+        )
+    except ConnectionError as exc:
+        raise OrchestratorError(str(exc)) from None

@@ -1,0 +1,152 @@
+"""Commands on jobs and on the database schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import click
+
+from orchestrator.cli import main
+from orchestrator.cli.common import (
+    State,
+    option,
+    pass_state,
+)
+
+
+@main.group()
+def jobs() -> None:
+    """List, show, retry and cancel jobs."""
+
+
+def _short(text: str, n: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@jobs.command("list")
+@option("--batch", "batch_id", type=int, default=None, help="Only this batch.")
+@option(
+    "--status",
+    type=click.Choice(["pending", "queued", "running", "succeeded", "failed", "cancelled"]),
+    default=None,
+)
+@option("--limit", type=click.IntRange(1), default=50)
+@option("--json", "as_json", is_flag=True)
+@pass_state
+def jobs_list(
+    state: State, batch_id: int | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List jobs."""
+    rows = state.store().list_jobs(batch_id=batch_id, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    click.echo(
+        f"{'id':>6} {'batch':>5} {'status':<10} {'try':>3} {'seed':>10} {'steps':>5} {'scheduler':<16} prompt"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['id']:>6} {r['batch_id']:>5} {r['status']:<10} {r['attempts']:>3} {r['seed']:>10} "
+            f"{r['steps']:>5} {r['scheduler']:<16} {_short(r['prompt'], 50)}"
+        )
+        if r["status"] == "failed" and r["last_error"]:
+            click.echo(f"{'':>6} error: {_short(r['last_error'], 100)}")
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@option("--json", "as_json", is_flag=True)
+@pass_state
+def jobs_show(state: State, job_id: int, as_json: bool) -> None:
+    """Show one job with its attempts and stage timings."""
+    job = state.store().get_job(job_id)
+    if as_json:
+        click.echo(json.dumps(job, indent=2, ensure_ascii=False))
+        return
+    attempts = job.pop("attempt_rows")
+    for k, v in job.items():
+        click.echo(f"{k:>16}: {v}")
+    for a in attempts:
+        timing = ", ".join(
+            f"{k[:-2]} {a[k]:.3f}s"
+            for k in ("load_s", "text_encode_s", "denoise_s", "decode_s", "encode_s", "total_s")
+            if a[k] is not None
+        )
+        click.echo(
+            f"attempt {a['number']}: {a['status']} on {a['worker']} ({a['backend'] or '-'} {a['device'] or ''}) {timing}"
+        )
+        if a["error"]:
+            click.echo(f"    error: {a['error']}")
+
+
+@jobs.command("retry")
+@click.argument("job_ids", type=int, nargs=-1)
+@option(
+    "--batch",
+    "batch_id",
+    type=int,
+    default=None,
+    help="Every failed or cancelled job of this batch.",
+)
+@option("--failed", "all_failed", is_flag=True, help="Every failed job.")
+@pass_state
+def jobs_retry(
+    state: State, job_ids: Sequence[int], batch_id: int | None, all_failed: bool
+) -> None:
+    """Put failed or cancelled jobs back in the queue."""
+    store = state.store()
+    if all_failed:
+        ids = [r["id"] for r in store.list_jobs(status="failed", batch_id=batch_id, limit=10**9)]
+        n = store.retry(ids) if ids else 0
+    else:
+        n = store.retry(list(job_ids), batch_id=batch_id)
+    click.echo(f"{n} jobs back in the queue")
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", type=int, nargs=-1)
+@option("--batch", "batch_id", type=int, default=None, help="Every unfinished job of this batch.")
+@pass_state
+def jobs_cancel(state: State, job_ids: Sequence[int], batch_id: int | None) -> None:
+    """Cancel pending or running jobs (a running one stops at its worker's next lease renewal)."""
+    n = state.store().cancel(list(job_ids), batch_id=batch_id)
+    click.echo(f"{n} jobs cancelled")
+
+
+@main.group()
+def db() -> None:
+    """The database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_state
+def db_upgrade(state: State, revision: str) -> None:
+    """Migrate the database to REVISION (default: the newest)."""
+    from orchestrator.database import upgrade
+
+    click.echo(f"database at revision {upgrade(state.url, revision)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_state
+def db_downgrade(state: State, revision: str) -> None:
+    """Migrate the database back to REVISION ('base' drops everything)."""
+    from orchestrator.database import current_revision, downgrade, make_engine
+
+    downgrade(state.url, revision)
+    click.echo(f"database at revision {current_revision(make_engine(state.url)) or 'base'}")
+
+
+@db.command("current")
+@pass_state
+def db_current(state: State) -> None:
+    """Print the schema revision of the database and the newest one."""
+    from orchestrator.database import current_revision, head_revision, make_engine
+
+    click.echo(
+        f"current: {current_revision(make_engine(state.url)) or 'none'}, head: {head_revision()}"
+    )

@@ -1,0 +1,223 @@
+"""Commands of the single-machine path: submit, run, work, generate, status."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli import main
+from orchestrator.cli.common import (
+    State,
+    configure_logging,
+    defaults_from,
+    defaults_options,
+    option,
+    pass_state,
+    report_submit,
+    submit_manifest,
+    worker_options,
+)
+from orchestrator.config import (
+    WorkerSettings,
+)
+from orchestrator.manifest import (
+    load_manifest,
+    parse_manifest,
+    single_job,
+)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@defaults_options
+@option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def submit(state: State, manifest: str, as_json: bool, **kw: Any) -> None:
+    """Validate MANIFEST and load its jobs into the queue."""
+    m = load_manifest(manifest, defaults_from(kw), extra_columns=kw["extra_columns"])
+    report_submit(submit_manifest(state, m, Path(manifest).name, kw), as_json)
+
+
+def _run_worker(
+    state: State,
+    ctx: click.Context,
+    settings: WorkerSettings,
+    scope: Callable[[], dict[str, int]] | None,
+    progress: bool,
+) -> Any:
+    from orchestrator.local import LocalWorker
+    from orchestrator.progress import Progress
+
+    store = state.store()
+    bar = Progress(scope or store.counts) if progress else None
+    worker = LocalWorker(store, settings, on_event=bar)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if worker.stopping:
+            click.echo("\nreleasing the current job and stopping now", err=True)
+        else:
+            click.echo(
+                f"\n{signal.Signals(signum).name}: finishing the current job, then stopping "
+                "(again to release it now)",
+                err=True,
+            )
+        worker.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stats = worker.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if bar is not None:
+            bar.close()
+    return worker, stats
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False), required=False)
+@defaults_options
+@worker_options
+@pass_state
+@click.pass_context
+def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> None:
+    """Submit MANIFEST (if given), then work through the queue on this machine.
+
+    Exits 0 when every job of the manifest (or, without one, of the queue) succeeded.
+    """
+    configure_logging(ctx.find_root().meta["verbose"])
+    job_ids = None
+    if manifest:
+        m = load_manifest(manifest, defaults_from(kw), extra_columns=kw["extra_columns"])
+        report_submit(submit_manifest(state, m, Path(manifest).name, kw))
+        job_ids = state.store().job_ids_for([j.fingerprint() for j in m.jobs])
+    sys.exit(_work_and_report(ctx, state, kw, job_ids))
+
+
+def _work_and_report(
+    ctx: click.Context, state: State, kw: dict[str, Any], job_ids: list[int] | None
+) -> int:
+    store = state.store()
+    settings = WorkerSettings(
+        output_dir=state.output,
+        lease_seconds=kw["lease_seconds"],
+        threads=kw["threads"],
+        device=kw["device"],
+        max_jobs=kw["max_jobs"],
+        burst=True,
+    )
+    scope = (lambda: store.counts_for_jobs(job_ids)) if job_ids is not None else None
+    worker, _ = _run_worker(state, ctx, settings, scope, progress=True)
+    counts = scope() if scope else store.counts()
+    total = sum(counts.values())
+    click.echo(
+        f"{counts['succeeded']}/{total} succeeded, {counts['failed']} failed, "
+        f"{counts['cancelled']} cancelled; images in {state.output}"
+    )
+    if counts["failed"]:
+        click.echo(
+            "see `orchestrate jobs list --status failed`; `orchestrate jobs retry --failed` tries them again",
+            err=True,
+        )
+    if worker.stopping and counts["succeeded"] != total:
+        return 130
+    return 0 if counts["succeeded"] == total else 1
+
+
+@main.command()
+@click.option(
+    "--local", is_flag=True, required=True, help="Claim jobs straight from the SQLite queue."
+)
+@option("--burst", is_flag=True, help="Exit when no job is left instead of waiting for more.")
+@option(
+    "--poll",
+    "poll_seconds",
+    type=click.FloatRange(0.05, 60),
+    default=1.0,
+    help="Seconds between looks at an empty queue.",
+)
+@worker_options
+@pass_state
+@click.pass_context
+def work(
+    ctx: click.Context, state: State, local: bool, burst: bool, poll_seconds: float, **kw: Any
+) -> None:
+    """Run a worker on this machine (several may share one database)."""
+    configure_logging(ctx.find_root().meta["verbose"], service=True)
+    settings = WorkerSettings(
+        output_dir=state.output,
+        lease_seconds=kw["lease_seconds"],
+        threads=kw["threads"],
+        device=kw["device"],
+        max_jobs=kw["max_jobs"],
+        burst=burst,
+        poll_seconds=poll_seconds,
+    )
+    _worker, stats = _run_worker(state, ctx, settings, None, progress=sys.stderr.isatty())
+    sys.exit(0 if stats.failed == 0 else 1)
+
+
+@main.command()
+@option("--prompt", required=True, help="The prompt.")
+@option("--negative-prompt", default="", help="The negative prompt.")
+@option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="Seed [default: derived from the prompt].",
+)
+@defaults_options
+@worker_options
+@option(
+    "--output-path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the image [default: --output].",
+)
+@pass_state
+@click.pass_context
+def generate(
+    ctx: click.Context,
+    state: State,
+    prompt: str,
+    negative_prompt: str,
+    seed: int | None,
+    output_path: str | None,
+    **kw: Any,
+) -> None:
+    """Make one image without a manifest (the same path as a one-row manifest)."""
+    configure_logging(ctx.find_root().meta["verbose"])
+    if output_path:
+        state.output = Path(output_path).expanduser().absolute()
+    data = single_job(prompt, defaults_from(kw), seed=seed, negative_prompt=negative_prompt)
+    m = parse_manifest(data, "--prompt", defaults_from(kw))
+    report_submit(submit_manifest(state, m, "generate", kw))
+    job_ids = state.store().job_ids_for([j.fingerprint() for j in m.jobs])
+    code = _work_and_report(ctx, state, kw, job_ids)
+    job = state.store().get_job(job_ids[0])
+    if job["output_path"]:
+        click.echo(job["output_path"])
+    sys.exit(code)
+
+
+@main.command()
+@option("--batch", "batch_id", type=int, default=None, help="Only this batch.")
+@option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (keys: batch, counts, total, timings, batches).",
+)
+@pass_state
+def status(state: State, batch_id: int | None, as_json: bool) -> None:
+    """Counts by status, batch progress and stage timings."""
+    from orchestrator.status import overview, render_text
+
+    data = overview(state.store(), batch_id)
+    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))

@@ -1,0 +1,36 @@
+"""JobStore: every SQL statement of the orchestrator, so transaction rules live in one place.
+
+One class, written in parts by concept: ``jobs`` (submission, queries, user actions),
+``leases`` (a job's lifecycle under a lease, for local workers and the Redis dispatcher) and
+``fleet`` (the workers table).
+"""
+
+from __future__ import annotations
+
+from orchestrator.store.base import (
+    JOB_PAYLOAD_COLUMNS,
+    RESULT_COLUMNS,
+    TIMING_COLUMNS,
+    Claim,
+    SubmitResult,
+    WorkerIdentity,
+    backoff_seconds,
+)
+from orchestrator.store.fleet import FleetMixin
+from orchestrator.store.jobs import JobsMixin
+from orchestrator.store.leases import LeasesMixin
+
+__all__ = [
+    "JOB_PAYLOAD_COLUMNS",
+    "RESULT_COLUMNS",
+    "TIMING_COLUMNS",
+    "Claim",
+    "JobStore",
+    "SubmitResult",
+    "WorkerIdentity",
+    "backoff_seconds",
+]
+
+
+class JobStore(JobsMixin, LeasesMixin, FleetMixin):
+    """The job database's one door."""

@@ -1,0 +1,347 @@
+"""A job's lifecycle under a lease: claims, renewals, results, failures, lost workers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+
+from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.store.base import (
+    HELD_STATUSES,
+    JOB_PAYLOAD_COLUMNS,
+    OPEN_ATTEMPTS,
+    RESULT_COLUMNS,
+    Claim,
+    StoreBase,
+    WorkerIdentity,
+    backoff_seconds,
+)
+
+
+class LeasesMixin(StoreBase):
+    # -- the worker's side -------------------------------------------------------------------
+
+    _CLAIM_SQL = text(
+        """
+        UPDATE jobs
+           SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
+               attempts = attempts + 1, started_at = COALESCE(started_at, :now)
+         WHERE status = 'pending'
+           AND id = COALESCE(
+               (SELECT id FROM jobs
+                 WHERE status = 'pending' AND model = :model
+                   AND (not_before IS NULL OR not_before <= :now)
+                   AND priority = (SELECT priority FROM jobs
+                                    WHERE status = 'pending'
+                                      AND (not_before IS NULL OR not_before <= :now)
+                                    ORDER BY priority DESC, id LIMIT 1)
+                 ORDER BY priority DESC, id LIMIT 1),
+               (SELECT id FROM jobs
+                 WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now)
+                 ORDER BY priority DESC, id LIMIT 1))
+        RETURNING {columns}, created_at, not_before
+        """.format(columns=", ".join(JOB_PAYLOAD_COLUMNS))
+    )
+
+    def claim(
+        self, worker: WorkerIdentity, *, lease_seconds: float, prefer_model: str | None = None
+    ) -> Claim | None:
+        """Take the next pending job atomically: highest priority, then oldest; among equals,
+        one for the model this worker has loaded. Expired leases are recovered first."""
+        now = time.time()
+        self.recover_expired(now)
+        owner = f"{worker.name}/{secrets.token_hex(4)}"
+        with self._tx(write=True) as conn:
+            row = conn.execute(
+                self._CLAIM_SQL,
+                {
+                    "owner": owner,
+                    "expires": now + lease_seconds,
+                    "now": now,
+                    "model": prefer_model or "",
+                },
+            ).first()
+            if row is None:
+                return None
+            job = {c: row._mapping[c] for c in JOB_PAYLOAD_COLUMNS}
+            # Raw RETURNING rows skip SQLAlchemy's types; SQLite hands back 7.0 as 7.
+            job["guidance_scale"] = float(job["guidance_scale"])
+            attempt_id = conn.execute(
+                insert(Attempt)
+                .values(
+                    job_id=row.id,
+                    batch_id=job["batch_id"],
+                    number=job["attempts"],
+                    status=AttemptStatus.RUNNING.value,
+                    worker=worker.name,
+                    host=worker.host,
+                    pid=worker.pid,
+                    started_at=now,
+                    queue_wait_s=now - (row.not_before or row.created_at),
+                )
+                .returning(Attempt.id)
+            ).scalar_one()
+        return Claim(job=job, attempt_id=attempt_id, lease_owner=owner)
+
+    def renew(self, claim: Claim, lease_seconds: float) -> bool:
+        """Extend the lease; False when it is no longer this worker's (expired and taken,
+        cancelled, or finished), which tells the worker to stop."""
+        with self._tx(write=True) as conn:
+            n = conn.execute(
+                self._owned(claim).values(lease_expires_at=time.time() + lease_seconds)
+            ).rowcount
+        return n == 1
+
+    def complete(self, claim: Claim, output_path: str, result: dict[str, Any]) -> bool:
+        """Record success once. A result for a job this claim no longer holds is dropped
+        (its attempt is marked superseded) and False is returned."""
+        now = time.time()
+        fields = {k: result.get(k) for k in RESULT_COLUMNS}
+        fields["versions_json"] = json.dumps(result.get("versions", {}), sort_keys=True)
+        with self._tx(write=True) as conn:
+            n = conn.execute(
+                self._owned(claim).values(
+                    status=JobStatus.SUCCEEDED.value,
+                    finished_at=now,
+                    output_path=output_path,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=None,
+                )
+            ).rowcount
+            status = AttemptStatus.SUCCEEDED if n == 1 else AttemptStatus.SUPERSEDED
+            self._finish_attempt(conn, claim, status, **fields)
+        return n == 1
+
+    def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> str | None:
+        """Record a failed attempt; the job goes back to pending after a backoff while
+        attempts remain, else to failed. Returns the job's new status (None if not held)."""
+        now = time.time()
+        with self._tx(write=True) as conn:
+            row = conn.execute(
+                select(Job.attempts, Job.max_attempts).where(Job.id == claim.job["id"])
+            ).one()
+            again = retryable and row.attempts < row.max_attempts
+            status = JobStatus.PENDING if again else JobStatus.FAILED
+            n = conn.execute(
+                self._owned(claim).values(
+                    status=status.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=error,
+                    not_before=now + backoff_seconds(row.attempts) if again else None,
+                    finished_at=None if again else now,
+                )
+            ).rowcount
+            self._finish_attempt(
+                conn, claim, AttemptStatus.FAILED if n else AttemptStatus.SUPERSEDED, error=error
+            )
+        return status.value if n else None
+
+    def release(self, claim: Claim, reason: str = "worker shut down") -> bool:
+        """Give the job back untouched (this attempt does not count against its limit)."""
+        with self._tx(write=True) as conn:
+            n = conn.execute(
+                self._owned(claim).values(
+                    status=JobStatus.PENDING.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempts=Job.attempts - 1,
+                )
+            ).rowcount
+            self._finish_attempt(
+                conn, claim, AttemptStatus.RELEASED if n else AttemptStatus.SUPERSEDED, error=reason
+            )
+        return n == 1
+
+    def recover_expired(self, now: float | None = None) -> int:
+        """Jobs whose lease ran out (their worker died) go back to pending, or to failed when
+        out of attempts; their attempts are marked lost."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            # Cheap unlocked look first: nearly always there is nothing to do.
+            expired = conn.execute(
+                select(Job.id)
+                .where(Job.status == JobStatus.RUNNING.value)
+                .where(Job.lease_expires_at < now)
+                .limit(1)
+            ).first()
+        if expired is None:
+            return 0
+        with self._tx(write=True) as conn:
+            rows = conn.execute(
+                select(Job.id, Job.attempts, Job.max_attempts, Job.lease_owner)
+                .where(Job.status == JobStatus.RUNNING.value)
+                .where(Job.lease_expires_at < now)
+            ).all()
+            for r in rows:
+                error = f"lease expired: worker {r.lease_owner} stopped renewing it"
+                again = r.attempts < r.max_attempts
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == r.id)
+                    .values(
+                        status=(JobStatus.PENDING if again else JobStatus.FAILED).value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        last_error=error,
+                        finished_at=None if again else now,
+                    )
+                )
+                conn.execute(
+                    update(Attempt)
+                    .where(Attempt.job_id == r.id)
+                    .where(Attempt.status == AttemptStatus.RUNNING.value)
+                    .values(status=AttemptStatus.LOST.value, finished_at=now, error=error)
+                )
+        return len(rows)
+
+    def lose(self, claim: Claim, error: str, *, count_attempt: bool = True) -> str | None:
+        """The holder of this claim is gone (a dead worker, or Redis forgot the job): back to
+        pending, or to failed when out of attempts. A job that never started does not use up
+        an attempt. Returns the new status (None if the claim no longer held the job)."""
+        now = time.time()
+        with self._tx(write=True) as conn:
+            row = conn.execute(
+                select(Job.attempts, Job.max_attempts).where(Job.id == claim.job["id"])
+            ).one()
+            again = not count_attempt or row.attempts < row.max_attempts
+            status = JobStatus.PENDING if again else JobStatus.FAILED
+            n = conn.execute(
+                self._owned(claim).values(
+                    status=status.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=error,
+                    attempts=Job.attempts - (0 if count_attempt else 1),
+                    finished_at=None if again else now,
+                )
+            ).rowcount
+            self._finish_attempt(conn, claim, AttemptStatus.LOST, error=error)
+        return status.value if n else None
+
+    # -- the Redis transport: the coordinator holds the lease for its dispatches ----------------
+
+    def dispatch(self, limit: int, owner_for: Callable[[dict[str, Any]], str]) -> list[Claim]:
+        """Move up to ``limit`` pending jobs to ``queued``, in claim order (priority, then age),
+        each owned by the dispatch id ``owner_for(job)`` gives, with an open attempt."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        claims: list[Claim] = []
+        with self._tx(write=True) as conn:
+            rows = conn.execute(
+                select(*(getattr(Job, c) for c in JOB_PAYLOAD_COLUMNS))
+                .where(Job.status == JobStatus.PENDING.value)
+                .where((Job.not_before.is_(None)) | (Job.not_before <= now))
+                .order_by(Job.priority.desc(), Job.id)
+                .limit(limit)
+            ).mappings()
+            for row in list(rows):
+                job = dict(row)
+                job["attempts"] += 1
+                owner = owner_for(job)
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job["id"])
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        lease_owner=owner,
+                        lease_expires_at=None,  # liveness is the coordinator's to judge
+                        attempts=job["attempts"],
+                    )
+                )
+                attempt_id = conn.execute(
+                    insert(Attempt)
+                    .values(
+                        job_id=job["id"],
+                        batch_id=job["batch_id"],
+                        number=job["attempts"],
+                        status=AttemptStatus.DISPATCHED.value,
+                        worker="",
+                        host="",
+                        started_at=now,
+                    )
+                    .returning(Attempt.id)
+                ).scalar_one()
+                claims.append(Claim(job=job, attempt_id=attempt_id, lease_owner=owner))
+        return claims
+
+    def mark_started(
+        self, claim: Claim, *, worker: str, host: str, pid: int | None, at: float
+    ) -> bool:
+        """A worker picked the dispatched job up: the job is running, the attempt is its."""
+        with self._tx(write=True) as conn:
+            row = conn.execute(
+                select(Job.created_at, Job.not_before).where(Job.id == claim.job["id"])
+            ).one()
+            n = conn.execute(
+                self._owned(claim).values(
+                    status=JobStatus.RUNNING.value,
+                    started_at=func.coalesce(Job.started_at, at),
+                )
+            ).rowcount
+            if n:
+                conn.execute(
+                    update(Attempt)
+                    .where(Attempt.id == claim.attempt_id)
+                    .where(Attempt.status == AttemptStatus.DISPATCHED.value)
+                    .values(
+                        status=AttemptStatus.RUNNING.value,
+                        worker=worker,
+                        host=host,
+                        pid=pid,
+                        started_at=at,
+                        queue_wait_s=at - (row.not_before or row.created_at),
+                    )
+                )
+        return n == 1
+
+    def in_flight(self, owner_prefix: str) -> list[tuple[Claim, str]]:
+        """Queued or running jobs whose lease owner starts with ``owner_prefix``, with their
+        open attempts and statuses: what a restarted coordinator picks up again."""
+        open_attempt = (
+            select(func.max(Attempt.id))
+            .where(Attempt.job_id == Job.id)
+            .where(Attempt.status.in_(OPEN_ATTEMPTS))
+            .scalar_subquery()
+        )
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(
+                    *(getattr(Job, c) for c in JOB_PAYLOAD_COLUMNS),
+                    Job.lease_owner,
+                    Job.status,
+                    open_attempt.label("attempt_id"),
+                )
+                .where(Job.status.in_(HELD_STATUSES))
+                .where(Job.lease_owner.startswith(owner_prefix, autoescape=True))
+                .order_by(Job.id)
+            ).mappings()
+            return [
+                (
+                    Claim(
+                        job={c: r[c] for c in JOB_PAYLOAD_COLUMNS},
+                        attempt_id=r["attempt_id"] or 0,
+                        lease_owner=r["lease_owner"],
+                    ),
+                    r["status"],
+                )
+                for r in rows
+            ]
+
+    def holders(self, job_ids: list[int]) -> dict[int, str | None]:
+        """The current lease owner of each job (None when nobody holds it)."""
+        with self.engine.connect() as conn:
+            return dict(
+                conn.execute(
+                    select(Job.id, Job.lease_owner)
+                    .where(Job.id.in_(job_ids))
+                    .where(Job.status.in_(HELD_STATUSES))
+                ).all()
+            )

@@ -1,0 +1,90 @@
+"""RQ workers (fake pipelines) with a coordinator, against a real redis-server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from orchestrator.dispatch import Coordinator, CoordinatorSettings
+from orchestrator.store import JobStore
+from tests import fake_workers
+from tests.conftest import submit_text
+from tests.redis_server import RedisServer
+from workers import rq_protocol as proto
+from workers.rq_worker import plain_json
+
+
+def spawn(target: Any, *args: Any) -> Any:
+    proc = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+def test_a_job_that_fails_twice_then_succeeds(
+    store: JobStore, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    submit_text(store, "prompt\na\n", max_attempts=3)
+    worker = spawn(fake_workers.flaky_worker, redis_server.url, 2)
+    settings = CoordinatorSettings(output_dir=tmp_path / "out", until_done=True, poll=0.05)
+    coord = Coordinator(store, proto.connect(redis_server.url), settings)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(coord.run()))
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        coord.request_stop()
+        thread.join()
+    worker.join(30)
+    assert result == [0]
+    job = store.get_job(1)
+    assert job["status"] == "succeeded"
+    assert [(a["status"], a["worker"], a["error"]) for a in job["attempt_rows"]] == [
+        ("failed", "flaky", "RuntimeError: flaky failure 1"),
+        ("failed", "flaky", "RuntimeError: flaky failure 2"),
+        ("succeeded", "flaky", None),
+    ]
+    # the retries waited: 2 s, then 4 s of backoff
+    rows = job["attempt_rows"]
+    assert rows[1]["started_at"] - rows[0]["finished_at"] >= 1.5
+    assert rows[2]["started_at"] - rows[1]["finished_at"] >= 3.5
+
+
+def test_a_job_naming_another_function_is_never_executed(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    conn = proto.connect(redis_server.url)
+    marker = tmp_path / "pwned"
+    name = proto.queue_for("tiny")
+    conn.sadd(proto.QUEUES_KEY, name)
+    q = Queue(name, connection=conn, serializer=JSONSerializer)
+    evil = q.enqueue("os.system", f"touch {marker}")
+    # and one in pickle, RQ's default serializer
+    pickled = Queue(name, connection=conn).enqueue("os.system", f"touch {marker}")
+    worker = spawn(fake_workers.instant_worker, redis_server.url, "guard")
+    worker.join(60)
+    assert not marker.exists()
+    job = Job.fetch(evil.id, connection=conn, serializer=JSONSerializer)
+    assert job.get_status() == "failed"
+    assert "refused: this worker runs only workers.rq_worker.generate" in (
+        job.latest_result().exc_string or ""
+    )
+    assert Job.fetch(pickled.id, connection=conn).get_status() == "failed"
+
+
+def test_return_values_are_plain_json() -> None:
+    import numpy as np
+
+    assert plain_json({"a": np.float32(1.5), "b": [np.int64(2)], "c": "x"}) == {
+        "a": 1.5,
+        "b": [2],
+        "c": "x",
+    }
+    with pytest.raises(TypeError):
+        plain_json({"a": object()})
