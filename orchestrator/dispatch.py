@@ -38,7 +38,7 @@ class CoordinatorSettings:
     window: int | None = None  # fixed number of jobs in Redis; None: per_worker x live workers
     per_worker: int = 2
     min_window: int = 2
-    lost_after: float = 10.0
+    lost_after: float = 5.0
     reconcile_every: float = 1.0
     workers_every: float = 2.0
     poll: float = 0.2

@@ -30,7 +30,7 @@ from orchestrator.errors import OrchestratorError
 @option(
     "--lost-after",
     type=click.FloatRange(1),
-    default=10.0,
+    default=5.0,
     help="Seconds a dispatched job may go unaccounted for (in no queue, no heartbeat) before it is dispatched again.",
 )
 @option(
