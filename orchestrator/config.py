@@ -23,3 +23,5 @@ class WorkerSettings:
     poll_seconds: float = 1.0
     max_jobs: int | None = None
     burst: bool = False
+    backend: str = "diffusers"
+    compute_units: str = "CPU_AND_NE"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.hooks import Hooks, batch_summary
 from orchestrator.local import JobEvent
 from orchestrator.output import image_path, write_atomic
 from orchestrator.store import Claim, JobStore
@@ -56,8 +57,11 @@ class Coordinator:
         settings: CoordinatorSettings,
         *,
         on_event: Callable[[JobEvent], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
+        self.hooks = hooks or Hooks()
+        self._active_batches = store.active_batches()
         self.redis = redis
         self.settings = settings
         self.on_event = on_event
@@ -96,6 +100,7 @@ class Coordinator:
                     next_reconcile = now + s.reconcile_every
                 if now >= next_workers:
                     self._sync_workers()
+                    self._finished_batches()
                     next_workers = now + s.workers_every
                 self._handle_events(self._take_events(block=bool(self.in_flight)))
                 if unaccounted is not None:
@@ -111,6 +116,7 @@ class Coordinator:
                 break
             if not self.in_flight:
                 self._stop.wait(s.poll)  # nothing out there: look for new submissions shortly
+        self._finished_batches()
         try:
             self._sync_workers()
         except Exception:  # Redis gone at the very end: the table keeps its last view
@@ -339,6 +345,15 @@ class Coordinator:
                 p.lrem(f"rq:queue:{proto.queue_for(claim.job['model'])}", 0, rq_id)
             p.delete(f"rq:job:{rq_id}")
             p.execute()
+
+    def _finished_batches(self) -> None:
+        """Run the completion hooks for batches that have just run out of work."""
+        if not self.hooks:
+            return
+        active = self.store.active_batches()
+        for batch_id in sorted(self._active_batches - active):
+            self.hooks.batch_done(batch_summary(self.store, batch_id))
+        self._active_batches = active
 
     def _sync_workers(self) -> None:
         """Copy the workers' status hashes into the workers table."""

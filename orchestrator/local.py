@@ -97,7 +97,12 @@ class LocalWorker:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.cache = cache or PipelineCache(device=settings.device, threads=settings.threads)
+        self.cache = cache or PipelineCache(
+            backend=settings.backend,
+            device=settings.device,
+            threads=settings.threads,
+            compute_units=settings.compute_units,
+        )
         self.runner = runner
         self.on_event = on_event
         self.identity = worker_identity()

@@ -29,7 +29,9 @@ INT_LIMITS = {
     "priority": (-1_000_000, 1_000_000),
 }
 GUIDANCE_LIMITS = (0.0, 50.0)
-QUANTIZATIONS = ("fp16",)
+# fp16 (unquantized), uniform palettized variants, or the name of a mixed-bit recipe variant
+QUANTIZATIONS = ("fp16", "8bit", "6bit", "4bit")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
 MAX_PROMPT_CHARS = 10_000
 MAX_OUTPUT_NAME = 120
 OUTPUT_NAME_FIELDS = ("seed", "index", "line", "steps", "scheduler", "width", "height")
@@ -360,10 +362,17 @@ def parse_manifest(
             row.choice("scheduler", raw, SCHEDULER_NAMES) if raw.strip() else defaults.scheduler
         )
         model = cell("model").strip() or defaults.model
-        raw = cell("quantization")
-        quantization = (
-            row.choice("quantization", raw, QUANTIZATIONS) if raw.strip() else defaults.quantization
-        )
+        raw = cell("quantization").strip()
+        quantization: str | None = defaults.quantization
+        if raw:
+            quantization = raw.lower() if raw.lower() in QUANTIZATIONS else raw
+            if quantization not in QUANTIZATIONS and not VARIANT_NAME.match(raw):
+                row.fail(
+                    "quantization",
+                    raw,
+                    "must be fp16, 8bit, 6bit, 4bit or a recipe name (letters, digits, '_', '-', '.')",
+                )
+                quantization = None
         raw = cell("num_images")
         count = (
             row.integer("num_images", raw, *INT_LIMITS["num_images"])

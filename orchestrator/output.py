@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 _UNSAFE = re.compile(r"[^\w\-. ]+")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def image_path(root: Path, job: dict[str, Any]) -> Path:
@@ -43,6 +45,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            # mkstemp makes 0600 files; an image is as readable as any file its user writes
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -1,12 +1,18 @@
-"""The numbers users ask for: counts by status, progress per batch, stage timings."""
+"""The numbers users ask for, one shape for ``orchestrate status``, the dashboard and its API.
+
+:func:`overview` gathers them (every key is documented on the ``status`` command);
+:func:`render_text` prints them plainly for pipes and logs, :func:`render_rich` as tables
+for a terminal.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from orchestrator.models import JobStatus
+from orchestrator.models import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 from orchestrator.store import JobStore
+from orchestrator.store.reports import THROUGHPUT_WINDOW_S
 
 WORKERS_SEEN_WITHIN = 24 * 3600.0
 STAGE_LABELS = (
@@ -18,82 +24,322 @@ STAGE_LABELS = (
     ("encode_s", "PNG encode"),
     ("total_s", "total"),
 )
+STAGE_ROWS = (*STAGE_LABELS[:4], ("denoise_per_step_s", "denoise / step"), *STAGE_LABELS[4:])
+PERCENTILE_LABELS = (
+    ("text_encode_s", "text encode"),
+    ("denoise_per_step_s", "denoise / step"),
+    ("decode_s", "decode"),
+    ("total_s", "total"),
+)
 
 
-def overview(store: JobStore, batch_id: int | None = None) -> dict[str, Any]:
-    """Counts by status, per-batch progress and mean stage timings (the ``--json`` shape)."""
-    counts = store.counts(batch_id)
-    batches = store.batches()
-    if batch_id is not None:
-        batches = [b for b in batches if b["id"] == batch_id]
+def progress(counts: dict[str, int], images_per_min: float) -> dict[str, Any]:
+    """Done, remaining, fraction done and ETA (None while nothing is finishing) of counts."""
+    total = sum(counts.values())
+    done = sum(counts[s.value] for s in FINAL_STATUSES)
+    remaining = sum(counts[s.value] for s in ACTIVE_STATUSES)
+    eta = remaining * 60.0 / images_per_min if remaining and images_per_min > 0 else None
     return {
-        "batch": batch_id,
-        "counts": counts,
-        "total": sum(counts.values()),
-        "timings": store.stage_timings(batch_id),
-        "workers": store.workers(seen_within=WORKERS_SEEN_WITHIN),
-        "batches": [
+        "done": done,
+        "remaining": remaining,
+        "fraction": done / total if total else None,
+        "eta_s": 0.0 if total and not remaining else eta,
+    }
+
+
+def batch_rows(
+    store: JobStore, rate: dict[str, Any], batch_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Each batch (or just ``batch_id``) with its counts, progress, rate and ETA; ``rate`` is
+    what ``store.throughput`` returned."""
+    rows = []
+    for b in store.batches():
+        if batch_id is not None and b["id"] != batch_id:
+            continue
+        b_rate = rate["by_batch"].get(b["id"], {}).get("images_per_min", 0.0)
+        rows.append(
             {
                 "id": b["id"],
                 "name": b["name"],
                 "created_at": b["created_at"],
                 "jobs": sum(b["counts"].values()),
                 "counts": b["counts"],
+                "images_per_min": b_rate,
+                **progress(b["counts"], b_rate),
             }
-            for b in batches
-        ],
+        )
+    return rows
+
+
+def overview(
+    store: JobStore,
+    batch_id: int | None = None,
+    *,
+    window_s: float = THROUGHPUT_WINDOW_S,
+    seen_within: float | None = WORKERS_SEEN_WITHIN,
+) -> dict[str, Any]:
+    """Everything ``status --json`` prints and the dashboard shows, for one batch or all."""
+    now = time.time()
+    counts = store.counts(batch_id)
+    rate = store.throughput(window_s, now=now)
+    per_min = (
+        rate["images_per_min"]
+        if batch_id is None
+        else rate["by_batch"].get(batch_id, {}).get("images_per_min", 0.0)
+    )
+    stages = store.stage_percentiles(batch_id)
+    return {
+        "generated_at": now,
+        "batch": batch_id,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "progress": progress(counts, per_min),
+        "throughput": {
+            "window_s": window_s,
+            "images": rate["images"]
+            if batch_id is None
+            else rate["by_batch"].get(batch_id, {}).get("images", 0),
+            "images_per_min": per_min,
+            "failed_attempts": rate["failed_attempts"],
+        },
+        "timings": store.stage_timings(batch_id),
+        "stages": stages["stages"],
+        "stages_n": stages["n"],
+        "workers": store.worker_stats(seen_within=seen_within),
+        "batches": batch_rows(store, rate, batch_id),
+        "failures": store.failure_groups(batch_id),
+        "slowest": store.slowest_jobs(batch_id),
     }
 
 
-def _seconds(value: float | None) -> str:
+# -- formatting shared by the text, rich and HTML views ------------------------------------------
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: 35ms, 2.41s."""
     if value is None:
         return "-"
     return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
 
 
+def duration(value: float | None) -> str:
+    """A longer duration for people: 45s, 12m, 3h05m, 2d4h."""
+    if value is None:
+        return "-"
+    v = round(value)
+    if v < 60:
+        return f"{v}s"
+    if v < 3600:
+        return f"{v // 60}m{v % 60:02d}s"
+    if v < 86400:
+        return f"{v // 3600}h{v % 3600 // 60:02d}m"
+    return f"{v // 86400}d{v % 86400 // 3600}h"
+
+
+def ago(value: float | None, now: float | None = None) -> str:
+    """How long ago a UNIX time was."""
+    if value is None:
+        return "-"
+    s = max(0.0, (time.time() if now is None else now) - value)
+    if s < 60:
+        return f"{s:.0f}s ago"
+    if s < 3600:
+        return f"{s / 60:.0f}m ago"
+    if s < 86400:
+        return f"{s / 3600:.1f}h ago"
+    return f"{s / 86400:.1f}d ago"
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def backend_of(w: dict[str, Any]) -> str:
+    """A worker's transport, backend and device in one word group: ``rq diffusers cpu``."""
+    return " ".join(x for x in (w["transport"], w["backend"], w["device"]) if x)
+
+
+def summary_line(data: dict[str, Any]) -> str:
+    p, t = data["progress"], data["throughput"]
+    return (
+        f"{p['done']}/{data['total']} done ({percent(p['fraction'])}), "
+        f"{p['remaining']} to go; {t['images_per_min']:.1f} images/min over the last "
+        f"{duration(t['window_s'])}; ETA {duration(p['eta_s'])}"
+    )
+
+
+# -- plain text ------------------------------------------------------------------------------
+
+
 def render_text(data: dict[str, Any]) -> str:
+    """The overview as plain, fixed-width text (for pipes, logs and ``grep``)."""
     scope = f"batch {data['batch']}" if data["batch"] is not None else "all batches"
     lines = [f"Jobs ({scope}):"]
     for status in JobStatus:
         lines.append(f"  {status.value:<10} {data['counts'][status.value]:>8}")
     lines.append(f"  {'total':<10} {data['total']:>8}")
+    lines.append(summary_line(data))
     t = data["timings"]
     if t.get("n"):
-        parts = [f"{label} {_seconds(t[key])}" for key, label in STAGE_LABELS]
+        parts = [f"{label} {seconds(t[key])}" for key, label in STAGE_LABELS]
         if t.get("peak_mem_mb") is not None:
             parts.append(f"peak memory {t['peak_mem_mb']:.0f} MB")
         lines.append(f"Mean timings over the last {t['n']} succeeded attempts:")
         lines.append("  " + ", ".join(parts))
+        st = data["stages"]
+        lines.append(
+            "  p50/p95: "
+            + ", ".join(
+                f"{label} {seconds(st[k]['p50'])}/{seconds(st[k]['p95'])}"
+                for k, label in PERCENTILE_LABELS
+            )
+        )
     if data["batches"]:
         lines.append("Batches:")
-        lines.append(f"  {'id':>4}  {'name':<24} {'succeeded':>15}  {'failed':>6}  {'running':>7}")
+        lines.append(
+            f"  {'id':>4}  {'name':<24} {'succeeded':>15}  {'failed':>6}  {'running':>7}"
+            f"  {'done':>6}  {'img/min':>7}  ETA"
+        )
         for b in data["batches"]:
             c = b["counts"]
             done = f"{c['succeeded']}/{b['jobs']}"
             lines.append(
-                f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c['failed']:>6}  {c['running']:>7}"
+                f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c['failed']:>6}  "
+                f"{c['running']:>7}  {percent(b['fraction']):>6}  {b['images_per_min']:>7.1f}"
+                f"  {duration(b['eta_s'])}"
             )
-    if data.get("workers"):
-        now = time.time()
+    if data["workers"]:
+        now = data["generated_at"]
         lines.append("Workers (seen in the last 24 h):")
         lines.append(
             f"  {'name':<28} {'host':<14} {'backend':<16} {'model':<14} {'state':<7} "
-            f"{'jobs':>5} {'s/image':>8}  last seen"
+            f"{'jobs':>5} {'failed':>6} {'s/image':>8} {'p95':>8}  last seen"
         )
         for w in data["workers"]:
-            backend = " ".join(x for x in (w["transport"], w["backend"], w["device"]) if x)
-            spi = f"{w['s_per_image']:.2f}" if w["s_per_image"] is not None else "-"
+            mean = w["mean_s"] if w["mean_s"] is not None else w["s_per_image"]
             lines.append(
-                f"  {w['name'][:28]:<28} {w['host'][:14]:<14} {backend[:16]:<16} "
-                f"{(w['model'] or '-')[:14]:<14} {w['state']:<7} {w['jobs_done']:>5} {spi:>8}  "
-                f"{_ago(now - w['last_seen'])}"
+                f"  {w['name'][:28]:<28} {w['host'][:14]:<14} {backend_of(w)[:16]:<16} "
+                f"{(w['model'] or '-')[:14]:<14} {w['state']:<7} {w['jobs_done']:>5} "
+                f"{w['jobs_failed']:>6} {seconds(mean):>8} {seconds(w['p95_s']):>8}  "
+                f"{ago(w['last_seen'], now)}"
+            )
+    if data["failures"]:
+        lines.append("Failures (recent failed and lost attempts, by error):")
+        for f in data["failures"][:10]:
+            ids = ", ".join(map(str, f["job_ids"]))
+            lines.append(
+                f"  {f['attempts']:>6}x  {f['error'][:70]}  (last {ago(f['last_seen'], data['generated_at'])}; jobs {ids})"
+            )
+    if data["slowest"]:
+        lines.append("Slowest recent jobs:")
+        for s in data["slowest"][:5]:
+            lines.append(
+                f"  job {s['job_id']:>8}  {seconds(s['total_s']):>8}  {s['steps']} steps  "
+                f"{s['width']}x{s['height']}  {s['worker']}"
             )
     return "\n".join(lines)
 
 
-def _ago(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+# -- rich, for a terminal --------------------------------------------------------------------
+
+
+def render_rich(data: dict[str, Any]) -> Any:
+    """The overview as rich tables (a renderable for ``Console.print`` or ``Live``)."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    now = data["generated_at"]
+    scope = f"batch {data['batch']}" if data["batch"] is not None else "all batches"
+    parts: list[Any] = [Text(f"Jobs ({scope}): " + summary_line(data), style="bold")]
+
+    counts = Table(box=None, pad_edge=False)
+    for status in JobStatus:
+        counts.add_column(status.value, justify="right")
+    counts.add_column("total", justify="right", style="bold")
+    counts.add_row(*(str(data["counts"][s.value]) for s in JobStatus), str(data["total"]))
+    parts.append(counts)
+
+    if data["batches"]:
+        t = Table(title="Batches", title_justify="left")
+        for col, just in (
+            ("id", "right"),
+            ("name", "left"),
+            ("progress", "left"),
+            ("done", "right"),
+            ("succeeded", "right"),
+            ("failed", "right"),
+            ("running", "right"),
+            ("img/min", "right"),
+            ("ETA", "right"),
+        ):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for b in data["batches"]:
+            c = b["counts"]
+            t.add_row(
+                str(b["id"]),
+                b["name"],
+                ProgressBar(total=max(b["jobs"], 1), completed=b["done"], width=20),
+                percent(b["fraction"]),
+                f"{c['succeeded']}/{b['jobs']}",
+                str(c["failed"]),
+                str(c["running"]),
+                f"{b['images_per_min']:.1f}",
+                duration(b["eta_s"]),
+            )
+        parts.append(t)
+
+    if data["workers"]:
+        t = Table(title="Workers (seen in the last 24 h)", title_justify="left")
+        for col in ("name", "host", "backend", "model", "state", "jobs", "failed"):
+            t.add_column(col, justify="right" if col in ("jobs", "failed") else "left")
+        for col in ("s/image", "p95", "last seen"):
+            t.add_column(col, justify="right")
+        for w in data["workers"]:
+            mean = w["mean_s"] if w["mean_s"] is not None else w["s_per_image"]
+            state_style = {"busy": "green", "stopped": "dim"}.get(w["state"], "")
+            t.add_row(
+                w["name"],
+                w["host"],
+                backend_of(w),
+                w["model"] or "-",
+                Text(w["state"], style=state_style),
+                str(w["jobs_done"]),
+                str(w["jobs_failed"]),
+                seconds(mean),
+                seconds(w["p95_s"]),
+                ago(w["last_seen"], now),
+            )
+        parts.append(t)
+
+    if data["stages_n"]:
+        t = Table(
+            title=f"Stage timings (last {data['stages_n']} succeeded attempts)",
+            title_justify="left",
+        )
+        t.add_column("stage")
+        for col in ("mean", "p50", "p95"):
+            t.add_column(col, justify="right")
+        for key, label in STAGE_ROWS:
+            s = data["stages"][key]
+            t.add_row(label, seconds(s["mean"]), seconds(s["p50"]), seconds(s["p95"]))
+        parts.append(t)
+
+    if data["failures"]:
+        t = Table(title="Failures (recent failed and lost attempts)", title_justify="left")
+        t.add_column("attempts", justify="right", style="red")
+        t.add_column("jobs", justify="right")
+        t.add_column("error", overflow="fold")
+        t.add_column("last seen", justify="right")
+        t.add_column("job ids")
+        for f in data["failures"][:10]:
+            t.add_row(
+                str(f["attempts"]),
+                str(f["jobs"]),
+                f["error"],
+                ago(f["last_seen"], now),
+                ", ".join(map(str, f["job_ids"])),
+            )
+        parts.append(t)
+    return Group(*parts)

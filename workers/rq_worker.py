@@ -255,22 +255,20 @@ class OrchestrateWorker(SimpleWorker):
 
 
 class _Heartbeat(threading.Thread):
-    """During a job: RQ's worker and job heartbeats, our liveness key, and cancel requests."""
+    """During a job: RQ's worker and job heartbeats, and our liveness key."""
 
     def __init__(self, worker: OrchestrateWorker, job: Job, execution: Any) -> None:
         super().__init__(name=f"heartbeat-{job.id}", daemon=True)
         self.worker = worker
         self.job = job
         self.execution = execution
-        self.cancelled = False
         self._done = threading.Event()
         self._beat()
 
     def _beat(self) -> None:
-        conn = self.worker.connection
-        conn.set(proto.heartbeat_key(self.job.id), self.worker.name, ex=self.worker.heartbeat_ttl)
-        if conn.exists(proto.cancel_key(self.job.id)):
-            self.cancelled = True
+        self.worker.connection.set(
+            proto.heartbeat_key(self.job.id), self.worker.name, ex=self.worker.heartbeat_ttl
+        )
 
     def run(self) -> None:
         while not self._done.wait(self.worker.heartbeat_interval):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.backends import GenerationRequest, JobInputError, JobInterrupted
+from workers.backends import BACKENDS, GenerationRequest, JobInputError, JobInterrupted
 from workers.metadata import a1111_parameters, encode_png
 
 logger = logging.getLogger(__name__)
@@ -41,28 +41,52 @@ class PipelineCache:
     """Holds the loaded pipeline of one model; loading another replaces it (one fits in memory)."""
 
     def __init__(
-        self, *, backend: str = "diffusers", device: str = "auto", threads: int = 2
+        self,
+        *,
+        backend: str = "diffusers",
+        device: str = "auto",
+        threads: int = 2,
+        compute_units: str = "CPU_AND_NE",
     ) -> None:
-        if backend != "diffusers":
-            raise ValueError(f"unknown backend {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         self.backend_name = backend
         self.device = device
         self.threads = threads
+        self.compute_units = compute_units
         self.current: Any = None
 
     @property
     def loaded_model(self) -> str | None:
         return None if self.current is None else self.current.model
 
-    def get(self, model: str) -> tuple[Any, float]:
-        """The backend for ``model`` and the seconds spent loading it now (0 when cached)."""
-        if self.current is not None and self.current.model == model:
-            return self.current, 0.0
-        from workers.backends.diffusers import DiffusersBackend
-
+    def get(self, model: str, quantization: str = "fp16") -> tuple[Any, float]:
+        """The backend for ``model`` (in its ``quantization`` variant) and the seconds spent
+        loading it now (0 when cached)."""
+        current = self.current
+        if current is not None and (current.model, current.quantization) == (model, quantization):
+            return current, 0.0
         self.current = None  # free the old model before loading the next
         t0 = time.perf_counter()
-        self.current = DiffusersBackend(model, device=self.device, threads=self.threads)
+        if self.backend_name == "coreml":
+            from workers.backends.coreml import CoreMLBackend, check_platform
+
+            check_platform()  # before any lookup: the one-sentence refusal off macOS
+            folder = resolve_coreml_folder(model, quantization)
+            self.current = CoreMLBackend(
+                model, folder, compute_units=self.compute_units, quantization=quantization
+            )
+            return self.current, time.perf_counter() - t0
+        from workers.backends.diffusers import DiffusersBackend
+
+        source = resolve_variant(model, quantization)
+        self.current = DiffusersBackend(
+            model,
+            source=source,
+            quantization=quantization,
+            device=self.device,
+            threads=self.threads,
+        )
         load_s = time.perf_counter() - t0
         logger.info(
             "loaded model %s on %s in %.2fs",
@@ -74,6 +98,45 @@ class PipelineCache:
         return self.current, load_s
 
 
+def resolve_variant(model: str, quantization: str) -> str | None:
+    """The folder of a compressed variant (None for the unquantized model). Uniform 8/6/4-bit
+    variants are built on first use; a recipe variant must have been made with
+    ``orchestrate model compress``."""
+    if quantization == "fp16":
+        return None
+    from workers.compression import registry
+    from workers.compression.variants import UNIFORM, ensure_uniform_variant
+
+    if quantization in UNIFORM:
+        return str(ensure_uniform_variant(model, quantization))
+    found = registry.lookup(model, quantization, "torch")
+    if found is None:
+        raise JobInputError(
+            f"no compressed variant {quantization!r} of model {model!r} on this worker; make it with "
+            f"`orchestrate model compress --model {model} --recipe ANALYSIS.json:{quantization} "
+            "--format torch`"
+        )
+    return str(found)
+
+
+def resolve_coreml_folder(model: str, quantization: str) -> Any:
+    """A Core ML folder for (model, quantization): registered by ``model convert|compress``,
+    or ``model`` itself when it names such a folder."""
+    from pathlib import Path
+
+    from workers.compression import registry
+
+    found = registry.lookup(model, quantization, "coreml")
+    if found is not None:
+        return found
+    if quantization == "fp16" and (Path(model).expanduser() / "Unet.mlpackage").exists():
+        return Path(model).expanduser()
+    raise JobInputError(
+        f"no Core ML variant {quantization!r} of model {model!r} on this worker; make one with "
+        f"`orchestrate model convert --model {model} --out DIR` (with --bits or --recipe to compress)"
+    )
+
+
 def run_job(
     job: dict[str, Any],
     cache: PipelineCache,
@@ -81,13 +144,9 @@ def run_job(
     should_stop: Callable[[], bool] | None = None,
 ) -> TaskOutput:
     """Generate the image of one job. Raises JobInterrupted when ``should_stop`` says so."""
-    if job.get("quantization", "fp16") != "fp16":
-        raise JobInputError(
-            f"quantization {job['quantization']!r} is not available in this worker (only fp16)"
-        )
     t_start = time.perf_counter()
-    # 1. The pipeline, loaded once per process and model
-    backend, load_s = cache.get(job["model"])
+    # 1. The pipeline, loaded once per process and model variant
+    backend, load_s = cache.get(job["model"], job.get("quantization", "fp16"))
     request = GenerationRequest(**{k: job[k] for k in REQUEST_FIELDS})
 
     # 2. Generation

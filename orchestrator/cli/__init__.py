@@ -42,9 +42,16 @@ def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
     ctx.meta["verbose"] = verbose
 
 
-from orchestrator.cli import distributed, jobs, local  # noqa: E402  (they register on main)
+from orchestrator.cli import (  # noqa: E402  (they register on main)
+    dashboard,
+    dataset,
+    distributed,
+    jobs,
+    local,
+    model,
+)
 
-_ = (distributed, jobs, local)
+_ = (dashboard, dataset, distributed, jobs, local, model)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -17,9 +17,10 @@ from orchestrator.config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_THREADS,
 )
-from orchestrator.errors import ManifestError
+from orchestrator.errors import ManifestError, UsageError
 from orchestrator.manifest import (
     QUANTIZATIONS,
+    VARIANT_NAME,
     Defaults,
     Manifest,
 )
@@ -80,9 +81,8 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         option(
             "--quantization",
-            type=click.Choice(QUANTIZATIONS),
             default=d.quantization,
-            help="Weights variant.",
+            help="Weights variant: " + ", ".join(QUANTIZATIONS) + " or a recipe variant's name.",
         ),
         option(
             "--width",
@@ -115,6 +115,47 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def backend_options() -> list[Callable[[Any], Any]]:
+    return [
+        option(
+            "--backend",
+            type=click.Choice(["diffusers", "coreml"]),
+            default="diffusers",
+            help="diffusers (PyTorch: CPU, CUDA, MPS) or coreml (macOS only).",
+        ),
+        option(
+            "--compute-units",
+            type=click.Choice(["CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY"]),
+            default="CPU_AND_NE",
+            help="Core ML compute units (with --backend coreml).",
+        ),
+    ]
+
+
+def require_backend(backend: str) -> None:
+    """Refuse at start, not per job, a backend this machine cannot run."""
+    if backend == "coreml":
+        from workers.backends.coreml import check_platform
+
+        try:
+            check_platform()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def hook_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What to call when a batch finishes."""
+    f = option(
+        "--on-done",
+        default=None,
+        help="Shell command run when a batch finishes (summary JSON on stdin; "
+        "ORCHESTRATE_BATCH_ID, _SUCCEEDED, _FAILED, _TOTAL in its environment).",
+    )(f)
+    return option(
+        "--notify-url", default=None, help="URL to POST a JSON summary to when a batch finishes."
+    )(f)
+
+
 def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         option(
@@ -139,6 +180,7 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         option(
             "--max-jobs", type=click.IntRange(1), default=None, help="Exit after this many jobs."
         ),
+        *backend_options(),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -146,6 +188,11 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def defaults_from(kw: dict[str, Any]) -> Defaults:
+    q = kw["quantization"]
+    if q not in QUANTIZATIONS and not VARIANT_NAME.match(q):
+        raise UsageError(
+            f"--quantization must be fp16, 8bit, 6bit, 4bit or a recipe name, not {q!r}"
+        )
     return Defaults(
         steps=kw["steps"],
         guidance_scale=kw["guidance_scale"],

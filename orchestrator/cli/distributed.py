@@ -9,9 +9,19 @@ from typing import Any
 import click
 
 from orchestrator.cli import main
-from orchestrator.cli.common import State, configure_logging, option, pass_state, redis_option
+from orchestrator.cli.common import (
+    State,
+    backend_options,
+    configure_logging,
+    hook_options,
+    option,
+    pass_state,
+    redis_option,
+    require_backend,
+)
 from orchestrator.config import DEFAULT_THREADS
 from orchestrator.errors import OrchestratorError
+from orchestrator.hooks import Hooks
 
 
 @main.command()
@@ -39,6 +49,7 @@ from orchestrator.errors import OrchestratorError
     default=3600,
     help="RQ's limit on one job's run time, in seconds.",
 )
+@hook_options
 @pass_state
 @click.pass_context
 def coordinator(
@@ -49,6 +60,8 @@ def coordinator(
     window: int | None,
     lost_after: float,
     job_timeout: int,
+    notify_url: str | None,
+    on_done: str | None,
 ) -> None:
     """Feed the queue to RQ workers on other machines and collect their results."""
     from orchestrator.dispatch import Coordinator, CoordinatorSettings
@@ -69,7 +82,7 @@ def coordinator(
         until_done=until_done,
     )
     bar = Progress(store.counts)
-    coord = Coordinator(store, redis, settings, on_event=bar)
+    coord = Coordinator(store, redis, settings, on_event=bar, hooks=Hooks(notify_url, on_done))
     click.echo(
         f"coordinator on {redact(redis_url)}: {len(coord.in_flight)} jobs in flight", err=True
     )
@@ -87,6 +100,12 @@ def coordinator(
             signal.signal(s, h)
         bar.close()
     sys.exit(code)
+
+
+def backend_decorators(f: Any) -> Any:
+    for o in reversed(backend_options()):
+        f = o(f)
+    return f
 
 
 @main.command()
@@ -125,6 +144,7 @@ def coordinator(
     help="Seconds between heartbeats during a job; after three missed, the coordinator "
     "gives the job to another worker.",
 )
+@backend_decorators
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -137,6 +157,8 @@ def worker(
     device: str,
     max_jobs: int | None,
     heartbeat: float,
+    backend: str,
+    compute_units: str,
 ) -> None:
     """An RQ worker: takes jobs from Redis, keeps its model loaded, never opens the database."""
     from workers.rq_worker import run_worker
@@ -144,10 +166,13 @@ def worker(
 
     verbose = ctx.find_root().meta["verbose"]
     configure_logging(verbose, service=True)
+    require_backend(backend)
     try:
         run_worker(
             redis_url,
-            cache=PipelineCache(device=device, threads=threads),
+            cache=PipelineCache(
+                backend=backend, device=device, threads=threads, compute_units=compute_units
+            ),
             model=model,
             burst=burst,
             burst_idle=burst_idle,

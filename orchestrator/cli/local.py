@@ -1,8 +1,7 @@
-"""Commands of the single-machine path: submit, run, work, generate, status."""
+"""Commands of the single-machine path: submit, run, work, generate."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from collections.abc import Callable
@@ -17,15 +16,18 @@ from orchestrator.cli.common import (
     configure_logging,
     defaults_from,
     defaults_options,
+    hook_options,
     option,
     pass_state,
     report_submit,
+    require_backend,
     submit_manifest,
     worker_options,
 )
 from orchestrator.config import (
     WorkerSettings,
 )
+from orchestrator.hooks import Hooks, batch_summary
 from orchestrator.manifest import (
     load_manifest,
     parse_manifest,
@@ -84,6 +86,7 @@ def _run_worker(
 @click.argument("manifest", type=click.Path(dir_okay=False), required=False)
 @defaults_options
 @worker_options
+@hook_options
 @pass_state
 @click.pass_context
 def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> None:
@@ -100,20 +103,33 @@ def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> No
     sys.exit(_work_and_report(ctx, state, kw, job_ids))
 
 
-def _work_and_report(
-    ctx: click.Context, state: State, kw: dict[str, Any], job_ids: list[int] | None
-) -> int:
-    store = state.store()
-    settings = WorkerSettings(
+def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSettings:
+    """Settings from the shared worker options (refusing a backend this machine cannot run)."""
+    require_backend(kw["backend"])
+    return WorkerSettings(
         output_dir=state.output,
         lease_seconds=kw["lease_seconds"],
         threads=kw["threads"],
         device=kw["device"],
         max_jobs=kw["max_jobs"],
-        burst=True,
+        backend=kw["backend"],
+        compute_units=kw["compute_units"],
+        **extra,
     )
+
+
+def _work_and_report(
+    ctx: click.Context, state: State, kw: dict[str, Any], job_ids: list[int] | None
+) -> int:
+    store = state.store()
+    settings = worker_settings(state, kw, burst=True)
     scope = (lambda: store.counts_for_jobs(job_ids)) if job_ids is not None else None
+    active_before = store.active_batches()
     worker, _ = _run_worker(state, ctx, settings, scope, progress=True)
+    hooks = Hooks(kw.get("notify_url"), kw.get("on_done"))
+    if hooks:
+        for batch_id in sorted(active_before - store.active_batches()):
+            hooks.batch_done(batch_summary(store, batch_id))
     counts = scope() if scope else store.counts()
     total = sum(counts.values())
     click.echo(
@@ -150,15 +166,7 @@ def work(
 ) -> None:
     """Run a worker on this machine (several may share one database)."""
     configure_logging(ctx.find_root().meta["verbose"], service=True)
-    settings = WorkerSettings(
-        output_dir=state.output,
-        lease_seconds=kw["lease_seconds"],
-        threads=kw["threads"],
-        device=kw["device"],
-        max_jobs=kw["max_jobs"],
-        burst=burst,
-        poll_seconds=poll_seconds,
-    )
+    settings = worker_settings(state, kw, burst=burst, poll_seconds=poll_seconds)
     _worker, stats = _run_worker(state, ctx, settings, None, progress=sys.stderr.isatty())
     sys.exit(0 if stats.failed == 0 else 1)
 
@@ -204,20 +212,3 @@ def generate(
     if job["output_path"]:
         click.echo(job["output_path"])
     sys.exit(code)
-
-
-@main.command()
-@option("--batch", "batch_id", type=int, default=None, help="Only this batch.")
-@option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print JSON (keys: batch, counts, total, timings, batches).",
-)
-@pass_state
-def status(state: State, batch_id: int | None, as_json: bool) -> None:
-    """Counts by status, batch progress and stage timings."""
-    from orchestrator.status import overview, render_text
-
-    data = overview(state.store(), batch_id)
-    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))

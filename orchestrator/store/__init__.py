@@ -19,6 +19,7 @@ from orchestrator.store.base import (
 from orchestrator.store.fleet import FleetMixin
 from orchestrator.store.jobs import JobsMixin
 from orchestrator.store.leases import LeasesMixin
+from orchestrator.store.reports import ReportsMixin
 
 __all__ = [
     "JOB_PAYLOAD_COLUMNS",
@@ -32,5 +33,5 @@ __all__ = [
 ]
 
 
-class JobStore(JobsMixin, LeasesMixin, FleetMixin):
+class JobStore(JobsMixin, LeasesMixin, FleetMixin, ReportsMixin):
     """The job database's one door."""

@@ -144,6 +144,17 @@ class JobsMixin(StoreBase):
         with self.engine.connect() as conn:
             return bool(conn.execute(stmt).scalar_one())
 
+    def active_batches(self) -> set[int]:
+        """Batches with a job pending, queued or running."""
+        stmt = (
+            select(JobCount.batch_id)
+            .where(JobCount.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .where(JobCount.n > 0)
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(stmt).scalars())
+
     def batches(self) -> list[dict[str, Any]]:
         with self._tx(write=False) as conn:
             batches = [dict(r) for r in conn.execute(select(Batch).order_by(Batch.id)).mappings()]
@@ -260,3 +271,28 @@ class JobsMixin(StoreBase):
                 ),
                 {"ids": list(job_ids)} if job_ids else {},
             ).rowcount
+
+    def succeeded_for_export(self, batch_id: int | None = None) -> list[dict[str, Any]]:
+        """The rows of a dataset export: succeeded jobs by id, each with the stage timings of
+        its succeeded attempt (the newest one, should a job ever have two)."""
+        # An alias, so the subquery correlates with the outer jobs row only (found by the
+        # attempts.job_id index).
+        mine = Attempt.__table__.alias("succeeded_attempt")
+        attempt_id = (
+            select(func.max(mine.c.id))
+            .where(mine.c.job_id == Job.id)
+            .where(mine.c.status == AttemptStatus.SUCCEEDED.value)
+            .correlate(Job)
+            .scalar_subquery()
+        )
+        timings = ("text_encode_s", "denoise_s", "decode_s", "total_s")
+        stmt = (
+            select(*Job.__table__.columns, *(getattr(Attempt, c) for c in timings))
+            .outerjoin(Attempt, Attempt.id == attempt_id)
+            .where(Job.status == JobStatus.SUCCEEDED.value)
+            .order_by(Job.id)
+        )
+        if batch_id is not None:
+            stmt = stmt.where(Job.batch_id == batch_id)
+        with self._tx(write=False) as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]

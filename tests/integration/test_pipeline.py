@@ -139,9 +139,9 @@ def test_should_stop_interrupts_between_steps(cache: PipelineCache) -> None:
         run_job(JOB, cache, should_stop=stop)
 
 
-def test_unknown_quantization_is_an_input_error(cache: PipelineCache) -> None:
-    with pytest.raises(JobInputError, match="quantization '4bit'"):
-        run_job({**JOB, "quantization": "4bit"}, cache)
+def test_unknown_recipe_variant_is_an_input_error(cache: PipelineCache) -> None:
+    with pytest.raises(JobInputError, match="no compressed variant 'recipe_x' of model 'tiny'"):
+        run_job({**JOB, "quantization": "recipe_x"}, cache)
 
 
 def test_missing_local_model_folder_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

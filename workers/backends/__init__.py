@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-BACKENDS = ("diffusers",)
+BACKENDS = ("diffusers", "coreml")
 
 
 class JobInputError(ValueError):

@@ -53,20 +53,59 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
+def model_source(model: str) -> str:
+    """Where ``from_pretrained`` finds a manifest's model: the built-in tiny model's cache
+    folder, a local diffusers folder, or a hub id."""
+    if is_tiny(model):
+        return str(ensure_tiny_model())
+    folder = local_folder(model)
+    if folder is not None:
+        return str(folder)
+    if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists():
+        raise ModelLoadError(
+            f"model {model!r} is not a diffusers folder (no model_index.json there)"
+        )
+    return model  # a hub id: from_pretrained finds it in the local HF cache or downloads it
+
+
+def load_pipeline(source: str, dtype: Any) -> Any:
+    """A ``StableDiffusionPipeline`` from a folder or hub id, quietly, without a safety checker."""
+    import diffusers
+    import transformers
+    from diffusers import StableDiffusionPipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load a Stable Diffusion pipeline from {source}: {exc}"
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class DiffusersBackend:
     """A loaded ``StableDiffusionPipeline``, kept for every job that names its model."""
 
     name = "diffusers"
 
-    def __init__(self, model: str, *, device: str = "auto", threads: int = 2) -> None:
-        import diffusers
+    def __init__(
+        self,
+        model: str,
+        *,
+        source: str | None = None,
+        quantization: str = "fp16",
+        device: str = "auto",
+        threads: int = 2,
+    ) -> None:
         import torch
-        import transformers
-        from diffusers import StableDiffusionPipeline
 
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
         self.model = model
+        self.quantization = quantization
         self.threads = threads
         # The thread count changes how reductions are split, and so the pixels: fix it.
         torch.set_num_threads(threads)
@@ -74,32 +113,10 @@ class DiffusersBackend:
         # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.
         self._torch_dtype = torch.float32 if self.device == "cpu" else torch.float16
         self.dtype = "fp32" if self._torch_dtype == torch.float32 else "fp16"
-        source = self._source(model)
-        try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source,
-                dtype=self._torch_dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load model {model!r} from {source}: {exc}") from exc
-        pipe.set_progress_bar_config(disable=True)
+        # A compressed variant is a model folder of its own, found by the pipeline cache.
+        pipe = load_pipeline(source or model_source(model), self._torch_dtype)
         self.pipe = pipe.to(self.device)
         self._scheduler_config = dict(pipe.scheduler.config)
-
-    @staticmethod
-    def _source(model: str) -> str:
-        if is_tiny(model):
-            return str(ensure_tiny_model())
-        folder = local_folder(model)
-        if folder is not None:
-            return str(folder)
-        if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists():
-            raise ModelLoadError(
-                f"model {model!r} is not a diffusers folder (no model_index.json there)"
-            )
-        return model  # a hub id: from_pretrained finds it in the local HF cache or downloads it
 
     @functools.cached_property
     def _versions(self) -> dict[str, str]:

@@ -1,0 +1,261 @@
+"""``orchestrate model``: mixed-bit palettization and Core ML export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli import main
+from orchestrator.cli.common import option
+from orchestrator.errors import UsageError
+
+
+@main.group()
+def model() -> None:
+    """Analyze, compress and convert models (mixed-bit palettization, Core ML)."""
+
+
+def _usage(fn: Any) -> Any:
+    """Turn the compression library's input errors into clean CLI errors."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, KeyError) as exc:
+            raise UsageError(str(exc).strip("'\"")) from None
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+@model.command("analyze")
+@option("--model", "model_name", required=True, help="'tiny', a diffusers folder, or a hub id.")
+@option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Analysis JSON (rewritten after every layer).",
+)
+@option("--resume/--no-resume", default=True, help="Continue an interrupted analysis in --out.")
+@option(
+    "--min-size",
+    type=float,
+    default=1e5,
+    help="Candidate layers have more weight elements than this (Apple: 1e5; the tiny model needs ~1e3).",
+)
+@option(
+    "--num-recipes",
+    type=click.IntRange(1, 20),
+    default=7,
+    help="Recipes to build along decreasing PSNR.",
+)
+@option("--prompts", type=click.IntRange(1, 4), default=4, help="Fixed prompts in the probe batch.")
+@_usage
+def analyze_cmd(
+    model_name: str, out: str, resume: bool, min_size: float, num_recipes: int, prompts: int
+) -> None:
+    """Per-layer sensitivity of the UNet to 1/2/4/6/8-bit palettization (hours on a real model)."""
+    from tqdm import tqdm
+
+    from workers.compression.commands import analyze_model
+
+    bar = tqdm(total=None, unit="run", desc="analyze")
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(what[-50:], refresh=True)
+
+    try:
+        result = analyze_model(
+            model_name,
+            Path(out),
+            min_size=min_size,
+            resume=resume,
+            num_recipes=num_recipes,
+            prompts=prompts,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    b = result["baselines"]
+    click.echo(
+        f"{len(result['orchestrate']['sizes'])} layers analyzed; linear 8-bit baseline {b['linear_8bit']:.1f} dB; written to {out}"
+    )
+    for name in result["recipes"]:
+        click.echo(f"  {name}: {b.get(name, float('nan')):.1f} dB")
+
+
+@model.command("recipe")
+@click.argument("analysis", type=click.Path(exists=True, dir_okay=False))
+@option(
+    "--bits",
+    type=click.FloatRange(1, 16),
+    default=None,
+    help="Target average bits over the analyzed layers.",
+)
+@option(
+    "--psnr",
+    "psnr_floor",
+    type=float,
+    default=None,
+    help="Per-layer PSNR floor in dB (Apple's rule).",
+)
+@option("--name", default=None, help="Recipe name [default: recipe_<bits>_bit_mixedpalette].")
+@_usage
+def recipe_cmd(
+    analysis: str, bits: float | None, psnr_floor: float | None, name: str | None
+) -> None:
+    """Pick per-layer bits from an analysis and save the recipe into it."""
+    from workers.compression.commands import make_recipe
+
+    if (bits is None) == (psnr_floor is None):
+        raise UsageError("give exactly one of --bits or --psnr")
+    r = make_recipe(Path(analysis), bits=bits, psnr_floor=psnr_floor, name=name)
+    predicted = f", predicted {r['predicted_psnr_db']:.1f} dB" if r["predicted_psnr_db"] else ""
+    click.echo(
+        f"{r['name']}: {r['avg_bits']:.2f} bits on average{predicted}; layers by bits {r['layers_by_bits']}"
+    )
+    click.echo(f"use it with: --recipe {analysis}:{r['name']}")
+
+
+@model.command("compress")
+@option("--model", "model_name", required=True, help="'tiny', a diffusers folder, or a hub id.")
+@option(
+    "--recipe",
+    "recipe_spec",
+    default=None,
+    help="ANALYSIS.json:NAME, or a recipe JSON (Apple's format works).",
+)
+@option(
+    "--bits",
+    type=click.Choice(["1", "2", "4", "6", "8"]),
+    default=None,
+    help="Uniform palettization instead of a recipe.",
+)
+@option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torch", "coreml"]),
+    required=True,
+    help="torch: a diffusers folder; coreml: .mlpackages.",
+)
+@option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@option(
+    "--name",
+    default=None,
+    help="Variant name for manifests' quantization column [default: the recipe's].",
+)
+@option(
+    "--attention",
+    type=click.Choice(["original", "split_einsum"]),
+    default="original",
+    help="Core ML attention form.",
+)
+@_usage
+def compress_cmd(
+    model_name: str,
+    recipe_spec: str | None,
+    bits: str | None,
+    fmt: str,
+    out: str,
+    name: str | None,
+    attention: str,
+) -> None:
+    """Apply a recipe: a compressed variant the workers can use (registered under its name)."""
+    from workers.compression.commands import compress_model
+
+    r = compress_model(
+        model_name,
+        Path(out),
+        fmt=fmt,
+        recipe_spec=recipe_spec,
+        bits=int(bits) if bits else None,
+        name=name,
+        attention=attention,
+    )
+    click.echo(
+        f"{r['variant']} ({fmt}) in {r['path']}: {r['unet_avg_bits']:.2f} bits/weight on average "
+        f"({r['recipe_avg_bits']:.2f} over the recipe's layers), UNet {r['fp16_mb']:.1f} MB fp16 -> "
+        f"{r['palettized_mb']:.1f} MB, denoising output PSNR {r['psnr_db']:.1f} dB vs the original, {r['seconds']:.0f}s"
+    )
+    click.echo(f"use it in a manifest: quantization = {r['variant']}")
+
+
+@model.command("convert")
+@option("--model", "model_name", required=True, help="'tiny', a diffusers folder, or a hub id.")
+@option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Output folder (TextEncoder, Unet, VAEDecoder .mlpackage + tokenizer files).",
+)
+@option(
+    "--attention",
+    type=click.Choice(["original", "split_einsum"]),
+    default="original",
+    help="split_einsum: per-head attention, for the Neural Engine.",
+)
+@option(
+    "--bits",
+    type=click.Choice(["1", "2", "4", "6", "8"]),
+    default=None,
+    help="Also palettize the UNet uniformly.",
+)
+@option("--recipe", "recipe_spec", default=None, help="Also palettize the UNet per a recipe.")
+@option(
+    "--latent-size",
+    type=click.IntRange(4, 256),
+    default=None,
+    help="Latent side (image side / 8) [default: the model's].",
+)
+@_usage
+def convert_cmd(
+    model_name: str,
+    out: str,
+    attention: str,
+    bits: str | None,
+    recipe_spec: str | None,
+    latent_size: int | None,
+) -> None:
+    """Export a model to Core ML .mlpackages (runs on Linux; prediction needs macOS)."""
+    from workers.compression.commands import convert_model
+
+    r = convert_model(
+        model_name,
+        Path(out),
+        attention=attention,
+        bits=int(bits) if bits else None,
+        recipe_spec=recipe_spec,
+        latent_size=latent_size,
+    )
+    click.echo(json.dumps(r, indent=2))
+
+
+@model.command("list")
+@option("--json", "as_json", is_flag=True)
+def list_cmd(as_json: bool) -> None:
+    """Compressed variants registered on this machine, and the recipes they came from."""
+    from workers.compression.commands import list_variants
+
+    rows = list_variants()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no variants yet: `orchestrate model compress ...` makes one")
+        return
+    click.echo(
+        f"{'model':<30} {'variant':<32} {'format':<7} {'bits':>5} {'UNet MB':>8} {'PSNR':>6}  path"
+    )
+    for e in rows:
+        bits = f"{e['avg_bits']:.2f}" if e.get("avg_bits") else "16"
+        mb = f"{e['unet_mb']:.1f}" if e.get("unet_mb") else "-"
+        ps = f"{e['psnr_db']:.1f}" if e.get("psnr_db") else "-"
+        click.echo(
+            f"{e['model'][:30]:<30} {e['variant'][:32]:<32} {e['format']:<7} {bits:>5} {mb:>8} {ps:>6}  {e['path']}"
+        )

@@ -1,0 +1,278 @@
+"""Dataset export: succeeded jobs' images and metadata as a Hugging Face ``imagefolder``, a
+Parquet file with embedded images, or WebDataset tar shards.
+
+Every export is reproducible: rows go in job-id order, JSON keys are sorted, tar headers carry
+fixed times and owners, and Parquet is written with fixed options, so the same database and
+images give byte-identical files. Files appear whole or not at all (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from orchestrator.errors import UsageError
+from orchestrator.output import write_atomic
+
+FORMATS = ("imagefolder", "parquet", "webdataset")
+DEFAULT_SHARD_SIZE = 1000
+
+# Metadata of each image, in column order, with the Arrow type of its Parquet column.
+COLUMNS: dict[str, str] = {
+    "job_id": "int64",
+    "batch_id": "int64",
+    "prompt": "string",
+    "negative_prompt": "string",
+    "seed": "int64",
+    "steps": "int64",
+    "guidance_scale": "float64",
+    "scheduler": "string",
+    "width": "int64",
+    "height": "int64",
+    "model": "string",
+    "quantization": "string",
+    "text_encode_s": "float64",
+    "denoise_s": "float64",
+    "decode_s": "float64",
+    "total_s": "float64",
+}
+_SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name
+_OUR_IMAGE = re.compile(r"\d+\.png")
+# Rows per Parquet row group: small groups keep a reader's memory low when rows hold images.
+_ROW_GROUP = 100
+# 2000-01-01T00:00:00Z: a fixed, plausible mtime for every tar member (0 trips some tools).
+_TAR_MTIME = 946684800
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote."""
+
+    format: str
+    rows: int
+    location: Path  # the split folder, the Parquet file, or the shards' folder
+    files: list[Path] = field(default_factory=list)  # the files written this time
+    copied: int = 0  # imagefolder: images copied (the rest were already there)
+    removed: int = 0  # stale images or shards of an earlier, larger export
+
+    def summary(self) -> str:
+        """One line for the user."""
+        text = f"exported {self.rows} images as {self.format} to {self.location}"
+        if self.format == "imagefolder":
+            text += f" ({self.copied} copied, {self.rows - self.copied} already there"
+            text += f", {self.removed} stale removed)" if self.removed else ")"
+        elif self.format == "webdataset":
+            text += f" ({len(self.files)} shard{'s' if len(self.files) != 1 else ''}"
+            text += f", {self.removed} stale removed)" if self.removed else ")"
+        return text
+
+
+def export_dataset(
+    store: Any,
+    outdir: Path,
+    fmt: str,
+    *,
+    batch_id: int | None = None,
+    split: str = "train",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> ExportResult:
+    """Export the succeeded jobs (of one batch, or all) to ``outdir`` in format ``fmt``."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if not _SPLIT.fullmatch(split):
+        raise UsageError(f"split name {split!r} must be letters, digits and '_' (e.g. 'train')")
+    if shard_size < 1:
+        raise UsageError(f"shard size must be at least 1 (got {shard_size})")
+    rows = store.succeeded_for_export(batch_id)
+    if not rows:
+        where = f"in batch {batch_id}" if batch_id is not None else "in the database"
+        raise UsageError(f"nothing to export: no succeeded jobs {where}")
+    for row in rows:
+        path = row.get("output_path")
+        if not path or not Path(path).is_file():
+            raise UsageError(f"job {row['id']}: its image {path or '(none recorded)'} is missing")
+    outdir = Path(outdir)
+    if fmt == "imagefolder":
+        return _imagefolder(rows, outdir / split)
+    if fmt == "parquet":
+        return _parquet(rows, outdir / f"{split}.parquet")
+    return _webdataset(rows, outdir, split, shard_size)
+
+
+def metadata(row: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of one exported image: the job's generation fields, ids and timings."""
+    return {name: (row["id"] if name == "job_id" else row.get(name)) for name in COLUMNS}
+
+
+def _key(row: dict[str, Any]) -> str:
+    return f"{int(row['id']):06d}"
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
+
+
+def _file_mode() -> int:
+    """The mode an ordinary new file gets here (0666 less the umask): temporary files are
+    created 0600, and a dataset is made to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish(path: Path, data: bytes, mode: int) -> None:
+    write_atomic(path, data)
+    os.chmod(path, mode)
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path) -> Iterator[IO[bytes]]:
+    """A file to stream into that replaces ``path`` only once it is complete and synced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fchmod(fh.fileno(), _file_mode())
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# -- imagefolder ------------------------------------------------------------------------------
+
+
+def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
+    """``folder/<job-id>.png`` and ``folder/metadata.jsonl`` (HF's imagefolder layout)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = ExportResult("imagefolder", len(rows), folder)
+    mode = _file_mode()
+    lines = []
+    names = set()
+    for row in rows:
+        name = f"{_key(row)}.png"
+        names.add(name)
+        src, dst = Path(row["output_path"]), folder / name
+        # Incremental: images are never rewritten by the workers, so same size means same file.
+        if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
+            _publish(dst, src.read_bytes(), mode)
+            result.copied += 1
+            result.files.append(dst)
+        lines.append(_dumps({"file_name": name, **metadata(row)}) + "\n")
+    # Images of jobs no longer exported (another --batch, say) would be loaded without
+    # metadata; only names of our own pattern are removed.
+    for stale in sorted(folder.glob("*.png")):
+        if _OUR_IMAGE.fullmatch(stale.name) and stale.name not in names:
+            stale.unlink()
+            result.removed += 1
+    meta_path = folder / "metadata.jsonl"
+    _publish(meta_path, "".join(lines).encode("utf-8"), mode)
+    result.files.append(meta_path)
+    return result
+
+
+# -- parquet ----------------------------------------------------------------------------------
+
+
+def _hf_features() -> dict[str, Any]:
+    """The ``datasets`` Features of the Parquet file, so ``image`` loads as an ``Image``."""
+    dtypes = {"int64": "int64", "float64": "float64", "string": "string"}
+    features: dict[str, Any] = {"image": {"_type": "Image"}}
+    for name, kind in COLUMNS.items():
+        features[name] = {"dtype": dtypes[kind], "_type": "Value"}
+    return features
+
+
+def _parquet(rows: list[dict[str, Any]], path: Path) -> ExportResult:
+    """One Parquet file: an ``image`` struct {bytes, path} and the metadata columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow_types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema(
+        [pa.field("image", image_type), *(pa.field(n, arrow_types[t]) for n, t in COLUMNS.items())],
+        # The key `datasets` reads its Features from (what Dataset.to_parquet writes).
+        metadata={"huggingface": json.dumps({"info": {"features": _hf_features()}})},
+    )
+    with (
+        _atomic_open(path) as fh,
+        pq.ParquetWriter(
+            fh,
+            schema,
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=False,
+            write_statistics=True,
+            # No page index, no bloom filters: fewer writer options whose defaults may drift.
+            write_page_index=False,
+        ) as writer,
+    ):
+        for i in range(0, len(rows), _ROW_GROUP):
+            chunk = rows[i : i + _ROW_GROUP]
+            columns: dict[str, list[Any]] = {
+                "image": [
+                    {"bytes": Path(r["output_path"]).read_bytes(), "path": f"{_key(r)}.png"}
+                    for r in chunk
+                ]
+            }
+            metas = [metadata(r) for r in chunk]
+            for name in COLUMNS:
+                columns[name] = [m[name] for m in metas]
+            writer.write_table(pa.table(columns, schema=schema), row_group_size=_ROW_GROUP)
+    return ExportResult("parquet", len(rows), path, [path])
+
+
+# -- webdataset -------------------------------------------------------------------------------
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = _TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _webdataset(
+    rows: list[dict[str, Any]], outdir: Path, split: str, shard_size: int
+) -> ExportResult:
+    """``<split>-000000.tar``, ...: per sample ``{key}.png``, ``{key}.json``, ``{key}.txt``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    result = ExportResult("webdataset", len(rows), outdir)
+    for shard, start in enumerate(range(0, len(rows), shard_size)):
+        path = outdir / f"{split}-{shard:06d}.tar"
+        with (
+            _atomic_open(path) as fh,
+            tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            for row in rows[start : start + shard_size]:
+                key = _key(row)
+                _tar_member(tar, f"{key}.png", Path(row["output_path"]).read_bytes())
+                _tar_member(tar, f"{key}.json", _dumps(metadata(row)).encode("utf-8"))
+                _tar_member(tar, f"{key}.txt", row["prompt"].encode("utf-8"))
+        result.files.append(path)
+    # Shards past the last one, left by an earlier export of more rows, would be read as part
+    # of this split.
+    shard_name = re.compile(re.escape(split) + r"-(\d{6})\.tar")
+    for old in sorted(outdir.glob(f"{split}-*.tar")):
+        m = shard_name.fullmatch(old.name)
+        if m and int(m.group(1)) >= len(result.files):
+            old.unlink()
+            result.removed += 1
+    return result

@@ -1,0 +1,356 @@
+"""Reports for ``orchestrate status``, the dashboard and its JSON API.
+
+Every query reads a bounded window of recent work through an index (the last N attempts by
+id, or the attempts finished in the last minutes), so each costs the same at a million jobs
+as at a hundred; percentiles are computed in Python over that window.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus, Worker
+from orchestrator.store.base import TIMING_WINDOW, StoreBase
+
+THROUGHPUT_WINDOW_S = 600.0
+RECENT_WINDOW = 10_000
+# Stages whose p50/p95 the reports give; denoise per step comes from denoise_s / steps.
+STAGES = (
+    "queue_wait_s",
+    "load_s",
+    "text_encode_s",
+    "denoise_s",
+    "denoise_per_step_s",
+    "decode_s",
+    "encode_s",
+    "total_s",
+)
+FAILED_ATTEMPTS = (AttemptStatus.FAILED.value, AttemptStatus.LOST.value)
+# A local lease owner is "<worker>/<claim token>": without the token, one dead worker's lost
+# jobs share one error text instead of one each. The same rule in Python and in SQL.
+_LEASE_TOKEN = re.compile(r"^(lease expired: worker .+)/[0-9a-f]{8}( stopped renewing it)$")
+NO_ERROR_TEXT = "(no error text)"
+# 29 = len("/<8 hex digits> stopped renewing it")
+ERROR_KEY_SQL = (
+    "CASE WHEN error GLOB 'lease expired: worker */"
+    + "[0-9a-f]" * 8
+    + " stopped renewing it' THEN substr(error, 1, length(error) - 29) || ' stopped renewing it'"
+    f" ELSE coalesce(nullif(error, ''), '{NO_ERROR_TEXT}') END"
+)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of ``values``, interpolating between closest ranks."""
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Count, mean, p50 and p95 of the values that are not None."""
+    v = [float(x) for x in values if x is not None]
+    return {
+        "n": len(v),
+        "mean": sum(v) / len(v) if v else None,
+        "p50": percentile(v, 50),
+        "p95": percentile(v, 95),
+    }
+
+
+def error_key(error: str | None) -> str:
+    """The text failures are grouped by."""
+    if not error:
+        return NO_ERROR_TEXT
+    return _LEASE_TOKEN.sub(r"\1\2", error)
+
+
+class ReportsMixin(StoreBase):
+    """What status, the dashboard and its API read: recent throughput, stage percentiles,
+    workers, failures, slow jobs and images."""
+
+    def throughput(
+        self, window_s: float = THROUGHPUT_WINDOW_S, *, now: float | None = None
+    ) -> dict[str, Any]:
+        """Images per minute from the attempts that succeeded in the last ``window_s`` seconds,
+        overall and per batch, plus the failed attempts of the window.
+
+        The rate is over the window, or over the time since the earliest of those attempts
+        started when work began inside it, so a fresh run is not under-reported.
+        """
+        now = time.time() if now is None else now
+        since = now - window_s
+        # INDEXED BY: with statistics SQLite prefers ix_attempts_batch_status_id, which saves
+        # the GROUP BY's sort but reads every succeeded attempt ever; this reads the window.
+        stmt = text(
+            "SELECT batch_id, count(*) AS images, min(started_at) AS first_start "
+            "FROM attempts INDEXED BY ix_attempts_status_finished_at "
+            "WHERE status = :succeeded AND finished_at >= :since GROUP BY batch_id"
+        ).bindparams(succeeded=AttemptStatus.SUCCEEDED.value, since=since)
+        failed = (
+            select(func.count())
+            .select_from(Attempt)
+            .where(Attempt.status.in_(FAILED_ATTEMPTS))
+            .where(Attempt.finished_at >= since)
+        )
+        with self._tx(write=False) as conn:
+            rows = conn.execute(stmt).all()
+            failed_n = int(conn.execute(failed).scalar_one())
+
+        def rate(images: int, first_start: float | None) -> tuple[float, float]:
+            span = now - max(since, first_start if first_start is not None else since)
+            span = max(span, 1.0)  # one image a moment after it started is not 1000/min
+            return images * 60.0 / span, span
+
+        by_batch: dict[int, dict[str, float]] = {}
+        for bid, images, first_start in rows:
+            per_min, span = rate(images, first_start)
+            by_batch[bid] = {"images": images, "images_per_min": per_min, "span_s": span}
+        total = sum(r.images for r in rows)
+        first = min((r.first_start for r in rows if r.first_start is not None), default=None)
+        per_min, span = rate(total, first) if total else (0.0, window_s)
+        return {
+            "window_s": window_s,
+            "images": total,
+            "images_per_min": per_min,
+            "span_s": span,
+            "failed_attempts": failed_n,
+            "by_batch": by_batch,
+        }
+
+    def stage_percentiles(
+        self, batch_id: int | None = None, window: int = TIMING_WINDOW
+    ) -> dict[str, Any]:
+        """p50/p95 (and mean) seconds of each stage over the last ``window`` succeeded
+        attempts; ``denoise_per_step_s`` divides each attempt's denoise time by its steps."""
+        recent = (
+            select(
+                Attempt.job_id,
+                Attempt.queue_wait_s,
+                Attempt.load_s,
+                Attempt.text_encode_s,
+                Attempt.denoise_s,
+                Attempt.decode_s,
+                Attempt.encode_s,
+                Attempt.total_s,
+            )
+            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
+            .order_by(Attempt.id.desc())
+            .limit(window)
+        )
+        if batch_id is not None:
+            recent = recent.where(Attempt.batch_id == batch_id)
+        sub = recent.subquery()
+        stmt = select(sub, Job.steps).join(Job, Job.id == sub.c.job_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        columns: dict[str, list[float | None]] = {s: [] for s in STAGES}
+        for r in rows:
+            for s in STAGES:
+                if s == "denoise_per_step_s":
+                    d = r["denoise_s"]
+                    columns[s].append(d / r["steps"] if d is not None and r["steps"] else None)
+                else:
+                    columns[s].append(r[s])
+        return {"n": len(rows), "stages": {s: summarize(v) for s, v in columns.items()}}
+
+    def worker_stats(
+        self, seen_within: float | None = 24 * 3600.0, window: int = RECENT_WINDOW
+    ) -> list[dict[str, Any]]:
+        """Workers seen in the last ``seen_within`` seconds (all when None), newest first: the
+        workers table's row plus mean and p95 seconds per image over each worker's succeeded
+        attempts among the last ``window``, and its failed or lost attempts among theirs."""
+        workers = select(Worker).order_by(Worker.last_seen.desc())
+        if seen_within is not None:
+            workers = workers.where(Worker.last_seen >= time.time() - seen_within)
+        ok = (
+            select(Attempt.worker, Attempt.total_s)
+            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
+            .order_by(Attempt.id.desc())
+            .limit(window)
+        )
+        with self._tx(write=False) as conn:
+            out = [dict(r) for r in conn.execute(workers).mappings()]
+            times: dict[str, list[float | None]] = {}
+            for name, total_s in conn.execute(ok):
+                times.setdefault(name, []).append(total_s)
+            failed: dict[str, int] = {}
+            for status in FAILED_ATTEMPTS:
+                bad = (
+                    select(Attempt.worker)
+                    .where(Attempt.status == status)
+                    .order_by(Attempt.id.desc())
+                    .limit(window)
+                    .subquery()
+                )
+                for name, n in conn.execute(
+                    select(bad.c.worker, func.count()).group_by(bad.c.worker)
+                ):
+                    failed[name] = failed.get(name, 0) + n
+        for w in out:
+            stats = summarize(times.get(w["name"], []))
+            w["s_per_image"] = w["busy_s"] / w["jobs_done"] if w["jobs_done"] else None
+            w["recent_images"] = stats["n"]
+            w["mean_s"] = stats["mean"]
+            w["p95_s"] = stats["p95"]
+            w["recent_failed_attempts"] = failed.get(w["name"], 0)
+        return out
+
+    _FAILURE_GROUPS_SQL = f"""
+        WITH w AS (
+            SELECT * FROM (SELECT id, job_id, finished_at, worker, status, {ERROR_KEY_SQL} AS key
+                             FROM attempts WHERE status = 'failed' {{batch}}
+                            ORDER BY id DESC LIMIT :window)
+            UNION ALL
+            SELECT * FROM (SELECT id, job_id, finished_at, worker, status, {ERROR_KEY_SQL} AS key
+                             FROM attempts WHERE status = 'lost' {{batch}}
+                            ORDER BY id DESC LIMIT :window)
+        ),
+        per_job AS (
+            SELECT key, job_id, max(id) AS last_id,
+                   row_number() OVER (PARTITION BY key ORDER BY max(id) DESC) AS rn
+              FROM w GROUP BY key, job_id
+        )
+        SELECT g.key, g.attempts, g.lost, g.jobs, g.last_seen, g.workers, e.examples
+          FROM (SELECT key, count(*) AS attempts, sum(status = 'lost') AS lost,
+                       count(DISTINCT job_id) AS jobs, max(finished_at) AS last_seen,
+                       group_concat(DISTINCT worker) AS workers
+                  FROM w GROUP BY key) AS g
+          JOIN (SELECT key, group_concat(last_id || ':' || job_id) AS examples
+                  FROM per_job WHERE rn <= :examples GROUP BY key) AS e ON e.key = g.key
+         ORDER BY g.attempts DESC, g.last_seen DESC
+    """
+
+    def failure_groups(
+        self, batch_id: int | None = None, window: int = RECENT_WINDOW, examples: int = 5
+    ) -> list[dict[str, Any]]:
+        """Failed and lost attempts among the last ``window`` of each, grouped by error text,
+        most frequent first: attempts, lost, distinct jobs, workers, last seen, and the ids of
+        the latest ``examples`` jobs. Grouped in SQL: a window holds thousands of rows, the
+        answer a handful."""
+        sql = self._FAILURE_GROUPS_SQL.format(
+            batch="" if batch_id is None else "AND batch_id = :batch"
+        )
+        params = {"window": window, "examples": examples, "batch": batch_id}
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(sql), params).all()
+        out = []
+        for key, attempts, lost, jobs, last_seen, workers, pairs in rows:
+            latest = sorted((tuple(map(int, p.split(":"))) for p in pairs.split(",")), reverse=True)
+            out.append(
+                {
+                    "error": key,
+                    "attempts": attempts,
+                    "lost": lost,
+                    "jobs": jobs,
+                    "workers": sorted(w for w in (workers or "").split(",") if w),
+                    "last_seen": last_seen,
+                    "job_ids": [job_id for _last, job_id in latest],
+                }
+            )
+        return out
+
+    def failed_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recently failed jobs, newest first."""
+        stmt = (
+            select(
+                Job.id,
+                Job.batch_id,
+                Job.prompt,
+                Job.attempts,
+                Job.max_attempts,
+                Job.last_error,
+                Job.finished_at,
+            )
+            .where(Job.status == JobStatus.FAILED.value)
+            .order_by(Job.finished_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def failed_job_ids(self, error: str | None = None, batch_id: int | None = None) -> list[int]:
+        """Failed jobs (of one batch), only those whose last error groups under ``error``
+        when given: what the dashboard's retry buttons retry. Reads every such job: an
+        action's query, not a dashboard view's."""
+        stmt = select(Job.id, Job.last_error).where(Job.status == JobStatus.FAILED.value)
+        if batch_id is not None:
+            stmt = stmt.where(Job.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            return [jid for jid, e in conn.execute(stmt) if error is None or error_key(e) == error]
+
+    def slowest_jobs(
+        self, batch_id: int | None = None, window: int = RECENT_WINDOW, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` slowest succeeded attempts (by total seconds) among the last
+        ``window``, with their job's size, steps and prompt."""
+        recent = (
+            select(
+                Attempt.id.label("attempt_id"),
+                Attempt.job_id,
+                Attempt.batch_id,
+                Attempt.worker,
+                Attempt.total_s,
+                Attempt.denoise_s,
+                Attempt.finished_at,
+            )
+            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
+            .order_by(Attempt.id.desc())
+            .limit(window)
+        )
+        if batch_id is not None:
+            recent = recent.where(Attempt.batch_id == batch_id)
+        r = recent.subquery()
+        # Pick the slowest first, then join: ten job lookups rather than ``window``.
+        top = select(r).order_by(r.c.total_s.desc()).limit(limit).subquery()
+        stmt = (
+            select(top, Job.steps, Job.width, Job.height, Job.model, Job.prompt)
+            .join(Job, Job.id == top.c.job_id)
+            .order_by(top.c.total_s.desc())
+        )
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(stmt).mappings()]
+
+    def recent_images(self, limit: int = 24, offset: int = 0) -> list[dict[str, Any]]:
+        """Succeeded jobs, most recently finished first, with what made their image."""
+        stmt = (
+            select(
+                Job.id,
+                Job.batch_id,
+                Job.prompt,
+                Job.negative_prompt,
+                Job.seed,
+                Job.steps,
+                Job.guidance_scale,
+                Job.width,
+                Job.height,
+                Job.scheduler,
+                Job.model,
+                Job.finished_at,
+                Job.output_path,
+            )
+            .where(Job.status == JobStatus.SUCCEEDED.value)
+            .order_by(Job.finished_at.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def image_file(self, job_id: int) -> str | None:
+        """The output path of a succeeded job: the only files the dashboard serves."""
+        stmt = (
+            select(Job.output_path)
+            .where(Job.id == job_id)
+            .where(Job.status == JobStatus.SUCCEEDED.value)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()

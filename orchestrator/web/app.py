@@ -1,0 +1,403 @@
+"""The dashboard's WSGI application: pages, the retry and cancel actions, and the JSON API.
+
+Pages are rendered on the server with Jinja2 (autoescaping on: prompts are user text). The
+actions are POST forms that carry a per-process token, and requests must name a loopback
+Host when the server listens on one, so neither another web site nor a DNS-rebound name can
+retry or cancel jobs through the user's browser.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from orchestrator import status as st
+from orchestrator.errors import JobNotFound
+from orchestrator.models import ACTIVE_STATUSES, JobStatus
+from orchestrator.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+GALLERY_PAGE = 24
+MAX_PAGE = 10_000
+MAX_FORM_BYTES = 1 << 20
+_RETRY_CHUNK = 500  # ids per store.retry call: SQLite caps the variables of one statement
+_ID = r"(\d{1,18})"  # fits SQLite's 64-bit integers
+
+
+class HTTPError(Exception):
+    """An error answered with its status and message, as HTML or JSON by path."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Request:
+    """What the handlers read from a WSGI environ."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    form: dict[str, list[str]]
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def field(self, name: str) -> str | None:
+        values = self.form.get(name)
+        return values[0] if values else None
+
+    def int_arg(
+        self, name: str, default: int | None, low: int = 1, high: int = 2**62
+    ) -> int | None:
+        raw = self.arg(name)
+        if raw is None or raw == "":
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise HTTPError("400 Bad Request", f"{name} must be a whole number from {low}")
+        return int(raw)
+
+
+@dataclass
+class Response:
+    body: bytes
+    status: str = "200 OK"
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[..., Response]
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _per_step(attempt: dict[str, Any], steps: int) -> float | None:
+    d = attempt.get("denoise_s")
+    return d / steps if d is not None and steps else None
+
+
+class DashboardApp:
+    """The WSGI application. ``refresh_s`` is how often pages reload while jobs are pending,
+    queued or running (0: never); ``allowed_hosts`` the Host names accepted (None: any)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        refresh_s: float = 5.0,
+        allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
+    ) -> None:
+        from jinja2 import Environment, FileSystemLoader
+
+        self.store = store
+        self.refresh_s = refresh_s
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
+        self.token = secrets.token_urlsafe(24)
+        self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
+        self.env.filters.update(
+            seconds=st.seconds,
+            duration=st.duration,
+            percent=st.percent,
+            ago=st.ago,
+            when=_when,
+            backend=st.backend_of,
+        )
+        self.env.globals["stage_rows"] = st.STAGE_ROWS
+        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            (method, re.compile(pattern), handler)
+            for method, pattern, handler in (
+                ("GET", r"/", self.overview),
+                ("GET", r"/batches", self.batches),
+                ("GET", r"/workers", self.workers),
+                ("GET", r"/failures", self.failures),
+                ("GET", r"/gallery", self.gallery),
+                ("GET", rf"/jobs/{_ID}", self.job),
+                ("GET", rf"/images/{_ID}\.png", self.image),
+                ("POST", rf"/jobs/{_ID}/(retry|cancel)", self.job_action),
+                ("POST", rf"/batches/{_ID}/(retry|cancel)", self.batch_action),
+                ("POST", r"/failures/retry", self.retry_failures),
+                ("GET", r"/api/overview", self.api_overview),
+                ("GET", r"/api/batches", self.api_batches),
+                ("GET", r"/api/workers", self.api_workers),
+                ("GET", r"/api/failures", self.api_failures),
+                ("GET", r"/api/gallery", self.api_gallery),
+                ("GET", rf"/api/jobs/{_ID}", self.api_job),
+            )
+        ]
+
+    # -- WSGI ----------------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        try:
+            response = self.handle(environ, path)
+        except HTTPError as exc:
+            response = self._error(path, exc.status, exc.message)
+        except Exception:
+            logger.exception("dashboard request %s failed", path)
+            response = self._error(path, "500 Internal Server Error", "internal error (see log)")
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "same-origin"),
+            *response.headers,
+        ]
+        start_response(response.status, headers)
+        return [response.body]
+
+    def handle(self, environ: dict[str, Any], path: str) -> Response:
+        self._check_host(environ)
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        allowed: list[str] = []
+        for route_method, pattern, handler in self.routes:
+            m = pattern.fullmatch(path)
+            if m is None:
+                continue
+            if route_method != method:
+                allowed.append(route_method)
+                continue
+            request = Request(
+                method=method,
+                path=path,
+                query=parse_qs(environ.get("QUERY_STRING", "")),
+                form=self._form(environ) if method == "POST" else {},
+            )
+            if method == "POST":
+                self._check_token(request)
+            return handler(request, *m.groups())
+        if allowed:
+            raise HTTPError("405 Method Not Allowed", f"use {', '.join(allowed)} for {path}")
+        raise HTTPError("404 Not Found", f"nothing at {path}")
+
+    def _check_host(self, environ: dict[str, Any]) -> None:
+        if self.allowed_hosts is None:
+            return
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+        name = urlsplit(f"//{host}").hostname or ""
+        if name.lower() not in self.allowed_hosts:
+            raise HTTPError("400 Bad Request", f"unexpected Host header {host!r}")
+
+    def _check_token(self, request: Request) -> None:
+        if not hmac.compare_digest(request.field("token") or "", self.token):
+            raise HTTPError("403 Forbidden", "stale or missing form token: reload the page")
+
+    @staticmethod
+    def _form(environ: dict[str, Any]) -> dict[str, list[str]]:
+        try:
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            size = 0
+        if size > MAX_FORM_BYTES:
+            raise HTTPError("413 Content Too Large", "form too large")
+        body = environ["wsgi.input"].read(size) if size > 0 else b""
+        return parse_qs(body.decode("utf-8", "replace"))
+
+    def _error(self, path: str, status: str, message: str) -> Response:
+        if path.startswith("/api/"):
+            return self._json({"error": message}, status)
+        body = self.env.get_template("error.html").render(
+            self._context(path, {}), status=status, message=message
+        )
+        return Response(body.encode(), status)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _context(self, path: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        try:
+            active = self.store.has_active()
+        except Exception:  # an error page must render even when the database does not
+            active = False
+        keep = [(k, v) for k, vs in query.items() for v in vs if k != "msg"]
+        return {
+            "path": path,
+            "here": f"{path}?{urlencode(keep)}" if keep else path,  # where a form comes back to
+            "msg": query["msg"][0] if query.get("msg") else None,
+            "token": self.token,
+            "active": active,
+            "refresh_s": self.refresh_s if active else 0,
+            "now": time.time(),
+        }
+
+    def _page(self, request: Request, template: str, **values: Any) -> Response:
+        html = self.env.get_template(template).render(
+            self._context(request.path, request.query), **values
+        )
+        return Response(html.encode())
+
+    @staticmethod
+    def _json(data: Any, status: str = "200 OK") -> Response:
+        body = json.dumps(data, default=str, indent=1).encode()
+        return Response(body, status, "application/json")
+
+    @staticmethod
+    def _redirect(request: Request, message: str) -> Response:
+        """Back to the page the form came from (a local path only), with a message."""
+        target = request.field("next") or "/"
+        parts = urlsplit(target)
+        if not target.startswith("/") or target.startswith("//") or parts.netloc or "\\" in target:
+            target, parts = "/", urlsplit("/")
+        query = [(k, v) for k, vs in parse_qs(parts.query).items() for v in vs if k != "msg"]
+        query.append(("msg", message))
+        location = f"{parts.path}?{urlencode(query)}"
+        return Response(b"", "303 See Other", headers=[("Location", location)])
+
+    def _retry_ids(self, ids: Sequence[int]) -> int:
+        return sum(
+            self.store.retry(ids[i : i + _RETRY_CHUNK]) for i in range(0, len(ids), _RETRY_CHUNK)
+        )
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    def overview(self, request: Request) -> Response:
+        batch_id = request.int_arg("batch", None)
+        data = st.overview(self.store, batch_id)
+        if batch_id is not None and not data["batches"]:
+            raise HTTPError("404 Not Found", f"no batch {batch_id}")
+        return self._page(
+            request, "overview.html", data=data, images=self.store.recent_images(limit=8)
+        )
+
+    def batches(self, request: Request) -> Response:
+        rate = self.store.throughput()
+        return self._page(
+            request, "batches.html", batches=st.batch_rows(self.store, rate), rate=rate
+        )
+
+    def workers(self, request: Request) -> Response:
+        return self._page(request, "workers.html", workers=self.store.worker_stats())
+
+    def failures(self, request: Request) -> Response:
+        return self._page(
+            request,
+            "failures.html",
+            groups=self.store.failure_groups(),
+            failed_jobs=self.store.failed_jobs(),
+            failed=self.store.counts()["failed"],
+        )
+
+    def gallery(self, request: Request) -> Response:
+        page = request.int_arg("page", 1, high=MAX_PAGE) or 1
+        rows = self.store.recent_images(limit=GALLERY_PAGE + 1, offset=(page - 1) * GALLERY_PAGE)
+        return self._page(
+            request,
+            "gallery.html",
+            images=rows[:GALLERY_PAGE],
+            page=page,
+            more=len(rows) > GALLERY_PAGE,
+        )
+
+    def _job_data(self, job_id: str) -> dict[str, Any]:
+        try:
+            job = self.store.get_job(int(job_id))
+        except JobNotFound as exc:
+            raise HTTPError("404 Not Found", str(exc)) from exc
+        for a in job["attempt_rows"]:
+            a["denoise_per_step_s"] = _per_step(a, job["steps"])
+        job["image_url"] = f"/images/{job['id']}.png" if job["status"] == "succeeded" else None
+        job["can_retry"] = job["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+        job["can_cancel"] = job["status"] in [s.value for s in ACTIVE_STATUSES]
+        return job
+
+    def job(self, request: Request, job_id: str) -> Response:
+        return self._page(request, "job.html", job=self._job_data(job_id))
+
+    def image(self, request: Request, job_id: str) -> Response:
+        # Only the file the database names as a succeeded job's image: never a path from the URL.
+        path = self.store.image_file(int(job_id))
+        if not path or not path.endswith(".png") or not Path(path).is_file():
+            raise HTTPError("404 Not Found", f"no image for job {job_id}")
+        return Response(
+            Path(path).read_bytes(),
+            content_type="image/png",
+            headers=[("Cache-Control", "private, max-age=60")],
+        )
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def job_action(self, request: Request, job_id: str, action: str) -> Response:
+        jid = int(job_id)
+        try:
+            n = self.store.retry([jid]) if action == "retry" else self.store.cancel([jid])
+        except JobNotFound as exc:
+            raise HTTPError("404 Not Found", str(exc)) from exc
+        done = "retried" if action == "retry" else "cancelled"
+        return self._redirect(
+            request, f"job {jid} {done}" if n else f"job {jid}: nothing to {action}"
+        )
+
+    def batch_action(self, request: Request, batch_id: str, action: str) -> Response:
+        bid = int(batch_id)
+        if action == "retry":
+            n = self._retry_ids(self.store.failed_job_ids(batch_id=bid))
+            return self._redirect(request, f"batch {bid}: {_jobs(n)} retried")
+        n = self.store.cancel(batch_id=bid)
+        return self._redirect(request, f"batch {bid}: {_jobs(n)} cancelled")
+
+    def retry_failures(self, request: Request) -> Response:
+        """Retry the failed jobs whose error groups under the form's ``error`` (all failed
+        jobs without one)."""
+        error = request.field("error")
+        n = self._retry_ids(self.store.failed_job_ids(error=error or None))
+        return self._redirect(request, f"{n} failed {'job' if n == 1 else 'jobs'} retried")
+
+    # -- JSON API ------------------------------------------------------------------------------
+
+    def api_overview(self, request: Request) -> Response:
+        return self._json(st.overview(self.store, request.int_arg("batch", None)))
+
+    def api_batches(self, request: Request) -> Response:
+        rate = self.store.throughput()
+        rows = st.batch_rows(self.store, rate)
+        return self._json(
+            {
+                "generated_at": time.time(),
+                "throughput": {k: v for k, v in rate.items() if k != "by_batch"},
+                "batches": rows,
+            }
+        )
+
+    def api_workers(self, request: Request) -> Response:
+        return self._json({"generated_at": time.time(), "workers": self.store.worker_stats()})
+
+    def api_failures(self, request: Request) -> Response:
+        return self._json(
+            {
+                "generated_at": time.time(),
+                "failed": self.store.counts()["failed"],
+                "groups": self.store.failure_groups(),
+                "failed_jobs": self.store.failed_jobs(),
+            }
+        )
+
+    def api_gallery(self, request: Request) -> Response:
+        page = request.int_arg("page", 1, high=MAX_PAGE) or 1
+        rows = self.store.recent_images(limit=GALLERY_PAGE, offset=(page - 1) * GALLERY_PAGE)
+        for r in rows:
+            r["image_url"] = f"/images/{r['id']}.png"
+        return self._json({"page": page, "images": rows})
+
+    def api_job(self, request: Request, job_id: str) -> Response:
+        return self._json(self._job_data(job_id))

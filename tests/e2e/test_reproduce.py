@@ -1,0 +1,146 @@
+"""``orchestrate reproduce``: regenerate an image from its PNG alone and compare the pixels."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from orchestrator.errors import UsageError
+from orchestrator.reproduce import compare_pixels, read_recorded
+from tests.e2e.conftest import Cli
+from workers.metadata import read_png_metadata
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
+    """One image from the real tiny pipeline, made with a non-default thread count."""
+    home = tmp_path_factory.mktemp("generated")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}
+    env["ORCHESTRATE_CACHE"] = str(model_cache)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    proc = Cli(home, env)(
+        "generate",
+        "--prompt",
+        "a lighthouse, at dusk",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "4",
+        "--seed",
+        "7",
+        "--threads",
+        "1",
+    )
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert read_png_metadata(path.read_bytes())["meta"]["run"]["torch_threads"] == 1
+    return path
+
+
+def copy_to(src: Path, folder: Path) -> Path:
+    dst = folder / "image.png"
+    shutil.copy(src, dst)
+    return dst
+
+
+def test_reproduces_identical_pixels_from_the_png_alone(
+    cli: Cli, tmp_path: Path, generated: Path
+) -> None:
+    image = copy_to(generated, tmp_path)
+    proc = cli("reproduce", "image.png", "--compare")
+    assert proc.stdout.splitlines() == [
+        "image.png: reproduced, pixels identical",
+        "regenerated image: image.reproduced.png",
+    ]
+    copy = tmp_path / "image.reproduced.png"
+    identical, same_size, psnr, max_abs = compare_pixels(image.read_bytes(), copy.read_bytes())
+    assert (identical, same_size, psnr, max_abs) == (True, True, None, 0)
+    assert read_png_metadata(copy.read_bytes())["meta"]["job"]["prompt"] == "a lighthouse, at dusk"
+    assert not (tmp_path / "orchestrate.db").exists()  # no database was needed or made
+
+
+def test_altered_pixels_exit_1_with_psnr(cli: Cli, tmp_path: Path, generated: Path) -> None:
+    with Image.open(generated) as img:
+        text = dict(img.text)  # type: ignore[attr-defined]
+        pixels = np.asarray(img.convert("RGB")).copy()
+    original = pixels.copy()
+    pixels[:8, :8] = 255 - pixels[:8, :8]
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    Image.fromarray(pixels).save(tmp_path / "edited.png", pnginfo=info)
+
+    proc = cli("reproduce", "edited.png", check=1)
+    mse = float(np.mean((pixels.astype(np.float64) - original) ** 2))
+    max_abs = int(np.abs(pixels.astype(np.int16) - original).max())
+    assert proc.stdout.splitlines()[0] == (
+        f"edited.png: differs: PSNR {10 * math.log10(255**2 / mse):.2f} dB, "
+        f"max abs pixel difference {max_abs}"
+    )
+    assert not (tmp_path / "edited.reproduced.png").exists()  # only with --compare
+
+
+def test_png_without_our_metadata_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "PNG")
+    (tmp_path / "plain.png").write_bytes(buf.getvalue())
+    (tmp_path / "notes.png").write_text("not an image", encoding="utf-8")
+
+    proc = cli("reproduce", "plain.png", check=2)
+    assert proc.stderr == (
+        "error: plain.png: no orchestrate metadata in this PNG (only images this tool made "
+        "can be reproduced)\n"
+    )
+    proc = cli("reproduce", "notes.png", check=2)
+    assert proc.stderr == "error: notes.png: not an image file\n"
+    proc = cli("reproduce", "missing.png", check=2)
+    assert proc.stderr.startswith("error: missing.png: cannot read: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_damaged_or_incomplete_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 32)
+    with pytest.raises(UsageError, match=r"damaged\.png: damaged PNG or metadata: "):
+        read_recorded(damaged)
+
+    def with_chunk(name: str, text: str) -> Path:
+        info = PngInfo()
+        info.add_text("orchestrate", text)
+        Image.new("RGB", (8, 8)).save(tmp_path / name, pnginfo=info)
+        return tmp_path / name
+
+    with pytest.raises(UsageError, match=r"bad_json\.png: damaged PNG or metadata: "):
+        read_recorded(with_chunk("bad_json.png", "{not json"))
+    partial = json.dumps({"job": {"prompt": "x", "seed": 1}, "run": {}})
+    with pytest.raises(
+        UsageError,
+        match=r"partial\.png: the recorded job lacks negative_prompt, steps, guidance_scale, "
+        "width, height, scheduler, model$",
+    ):
+        read_recorded(with_chunk("partial.png", partial))
+
+
+def test_compare_pixels_reports_psnr_and_size_changes() -> None:
+    def png(pixels: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    a = np.zeros((8, 8, 3))
+    b = a.copy()
+    b[0, 0, 0] = 10  # one channel of one pixel: MSE = 100 / 192
+    identical, same_size, psnr, max_abs = compare_pixels(png(a), png(b))
+    assert (identical, same_size, max_abs) == (False, True, 10)
+    assert psnr == pytest.approx(10 * math.log10(255**2 * 192 / 100))
+    assert compare_pixels(png(a), png(np.zeros((8, 16, 3)))) == (False, False, None, None)

@@ -1,0 +1,296 @@
+"""Mixed-bit palettization on the tiny model: analysis, recipes, torch and Core ML variants."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from workers.compression.analysis import AnalysisPlan, ProbeConfig, analyze
+from workers.compression.palettize import NBITS, kmeans_lut, mean, psnr
+from workers.compression.recipes import load_recipe, recipe_for_bits, recipe_for_psnr
+
+pytestmark = pytest.mark.slow
+MIN_SIZE = 12_000  # the tiny UNet's larger layers (Apple's 1e5 would leave none)
+
+
+def tiny_pipe() -> Any:
+    import torch
+
+    from workers.backends.diffusers import load_pipeline, model_source
+
+    return load_pipeline(model_source("tiny"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("analysis") / "tiny.json"
+    plan = AnalysisPlan(
+        model="tiny",
+        out=out,
+        min_size=MIN_SIZE,
+        num_recipes=3,
+        probe=ProbeConfig(prompts=ProbeConfig().prompts[:2]),
+    )
+    return out, analyze(tiny_pipe(), plan, resume=False)
+
+
+def test_kmeans_lut_has_2_to_the_n_entries_and_more_bits_fit_better() -> None:
+    w = np.random.default_rng(0).standard_normal(50_000).astype(np.float32)
+    quality = []
+    for n in NBITS:
+        lut, idx = kmeans_lut(w, n)
+        assert lut.shape == (2**n,) and lut.dtype == np.float16
+        assert idx.max() < 2**n
+        quality.append(psnr(w, lut.astype(np.float32)[idx]))
+    assert quality == sorted(quality)
+
+
+def test_analysis_has_apples_keys_and_fewer_bits_cost_more_psnr(
+    analysis: tuple[Path, dict[str, Any]],
+) -> None:
+    path, result = analysis
+    on_disk = json.loads(path.read_text())
+    assert {"model_version", "single_layer", "cumulative", "baselines", "recipes"} <= set(on_disk)
+    assert on_disk["model_version"] == "tiny"
+    layers = list(result["orchestrate"]["sizes"])
+    assert layers and all(size > MIN_SIZE for size in result["orchestrate"]["sizes"].values())
+    per_bits = [mean(mean(result["single_layer"][str(n)][name]) for name in layers) for n in NBITS]
+    assert per_bits == sorted(per_bits), per_bits
+    assert per_bits[0] < per_bits[-1] - 10
+    # cumulative: palettizing more layers only ever loses signal (up to rounding)
+    for n in NBITS:
+        run = result["cumulative"][str(n)]
+        order = run["metadata"]["candidates"]
+        values = [mean(run[name]) for name in order]
+        assert all(b <= a + 0.5 for a, b in itertools.pairwise(values))
+    assert {"original", "linear_8bit"} <= set(result["baselines"])
+    assert all(
+        name.startswith("recipe_") and name.endswith("_bit_mixedpalette")
+        for name in result["recipes"]
+    )
+
+
+def test_interrupted_analysis_resumes(
+    analysis: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    path, full = analysis
+    partial = json.loads(path.read_text())
+    # as if killed during the 6-bit cumulative stage
+    for n in ("6", "8"):
+        run = partial["cumulative"].get(n, {})
+        for name in list(run)[len(run) // 2 :]:
+            run.pop(name)
+    partial["cumulative"].pop("8", None)
+    partial["baselines"] = {}
+    partial["recipes"] = {}
+    resumed_path = tmp_path / "resume.json"
+    resumed_path.write_text(json.dumps(partial))
+    ticks: list[str] = []
+    plan = AnalysisPlan(
+        model="tiny",
+        out=resumed_path,
+        min_size=MIN_SIZE,
+        num_recipes=3,
+        probe=ProbeConfig(prompts=ProbeConfig().prompts[:2]),
+    )
+    resumed = analyze(
+        tiny_pipe(), plan, resume=True, progress=lambda d, t, what: ticks.append(what)
+    )
+    assert all(
+        "cumulative" in t and (t.startswith("6-bit") or t.startswith("8-bit")) for t in ticks
+    )
+    assert resumed["cumulative"]["8"] == full["cumulative"]["8"]
+    assert resumed["cumulative"]["6"] == full["cumulative"]["6"]
+
+
+def test_recipe_for_4_5_bits_averages_4_5(analysis: tuple[Path, dict[str, Any]]) -> None:
+    _, result = analysis
+    recipe, avg, predicted = recipe_for_bits(result, 4.5)
+    assert 4.25 <= avg <= 4.75
+    assert set(recipe) == set(result["orchestrate"]["sizes"])
+    assert set(recipe.values()) <= {*NBITS, 16}
+    assert 0 < predicted < 120
+    _, lower_avg, lower_pred = recipe_for_bits(result, 2.5)
+    assert lower_avg < avg and lower_pred < predicted
+    strict, strict_avg = recipe_for_psnr(result, 200.0)
+    assert set(strict.values()) == {16} and strict_avg == 16
+
+
+def test_apple_recipe_json_is_accepted_as_is(
+    tmp_path: Path, analysis: tuple[Path, dict[str, Any]]
+) -> None:
+    _, result = analysis
+    name = next(iter(result["recipes"]))
+    apple = {"model_version": "tiny", "baselines": {}, "recipes": {name: result["recipes"][name]}}
+    (tmp_path / "apple.json").write_text(json.dumps(apple))
+    assert load_recipe(f"{tmp_path / 'apple.json'}:{name}") == (name, result["recipes"][name])
+    (tmp_path / "plain.json").write_text(json.dumps(result["recipes"][name]))
+    assert load_recipe(str(tmp_path / "plain.json"))[1] == result["recipes"][name]
+    with pytest.raises(ValueError, match="has no recipe 'nope'"):
+        load_recipe(f"{tmp_path / 'apple.json'}:nope")
+
+
+def test_torch_variant_runs_through_the_job_path_close_to_fp16(
+    analysis: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from workers.compression.commands import compress_model
+    from workers.task import PipelineCache, run_job
+
+    _, result = analysis
+    recipe, avg, _ = recipe_for_bits(result, 4.5)
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    info = compress_model(
+        "tiny",
+        tmp_path / "variant",
+        fmt="torch",
+        recipe_spec=str(tmp_path / "r.json"),
+        name="mixed45",
+    )
+    assert info["palettized_mb"] < info["fp16_mb"]
+    assert info["recipe_avg_bits"] == pytest.approx(avg)
+    job = {
+        "id": 1,
+        "batch_id": 1,
+        "prompt": "a lighthouse",
+        "negative_prompt": "",
+        "seed": 3,
+        "steps": 8,
+        "guidance_scale": 7.5,
+        "width": 64,
+        "height": 64,
+        "scheduler": "dpmpp_2m",
+        "model": "tiny",
+        "quantization": "fp16",
+        "output_name": "",
+        "line": 2,
+        "image_index": 0,
+        "attempts": 1,
+    }
+    cache = PipelineCache()
+    ref = np.asarray(Image.open(io.BytesIO(run_job(job, cache).png)).convert("RGB"))
+    out = run_job({**job, "quantization": "mixed45"}, cache)
+    img = np.asarray(Image.open(io.BytesIO(out.png)).convert("RGB"))
+    image_psnr = psnr(ref.astype(float), img.astype(float))
+    print(f"tiny model, mixed 4.5-bit vs fp16 image PSNR: {image_psnr:.1f} dB")
+    assert not np.array_equal(ref, img)
+    assert image_psnr > 15.0
+
+
+@pytest.fixture(scope="module")
+def coreml_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.compression.coreml import convert_pipeline
+
+    out = tmp_path_factory.mktemp("coreml") / "tiny-coreml"
+    convert_pipeline(tiny_pipe(), out, model_version="tiny")
+    return out
+
+
+def test_converted_folder_layout_and_input_shapes(coreml_folder: Path) -> None:
+    import coremltools as ct
+
+    names = {p.name for p in coreml_folder.iterdir()}
+    assert {
+        "TextEncoder.mlpackage",
+        "Unet.mlpackage",
+        "VAEDecoder.mlpackage",
+        "vocab.json",
+        "merges.txt",
+    } <= names
+    assert (coreml_folder / "scheduler" / "scheduler_config.json").is_file()
+    assert len(json.loads((coreml_folder / "vocab.json").read_text())) == 514
+    assert (coreml_folder / "merges.txt").read_text().startswith("#version: 0.2")
+    spec = ct.models.MLModel(str(coreml_folder / "Unet.mlpackage"), skip_model_load=True).get_spec()
+    shapes = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
+    assert shapes == {
+        "sample": [2, 4, 8, 8],
+        "timestep": [2],
+        "encoder_hidden_states": [2, 32, 1, 77],
+    }
+    assert [o.name for o in spec.description.output] == ["noise_pred"]
+    assert spec.WhichOneof("Type") == "mlProgram"
+
+
+def test_coreml_palettization_matches_the_recipe_layer_by_layer(
+    coreml_folder: Path, analysis: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    import shutil
+
+    from workers.compression.analysis import Probe
+    from workers.compression.coreml import (
+        coreml_weight_name,
+        load_package_weights,
+        package_megabytes,
+        palettize_unet,
+        read_palettization,
+    )
+    from workers.compression.palettize import unet_average_bits
+
+    _, result = analysis
+    recipe, _, _ = recipe_for_bits(result, 4.5)
+    folder = tmp_path / "c"
+    shutil.copytree(coreml_folder, folder)
+    pipe = tiny_pipe()
+    fp16_mb = package_megabytes(folder / "Unet.mlpackage")
+    palettize_unet(folder, pipe.unet, recipe)
+    back = read_palettization(folder / "Unet.mlpackage")
+    expected = {coreml_weight_name(n): b for n, b in recipe.items() if b != 16}
+    assert back == expected
+    # smaller in proportion to the average bits (plus lookup tables and the package's overhead)
+    ratio = package_megabytes(folder / "Unet.mlpackage") / fp16_mb
+    assert ratio == pytest.approx(unet_average_bits(pipe.unet, recipe) / 16, abs=0.08)
+    # and its decompressed weights, run in torch, stay close to the original
+    probe = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2]))
+    reference = probe.run()
+    assert load_package_weights(pipe.unet, folder / "Unet.mlpackage") > len(expected)
+    quality = mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True))
+    assert 15 < quality < 100
+
+
+def test_split_einsum_attention_matches_the_original() -> None:
+    import torch
+
+    from workers.compression.coreml import SplitEinsumAttnProcessor
+
+    pipe = tiny_pipe()
+    unet = pipe.unet.eval()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    states = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = unet(x, 500, states).sample
+        unet.set_attn_processor(SplitEinsumAttnProcessor())
+        after = unet(x, 500, states).sample
+    torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-5)
+
+
+def test_coreml_backend_refuses_off_macos_in_one_sentence() -> None:
+    from workers.backends import JobInputError
+    from workers.task import PipelineCache, run_job
+
+    cache = PipelineCache(backend="coreml")
+    job = {"model": "tiny", "quantization": "fp16"}
+    with pytest.raises(JobInputError) as info:
+        run_job(job, cache)
+    assert str(info.value) == (
+        "the Core ML backend needs macOS: Core ML prediction (MLModel.predict) only runs on macOS, "
+        "not on Linux; use --backend diffusers here"
+    )
+
+
+def test_unet_inputs_use_apples_layout() -> None:
+    from workers.backends.coreml import unet_inputs
+
+    latents = np.zeros((1, 4, 8, 8), dtype=np.float32)
+    hidden = np.arange(2 * 77 * 32, dtype=np.float32).reshape(2, 77, 32)
+    inputs = unet_inputs(latents, 500.0, hidden)
+    assert inputs["sample"].shape == (2, 4, 8, 8)
+    assert inputs["timestep"].tolist() == [500.0, 500.0]
+    assert inputs["encoder_hidden_states"].shape == (2, 32, 1, 77)
+    assert inputs["encoder_hidden_states"][1, 5, 0, 7] == hidden[1, 7, 5]

@@ -1,0 +1,269 @@
+"""Dataset export: imagefolder, Parquet and WebDataset, read back with the tools users use.
+
+Succeeded jobs come from a real LocalWorker and store with a fake runner (real PNG files,
+real attempt rows); the real pipeline is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from orchestrator.cli import cli
+from orchestrator.config import WorkerSettings
+from orchestrator.errors import UsageError
+from orchestrator.export import COLUMNS, export_dataset
+from orchestrator.local import LocalWorker
+from orchestrator.store import JobStore
+from tests.conftest import submit_text
+from workers.backends import JobInputError
+from workers.task import PipelineCache, TaskOutput
+
+MANIFEST = (
+    "prompt,negative_prompt,seed,num_images,width,height,steps\n"
+    '"a red fox, in the snow",blurry,10,2,64,64,4\n'
+    "un café la nuit ☕,,20,1,96,64,5\n"
+    "broken,,30,1,64,64,4\n"
+)
+# job id -> (batch, prompt, seed, width, height); job 4 ("broken") fails and is never exported
+EXPECTED = {
+    1: (1, "a red fox, in the snow", 10, 64, 64),
+    2: (1, "a red fox, in the snow", 11, 64, 64),
+    3: (1, "un café la nuit ☕", 20, 96, 64),
+    5: (2, "a second batch", 40, 64, 128),
+}
+
+
+def fake_runner(
+    job: dict[str, Any], _cache: PipelineCache, _stop: Callable[[], bool]
+) -> TaskOutput:
+    """A real PNG of the job's size, and every stage timing a worker reports."""
+    if job["prompt"] == "broken":
+        raise JobInputError("this job can never succeed")
+    buf = io.BytesIO()
+    Image.new("RGB", (job["width"], job["height"]), (job["seed"] % 256, 40, 80)).save(buf, "PNG")
+    result = {
+        "backend": "fake",
+        "device": "cpu",
+        "dtype": "fp32",
+        "torch_threads": 1,
+        "text_encode_s": 0.01 * job["id"],
+        "denoise_s": 0.5 + job["id"],
+        "decode_s": 0.125,
+        "total_s": 1.0 + job["id"],
+    }
+    return TaskOutput(png=buf.getvalue(), result=result)
+
+
+@pytest.fixture
+def done(store: JobStore, tmp_path: Path) -> JobStore:
+    """Two batches worked through: jobs 1, 2, 3 and 5 succeeded, job 4 failed."""
+    submit_text(store, MANIFEST)
+    submit_text(store, "prompt,seed,width,height\na second batch,40,64,128\n")
+    settings = WorkerSettings(output_dir=tmp_path / "out", burst=True, poll_seconds=0.05)
+    stats = LocalWorker(store, settings, cache=PipelineCache(), runner=fake_runner).run()
+    assert (stats.succeeded, stats.failed) == (4, 1)
+    return store
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """`datasets` with no network and every cache under this test's folder."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    yield tmp_path / "hf_cache"
+
+
+def check_rows(rows: list[dict[str, Any]], expected: dict[int, tuple[Any, ...]]) -> None:
+    """Every exported row is the job it claims to be, with its image and timings."""
+    assert [r["job_id"] for r in rows] == sorted(expected)
+    for r in rows:
+        batch, prompt, seed, width, height = expected[r["job_id"]]
+        assert (r["batch_id"], r["prompt"], r["seed"]) == (batch, prompt, seed)
+        assert (r["width"], r["height"]) == (width, height)
+        assert r["image"].size == (width, height)
+        assert r["image"].getpixel((0, 0)) == (seed % 256, 40, 80)
+        assert r["denoise_s"] == 0.5 + r["job_id"] and r["total_s"] == 1.0 + r["job_id"]
+        assert r["decode_s"] == 0.125 and r["text_encode_s"] == pytest.approx(0.01 * r["job_id"])
+        assert r["scheduler"] == "dpmpp_2m" and r["model"] == "tiny"
+        assert r["quantization"] == "fp16" and r["guidance_scale"] == 7.5
+        if r["job_id"] == 1:
+            assert (r["negative_prompt"], r["steps"]) == ("blurry", 4)
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_imagefolder_loads_with_datasets(done: JobStore, tmp_path: Path, hf_offline: Path) -> None:
+    result = export_dataset(done, tmp_path / "ds", "imagefolder")
+    assert (result.rows, result.copied) == (4, 4)
+    folder = tmp_path / "ds" / "train"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "000001.png",
+        "000002.png",
+        "000003.png",
+        "000005.png",
+        "metadata.jsonl",
+    ]
+    lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    assert list(first) == sorted(first)  # sort_keys
+    assert set(first) == {"file_name", *COLUMNS}
+    assert [json.loads(line)["file_name"] for line in lines] == [
+        "000001.png",
+        "000002.png",
+        "000003.png",
+        "000005.png",
+    ]
+
+    from datasets import load_dataset
+
+    ds = load_dataset("imagefolder", data_dir=str(tmp_path / "ds"), cache_dir=str(hf_offline))
+    assert list(ds) == ["train"]
+    check_rows(sorted(ds["train"], key=lambda r: r["job_id"]), EXPECTED)
+
+
+def test_parquet_loads_with_datasets_and_filters_by_batch(
+    done: JobStore, tmp_path: Path, hf_offline: Path
+) -> None:
+    result = export_dataset(done, tmp_path / "ds", "parquet", split="validation")
+    path = tmp_path / "ds" / "validation.parquet"
+    assert result.files == [path] and result.rows == 4
+    one = export_dataset(done, tmp_path / "one", "parquet", batch_id=2)
+    assert one.rows == 1
+
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_files={"validation": str(path)}, cache_dir=str(hf_offline))
+    split = ds["validation"]
+    assert isinstance(split.features["image"], ImageFeature)
+    assert split.column_names == ["image", *COLUMNS]
+    check_rows(list(split), EXPECTED)
+
+    only = load_dataset("parquet", data_files=str(one.location), cache_dir=str(hf_offline))
+    check_rows(list(only["train"]), {5: EXPECTED[5]})
+
+
+def test_webdataset_shards(done: JobStore, tmp_path: Path) -> None:
+    result = export_dataset(done, tmp_path / "wds", "webdataset", shard_size=3)
+    assert [p.name for p in result.files] == ["train-000000.tar", "train-000001.tar"]
+    members: list[tarfile.TarInfo] = []
+    contents: dict[str, bytes] = {}
+    for shard in result.files:
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                members.append(m)
+                f = tar.extractfile(m)
+                assert f is not None
+                contents[m.name] = f.read()
+    keys = ["000001", "000002", "000003", "000005"]
+    assert [m.name for m in members] == [
+        f"{k}.{ext}" for k in keys for ext in ("png", "json", "txt")
+    ]
+    for m in members:
+        assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (946684800, 0, 0, "", "", 0o644)
+    for job_id, (batch, prompt, seed, width, height) in EXPECTED.items():
+        key = f"{job_id:06d}"
+        assert contents[f"{key}.txt"].decode("utf-8") == prompt
+        meta = json.loads(contents[f"{key}.json"])
+        assert list(meta) == sorted(meta) and set(meta) == set(COLUMNS)
+        assert (meta["job_id"], meta["batch_id"], meta["seed"]) == (job_id, batch, seed)
+        assert contents[f"{key}.png"] == Path(done.get_job(job_id)["output_path"]).read_bytes()
+        with Image.open(io.BytesIO(contents[f"{key}.png"])) as img:
+            assert img.size == (width, height)
+
+    # fewer rows later: the shard past the end goes, so it is not read as part of the split
+    again = export_dataset(done, tmp_path / "wds", "webdataset", shard_size=10)
+    assert (len(again.files), again.removed) == (1, 1)
+    assert sorted(p.name for p in (tmp_path / "wds").iterdir()) == ["train-000000.tar"]
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "parquet", "webdataset"])
+def test_exports_are_byte_identical(done: JobStore, tmp_path: Path, fmt: str) -> None:
+    export_dataset(done, tmp_path / "a", fmt, shard_size=2)
+    export_dataset(done, tmp_path / "b", fmt, shard_size=2)
+    first = files_of(tmp_path / "a")
+    assert first and first == files_of(tmp_path / "b")
+    export_dataset(done, tmp_path / "a", fmt, shard_size=2)  # over itself
+    assert files_of(tmp_path / "a") == first
+    assert not list((tmp_path / "a").rglob("*.tmp"))
+
+
+def test_imagefolder_is_incremental(done: JobStore, tmp_path: Path) -> None:
+    export_dataset(done, tmp_path / "ds", "imagefolder")
+    folder = tmp_path / "ds" / "train"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+
+    again = export_dataset(done, tmp_path / "ds", "imagefolder")
+    assert (again.copied, again.removed) == (0, 0)
+    assert again.summary().endswith("(0 copied, 4 already there)")
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == before
+
+    # a missing image and a truncated one are copied again; the rest are left alone
+    (folder / "000002.png").unlink()
+    (folder / "000003.png").write_bytes(b"partial")
+    third = export_dataset(done, tmp_path / "ds", "imagefolder")
+    assert third.copied == 2
+    assert (folder / "000003.png").read_bytes() == Path(done.get_job(3)["output_path"]).read_bytes()
+    assert (folder / "000001.png").stat().st_mtime_ns == before["000001.png"]
+
+    # one batch only: the other batch's images go (ours only), metadata is rewritten
+    (folder / "cover.png").write_bytes(b"not ours")
+    only = export_dataset(done, tmp_path / "ds", "imagefolder", batch_id=2)
+    assert (only.rows, only.removed) == (1, 3)
+    assert sorted(p.name for p in folder.iterdir()) == ["000005.png", "cover.png", "metadata.jsonl"]
+    meta = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["job_id"] for line in meta] == [5]
+
+
+def test_nothing_to_export_and_bad_options(done: JobStore, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no succeeded jobs in batch 7"):
+        export_dataset(done, tmp_path / "x", "parquet", batch_id=7)
+    with pytest.raises(UsageError, match="unknown export format 'zip'"):
+        export_dataset(done, tmp_path / "x", "zip")
+    with pytest.raises(UsageError, match="split name 'a/b'"):
+        export_dataset(done, tmp_path / "x", "imagefolder", split="a/b")
+    missing = Path(done.get_job(2)["output_path"])
+    missing.unlink()
+    with pytest.raises(UsageError, match=f"job 2: its image {missing} is missing"):
+        export_dataset(done, tmp_path / "x", "webdataset")
+    assert not (tmp_path / "x").exists()
+
+
+def run_cli(*args: str) -> int:
+    try:
+        cli(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_export_and_empty_database(
+    done: JobStore, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ds"
+    assert run_cli("--db", db_url, "export", str(out), "--format", "webdataset") == 0
+    assert capsys.readouterr().out == f"exported 4 images as webdataset to {out} (1 shard)\n"
+    assert run_cli("--db", db_url, "export", str(out), "--format", "parquet", "--batch", "1") == 0
+    assert capsys.readouterr().out == f"exported 3 images as parquet to {out / 'train.parquet'}\n"
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert run_cli("--db", empty, "db", "upgrade") == 0
+    capsys.readouterr()
+    assert run_cli("--db", empty, "export", str(out), "--format", "imagefolder") == 2
+    assert (
+        capsys.readouterr().err == "error: nothing to export: no succeeded jobs in the database\n"
+    )

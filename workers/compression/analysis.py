@@ -1,0 +1,262 @@
+"""Per-layer sensitivity analysis for mixed-bit palettization.
+
+For each candidate layer (Linear/Conv2d weights above a size threshold) and each width in
+{1, 2, 4, 6, 8}, palettize that layer alone and measure the PSNR of a fixed denoising output
+(fixed prompts, seed, latents and timestep; one UNet evaluation with classifier-free
+guidance) against the unpalettized model; then palettize cumulatively, least harmful first.
+The JSON has the top-level keys of Apple's pre-analysis (``model_version``, ``single_layer``,
+``cumulative``, ``baselines``, ``recipes``) and is written after every layer, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.compression.palettize import (
+    APPLE_MIN_SIZE,
+    KEEP,
+    NBITS,
+    candidate_layers,
+    get_weight,
+    linear_quantize_array,
+    mean,
+    palettize_array,
+    psnr,
+    set_weight,
+    weight_modules,
+)
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = (
+    "a black and brown dog standing outside a door.",
+    "a person on a motorcycle makes a turn on the track.",
+    "a white cat sitting under a white umbrella",
+    "a cake inside of a pan sitting in an oven.",
+)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What the fixed denoising output is made of (recorded in the analysis JSON)."""
+
+    prompts: tuple[str, ...] = PROMPTS
+    seed: int = 0
+    guidance_scale: float = 7.5
+    latent_size: int | None = None  # None: the UNet's sample_size
+    step_of_20: int = 10  # which step of a 20-step DPM-Solver++ schedule gives the timestep
+    threads: int = 2
+
+
+class Probe:
+    """A UNet and fixed inputs; ``run()`` gives the guided noise prediction for each prompt."""
+
+    def __init__(self, pipe: Any, config: ProbeConfig) -> None:
+        import torch
+
+        from workers.schedulers import build_scheduler
+
+        torch.set_num_threads(config.threads)
+        self.unet = pipe.unet.to(torch.float32).eval()
+        self.config = config
+        with torch.inference_mode():
+            cond, uncond = pipe.encode_prompt(
+                list(config.prompts), "cpu", 1, True, [""] * len(config.prompts)
+            )
+        self.embeddings = torch.cat([uncond, cond]).float()
+        size = config.latent_size or int(self.unet.config.sample_size)
+        g = torch.Generator("cpu").manual_seed(config.seed)
+        channels = int(self.unet.config.in_channels)
+        self.latents = torch.randn((len(config.prompts), channels, size, size), generator=g)
+        scheduler = build_scheduler("dpmpp_2m", dict(pipe.scheduler.config))
+        scheduler.set_timesteps(20)
+        self.timestep = int(scheduler.timesteps[config.step_of_20])
+
+    def run(self) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.cat([self.latents, self.latents])
+            out = self.unet(x, self.timestep, encoder_hidden_states=self.embeddings).sample
+            uncond, cond = out.chunk(2)
+            guided = uncond + self.config.guidance_scale * (cond - uncond)
+        return guided.numpy().copy()
+
+    def psnr_per_prompt(self, reference: np.ndarray) -> list[float]:
+        out = self.run()
+        return [round(psnr(r, t), 2) for r, t in zip(reference, out, strict=True)]
+
+
+def _save(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(results, fh, indent=2)
+    os.replace(tmp, path)
+
+
+@dataclass
+class AnalysisPlan:
+    model: str
+    out: Path
+    min_size: float = APPLE_MIN_SIZE
+    nbits: tuple[int, ...] = NBITS
+    num_recipes: int = 7
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def analyze(
+    pipe: Any,
+    plan: AnalysisPlan,
+    *,
+    resume: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the analysis; the JSON at ``plan.out`` is updated after every layer."""
+    unet = pipe.unet
+    sizes = candidate_layers(unet, plan.min_size)
+    if not sizes:
+        raise ValueError(
+            f"no Linear/Conv2d weight of this UNet has more than {plan.min_size:g} elements; "
+            "lower --min-size (the tiny model's largest weights have ~37k)"
+        )
+    probe = Probe(pipe, plan.probe)
+    settings = {
+        "min_size": plan.min_size,
+        "nbits": list(plan.nbits),
+        "probe": {
+            **asdict(plan.probe),
+            "prompts": list(plan.probe.prompts),
+            "timestep": probe.timestep,
+        },
+        "sizes": sizes,
+    }
+    results: dict[str, Any] = {
+        "model_version": plan.model,
+        "single_layer": {},
+        "cumulative": {},
+        "baselines": {},
+        "recipes": {},
+        "orchestrate": settings,
+    }
+    if resume and plan.out.is_file():
+        previous = json.loads(plan.out.read_text())
+        if previous.get("orchestrate", {}).get("sizes") != sizes:
+            raise ValueError(
+                f"{plan.out} is an analysis of other layers; remove it or pass --no-resume"
+            )
+        results.update(previous)
+    modules = dict(unet.named_modules())
+    originals = {name: get_weight(modules[name]) for name in sizes}
+    reference = probe.run()
+    total = len(sizes) * len(plan.nbits) * 2
+    done = sum(
+        len([k for k in results[stage].get(str(n), {}) if k != "metadata"])
+        for stage in ("single_layer", "cumulative")
+        for n in plan.nbits
+    )
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    for nbits in plan.nbits:
+        key = str(nbits)
+        # 1. Each layer alone
+        single = results["single_layer"].setdefault(
+            key, {"metadata": {"nbits": nbits, "cumulative": False}}
+        )
+        palettized: dict[str, np.ndarray] = {}
+        for name in sizes:
+            if name in single:
+                continue
+            palettized[name] = palettize_array(originals[name], nbits)
+            set_weight(modules[name], palettized[name])
+            single[name] = probe.psnr_per_prompt(reference)
+            set_weight(modules[name], originals[name])
+            _save(results, plan.out)
+            tick(f"{nbits}-bit {name}")
+        # 2. Cumulatively, least harmful first
+        order = sorted(sizes, key=lambda n: -mean(single[n]))
+        cumulative = results["cumulative"].setdefault(
+            key,
+            {
+                "metadata": {
+                    "nbits": nbits,
+                    "cumulative": True,
+                    "candidates": order,
+                    "sizes": [sizes[n] for n in order],
+                }
+            },
+        )
+        for name in order:
+            cached = palettized.get(name)
+            set_weight(
+                modules[name],
+                cached if cached is not None else palettize_array(originals[name], nbits),
+            )
+            if name in cumulative:
+                continue  # resumed: the weights above are replayed, the PSNR is known
+            cumulative[name] = probe.psnr_per_prompt(reference)
+            _save(results, plan.out)
+            tick(f"{nbits}-bit cumulative {name}")
+        for name in order:
+            set_weight(modules[name], originals[name])
+
+    # 3. Baselines: run-to-run noise floor, uniform 8-bit linear quantization
+    if "linear_8bit" not in results["baselines"]:
+        results["baselines"]["original"] = mean(probe.psnr_per_prompt(reference))
+        saved = {name: get_weight(m) for name, m in weight_modules(unet)}
+        for name, m in weight_modules(unet):
+            set_weight(m, linear_quantize_array(saved[name], 8))
+        results["baselines"]["linear_8bit"] = mean(probe.psnr_per_prompt(reference))
+        for name, m in weight_modules(unet):
+            set_weight(m, saved[name])
+        _save(results, plan.out)
+
+    # 4. Recipes along decreasing quality, as Apple's script makes them, each measured
+    from workers.compression.recipes import recipe_for_psnr
+
+    if not results["recipes"]:
+        top = min(results["baselines"]["original"], 100.0) - 1
+        floor = results["baselines"]["linear_8bit"] + 5
+        for threshold in np.linspace(top, min(floor, top), plan.num_recipes):
+            recipe, avg = recipe_for_psnr(results, float(threshold))
+            name = f"recipe_{avg:.2f}_bit_mixedpalette"
+            results["recipes"][name] = recipe
+            results["baselines"][name] = round(
+                measure_recipe(probe, modules, originals, recipe, reference), 1
+            )
+        _save(results, plan.out)
+    return results
+
+
+def measure_recipe(
+    probe: Probe,
+    modules: dict[str, Any],
+    originals: dict[str, np.ndarray],
+    recipe: dict[str, int],
+    reference: np.ndarray,
+) -> float:
+    """End-to-end PSNR of the probe with ``recipe`` applied (weights restored afterwards)."""
+    changed = []
+    for name, bits in recipe.items():
+        if bits != KEEP:
+            set_weight(modules[name], palettize_array(originals[name], bits))
+            changed.append(name)
+    value = mean(probe.psnr_per_prompt(reference))
+    for name in changed:
+        set_weight(modules[name], originals[name])
+    return value

@@ -1,0 +1,195 @@
+"""The ``orchestrate model`` workflows: analyze, recipe, compress, convert, list."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workers.compression import registry
+from workers.compression.analysis import AnalysisPlan, Probe, ProbeConfig, analyze
+from workers.compression.palettize import NBITS, mean, psnr, uniform_recipe
+from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
+
+FORMATS = ("torch", "coreml")
+
+
+def _pipeline(model: str) -> Any:
+    import torch
+
+    from workers.backends.diffusers import load_pipeline, model_source
+
+    return load_pipeline(model_source(model), torch.float32)
+
+
+def analyze_model(
+    model: str,
+    out: Path,
+    *,
+    min_size: float,
+    resume: bool = True,
+    num_recipes: int = 7,
+    prompts: int = 4,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    pipe = _pipeline(model)
+    probe = ProbeConfig()
+    probe = ProbeConfig(prompts=probe.prompts[:prompts])
+    plan = AnalysisPlan(
+        model=model, out=out, min_size=min_size, num_recipes=num_recipes, probe=probe
+    )
+    return analyze(pipe, plan, resume=resume, progress=progress)
+
+
+def make_recipe(
+    analysis_path: Path,
+    *,
+    bits: float | None = None,
+    psnr_floor: float | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A recipe for a target average width (``bits``) or a PSNR floor, saved into the analysis."""
+    analysis = json.loads(analysis_path.read_text())
+    predicted = None
+    if bits is not None:
+        recipe, avg, predicted = recipe_for_bits(analysis, bits)
+    elif psnr_floor is not None:
+        recipe, avg = recipe_for_psnr(analysis, psnr_floor)
+    else:
+        raise ValueError("give --bits or --psnr")
+    name = name or f"recipe_{avg:.2f}_bit_mixedpalette"
+    if not RECIPE_NAME.match(name):
+        raise ValueError(f"recipe name {name!r}: use letters, digits, '_', '-', '.'")
+    analysis.setdefault("recipes", {})[name] = recipe
+    analysis.setdefault("orchestrate", {}).setdefault("predicted_psnr", {})[name] = predicted
+    tmp = analysis_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(analysis, indent=2))
+    tmp.replace(analysis_path)
+    return {
+        "name": name,
+        "avg_bits": avg,
+        "predicted_psnr_db": predicted,
+        "layers_by_bits": dict(sorted(Counter(recipe.values()).items())),
+    }
+
+
+def _choose_recipe(
+    pipe: Any, recipe_spec: str | None, bits: int | None
+) -> tuple[str, dict[str, int]]:
+    if recipe_spec:
+        return load_recipe(recipe_spec)
+    if bits is None:
+        raise ValueError("give --recipe ANALYSIS.json:NAME (or recipe.json) or --bits N")
+    if bits not in NBITS:
+        raise ValueError(f"--bits must be one of {NBITS}")
+    return f"{bits}bit", uniform_recipe(pipe.unet, bits)
+
+
+def _probe_psnr(pipe: Any, reference: Any) -> float:
+    probe = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2]))
+    return round(mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True)), 2)
+
+
+def compress_model(
+    model: str,
+    out: Path,
+    *,
+    fmt: str,
+    recipe_spec: str | None = None,
+    bits: int | None = None,
+    name: str | None = None,
+    attention: str = "original",
+) -> dict[str, Any]:
+    """Apply a recipe (or uniform ``bits``) and register the variant under ``name``."""
+    from workers.compression.coreml import (
+        UNET,
+        convert_pipeline,
+        load_package_weights,
+        package_megabytes,
+        palettize_unet,
+    )
+    from workers.compression.variants import build_torch_variant, unet_megabytes
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}")
+    pipe = _pipeline(model)
+    variant, recipe = _choose_recipe(pipe, recipe_spec, bits)
+    variant = name or variant
+    reference = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2])).run()
+    t0 = time.perf_counter()
+    if fmt == "torch":
+        note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
+        note["psnr_db"] = _probe_psnr(pipe, reference)
+        (out / "orchestrate_compression.json").write_text(json.dumps(note, indent=2))
+        info = {
+            k: note[k]
+            for k in ("recipe_avg_bits", "unet_avg_bits", "fp16_mb", "palettized_mb", "psnr_db")
+        }
+    else:
+        convert_pipeline(pipe, out, model_version=model, attention=attention)
+        fp16_mb = package_megabytes(out / f"{UNET}.mlpackage")
+        coreml_bits = palettize_unet(out, pipe.unet, recipe)
+        load_package_weights(pipe.unet, out / f"{UNET}.mlpackage")
+        sizes = unet_megabytes(pipe.unet, recipe)
+        from workers.compression.palettize import unet_average_bits
+        from workers.compression.recipes import average_bits
+
+        numel = {n: m.weight.numel() for n, m in pipe.unet.named_modules() if n in recipe}
+        info = {
+            "recipe_avg_bits": average_bits(recipe, numel),
+            "unet_avg_bits": unet_average_bits(pipe.unet, recipe),
+            "fp16_mb": fp16_mb,
+            "palettized_mb": package_megabytes(out / f"{UNET}.mlpackage"),
+            "estimated_mb": sizes["palettized_mb"],
+            "psnr_db": _probe_psnr(pipe, reference),
+            "palettized_layers": len(coreml_bits),
+        }
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    registry.register(
+        model,
+        variant,
+        fmt,
+        out,
+        avg_bits=info["unet_avg_bits"],
+        unet_mb=info["palettized_mb"],
+        psnr_db=info["psnr_db"],
+    )
+    return {"variant": variant, "format": fmt, "path": str(out), **info}
+
+
+def convert_model(
+    model: str,
+    out: Path,
+    *,
+    attention: str = "original",
+    bits: int | None = None,
+    recipe_spec: str | None = None,
+    latent_size: int | None = None,
+) -> dict[str, Any]:
+    """Export to Core ML; with ``bits``/``recipe_spec`` the UNet is palettized too."""
+    if bits is not None or recipe_spec is not None:
+        return compress_model(
+            model, out, fmt="coreml", recipe_spec=recipe_spec, bits=bits, attention=attention
+        )
+    from workers.compression.coreml import UNET, convert_pipeline, package_megabytes
+
+    t0 = time.perf_counter()
+    layout = convert_pipeline(
+        _pipeline(model), out, model_version=model, attention=attention, latent_size=latent_size
+    )
+    registry.register(
+        model, "fp16", "coreml", out, unet_mb=package_megabytes(out / f"{UNET}.mlpackage")
+    )
+    return {
+        "path": str(out),
+        "attention": attention,
+        "inputs": layout["inputs"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def list_variants() -> list[dict[str, Any]]:
+    return sorted(registry.entries(), key=lambda e: (e["model"], e["format"], e["variant"]))

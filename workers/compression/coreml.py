@@ -1,0 +1,330 @@
+"""Core ML export and palettization: text encoder, UNet and VAE decoder to ``.mlpackage``
+(mlprogram, fp16), in a folder the Core ML backend loads and Apple's Swift ``StableDiffusion``
+package can use once compiled (``TextEncoder``, ``Unet``, ``VAEDecoder``, ``vocab.json``,
+``merges.txt``). Conversion and palettization run on Linux; only prediction needs macOS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.compression.palettize import KEEP
+
+logger = logging.getLogger(__name__)
+
+ATTENTIONS = ("original", "split_einsum")
+LAYOUT = "orchestrate-coreml.json"
+TEXT_ENCODER, UNET, VAE_DECODER = "TextEncoder", "Unet", "VAEDecoder"
+SEQ_LEN = 77
+
+
+def _quiet_coremltools() -> Any:
+    warnings.filterwarnings("ignore", module="coremltools")
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools as ct
+
+    return ct
+
+
+class SplitEinsumAttnProcessor:
+    """Attention computed head by head with einsum, the ANE-friendly form of Apple's
+    ``split_einsum``: no (batch x heads) reshape, one small matmul pair per head."""
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Any,
+        encoder_hidden_states: Any = None,
+        attention_mask: Any = None,
+        temb: Any = None,
+        **_: Any,
+    ) -> Any:
+        import torch
+
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(context)
+        v = attn.to_v(context)
+        heads = attn.heads
+        dim_head = q.shape[-1] // heads
+        scale = dim_head**-0.5
+        outs = []
+        for h in range(heads):
+            sl = slice(h * dim_head, (h + 1) * dim_head)
+            weights = torch.einsum("bqd,bkd->bqk", q[..., sl], k[..., sl]) * scale
+            outs.append(torch.einsum("bqk,bkd->bqd", weights.softmax(dim=-1), v[..., sl]))
+        out = attn.to_out[0](torch.cat(outs, dim=-1))
+        return attn.to_out[1](out)
+
+
+def _wrappers(pipe: Any) -> tuple[Any, Any, Any]:
+    import torch
+    from torch import nn
+
+    class TextEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text_encoder = pipe.text_encoder
+
+        def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.text_encoder(input_ids.to(torch.int64), return_dict=False)
+            return out[0], out[1]
+
+    class Unet(nn.Module):
+        """The UNet with Apple's input layout: encoder_hidden_states as (B, C, 1, 77)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = pipe.unet
+
+        def forward(
+            self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        ) -> tuple[torch.Tensor]:
+            states = encoder_hidden_states.squeeze(2).transpose(1, 2)
+            return (self.unet(sample, timestep, states, return_dict=False)[0],)
+
+    class VAEDecoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.post_quant_conv = pipe.vae.post_quant_conv
+            self.decoder = pipe.vae.decoder
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.post_quant_conv(z))
+
+    return TextEncoder().eval(), Unet().eval(), VAEDecoder().eval()
+
+
+def input_shapes(
+    pipe: Any, latent_size: int | None = None, batch: int = 2
+) -> dict[str, dict[str, list[int]]]:
+    """The fixed input shapes of each package (batch 2: classifier-free guidance)."""
+    side = latent_size or int(pipe.unet.config.sample_size)
+    channels = int(pipe.unet.config.in_channels)
+    hidden = int(pipe.text_encoder.config.hidden_size)
+    return {
+        TEXT_ENCODER: {"input_ids": [1, SEQ_LEN]},
+        UNET: {
+            "sample": [batch, channels, side, side],
+            "timestep": [batch],
+            "encoder_hidden_states": [batch, hidden, 1, SEQ_LEN],
+        },
+        VAE_DECODER: {"z": [1, int(pipe.vae.config.latent_channels), side, side]},
+    }
+
+
+def convert_pipeline(
+    pipe: Any,
+    out: Path,
+    *,
+    model_version: str,
+    attention: str = "original",
+    latent_size: int | None = None,
+) -> dict[str, Any]:
+    """Export the three models and the tokenizer/scheduler files into ``out`` (atomically)."""
+    import torch
+
+    ct = _quiet_coremltools()
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
+    pipe = pipe.to(torch.float32)
+    if attention == "split_einsum":
+        pipe.unet.set_attn_processor(SplitEinsumAttnProcessor())
+    shapes = input_shapes(pipe, latent_size)
+    text_encoder, unet, vae_decoder = _wrappers(pipe)
+    specs = {
+        TEXT_ENCODER: (text_encoder, ["last_hidden_state", "pooled_outputs"]),
+        UNET: (unet, ["noise_pred"]),
+        VAE_DECODER: (vae_decoder, ["image"]),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, (module, outputs) in specs.items():
+            g = torch.Generator().manual_seed(0)
+            example = []
+            for inp, shape in shapes[name].items():
+                if inp == "input_ids":
+                    example.append(
+                        torch.randint(
+                            0, int(pipe.text_encoder.config.vocab_size), shape, generator=g
+                        ).float()
+                    )
+                elif inp == "timestep":
+                    example.append(torch.full(shape, 500.0))
+                else:
+                    example.append(torch.randn(shape, generator=g))
+            # Tracing and conversion warn about every Python branch they freeze and every op
+            # they rewrite; for fixed shapes these are expected, and they bury real problems.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mlmodel = _trace_and_convert(ct, module, example, shapes[name], outputs)
+            mlmodel.short_description = f"{name} of {model_version} (orchestrate)"
+            mlmodel.save(str(tmp / f"{name}.mlpackage"))
+        _write_resources(pipe, tmp)
+        layout = {
+            "model_version": model_version,
+            "attention": attention,
+            "inputs": shapes,
+            "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+            "palettization": None,
+        }
+        (tmp / LAYOUT).write_text(json.dumps(layout, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return layout
+
+
+def _trace_and_convert(
+    ct: Any, module: Any, example: list[Any], shapes: dict[str, list[int]], outputs: list[str]
+) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        traced = torch.jit.trace(module, tuple(example), strict=False)
+    return ct.convert(
+        traced,
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.macOS13,
+        inputs=[ct.TensorType(name=n, shape=s) for n, s in shapes.items()],
+        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs],
+        compute_precision=ct.precision.FLOAT16,
+        skip_model_load=True,
+    )
+
+
+def _write_resources(pipe: Any, folder: Path) -> None:
+    """Tokenizer and scheduler beside the models: ``vocab.json``/``merges.txt`` for the Swift
+    package, and the diffusers folders the Python backend loads."""
+    tok = pipe.tokenizer
+    tok.save_pretrained(folder / "tokenizer")
+    pipe.scheduler.save_pretrained(folder / "scheduler")
+    vocab = tok.get_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    # transformers 5 writes tokenizer.json only; the merges come from the fast tokenizer's model
+    merges = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())["model"].get(
+        "merges", []
+    )
+    lines = [" ".join(m) if isinstance(m, list) else m for m in merges]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{line}\n" for line in lines))
+
+
+def coreml_weight_name(torch_module: str) -> str:
+    """The const a torch weight becomes in our Unet package (coremltools keeps the path)."""
+    return f"unet_{torch_module.replace('.', '_')}_weight_to_fp16"
+
+
+def match_recipe(recipe: dict[str, int], unet: Any, weights: dict[str, Any]) -> dict[str, int]:
+    """Map a torch recipe onto Core ML weight names: by name first, checked by shape; a layer
+    whose name is not found is matched by shape among the unclaimed weights of that shape, in
+    model order (robust to renamed paths; never by values, which fine-tunes change)."""
+    modules = dict(unet.named_modules())
+    matched: dict[str, int] = {}
+    claimed: set[str] = set()
+    pending = []
+    for name, bits in recipe.items():
+        shape = tuple(modules[name].weight.shape)
+        cm = coreml_weight_name(name)
+        if cm in weights and tuple(weights[cm].val.shape) == shape:
+            matched[cm] = bits
+            claimed.add(cm)
+        else:
+            pending.append((name, bits, shape))
+    for name, bits, shape in pending:
+        same = [
+            w for w, meta in weights.items() if w not in claimed and tuple(meta.val.shape) == shape
+        ]
+        if not same:
+            raise KeyError(f"no Core ML weight matches torch layer {name!r} (shape {shape})")
+        matched[same[0]] = bits
+        claimed.add(same[0])
+    return matched
+
+
+def palettize_unet(folder: Path, unet: Any, recipe: dict[str, int]) -> dict[str, int]:
+    """Palettize ``folder/Unet.mlpackage`` in place per a torch recipe (k-means, per-tensor
+    lookup tables, via coremltools); returns the Core ML weight names and their bits."""
+    ct = _quiet_coremltools()
+    import coremltools.optimize.coreml as cto
+
+    path = folder / f"{UNET}.mlpackage"
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    weights = cto.get_weights_metadata(model, weight_threshold=1)
+    by_name = match_recipe({n: b for n, b in recipe.items() if b != KEEP}, unet, weights)
+    configs = {
+        name: cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=1)
+        for name, bits in by_name.items()
+    }
+    compressed = cto.palettize_weights(model, cto.OptimizationConfig(op_name_configs=configs))
+    tmp = folder / f".{UNET}.palettized.mlpackage"
+    compressed.save(str(tmp))
+    shutil.rmtree(path)
+    os.replace(tmp, path)
+    layout_path = folder / LAYOUT
+    layout = json.loads(layout_path.read_text())
+    layout["palettization"] = {"recipe": recipe, "coreml_bits": by_name}
+    layout_path.write_text(json.dumps(layout, indent=2))
+    return by_name
+
+
+def read_palettization(mlpackage: Path) -> dict[str, int]:
+    """Bits of each palettized weight, read back from the package's program:
+    ``constexpr_lut_to_dense`` ops and the length of their lookup tables."""
+    ct = _quiet_coremltools()
+    spec = ct.models.MLModel(str(mlpackage), skip_model_load=True).get_spec()
+    found: dict[str, int] = {}
+    for function in spec.mlProgram.functions.values():
+        block = function.block_specializations[function.opset]
+        for op in block.operations:
+            if op.type != "constexpr_lut_to_dense":
+                continue
+            lut = op.attributes.get("lut", None)
+            if lut is None:  # newer opsets pass the table as an input
+                continue
+            entries = math.prod(d.constant.size for d in lut.type.tensorType.dimensions)
+            found[op.outputs[0].name.removesuffix("_palettized")] = int(math.log2(entries))
+    return found
+
+
+def package_megabytes(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def load_package_weights(unet: Any, mlpackage: Path) -> int:
+    """Put a (palettized) package's weights, decompressed, into a torch UNet: to measure a
+    compressed package's quality on machines that cannot run Core ML. Returns how many."""
+    import torch
+
+    ct = _quiet_coremltools()
+    import coremltools.optimize.coreml as cto
+
+    model = ct.models.MLModel(str(mlpackage), skip_model_load=True)
+    dense = {
+        name.removesuffix("_palettized"): meta.val
+        for name, meta in cto.get_weights_metadata(
+            cto.decompress_weights(model), weight_threshold=1
+        ).items()
+    }
+    loaded = 0
+    for name, module in unet.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            continue
+        value = dense.get(coreml_weight_name(name))
+        if value is not None and tuple(value.shape) == tuple(weight.shape):
+            module.weight.data = torch.from_numpy(np.asarray(value, dtype=np.float32))
+            loaded += 1
+    return loaded

@@ -1,0 +1,96 @@
+"""Compressed variants of a model for the diffusers backend: a model folder whose UNet weights
+are palettized per a recipe (dense fp values snapped to each layer's lookup table), loadable
+with ``from_pretrained`` like any model, plus a JSON note of what was done."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workers.compression.palettize import KEEP, NBITS, apply_recipe, uniform_recipe
+
+logger = logging.getLogger(__name__)
+
+NOTE = "orchestrate_compression.json"
+UNIFORM = {f"{n}bit": n for n in (8, 6, 4)}  # the uniform variants a manifest may name
+
+
+def unet_megabytes(unet: Any, recipe: dict[str, int]) -> dict[str, float]:
+    """UNet size in MB at fp16 and palettized (indices plus fp16 lookup tables)."""
+    modules = dict(unet.named_modules())
+    by_weight = {id(modules[n].weight): b for n, b in recipe.items() if n in modules}
+    fp16 = palettized = 0.0
+    for p in unet.parameters():
+        n = p.numel()
+        fp16 += n * 2
+        bits = by_weight.get(id(p), KEEP)
+        palettized += n * 2 if bits == KEEP else n * bits / 8 + (2**bits) * 2
+    return {"fp16_mb": fp16 / 1e6, "palettized_mb": palettized / 1e6}
+
+
+def build_torch_variant(
+    pipe: Any,
+    recipe: dict[str, int],
+    out: Path,
+    *,
+    source_model: str,
+    name: str,
+    psnr_db: float | None = None,
+) -> dict[str, Any]:
+    """Apply ``recipe`` to ``pipe``'s UNet (in place) and save the pipeline to ``out``
+    atomically, with a note of the recipe, average bits and sizes."""
+    stats = apply_recipe(pipe.unet, recipe)
+    sizes = unet_megabytes(pipe.unet, recipe)
+    note = {
+        "source_model": source_model,
+        "variant": name,
+        "recipe": recipe,
+        **stats,
+        **sizes,
+        "psnr_db": psnr_db,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / NOTE).write_text(json.dumps(note, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return note
+
+
+def variant_folder_name(model: str, variant: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")[-60:] or "model"
+    return f"{slug}@{variant}"
+
+
+def ensure_uniform_variant(model: str, variant: str) -> Path:
+    """The ``8bit``/``6bit``/``4bit`` torch variant of ``model``, built once on this machine
+    (every Linear/Conv2d weight of 2,048+ elements palettized) and registered."""
+    from workers.backends.diffusers import load_pipeline, model_source
+    from workers.compression import registry
+
+    found = registry.lookup(model, variant, "torch")
+    if found is not None:
+        return found
+    import torch
+
+    nbits = UNIFORM[variant]
+    assert nbits in NBITS
+    pipe = load_pipeline(model_source(model), torch.float32)
+    recipe = uniform_recipe(pipe.unet, nbits)
+    out = registry.variants_dir() / variant_folder_name(model, variant)
+    logger.info("building the %s variant of %s in %s", variant, model, out)
+    note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
+    registry.register(
+        model, variant, "torch", out, avg_bits=note["unet_avg_bits"], unet_mb=note["palettized_mb"]
+    )
+    return out
