@@ -122,7 +122,7 @@ def table(
             {
                 "model": label,
                 "variant": variant,
-                "method": "-" if variant == "fp16" or variant.endswith("bit") else method,
+                "method": "-" if variant == "fp16" or "uniform" in variant else method,
                 "avg_bits": unet_average_bits(unet, recipe),
                 "coreml_mb": pkg,
                 "torch_mb": sizes["palettized_mb"],
