@@ -196,3 +196,20 @@ def test_until_done_returns_nonzero_when_a_job_failed(
     push(redis, "failed", rq_id, 1, error="JobInputError: no", retryable=False)
     assert c.run() == 1
     assert store.get_job(1)["status"] == "failed"
+
+
+def test_redis_urls_with_a_password_work_and_bad_ones_are_named(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="s3cret")
+    server.start()
+    try:
+        conn = proto.connect(server.url)
+        assert conn.ping()
+        wrong = server.url.replace("s3cret", "nope")
+        with pytest.raises(ConnectionError) as info:
+            proto.connect(wrong)
+        assert "refused the credentials" in str(info.value)
+        assert "nope" not in str(info.value)  # the password never reaches logs
+    finally:
+        server.stop()
+    with pytest.raises(ConnectionError, match="cannot reach Redis at redis://:\\*\\*\\*@127.0.0.1"):
+        proto.connect(server.url)
