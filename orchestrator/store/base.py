@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, update
+from sqlalchemy import Connection, Engine, select, update
 
 from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
 
@@ -98,6 +98,20 @@ class StoreBase:
                 conn.exec_driver_sql("ROLLBACK")
                 raise
             conn.exec_driver_sql("COMMIT")
+
+    @staticmethod
+    def _recent(status: str, *columns: Any, window: int, batch_id: int | None = None) -> Any:
+        """The last ``window`` attempts with ``status``, newest first: the bounded slice every
+        timing report reads, so none of them scans a million rows."""
+        stmt = (
+            select(*columns)
+            .where(Attempt.status == status)
+            .order_by(Attempt.id.desc())
+            .limit(window)
+        )
+        if batch_id is not None:
+            stmt = stmt.where(Attempt.batch_id == batch_id)
+        return stmt
 
     @staticmethod
     def _owned(claim: Claim) -> Any:

@@ -173,15 +173,12 @@ class JobsMixin(StoreBase):
         """Mean seconds per stage over the most recent ``window`` succeeded attempts (``n`` is
         how many there were): what the fleet does now, at a cost that does not grow with the
         queue."""
-        recent = (
-            select(*(getattr(Attempt, c) for c in TIMING_COLUMNS))
-            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
-            .order_by(Attempt.id.desc())
-            .limit(window)
-        )
-        if batch_id is not None:
-            recent = recent.where(Attempt.batch_id == batch_id)
-        sub = recent.subquery()
+        sub = self._recent(
+            AttemptStatus.SUCCEEDED.value,
+            *(getattr(Attempt, c) for c in TIMING_COLUMNS),
+            window=window,
+            batch_id=batch_id,
+        ).subquery()
         stmt = select(
             func.count().label("n"), *(func.avg(sub.c[c]).label(c) for c in TIMING_COLUMNS)
         )

@@ -131,23 +131,19 @@ class ReportsMixin(StoreBase):
     ) -> dict[str, Any]:
         """p50/p95 (and mean) seconds of each stage over the last ``window`` succeeded
         attempts; ``denoise_per_step_s`` divides each attempt's denoise time by its steps."""
-        recent = (
-            select(
-                Attempt.job_id,
-                Attempt.queue_wait_s,
-                Attempt.load_s,
-                Attempt.text_encode_s,
-                Attempt.denoise_s,
-                Attempt.decode_s,
-                Attempt.encode_s,
-                Attempt.total_s,
-            )
-            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
-            .order_by(Attempt.id.desc())
-            .limit(window)
+        recent = self._recent(
+            AttemptStatus.SUCCEEDED.value,
+            Attempt.job_id,
+            Attempt.queue_wait_s,
+            Attempt.load_s,
+            Attempt.text_encode_s,
+            Attempt.denoise_s,
+            Attempt.decode_s,
+            Attempt.encode_s,
+            Attempt.total_s,
+            window=window,
+            batch_id=batch_id,
         )
-        if batch_id is not None:
-            recent = recent.where(Attempt.batch_id == batch_id)
         sub = recent.subquery()
         stmt = select(sub, Job.steps).join(Job, Job.id == sub.c.job_id)
         with self.engine.connect() as conn:
@@ -171,11 +167,8 @@ class ReportsMixin(StoreBase):
         workers = select(Worker).order_by(Worker.last_seen.desc())
         if seen_within is not None:
             workers = workers.where(Worker.last_seen >= time.time() - seen_within)
-        ok = (
-            select(Attempt.worker, Attempt.total_s)
-            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
-            .order_by(Attempt.id.desc())
-            .limit(window)
+        ok = self._recent(
+            AttemptStatus.SUCCEEDED.value, Attempt.worker, Attempt.total_s, window=window
         )
         with self._tx(write=False) as conn:
             out = [dict(r) for r in conn.execute(workers).mappings()]
@@ -184,13 +177,7 @@ class ReportsMixin(StoreBase):
                 times.setdefault(name, []).append(total_s)
             failed: dict[str, int] = {}
             for status in FAILED_ATTEMPTS:
-                bad = (
-                    select(Attempt.worker)
-                    .where(Attempt.status == status)
-                    .order_by(Attempt.id.desc())
-                    .limit(window)
-                    .subquery()
-                )
+                bad = self._recent(status, Attempt.worker, window=window).subquery()
                 for name, n in conn.execute(
                     select(bad.c.worker, func.count()).group_by(bad.c.worker)
                 ):
@@ -292,22 +279,18 @@ class ReportsMixin(StoreBase):
     ) -> list[dict[str, Any]]:
         """The ``limit`` slowest succeeded attempts (by total seconds) among the last
         ``window``, with their job's size, steps and prompt."""
-        recent = (
-            select(
-                Attempt.id.label("attempt_id"),
-                Attempt.job_id,
-                Attempt.batch_id,
-                Attempt.worker,
-                Attempt.total_s,
-                Attempt.denoise_s,
-                Attempt.finished_at,
-            )
-            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
-            .order_by(Attempt.id.desc())
-            .limit(window)
+        recent = self._recent(
+            AttemptStatus.SUCCEEDED.value,
+            Attempt.id.label("attempt_id"),
+            Attempt.job_id,
+            Attempt.batch_id,
+            Attempt.worker,
+            Attempt.total_s,
+            Attempt.denoise_s,
+            Attempt.finished_at,
+            window=window,
+            batch_id=batch_id,
         )
-        if batch_id is not None:
-            recent = recent.where(Attempt.batch_id == batch_id)
         r = recent.subquery()
         # Pick the slowest first, then join: ten job lookups rather than ``window``.
         top = select(r).order_by(r.c.total_s.desc()).limit(limit).subquery()
