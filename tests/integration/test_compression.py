@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.integration.test_pipeline import JOB as PIPELINE_JOB
 from workers.compression.analysis import AnalysisPlan, ProbeConfig, analyze
 from workers.compression.palettize import NBITS, kmeans_lut, mean, psnr
 from workers.compression.recipes import load_recipe, recipe_for_bits, recipe_for_psnr
@@ -156,24 +157,7 @@ def test_torch_variant_runs_through_the_job_path_close_to_fp16(
     )
     assert info["palettized_mb"] < info["fp16_mb"]
     assert info["recipe_avg_bits"] == pytest.approx(avg)
-    job = {
-        "id": 1,
-        "batch_id": 1,
-        "prompt": "a lighthouse",
-        "negative_prompt": "",
-        "seed": 3,
-        "steps": 8,
-        "guidance_scale": 7.5,
-        "width": 64,
-        "height": 64,
-        "scheduler": "dpmpp_2m",
-        "model": "tiny",
-        "quantization": "fp16",
-        "output_name": "",
-        "line": 2,
-        "image_index": 0,
-        "attempts": 1,
-    }
+    job = {**PIPELINE_JOB, "prompt": "a lighthouse", "negative_prompt": "", "seed": 3, "steps": 8}
     cache = PipelineCache()
     ref = np.asarray(Image.open(io.BytesIO(run_job(job, cache).png)).convert("RGB"))
     out = run_job({**job, "quantization": "mixed45"}, cache)
