@@ -29,11 +29,11 @@ from _common import ROOT, save
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.database import database_url, open_engine
-from orchestrator.dispatch import Coordinator, CoordinatorSettings
 from orchestrator.manifest import parse_manifest
 from orchestrator.store import JobStore
+from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests.redis_server import RedisServer
-from workers import rq_protocol as proto
+from workers.rq import protocol as proto
 
 SECONDS_PER_IMAGE = 20.0
 
@@ -52,7 +52,7 @@ def noise_png() -> bytes:
 
 
 def fake_worker(url: str, name: str, idle: int) -> None:
-    from workers.rq_worker import run_worker
+    from workers.rq.worker import run_worker
     from workers.task import PipelineCache, TaskOutput
 
     png = noise_png()

@@ -158,7 +158,7 @@ def _claimer(url: str, name: str, n: int, out) -> None:  # type: ignore[no-untyp
     t0 = time.perf_counter()
     while len(got) < n and (c := store.claim(me, lease_seconds=60)) is not None:
         got.append(c.job["id"])
-        store.complete(c, f"/out/{c.job['id']}.png", {"total_s": 0.0})
+        store.complete(c, f"/out/{c.job['id']}.png", "0" * 64, {"total_s": 0.0})
     out.put((got, time.perf_counter() - t0))
 
 

@@ -21,6 +21,7 @@ class WorkerSettings:
     threads: int = DEFAULT_THREADS
     device: str = "auto"
     poll_seconds: float = 1.0
+    pause_seconds: float = 5.0  # between tries while the disk or the database is full or busy
     max_jobs: int | None = None
     burst: bool = False
     backend: str = "diffusers"

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from orchestrator.errors import ConfigError, DatabaseError
+from orchestrator.errors import ConfigError, DatabaseBusy, DatabaseError, DatabaseFull
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,34 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# sqlite3 result codes (the primary code is the low byte of an extended one)
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL = 5, 6, 10, 13
+
+
+def translate_error(exc: BaseException, where: str) -> BaseException | None:
+    """The project's error for a DB-API error, or None to keep the original: a locked database
+    and a full disk are states a caller can wait out, so they get their own classes."""
+    import sqlite3
+
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    text_ = str(exc)
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in text_:
+        return DatabaseBusy(
+            f"the job database {where} is busy: another process held its write lock for "
+            f"more than {BUSY_TIMEOUT_MS // 1000} s; try again"
+        )
+    if code == _SQLITE_FULL or "full" in text_:
+        return DatabaseFull(f"the disk holding the job database {where} is full; free some space")
+    if code == _SQLITE_IOERR or "disk I/O error" in text_:
+        return DatabaseFull(
+            f"the job database {where} could not be written (disk I/O error: a full disk, a "
+            "file-size limit or a failing disk)"
+        )
+    return None
+
+
 def make_engine(url: str) -> Engine:
     """An engine whose connections are in driver autocommit: the store issues its own
     ``BEGIN IMMEDIATE`` for writes, so two writers queue on the busy timeout instead of one
@@ -70,6 +98,14 @@ def make_engine(url: str) -> Engine:
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
     event.listen(engine, "connect", _on_connect)
+    where = str(path) if path is not None else url
+
+    def _handle_error(ctx: Any) -> None:
+        mine = translate_error(ctx.original_exception, where)
+        if mine is not None:
+            raise mine from ctx.original_exception
+
+    event.listen(engine, "handle_error", _handle_error)
     return engine
 
 
@@ -89,6 +125,12 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory.from_config(_alembic_config(None)).walk_revisions()}
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -147,6 +189,11 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot open the database {url}: {exc}") from exc
     head = head_revision()
+    if rev is not None and rev != head and rev not in known_revisions():
+        raise DatabaseError(
+            f"the database is at schema {rev}, which is newer than this orchestrate knows "
+            f"(its newest is {head}); upgrade orchestrate to use it"
+        )
     if rev != head:
         if not migrate:
             raise DatabaseError(

@@ -1,6 +1,18 @@
-"""The project's exceptions: one base, a subclass per kind, an exit code on user-facing ones."""
+"""The project's exceptions: one base, a subclass per kind, an exit code on user-facing ones.
+
+Both planes raise from here: the control plane (manifest, store, transports, CLI) and the data
+plane (``workers/``: pipeline backends, compression). The CLI maps every one of them to a
+message and an exit code in one place (``orchestrator.cli.cli``); foreign errors are wrapped
+with ``raise ... from`` where they happen (SQLite's ``OperationalError`` by the engine itself,
+see ``orchestrator.database``).
+
+Exit codes: 0 success, 1 something failed, 2 bad input, 3 a busy or full resource (try again),
+130 stopped by a signal.
+"""
 
 from __future__ import annotations
+
+import errno
 
 
 class OrchestratorError(Exception):
@@ -22,12 +34,79 @@ class ConfigError(UsageError):
     """The configuration is not valid."""
 
 
+class JobNotFound(UsageError):
+    """No such job."""
+
+
+# -- resources that are busy, full or away: a state to wait out, never a crash ----------------
+
+
+class TransientError(OrchestratorError):
+    """A resource is busy, full or unreachable for now; the same call may succeed later."""
+
+    exit_code = 3
+
+
 class DatabaseError(OrchestratorError):
     """The job database could not be used."""
 
 
-class JobNotFound(UsageError):
-    """No such job."""
+class DatabaseBusy(DatabaseError, TransientError):
+    """The job database is locked by another process; try again in a moment."""
+
+    exit_code = 3
+
+
+class DatabaseFull(DatabaseError, TransientError):
+    """The disk holding the job database is full; free some space."""
+
+    exit_code = 3
+
+
+class DiskFull(TransientError):
+    """The disk holding the output folder is full (or a file-size limit was hit)."""
+
+
+# errno values that mean "no room to write": a full disk, a quota, a file-size limit.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
+
+
+class RedisUnavailable(TransientError):
+    """Redis cannot be reached (or refused the credentials)."""
+
+
+class CoordinatorConflict(OrchestratorError):
+    """Another coordinator holds this database."""
+
+
+# -- what a job can raise on a worker ------------------------------------------------------
+
+
+class JobError(OrchestratorError):
+    """A job could not be done on this worker."""
+
+
+class JobInputError(JobError, UsageError):
+    """The job asks for something this worker can never do; retrying will not help."""
+
+
+class ModelLoadError(JobError):
+    """The model could not be loaded."""
+
+
+class JobInterrupted(JobError):
+    """The job was stopped between denoising steps (shutdown, cancel, or lost lease)."""
+
+
+class CompressionError(UsageError):
+    """A compression input (analysis, recipe, model layer) is not usable."""
+
+
+# -- manifests -------------------------------------------------------------------------------
 
 
 class ManifestIssue:

@@ -6,6 +6,7 @@ stage timing is its own column on ``attempts``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 from sqlalchemy import (
@@ -19,6 +20,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from workers.backends import GenerationRequest
+
+# The job's fields, spelled once. What decides an image's pixels is the worker's request; a
+# manifest row adds the model variant; a worker's payload adds where the job belongs. The
+# manifest's columns, the fingerprint, the payload, the insert and the export derive from
+# these (and the Job model below has a column for each: a test checks it).
+PIXEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationRequest))
+JOB_FIELDS: tuple[str, ...] = (*PIXEL_FIELDS, "model", "quantization")
+PAYLOAD_FIELDS: tuple[str, ...] = (
+    "id",
+    "batch_id",
+    *JOB_FIELDS,
+    "output_name",
+    "line",
+    "image_index",
+)
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -28,6 +46,7 @@ NAMING = {
 
 
 class JobStatus(enum.StrEnum):
+    LOADING = "loading"  # inserted by a submit still in progress: invisible to workers
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -38,6 +57,14 @@ class JobStatus(enum.StrEnum):
 
 ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
 FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# What users count and see: a job still loading belongs to no one yet.
+VISIBLE_STATUSES = (*ACTIVE_STATUSES, *FINAL_STATUSES)
+
+
+class BatchState(enum.StrEnum):
+    LOADING = "loading"  # its jobs are being inserted, in short transactions
+    PUBLISHING = "publishing"  # all inserted; being made pending (anyone may finish this)
+    READY = "ready"
 
 
 class AttemptStatus(enum.StrEnum):
@@ -48,6 +75,7 @@ class AttemptStatus(enum.StrEnum):
     LOST = "lost"  # the worker stopped renewing its lease (killed, hung, cut off)
     RELEASED = "released"  # the worker gave the job back on shutdown
     SUPERSEDED = "superseded"  # a result came after the job was finished or cancelled
+    CANCELLED = "cancelled"  # the user cancelled the job while this attempt was open
 
 
 class Base(DeclarativeBase):
@@ -66,6 +94,11 @@ class Batch(Base):
     duplicates: Mapped[int] = mapped_column(Integer)
     defaults_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), server_default=BatchState.READY.value)
+    # While loading: who loads it (host:pid) and when it last wrote, so a dead loader's
+    # half-inserted batch can be told from a live one and removed.
+    loader: Mapped[str | None] = mapped_column(String(255))
+    loader_seen_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Job(Base):
@@ -104,6 +137,10 @@ class Job(Base):
     started_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
     output_path: Mapped[str | None] = mapped_column(Text)
+    # The published image: its sha256 is recorded in the commit that makes the job
+    # succeeded; published_at is set once the file is at output_path (NULL in between).
+    output_sha256: Mapped[str | None] = mapped_column(String(64))
+    published_at: Mapped[float | None] = mapped_column(Float)
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -113,6 +150,8 @@ Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.id)
 Index("ix_jobs_claim_model", Job.status, Job.model, Job.priority.desc(), Job.id)
 # Recently finished jobs of one status: the dashboard's gallery and failed-jobs list.
 Index("ix_jobs_status_finished_at", Job.status, Job.finished_at)
+# Succeeded jobs whose file is not yet published: what recovery looks at, often.
+Index("ix_jobs_status_published_at", Job.status, Job.published_at)
 
 
 class Attempt(Base):
@@ -121,6 +160,8 @@ class Attempt(Base):
         # Recent succeeded attempts, overall and per batch: the status timings window.
         Index("ix_attempts_status_id", "status", "id"),
         Index("ix_attempts_batch_status_id", "batch_id", "status", "id"),
+        # Attempt numbers only grow: a retried job goes on counting.
+        Index("uq_attempts_job_id_number", "job_id", "number", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -146,6 +187,7 @@ class Attempt(Base):
     encode_s: Mapped[float | None] = mapped_column(Float)
     total_s: Mapped[float | None] = mapped_column(Float)
     peak_mem_mb: Mapped[float | None] = mapped_column(Float)
+    output_sha256: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -176,10 +218,41 @@ class Worker(Base):
     backend: Mapped[str | None] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(32))
     model: Mapped[str | None] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))  # idle | busy | stopped
+    state: Mapped[str] = mapped_column(String(16))  # idle | busy | paused | stopped
+    message: Mapped[str | None] = mapped_column(Text)  # why it is paused (disk full, ...)
     current_job: Mapped[int | None] = mapped_column(Integer)
     jobs_done: Mapped[int] = mapped_column(Integer)
     jobs_failed: Mapped[int] = mapped_column(Integer)
     busy_s: Mapped[float] = mapped_column(Float)  # seconds spent on succeeded jobs
     started_at: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)
+
+
+class CoordinatorLease(Base):
+    """The one coordinator of this database: who holds it, since when, until when, and what
+    it is doing. A second coordinator refuses to start while the lease is live."""
+
+    __tablename__ = "coordinator"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    holder: Mapped[str] = mapped_column(String(255))  # host:pid/token
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    since: Mapped[float] = mapped_column(Float)
+    renewed_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # running | paused | stopped
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A message the coordinator could not use (malformed, forged, too big): kept for a look,
+    counted in status, never fatal."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(32))  # event | worker
+    reason: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text)

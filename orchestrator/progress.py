@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from orchestrator.local import JobEvent
+from orchestrator.events import JobEvent
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator.models import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
+from orchestrator.models import ACTIVE_STATUSES, FINAL_STATUSES, VISIBLE_STATUSES
 from orchestrator.store import JobStore
 from orchestrator.store.reports import THROUGHPUT_WINDOW_S
 
@@ -175,7 +175,7 @@ def render_text(data: dict[str, Any]) -> str:
     """The overview as plain, fixed-width text (for pipes, logs and ``grep``)."""
     scope = f"batch {data['batch']}" if data["batch"] is not None else "all batches"
     lines = [f"Jobs ({scope}):"]
-    for status in JobStatus:
+    for status in VISIBLE_STATUSES:
         lines.append(f"  {status.value:<10} {data['counts'][status.value]:>8}")
     lines.append(f"  {'total':<10} {data['total']:>8}")
     lines.append(summary_line(data))
@@ -255,10 +255,10 @@ def render_rich(data: dict[str, Any]) -> Any:
     parts: list[Any] = [Text(f"Jobs ({scope}): " + summary_line(data), style="bold")]
 
     counts = Table(box=None, pad_edge=False)
-    for status in JobStatus:
+    for status in VISIBLE_STATUSES:
         counts.add_column(status.value, justify="right")
     counts.add_column("total", justify="right", style="bold")
-    counts.add_row(*(str(data["counts"][s.value]) for s in JobStatus), str(data["total"]))
+    counts.add_row(*(str(data["counts"][s.value]) for s in VISIBLE_STATUSES), str(data["total"]))
     parts.append(counts)
 
     if data["batches"]:

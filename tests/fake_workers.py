@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image
 
-from workers import rq_protocol as proto
-from workers.rq_worker import run_worker
+from workers.rq import protocol as proto
+from workers.rq.worker import run_worker
 from workers.task import PipelineCache, TaskOutput
 
 

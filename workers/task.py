@@ -6,12 +6,14 @@ and the pipeline stays loaded in a ``PipelineCache`` between jobs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workers import memory
 from workers.backends import BACKENDS, GenerationRequest, JobInputError, JobInterrupted
 from workers.metadata import a1111_parameters, encode_png
 
@@ -19,16 +21,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["JobInputError", "JobInterrupted", "PipelineCache", "TaskOutput", "run_job"]
 
-REQUEST_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "width",
-    "height",
-    "scheduler",
-)
+# Fields of a payload that belong to one try of a job, not to the job: kept out of the PNG.
+_DISPATCH_FIELDS = ("attempt", "attempts", "token", "sig")
+# What decides the pixels: the backend's request, field for field.
+REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest))
 
 
 @dataclass
@@ -149,8 +145,10 @@ def run_job(
     backend, load_s = cache.get(job["model"], job.get("quantization", "fp16"))
     request = GenerationRequest(**{k: job[k] for k in REQUEST_FIELDS})
 
-    # 2. Generation
+    # 2. Generation, its peak memory measured on its own
+    measured = memory.reset_peak(backend.device)
     gen = backend.generate(request, should_stop)
+    peak = memory.peak_mb(backend.device) if measured else None
 
     # 3. PNG with A1111 parameters and our JSON
     t_enc = time.perf_counter()
@@ -172,7 +170,8 @@ def run_job(
         {"Backend": f"{backend.name} {backend.device} {backend.dtype}", "Threads": backend.threads},
     )
     meta = {
-        "job": {k: job[k] for k in job if k != "attempts"},
+        # The job as its row says, not how this try of it was sent (attempt, dispatch token).
+        "job": {k: job[k] for k in job if k not in _DISPATCH_FIELDS},
         "run": run_info,
         "timings": {**timings, "step_times": gen.step_times},
         "unet_evaluations": gen.unet_evaluations,
@@ -185,7 +184,7 @@ def run_job(
         **timings,
         "encode_s": t_end - t_enc,
         "total_s": t_end - t_start,
-        "peak_mem_mb": backend.peak_memory_mb(),
+        "peak_mem_mb": peak,
         "unet_evaluations": gen.unet_evaluations,
         "width": gen.image.width,
         "height": gen.image.height,

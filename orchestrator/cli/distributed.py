@@ -49,6 +49,12 @@ from orchestrator.hooks import Hooks
     default=3600,
     help="RQ's limit on one job's run time, in seconds.",
 )
+@option(
+    "--max-image-mb",
+    type=click.FloatRange(0.01),
+    default=128.0,
+    help="Refuse (fail) a result whose image is larger than this, without reading it.",
+)
 @hook_options
 @pass_state
 @click.pass_context
@@ -60,13 +66,18 @@ def coordinator(
     window: int | None,
     lost_after: float,
     job_timeout: int,
+    max_image_mb: float,
     notify_url: str | None,
     on_done: str | None,
 ) -> None:
-    """Feed the queue to RQ workers on other machines and collect their results."""
-    from orchestrator.dispatch import Coordinator, CoordinatorSettings
+    """Feed the queue to RQ workers on other machines and collect their results.
+
+    One coordinator runs per database: a second one refuses to start, naming the first.
+    With ORCHESTRATE_SECRET set (the same on every worker), payloads and results are signed.
+    """
     from orchestrator.progress import Progress
-    from workers.rq_protocol import connect, redact
+    from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
+    from workers.rq.protocol import connect, redact, secret_from_env
 
     configure_logging(ctx.find_root().meta["verbose"], service=True)
     store = state.store()
@@ -80,11 +91,15 @@ def coordinator(
         lost_after=lost_after,
         job_timeout=job_timeout,
         until_done=until_done,
+        max_image_bytes=int(max_image_mb * 2**20),
+        secret=secret_from_env(),
     )
+    coord = Coordinator(store, redis, settings, hooks=Hooks(notify_url, on_done))
+    coord.acquire()
     bar = Progress(store.counts)
-    coord = Coordinator(store, redis, settings, on_event=bar, hooks=Hooks(notify_url, on_done))
+    coord.on_event = bar
     click.echo(
-        f"coordinator on {redact(redis_url)}: {len(coord.in_flight)} jobs in flight", err=True
+        f"coordinator on {redact(redis_url)}: {len(coord.in_flight())} jobs in flight", err=True
     )
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -161,7 +176,7 @@ def worker(
     compute_units: str,
 ) -> None:
     """An RQ worker: takes jobs from Redis, keeps its model loaded, never opens the database."""
-    from workers.rq_worker import run_worker
+    from workers.rq.worker import run_worker
     from workers.task import PipelineCache
 
     verbose = ctx.find_root().meta["verbose"]

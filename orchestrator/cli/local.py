@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,8 @@ def _run_worker(
     scope: Callable[[], dict[str, int]] | None,
     progress: bool,
 ) -> Any:
-    from orchestrator.local import LocalWorker
     from orchestrator.progress import Progress
+    from orchestrator.transports.local import LocalWorker
 
     store = state.store()
     bar = Progress(scope or store.counts) if progress else None
@@ -95,12 +96,39 @@ def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> No
     Exits 0 when every job of the manifest (or, without one, of the queue) succeeded.
     """
     configure_logging(ctx.find_root().meta["verbose"])
-    job_ids = None
+    scope = None
     if manifest:
         m = load_manifest(manifest, defaults_from(kw), extra_columns=kw["extra_columns"])
-        report_submit(submit_manifest(state, m, Path(manifest).name, kw))
-        job_ids = state.store().job_ids_for([j.fingerprint() for j in m.jobs])
-    sys.exit(_work_and_report(ctx, state, kw, job_ids))
+        result = submit_manifest(state, m, Path(manifest).name, kw)
+        report_submit(result)
+        scope = manifest_scope(state.store(), m, result)
+    sys.exit(_work_and_report(ctx, state, kw, scope))
+
+
+def manifest_scope(store: Any, manifest: Any, result: Any) -> Callable[[], dict[str, int]]:
+    """Counts of a manifest's jobs. All of them new: its batch's trigger-kept counts (as
+    cheap at a million jobs as at ten); some already known: counted by id, at most every
+    few seconds (a million ids take seconds to count)."""
+    if result.duplicates == 0 and result.batch_id is not None:
+        return lambda: store.counts(result.batch_id)
+    job_ids = store.job_ids_for([j.fingerprint() for j in manifest.jobs])
+    return throttled(lambda: store.counts_for_jobs(job_ids))
+
+
+def throttled(fn: Callable[[], dict[str, int]], share: float = 0.1) -> Callable[[], dict[str, int]]:
+    """``fn``, called again only once ``1 / share`` times its last duration (and a second)
+    has passed; in between, its last value."""
+    last: dict[str, Any] = {"at": -1e9, "value": None, "cost": 0.0}
+
+    def call() -> dict[str, int]:
+        now = time.monotonic()
+        if last["value"] is None or now - last["at"] >= max(1.0, last["cost"] / share):
+            value = fn()
+            last.update(at=time.monotonic(), value=value, cost=time.monotonic() - now)
+        return dict(last["value"])
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]  # the unthrottled count, for the summary
+    return call
 
 
 def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSettings:
@@ -119,18 +147,20 @@ def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSet
 
 
 def _work_and_report(
-    ctx: click.Context, state: State, kw: dict[str, Any], job_ids: list[int] | None
+    ctx: click.Context,
+    state: State,
+    kw: dict[str, Any],
+    scope: Callable[[], dict[str, int]] | None,
 ) -> int:
     store = state.store()
     settings = worker_settings(state, kw, burst=True)
-    scope = (lambda: store.counts_for_jobs(job_ids)) if job_ids is not None else None
     active_before = store.active_batches()
     worker, _ = _run_worker(state, ctx, settings, scope, progress=True)
     hooks = Hooks(kw.get("notify_url"), kw.get("on_done"))
     if hooks:
         for batch_id in sorted(active_before - store.active_batches()):
             hooks.batch_done(batch_summary(store, batch_id))
-    counts = scope() if scope else store.counts()
+    counts = (getattr(scope, "__wrapped__", scope) or store.counts)()
     total = sum(counts.values())
     click.echo(
         f"{counts['succeeded']}/{total} succeeded, {counts['failed']} failed, "
@@ -205,9 +235,10 @@ def generate(
         state.output = Path(output_path).expanduser().absolute()
     data = single_job(prompt, defaults_from(kw), seed=seed, negative_prompt=negative_prompt)
     m = parse_manifest(data, "--prompt", defaults_from(kw))
-    report_submit(submit_manifest(state, m, "generate", kw))
+    result = submit_manifest(state, m, "generate", kw)
+    report_submit(result)
     job_ids = state.store().job_ids_for([j.fingerprint() for j in m.jobs])
-    code = _work_and_report(ctx, state, kw, job_ids)
+    code = _work_and_report(ctx, state, kw, lambda: state.store().counts_for_jobs(job_ids))
     job = state.store().get_job(job_ids[0])
     if job["output_path"]:
         click.echo(job["output_path"])

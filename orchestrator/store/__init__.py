@@ -1,8 +1,9 @@
 """JobStore: every SQL statement of the orchestrator, so transaction rules live in one place.
 
 One class, written in parts by concept: ``jobs`` (submission, queries, user actions),
-``leases`` (a job's lifecycle under a lease, for local workers and the Redis dispatcher) and
-``fleet`` (the workers table).
+``leases`` (a job's lifecycle under a lease, for local workers and the Redis dispatcher),
+``fleet`` (workers, the coordinator's lease, dead letters), ``reports`` (status and the
+dashboard) and ``integrity`` (what ``verify`` checks and mends).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from orchestrator.store.base import (
     SubmitResult,
     WorkerIdentity,
     backoff_seconds,
+    chunks,
 )
 from orchestrator.store.fleet import FleetMixin
+from orchestrator.store.integrity import IntegrityMixin
 from orchestrator.store.jobs import JobsMixin
 from orchestrator.store.leases import LeasesMixin
 from orchestrator.store.reports import ReportsMixin
@@ -30,8 +33,9 @@ __all__ = [
     "SubmitResult",
     "WorkerIdentity",
     "backoff_seconds",
+    "chunks",
 ]
 
 
-class JobStore(JobsMixin, LeasesMixin, FleetMixin, ReportsMixin):
+class JobStore(JobsMixin, LeasesMixin, FleetMixin, ReportsMixin, IntegrityMixin):
     """The job database's one door."""

@@ -2,38 +2,25 @@
 
 The store runs its own transactions: ``BEGIN IMMEDIATE`` for writes (writers queue on SQLite's
 busy timeout rather than failing mid-transaction) and ``BEGIN`` for reads that need one snapshot.
+Every write transaction is short: anything that touches many rows (a submit, a retry of every
+failed job) goes in chunks of ``CHUNK_ROWS``, and every ``IN (...)`` list in chunks of
+``_CHUNK`` ids, under SQLite's variable limit of 32,766 in many builds.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
-from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.models import PAYLOAD_FIELDS, Attempt, AttemptStatus, Job, JobStatus
 
-JOB_PAYLOAD_COLUMNS = (
-    "id",
-    "batch_id",
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "width",
-    "height",
-    "scheduler",
-    "model",
-    "quantization",
-    "output_name",
-    "line",
-    "image_index",
-    "attempts",
-)
+# What a worker gets: the job's fields plus the number of this attempt.
+JOB_PAYLOAD_COLUMNS = PAYLOAD_FIELDS
 TIMING_COLUMNS = (
     "queue_wait_s",
     "load_s",
@@ -46,8 +33,16 @@ TIMING_COLUMNS = (
 )
 # What a worker reports; the queue wait is the store's own measure, set at claim time.
 RESULT_COLUMNS = ("backend", "device", "dtype", "torch_threads", *TIMING_COLUMNS[1:])
-_CHUNK = 500
+_CHUNK = 500  # ids per IN (...) list
+CHUNK_ROWS = 5000  # rows per write transaction of a bulk change (about 0.1 s here)
 TIMING_WINDOW = 1000
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 @dataclass(frozen=True)
@@ -73,10 +68,31 @@ class Claim:
     attempt_id: int
     lease_owner: str  # the worker's name plus a token unique to this claim
 
+    @property
+    def job_id(self) -> int:
+        return int(self.job["id"])
+
 
 # A job is held by a lease owner while queued (dispatched to Redis) or running.
 HELD_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 OPEN_ATTEMPTS = (AttemptStatus.DISPATCHED.value, AttemptStatus.RUNNING.value)
+
+
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """Whether a process named by host and pid is known to be dead: only a process of this
+    host can be checked (others count as alive)."""
+    import os
+    import socket
+
+    if not host or not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
@@ -89,15 +105,25 @@ class StoreBase:
         self.engine = engine
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
+    def _tx(self, *, write: bool, busy_timeout_s: float | None = None) -> Iterator[Connection]:
+        """One transaction. ``busy_timeout_s`` waits that long (not the default 30 s) for the
+        write lock: a lease renewal must fail fast rather than sleep through its lease."""
         with self.engine.connect() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            if busy_timeout_s is not None:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             try:
-                yield conn
-            except BaseException:
-                conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.exec_driver_sql("ROLLBACK")
+                    raise
+                conn.exec_driver_sql("COMMIT")
+            finally:
+                if busy_timeout_s is not None:
+                    from orchestrator.database import BUSY_TIMEOUT_MS
+
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     @staticmethod
     def _recent(status: str, *columns: Any, window: int, batch_id: int | None = None) -> Any:
@@ -115,7 +141,8 @@ class StoreBase:
 
     @staticmethod
     def _owned(claim: Claim) -> Any:
-        """An UPDATE of the job that matches only while this claim still holds it."""
+        """An UPDATE of the job that matches only while this claim still holds it: the fence
+        every write of a lease holder goes through."""
         return (
             update(Job)
             .where(Job.id == claim.job["id"])
@@ -124,10 +151,18 @@ class StoreBase:
         )
 
     @staticmethod
+    def _next_attempt_number(conn: Connection, job_id: int) -> int:
+        """Attempt numbers only grow, whatever a retry or a release did to the budget."""
+        last = conn.execute(
+            select(func.max(Attempt.number)).where(Attempt.job_id == job_id)
+        ).scalar()
+        return int(last or 0) + 1
+
+    @staticmethod
     def _finish_attempt(
         conn: Connection, claim: Claim, status: AttemptStatus, **values: Any
     ) -> None:
-        # Only an open attempt: one already marked lost keeps that verdict.
+        # Only an open attempt: one already marked lost or cancelled keeps that verdict.
         conn.execute(
             update(Attempt)
             .where(Attempt.id == claim.attempt_id)

@@ -1,4 +1,5 @@
-"""The workers table: who is working, on what, how fast, and when they were last seen."""
+"""Who is working: the workers table (on what, how fast, last seen, why paused), the one
+coordinator's lease, and the dead letters the coordinator refused."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.models import Worker
-from orchestrator.store.base import StoreBase
+from orchestrator.errors import CoordinatorConflict
+from orchestrator.models import CoordinatorLease, DeadLetter, Worker
+from orchestrator.store.base import StoreBase, process_gone
+
+DEAD_LETTERS_KEPT = 10_000  # the newest ones; the count of all is kept apart
 
 WORKER_FIELDS = (
     "name",
@@ -21,6 +25,7 @@ WORKER_FIELDS = (
     "device",
     "model",
     "state",
+    "message",
     "current_job",
     "jobs_done",
     "jobs_failed",
@@ -54,3 +59,125 @@ class FleetMixin(StoreBase):
         for w in out:
             w["s_per_image"] = w["busy_s"] / w["jobs_done"] if w["jobs_done"] else None
         return out
+
+    # -- the one coordinator -------------------------------------------------------------------
+
+    def acquire_coordinator(
+        self, holder: str, *, host: str, pid: int, ttl: float, now: float | None = None
+    ) -> dict[str, Any] | None:
+        """Take the coordinator lease for ``holder``. Returns None when taken, else the row of
+        the live holder (who keeps it). A holder whose lease expired is taken over, and so is
+        one on this host whose process is gone (a restart after a crash need not wait)."""
+        now = time.time() if now is None else now
+        with self._tx(write=True) as conn:
+            row = conn.execute(select(CoordinatorLease).where(CoordinatorLease.id == 1))
+            current = row.mappings().first()
+            if (
+                current is not None
+                and current["expires_at"] > now
+                and current["holder"] != holder
+                and current["state"] != "stopped"
+                and not process_gone(current["host"], current["pid"])
+            ):
+                return dict(current)
+            values = {
+                "holder": holder,
+                "host": host,
+                "pid": pid,
+                "since": now,
+                "renewed_at": now,
+                "expires_at": now + ttl,
+                "state": "running",
+                "message": None,
+            }
+            if current is None:
+                conn.execute(insert(CoordinatorLease).values(id=1, **values))
+            else:
+                conn.execute(
+                    update(CoordinatorLease).where(CoordinatorLease.id == 1).values(**values)
+                )
+        return None
+
+    def coordinator_fence(self, holder: str) -> Any:
+        """A check to run inside a write transaction: raises CoordinatorConflict unless
+        ``holder`` still holds the coordinator lease."""
+
+        def fence(conn: Connection) -> None:
+            held = conn.execute(
+                select(CoordinatorLease.holder).where(CoordinatorLease.id == 1)
+            ).scalar()
+            if held != holder:
+                raise CoordinatorConflict(
+                    f"this coordinator ({holder}) lost its lease to {held or 'nobody'}"
+                )
+
+        return fence
+
+    def renew_coordinator(
+        self,
+        holder: str,
+        *,
+        ttl: float,
+        state: str = "running",
+        message: str | None = None,
+        busy_timeout_s: float = 5.0,
+    ) -> bool:
+        """Extend the lease (and say what the coordinator is doing); False when another
+        coordinator took it over, which tells this one to stop."""
+        now = time.time()
+        with self._tx(write=True, busy_timeout_s=busy_timeout_s) as conn:
+            n = conn.execute(
+                update(CoordinatorLease)
+                .where(CoordinatorLease.id == 1)
+                .where(CoordinatorLease.holder == holder)
+                .values(renewed_at=now, expires_at=now + ttl, state=state, message=message)
+            ).rowcount
+        return n == 1
+
+    def release_coordinator(self, holder: str) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute(
+                update(CoordinatorLease)
+                .where(CoordinatorLease.id == 1)
+                .where(CoordinatorLease.holder == holder)
+                .values(state="stopped", expires_at=time.time(), message=None)
+            )
+
+    def coordinator(self) -> dict[str, Any] | None:
+        """The coordinator lease row (who, since when, live until, doing what), if any."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(CoordinatorLease).where(CoordinatorLease.id == 1))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    def add_dead_letters(self, letters: Iterable[tuple[str, str, str]]) -> int:
+        """Record refused messages as (source, reason, excerpt); keeps the newest
+        ``DEAD_LETTERS_KEPT``."""
+        rows = [
+            {"at": time.time(), "source": s, "reason": r[:500], "excerpt": e[:500]}
+            for s, r, e in letters
+        ]
+        if not rows:
+            return 0
+        with self._tx(write=True) as conn:
+            conn.execute(insert(DeadLetter), rows)
+            newest = conn.execute(select(func.max(DeadLetter.id))).scalar_one()
+            conn.execute(delete(DeadLetter).where(DeadLetter.id <= newest - DEAD_LETTERS_KEPT))
+        return len(rows)
+
+    def dead_letters(self, limit: int = 20) -> dict[str, Any]:
+        """How many messages were refused (all time: ids count them), and the newest."""
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.max(DeadLetter.id))).scalar() or 0
+            recent = [
+                dict(r)
+                for r in conn.execute(
+                    select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+                ).mappings()
+            ]
+        return {"count": int(total), "recent": recent}

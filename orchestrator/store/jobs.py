@@ -2,38 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import secrets
+import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 
 from orchestrator.errors import JobNotFound, UsageError
-from orchestrator.manifest import Manifest
+from orchestrator.manifest import JobSpec, Manifest
 from orchestrator.models import (
     ACTIVE_STATUSES,
+    VISIBLE_STATUSES,
     Attempt,
     AttemptStatus,
     Batch,
+    BatchState,
     Job,
     JobCount,
     JobStatus,
 )
-from orchestrator.store.base import _CHUNK, TIMING_COLUMNS, TIMING_WINDOW, StoreBase, SubmitResult
+from orchestrator.store.base import (
+    _CHUNK,
+    CHUNK_ROWS,
+    OPEN_ATTEMPTS,
+    TIMING_COLUMNS,
+    TIMING_WINDOW,
+    StoreBase,
+    SubmitResult,
+    chunks,
+    process_gone,
+)
+
+# A batch whose loader has not written for this long is abandoned (its loader died on
+# another host, or this host's pid was reused).
+LOADER_STALE_S = 600.0
+# The columns of a submitted job: the manifest's job spec (its extra metadata as JSON)
+# plus the bookkeeping the store sets.
+_SPEC_COLUMNS = tuple(f.name for f in dataclasses.fields(JobSpec) if f.name != "extra")
+_INSERT_COLUMNS = (
+    "batch_id",
+    "fingerprint",
+    "status",
+    *_SPEC_COLUMNS,
+    "extra_json",
+    "attempts",
+    "max_attempts",
+    "created_at",
+)
+_INSERT_JOBS = (
+    f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) ON CONFLICT (fingerprint) DO NOTHING"
+)
+
+
+def _loader_dead(loader: str | None, seen_at: float | None, now: float) -> bool:
+    """Whether the process loading a batch is gone: a dead pid on this host, or silence."""
+    if seen_at is None or now - seen_at > LOADER_STALE_S:
+        return True
+    host, _, rest = (loader or "").rpartition(":")
+    pid = rest.split("/")[0]
+    return pid.isdigit() and process_gone(host, int(pid))
 
 
 class JobsMixin(StoreBase):
-    _INSERT_COLUMNS = (
-        "batch_id, line, image_index, fingerprint, status, priority, prompt, negative_prompt, "
-        "seed, steps, guidance_scale, width, height, scheduler, model, quantization, tags, "
-        "output_name, extra_json, attempts, max_attempts, created_at"
-    )
-    _INSERT_JOBS = (
-        f"INSERT INTO jobs ({_INSERT_COLUMNS}) VALUES ({', '.join(['?'] * 22)}) "
-        "ON CONFLICT (fingerprint) DO NOTHING"
-    )
-
     def submit(
         self,
         manifest: Manifest,
@@ -41,10 +78,23 @@ class JobsMixin(StoreBase):
         name: str,
         defaults: dict[str, Any],
         max_attempts: int,
+        chunk_rows: int = CHUNK_ROWS,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> SubmitResult:
-        """Insert a validated manifest's jobs in one transaction; known fingerprints are skipped."""
+        """Insert a validated manifest's jobs; known fingerprints are skipped.
+
+        A big manifest goes in as many short transactions (``chunk_rows`` jobs each), so
+        workers renewing their leases never wait long for the write lock. Its jobs are
+        ``loading`` (invisible to workers and to counts) until every row is in; then they are
+        made pending, again in chunks. A loader that dies half way leaves a batch that the
+        next submit (or ``verify --repair``) removes whole; one that dies while publishing
+        leaves one they finish."""
+        self.recover_submits()
         now = time.time()
-        pending = JobStatus.PENDING.value
+        loader = f"{socket.gethostname()}:{os.getpid()}/{secrets.token_hex(4)}"
+        extra_json = [
+            json.dumps(s.extra, ensure_ascii=False) if s.extra else None for s in manifest.jobs
+        ]
         with self._tx(write=True) as conn:
             batch_id = conn.execute(
                 insert(Batch)
@@ -57,50 +107,139 @@ class JobsMixin(StoreBase):
                     duplicates=0,
                     defaults_json=json.dumps(defaults, sort_keys=True),
                     created_at=now,
+                    state=BatchState.LOADING.value,
+                    loader=loader,
+                    loader_seen_at=now,
                 )
                 .returning(Batch.id)
             ).scalar_one()
-            rows = [
-                (
-                    batch_id,
-                    s.line,
-                    s.image_index,
-                    s.fingerprint(),
-                    pending,
-                    s.priority,
-                    s.prompt,
-                    s.negative_prompt,
-                    s.seed,
-                    s.steps,
-                    s.guidance_scale,
-                    s.width,
-                    s.height,
-                    s.scheduler,
-                    s.model,
-                    s.quantization,
-                    s.tags,
-                    s.output_name,
-                    json.dumps(s.extra, ensure_ascii=False) if s.extra else None,
-                    0,
-                    max_attempts,
-                    now,
-                )
-                for s in manifest.jobs
-            ]
-            # The driver's executemany directly: SQLAlchemy's per-row parameter processing
-            # would double the time of a 100k-row manifest.
-            added = conn.exec_driver_sql(self._INSERT_JOBS, rows).rowcount if rows else 0
-            duplicates = len(rows) - added
+        added = 0
+        total = len(manifest.jobs)
+        try:
+            for start in range(0, total, chunk_rows):
+                # Fingerprints and tuples outside the lock: only the INSERT holds it.
+                rows = [
+                    (
+                        batch_id,
+                        s.fingerprint(),
+                        JobStatus.LOADING.value,
+                        *(getattr(s, c) for c in _SPEC_COLUMNS),
+                        extra_json[start + i],
+                        0,
+                        max_attempts,
+                        now,
+                    )
+                    for i, s in enumerate(manifest.jobs[start : start + chunk_rows])
+                ]
+                with self._tx(write=True) as conn:
+                    # The driver's executemany directly: SQLAlchemy's per-row parameter
+                    # processing would double the time of a 100k-row manifest.
+                    added += conn.exec_driver_sql(_INSERT_JOBS, rows).rowcount
+                    conn.execute(
+                        update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
+                    )
+                if on_progress is not None:
+                    on_progress(min(start + chunk_rows, total), total)
+            duplicates = total - added
             if added == 0:
                 # Nothing new: leave no empty batch behind.
-                conn.execute(delete(Batch).where(Batch.id == batch_id))
+                with self._tx(write=True) as conn:
+                    conn.execute(delete(Batch).where(Batch.id == batch_id))
                 return SubmitResult(None, manifest.rows, 0, duplicates)
-            conn.execute(
-                update(Batch)
-                .where(Batch.id == batch_id)
-                .values(job_count=added, duplicates=duplicates)
-            )
+            with self._tx(write=True) as conn:
+                conn.execute(
+                    update(Batch)
+                    .where(Batch.id == batch_id)
+                    .values(
+                        job_count=added,
+                        duplicates=duplicates,
+                        state=BatchState.PUBLISHING.value,
+                        loader_seen_at=time.time(),
+                    )
+                )
+        except BaseException:
+            # Best effort: with the database away, the next submit removes it.
+            with contextlib.suppress(Exception):
+                self._drop_batch(batch_id)
+            raise
+        self._publish_batch(batch_id, chunk_rows)
         return SubmitResult(batch_id, manifest.rows, added, duplicates)
+
+    def _publish_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
+        """Make a fully loaded batch's jobs pending, a chunk per transaction, then the batch
+        ready. Idempotent: anyone may finish what a dead loader started."""
+        flip = (
+            "UPDATE jobs SET status = 'pending' WHERE id IN "
+            "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
+        )
+        while True:
+            with self._tx(write=True) as conn:
+                n = conn.exec_driver_sql(flip, (batch_id, chunk_rows)).rowcount
+                if n == 0:
+                    conn.execute(
+                        update(Batch)
+                        .where(Batch.id == batch_id)
+                        .values(state=BatchState.READY.value, loader=None, loader_seen_at=None)
+                    )
+                    return
+                conn.execute(
+                    update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
+                )
+
+    def _drop_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
+        """Remove a half-loaded batch, a chunk per transaction."""
+        drop = (
+            "DELETE FROM jobs WHERE id IN "
+            "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
+        )
+        while True:
+            with self._tx(write=True) as conn:
+                if conn.exec_driver_sql(drop, (batch_id, chunk_rows)).rowcount == 0:
+                    conn.execute(delete(Batch).where(Batch.id == batch_id))
+                    return
+
+    def recover_submits(self, now: float | None = None) -> dict[str, list[int]]:
+        """Finish publishing batches whose loader died after inserting every row, and remove
+        those whose loader died half way. Returns the batch ids of each."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Batch.id, Batch.state, Batch.loader, Batch.loader_seen_at).where(
+                    Batch.state != BatchState.READY.value
+                )
+            ).all()
+        done: dict[str, list[int]] = {"published": [], "removed": []}
+        for r in rows:
+            if not _loader_dead(r.loader, r.loader_seen_at, now):
+                continue
+            if r.state == BatchState.PUBLISHING.value:
+                self._publish_batch(r.id)
+                done["published"].append(r.id)
+            else:
+                self._drop_batch(r.id)
+                done["removed"].append(r.id)
+        return done
+
+    def loading_batches(self) -> list[dict[str, Any]]:
+        """Batches still being submitted, with the jobs inserted so far."""
+        with self._tx(write=False) as conn:
+            batches = [
+                dict(r)
+                for r in conn.execute(
+                    select(Batch.id, Batch.name, Batch.state, Batch.loader, Batch.rows)
+                    .where(Batch.state != BatchState.READY.value)
+                    .order_by(Batch.id)
+                ).mappings()
+            ]
+            for b in batches:
+                b["jobs_so_far"] = int(
+                    conn.execute(
+                        select(func.coalesce(func.sum(JobCount.n), 0)).where(
+                            JobCount.batch_id == b["id"]
+                        )
+                    ).scalar_one()
+                )
+        return batches
 
     def job_ids_for(self, fingerprints: Sequence[str]) -> list[int]:
         ids: list[int] = []
@@ -117,21 +256,23 @@ class JobsMixin(StoreBase):
         stmt = select(JobCount.status, func.sum(JobCount.n)).group_by(JobCount.status)
         if batch_id is not None:
             stmt = stmt.where(JobCount.batch_id == batch_id)
-        out = {s.value: 0 for s in JobStatus}
+        out = {s.value: 0 for s in VISIBLE_STATUSES}
         with self.engine.connect() as conn:
             for status, n in conn.execute(stmt):
-                out[status] = int(n or 0)
+                if status in out:  # not `loading`: a submit in progress is nobody's yet
+                    out[status] = int(n or 0)
         return out
 
     def counts_for_jobs(self, job_ids: Sequence[int]) -> dict[str, int]:
-        out = {s.value: 0 for s in JobStatus}
+        out = {s.value: 0 for s in VISIBLE_STATUSES}
         with self._tx(write=False) as conn:
             for i in range(0, len(job_ids), _CHUNK):
                 chunk = job_ids[i : i + _CHUNK]
                 for status, n in conn.execute(
                     select(Job.status, func.count()).where(Job.id.in_(chunk)).group_by(Job.status)
                 ):
-                    out[status] += n
+                    if status in out:
+                        out[status] += n
         return out
 
     def has_active(self, batch_ids: Iterable[int] | None = None) -> bool:
@@ -157,14 +298,19 @@ class JobsMixin(StoreBase):
 
     def batches(self) -> list[dict[str, Any]]:
         with self._tx(write=False) as conn:
-            batches = [dict(r) for r in conn.execute(select(Batch).order_by(Batch.id)).mappings()]
+            batches = [
+                dict(r)
+                for r in conn.execute(
+                    select(Batch).where(Batch.state == BatchState.READY.value).order_by(Batch.id)
+                ).mappings()
+            ]
             per: dict[int, dict[str, int]] = {}
             for bid, status, n in conn.execute(
                 select(JobCount.batch_id, JobCount.status, JobCount.n)
             ):
                 per.setdefault(bid, {})[status] = n
         for b in batches:
-            b["counts"] = {s.value: per.get(b["id"], {}).get(s.value, 0) for s in JobStatus}
+            b["counts"] = {s.value: per.get(b["id"], {}).get(s.value, 0) for s in VISIBLE_STATUSES}
         return batches
 
     def stage_timings(
@@ -212,33 +358,62 @@ class JobsMixin(StoreBase):
 
     # -- user actions ------------------------------------------------------------------------
 
-    def _select_targets(
-        self, job_ids: Sequence[int], batch_id: int | None, statuses: Sequence[str]
-    ) -> Any:
-        if not job_ids and batch_id is None:
-            raise UsageError("name job ids, or --batch")
-        cond: ColumnElement[bool] = Job.status.in_(statuses)
-        if job_ids:
-            cond = cond & Job.id.in_(bindparam("ids", expanding=True))
-        if batch_id is not None:
-            cond = cond & (Job.batch_id == batch_id)
-        return cond
-
-    def _check_exist(self, conn: Connection, job_ids: Sequence[int]) -> None:
-        if not job_ids:
-            return
-        found = set(conn.execute(select(Job.id).where(Job.id.in_(list(job_ids)))).scalars())
-        missing = sorted(set(job_ids) - found)
+    def _check_exist(self, job_ids: Sequence[int]) -> None:
+        missing: set[int] = set(job_ids)
+        with self.engine.connect() as conn:
+            for part in chunks(sorted(missing)):
+                missing -= set(conn.execute(select(Job.id).where(Job.id.in_(part))).scalars())
         if missing:
-            raise JobNotFound("no job with id " + ", ".join(map(str, missing)))
+            raise JobNotFound("no job with id " + ", ".join(map(str, sorted(missing))))
 
-    def retry(self, job_ids: Sequence[int] = (), *, batch_id: int | None = None) -> int:
-        """Failed or cancelled jobs go back to pending with a fresh attempt budget."""
-        cond = self._select_targets(
-            job_ids, batch_id, [JobStatus.FAILED.value, JobStatus.CANCELLED.value]
-        )
-        with self._tx(write=True) as conn:
-            self._check_exist(conn, job_ids)
+    def _bulk(
+        self,
+        job_ids: Sequence[int],
+        batch_id: int | None,
+        statuses: Sequence[str],
+        change: Callable[[Connection, ColumnElement[bool]], int],
+    ) -> int:
+        """Apply ``change`` to the jobs named (by id, by batch, or every job when both are
+        empty and ``batch_id`` is None) that are in ``statuses``, in short transactions: ids
+        ``_CHUNK`` at a time, or ``CHUNK_ROWS`` rows of a batch at a time."""
+        base: ColumnElement[bool] = Job.status.in_(statuses)
+        if batch_id is not None:
+            base = base & (Job.batch_id == batch_id)
+        n = 0
+        if job_ids:
+            self._check_exist(job_ids)
+            for part in chunks(list(job_ids)):
+                with self._tx(write=True) as conn:
+                    n += change(conn, base & Job.id.in_(part))
+            return n
+        # By condition: the rows that still match, a chunk at a time, until none is left.
+        while True:
+            with self._tx(write=True) as conn:
+                ids = list(
+                    conn.execute(
+                        select(Job.id).where(base).order_by(Job.id).limit(CHUNK_ROWS)
+                    ).scalars()
+                )
+                if not ids:
+                    return n
+                # Chunks of ids in one transaction: one lock hold of about CHUNK_ROWS rows.
+                for part in chunks(ids):
+                    n += change(conn, base & Job.id.in_(part))
+
+    def retry(
+        self,
+        job_ids: Sequence[int] = (),
+        *,
+        batch_id: int | None = None,
+        statuses: Sequence[str] = (JobStatus.FAILED.value, JobStatus.CANCELLED.value),
+        everything: bool = False,
+    ) -> int:
+        """Failed or cancelled jobs (by id, of a batch, or with ``everything`` all of them)
+        go back to pending with a fresh attempt budget; their attempt numbers go on."""
+        if not job_ids and batch_id is None and not everything:
+            raise UsageError("name job ids, or --batch")
+
+        def change(conn: Connection, cond: ColumnElement[bool]) -> int:
             return conn.execute(
                 update(Job)
                 .where(cond)
@@ -247,16 +422,32 @@ class JobsMixin(StoreBase):
                     attempts=0,
                     not_before=None,
                     finished_at=None,
-                ),
-                {"ids": list(job_ids)} if job_ids else {},
+                )
             ).rowcount
 
-    def cancel(self, job_ids: Sequence[int] = (), *, batch_id: int | None = None) -> int:
-        """Pending, queued and running jobs become cancelled; a running one's worker stops at
-        its next lease renewal and its result, if any, is dropped."""
-        cond = self._select_targets(job_ids, batch_id, [s.value for s in ACTIVE_STATUSES])
-        with self._tx(write=True) as conn:
-            self._check_exist(conn, job_ids)
+        return self._bulk(job_ids, batch_id, list(statuses), change)
+
+    def cancel(
+        self, job_ids: Sequence[int] = (), *, batch_id: int | None = None, everything: bool = False
+    ) -> int:
+        """Pending, queued and running jobs become cancelled and their open attempts are
+        closed as cancelled; a running one's worker stops at its next lease renewal (or
+        cancel check) and its result, if any, is dropped."""
+        if not job_ids and batch_id is None and not everything:
+            raise UsageError("name job ids, or --batch")
+        now = time.time()
+
+        def change(conn: Connection, cond: ColumnElement[bool]) -> int:
+            conn.execute(
+                update(Attempt)
+                .where(Attempt.job_id.in_(select(Job.id).where(cond)))
+                .where(Attempt.status.in_(OPEN_ATTEMPTS))
+                .values(
+                    status=AttemptStatus.CANCELLED.value,
+                    finished_at=now,
+                    error="cancelled by the user",
+                )
+            )
             return conn.execute(
                 update(Job)
                 .where(cond)
@@ -264,10 +455,11 @@ class JobsMixin(StoreBase):
                     status=JobStatus.CANCELLED.value,
                     lease_owner=None,
                     lease_expires_at=None,
-                    finished_at=time.time(),
-                ),
-                {"ids": list(job_ids)} if job_ids else {},
+                    finished_at=now,
+                )
             ).rowcount
+
+        return self._bulk(job_ids, batch_id, [s.value for s in ACTIVE_STATUSES], change)
 
     def succeeded_for_export(self, batch_id: int | None = None) -> list[dict[str, Any]]:
         """The rows of a dataset export: succeeded jobs by id, each with the stage timings of

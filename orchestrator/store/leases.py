@@ -1,4 +1,11 @@
-"""A job's lifecycle under a lease: claims, renewals, results, failures, lost workers."""
+"""A job's lifecycle under a lease: claims, renewals, results, failures, lost workers.
+
+Every write of a lease holder goes through ``_owned``: it matches only while the holder's
+token is still the job's ``lease_owner``. A result is recorded in two steps: the commit that
+makes the job succeeded records the image's sha256 (the file is already staged under the
+attempt's own name), then the file is published and ``published_at`` set (see
+``orchestrator.results``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
 from orchestrator.store.base import (
@@ -20,7 +27,16 @@ from orchestrator.store.base import (
     StoreBase,
     WorkerIdentity,
     backoff_seconds,
+    chunks,
 )
+
+
+def _payload(row: Any, attempt: int) -> dict[str, Any]:
+    job = {c: row[c] for c in JOB_PAYLOAD_COLUMNS}
+    # Raw RETURNING rows skip SQLAlchemy's types; SQLite hands back 7.0 as 7.
+    job["guidance_scale"] = float(job["guidance_scale"])
+    job["attempt"] = attempt
+    return job
 
 
 class LeasesMixin(StoreBase):
@@ -68,15 +84,14 @@ class LeasesMixin(StoreBase):
             ).first()
             if row is None:
                 return None
-            job = {c: row._mapping[c] for c in JOB_PAYLOAD_COLUMNS}
-            # Raw RETURNING rows skip SQLAlchemy's types; SQLite hands back 7.0 as 7.
-            job["guidance_scale"] = float(job["guidance_scale"])
+            number = self._next_attempt_number(conn, row.id)
+            job = _payload(row._mapping, number)
             attempt_id = conn.execute(
                 insert(Attempt)
                 .values(
                     job_id=row.id,
                     batch_id=job["batch_id"],
-                    number=job["attempts"],
+                    number=number,
                     status=AttemptStatus.RUNNING.value,
                     worker=worker.name,
                     host=worker.host,
@@ -88,18 +103,21 @@ class LeasesMixin(StoreBase):
             ).scalar_one()
         return Claim(job=job, attempt_id=attempt_id, lease_owner=owner)
 
-    def renew(self, claim: Claim, lease_seconds: float) -> bool:
+    def renew(self, claim: Claim, lease_seconds: float, *, busy_timeout_s: float = 30.0) -> bool:
         """Extend the lease; False when it is no longer this worker's (expired and taken,
-        cancelled, or finished), which tells the worker to stop."""
-        with self._tx(write=True) as conn:
+        cancelled, or finished), which tells the worker to stop. Waits at most
+        ``busy_timeout_s`` for the write lock (then raises DatabaseBusy)."""
+        with self._tx(write=True, busy_timeout_s=busy_timeout_s) as conn:
             n = conn.execute(
                 self._owned(claim).values(lease_expires_at=time.time() + lease_seconds)
             ).rowcount
         return n == 1
 
-    def complete(self, claim: Claim, output_path: str, result: dict[str, Any]) -> bool:
-        """Record success once. A result for a job this claim no longer holds is dropped
-        (its attempt is marked superseded) and False is returned."""
+    def complete(self, claim: Claim, output_path: str, sha256: str, result: dict[str, Any]) -> bool:
+        """Record success once, with the sha256 of the image staged for it; the file is not
+        published yet (``published_at`` stays NULL until it is). A result for a job this
+        claim no longer holds is dropped (its attempt is marked superseded) and False is
+        returned: then the caller must not publish."""
         now = time.time()
         fields = {k: result.get(k) for k in RESULT_COLUMNS}
         fields["versions_json"] = json.dumps(result.get("versions", {}), sort_keys=True)
@@ -109,13 +127,102 @@ class LeasesMixin(StoreBase):
                     status=JobStatus.SUCCEEDED.value,
                     finished_at=now,
                     output_path=output_path,
+                    output_sha256=sha256,
+                    published_at=None,
                     lease_owner=None,
                     lease_expires_at=None,
                     last_error=None,
                 )
             ).rowcount
             status = AttemptStatus.SUCCEEDED if n == 1 else AttemptStatus.SUPERSEDED
-            self._finish_attempt(conn, claim, status, **fields)
+            self._finish_attempt(conn, claim, status, output_sha256=sha256, **fields)
+        return n == 1
+
+    def mark_published(self, job_id: int, sha256: str) -> bool:
+        """The job's image is in place: set ``published_at`` (once)."""
+        with self._tx(write=True) as conn:
+            return (
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .where(Job.status == JobStatus.SUCCEEDED.value)
+                    .where(Job.output_sha256 == sha256)
+                    .where(Job.published_at.is_(None))
+                    .values(published_at=time.time())
+                ).rowcount
+                == 1
+            )
+
+    def unpublished(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Succeeded jobs whose image is not yet in place, with the attempt that made it."""
+        succeeded = (
+            select(func.max(Attempt.id))
+            .where(Attempt.job_id == Job.id)
+            .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
+            .correlate(Job)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(
+                Job.id,
+                Job.output_path,
+                Job.output_sha256,
+                succeeded.label("attempt_id"),
+            )
+            .where(Job.status == JobStatus.SUCCEEDED.value)
+            .where(Job.published_at.is_(None))
+            .order_by(Job.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def attempts_that_may_publish(self, attempt_ids: list[int]) -> set[int]:
+        """Of these attempts, those whose staged image may still be published: open ones,
+        and succeeded ones whose job is not published yet."""
+        keep: set[int] = set()
+        with self.engine.connect() as conn:
+            for part in chunks(attempt_ids):
+                rows = conn.execute(
+                    select(Attempt.id, Attempt.status, Job.status, Job.published_at)
+                    .join(Job, Job.id == Attempt.job_id)
+                    .where(Attempt.id.in_(part))
+                ).all()
+                for attempt_id, status, job_status, published_at in rows:
+                    if status in OPEN_ATTEMPTS or (
+                        status == AttemptStatus.SUCCEEDED.value
+                        and job_status == JobStatus.SUCCEEDED.value
+                        and published_at is None
+                    ):
+                        keep.add(attempt_id)
+        return keep
+
+    def image_lost(self, job_id: int, sha256: str, error: str) -> bool:
+        """A succeeded job's image vanished before it was published (its staged file is
+        gone): the job goes back to pending, its succeeded attempt is marked lost."""
+        with self._tx(write=True) as conn:
+            n = conn.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .where(Job.status == JobStatus.SUCCEEDED.value)
+                .where(Job.output_sha256 == sha256)
+                .where(Job.published_at.is_(None))
+                .values(
+                    status=JobStatus.PENDING.value,
+                    attempts=Job.attempts - 1,
+                    output_path=None,
+                    output_sha256=None,
+                    finished_at=None,
+                    last_error=error,
+                )
+            ).rowcount
+            if n:
+                conn.execute(
+                    update(Attempt)
+                    .where(Attempt.job_id == job_id)
+                    .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
+                    .values(status=AttemptStatus.LOST.value, error=error)
+                )
         return n == 1
 
     def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> str | None:
@@ -222,19 +329,30 @@ class LeasesMixin(StoreBase):
                     finished_at=None if again else now,
                 )
             ).rowcount
-            self._finish_attempt(conn, claim, AttemptStatus.LOST, error=error)
+            if n:
+                self._finish_attempt(conn, claim, AttemptStatus.LOST, error=error)
         return status.value if n else None
 
     # -- the Redis transport: the coordinator holds the lease for its dispatches ----------------
 
-    def dispatch(self, limit: int, owner_for: Callable[[dict[str, Any]], str]) -> list[Claim]:
+    def dispatch(
+        self,
+        limit: int,
+        owner_for: Callable[[dict[str, Any]], str],
+        *,
+        fence: Callable[[Connection], None] | None = None,
+    ) -> list[Claim]:
         """Move up to ``limit`` pending jobs to ``queued``, in claim order (priority, then age),
-        each owned by the dispatch id ``owner_for(job)`` gives, with an open attempt."""
+        each owned by the dispatch id ``owner_for(job)`` gives, with an open attempt.
+        ``fence`` runs first in the same transaction (the coordinator checks its own lease
+        there, raising to dispatch nothing)."""
         if limit <= 0:
             return []
         now = time.time()
         claims: list[Claim] = []
         with self._tx(write=True) as conn:
+            if fence is not None:
+                fence(conn)
             rows = conn.execute(
                 select(*(getattr(Job, c) for c in JOB_PAYLOAD_COLUMNS))
                 .where(Job.status == JobStatus.PENDING.value)
@@ -243,8 +361,8 @@ class LeasesMixin(StoreBase):
                 .limit(limit)
             ).mappings()
             for row in list(rows):
-                job = dict(row)
-                job["attempts"] += 1
+                number = self._next_attempt_number(conn, row["id"])
+                job = _payload(row, number)
                 owner = owner_for(job)
                 conn.execute(
                     update(Job)
@@ -253,7 +371,7 @@ class LeasesMixin(StoreBase):
                         status=JobStatus.QUEUED.value,
                         lease_owner=owner,
                         lease_expires_at=None,  # liveness is the coordinator's to judge
-                        attempts=job["attempts"],
+                        attempts=Job.attempts + 1,
                     )
                 )
                 attempt_id = conn.execute(
@@ -261,7 +379,7 @@ class LeasesMixin(StoreBase):
                     .values(
                         job_id=job["id"],
                         batch_id=job["batch_id"],
-                        number=job["attempts"],
+                        number=number,
                         status=AttemptStatus.DISPATCHED.value,
                         worker="",
                         host="",
@@ -272,10 +390,10 @@ class LeasesMixin(StoreBase):
                 claims.append(Claim(job=job, attempt_id=attempt_id, lease_owner=owner))
         return claims
 
-    def mark_started(
-        self, claim: Claim, *, worker: str, host: str, pid: int | None, at: float
-    ) -> bool:
-        """A worker picked the dispatched job up: the job is running, the attempt is its."""
+    def mark_started(self, claim: Claim, *, worker: str, host: str, pid: int | None) -> bool:
+        """A worker picked the dispatched job up: the job is running, the attempt is its.
+        Stamped with this host's clock (the database's), never the worker's."""
+        now = time.time()
         with self._tx(write=True) as conn:
             row = conn.execute(
                 select(Job.created_at, Job.not_before).where(Job.id == claim.job["id"])
@@ -283,7 +401,7 @@ class LeasesMixin(StoreBase):
             n = conn.execute(
                 self._owned(claim).values(
                     status=JobStatus.RUNNING.value,
-                    started_at=func.coalesce(Job.started_at, at),
+                    started_at=func.coalesce(Job.started_at, now),
                 )
             ).rowcount
             if n:
@@ -296,21 +414,20 @@ class LeasesMixin(StoreBase):
                         worker=worker,
                         host=host,
                         pid=pid,
-                        started_at=at,
-                        queue_wait_s=at - (row.not_before or row.created_at),
+                        started_at=now,
+                        queue_wait_s=now - (row.not_before or row.created_at),
                     )
                 )
         return n == 1
 
-    def in_flight(self, owner_prefix: str) -> list[tuple[Claim, str]]:
-        """Queued or running jobs whose lease owner starts with ``owner_prefix``, with their
-        open attempts and statuses: what a restarted coordinator picks up again."""
+    def _held(self, where: Any) -> list[tuple[Claim, str]]:
         open_attempt = (
             select(func.max(Attempt.id))
             .where(Attempt.job_id == Job.id)
             .where(Attempt.status.in_(OPEN_ATTEMPTS))
             .scalar_subquery()
         )
+        number = select(func.max(Attempt.number)).where(Attempt.job_id == Job.id).scalar_subquery()
         with self._tx(write=False) as conn:
             rows = conn.execute(
                 select(
@@ -318,15 +435,16 @@ class LeasesMixin(StoreBase):
                     Job.lease_owner,
                     Job.status,
                     open_attempt.label("attempt_id"),
+                    number.label("number"),
                 )
                 .where(Job.status.in_(HELD_STATUSES))
-                .where(Job.lease_owner.startswith(owner_prefix, autoescape=True))
+                .where(where)
                 .order_by(Job.id)
             ).mappings()
             return [
                 (
                     Claim(
-                        job={c: r[c] for c in JOB_PAYLOAD_COLUMNS},
+                        job=_payload(r, int(r["number"] or 0)),
                         attempt_id=r["attempt_id"] or 0,
                         lease_owner=r["lease_owner"],
                     ),
@@ -335,13 +453,27 @@ class LeasesMixin(StoreBase):
                 for r in rows
             ]
 
+    def in_flight(self, owner_prefix: str) -> list[tuple[Claim, str]]:
+        """Queued or running jobs whose lease owner starts with ``owner_prefix``, with their
+        open attempts and statuses: what the coordinator rebuilds on every reconcile."""
+        return self._held(Job.lease_owner.startswith(owner_prefix, autoescape=True))
+
+    def claim_for(self, job_id: int, lease_owner: str) -> tuple[Claim, str] | None:
+        """The claim of ``lease_owner`` on this job, if it still holds it, with the job's
+        status; None for a late, repeated or forged message."""
+        found = self._held((Job.id == job_id) & (Job.lease_owner == lease_owner))
+        return found[0] if found else None
+
     def holders(self, job_ids: list[int]) -> dict[int, str | None]:
         """The current lease owner of each job (None when nobody holds it)."""
+        out: dict[int, str | None] = {}
         with self.engine.connect() as conn:
-            return dict(
-                conn.execute(
-                    select(Job.id, Job.lease_owner)
-                    .where(Job.id.in_(job_ids))
-                    .where(Job.status.in_(HELD_STATUSES))
-                ).all()
-            )
+            for part in chunks(job_ids):
+                out.update(
+                    conn.execute(
+                        select(Job.id, Job.lease_owner)
+                        .where(Job.id.in_(part))
+                        .where(Job.status.in_(HELD_STATUSES))
+                    ).all()
+                )
+        return out

@@ -33,7 +33,6 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 GALLERY_PAGE = 24
 MAX_PAGE = 10_000
 MAX_FORM_BYTES = 1 << 20
-_RETRY_CHUNK = 500  # ids per store.retry call: SQLite caps the variables of one statement
 _ID = r"(\d{1,18})"  # fits SQLite's 64-bit integers
 
 
@@ -265,9 +264,7 @@ class DashboardApp:
         return Response(b"", "303 See Other", headers=[("Location", location)])
 
     def _retry_ids(self, ids: Sequence[int]) -> int:
-        return sum(
-            self.store.retry(ids[i : i + _RETRY_CHUNK]) for i in range(0, len(ids), _RETRY_CHUNK)
-        )
+        return self.store.retry(ids) if ids else 0  # the store chunks the ids
 
     # -- pages ---------------------------------------------------------------------------------
 

@@ -128,6 +128,24 @@ def wait_for(browser: Any, css: str) -> Any:
     )
 
 
+def wait_for_text(browser: Any, css: str, text: str) -> bool:
+    """Wait until the element shows ``text`` (a click navigates: the old page's element may
+    still be there for a moment)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return bool(
+            WebDriverWait(browser, WAIT_S).until(
+                ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text)
+            )
+        )
+    except Exception:
+        shown = browser.find_element(By.CSS_SELECTOR, css).text
+        raise AssertionError(f"{css} shows {shown!r}, not {text!r}") from None
+
+
 def texts(browser: Any, css: str) -> list[str]:
     from selenium.webdriver.common.by import By
 
@@ -199,18 +217,18 @@ def test_retry_and_cancel_from_the_browser(browser: Any, dash: Dashboard) -> Non
     browser.get(dash.url + "/failures")
     assert browser.find_element(By.ID, "failed-count").text == "2"
     click(browser, "#failed-4 form[action='/jobs/4/retry'] button")
-    assert wait_for(browser, "#flash").text == "job 4 retried"
+    assert wait_for_text(browser, "#flash", "job 4 retried")
     assert store.get_job(4)["status"] == "pending" and store.get_job(4)["attempts"] == 0
     assert store.get_job(5)["status"] == "failed"
     # the group's button retries the rest with that error
     click(browser, "table.failures form[action='/failures/retry'] button")
-    assert wait_for(browser, "#flash").text == "1 failed job retried"
+    assert wait_for_text(browser, "#flash", "1 failed job retried")
     assert store.get_job(5)["status"] == "pending"
     assert browser.find_element(By.ID, "failed-count").text == "0"
 
     browser.get(dash.url + "/jobs/6")
     click(browser, "form[action='/jobs/6/cancel'] button")
-    assert wait_for(browser, "#flash").text == "job 6 cancelled"
+    assert wait_for_text(browser, "#flash", "job 6 cancelled")
     assert store.get_job(6)["status"] == "cancelled"
     # back on the job's page, which now offers a retry
     assert browser.current_url.startswith(dash.url + "/jobs/6")
@@ -219,7 +237,7 @@ def test_retry_and_cancel_from_the_browser(browser: Any, dash: Dashboard) -> Non
     browser.get(dash.url + "/batches")
     click(browser, "#batch-2 form[action='/batches/2/cancel'] button")
     browser.switch_to.alert.accept()  # "Cancel every pending, queued and running job...?"
-    assert wait_for(browser, "#flash").text == "batch 2: 2 jobs cancelled"
+    assert wait_for_text(browser, "#flash", "batch 2: 2 jobs cancelled")
     assert store.counts(2) == {**store.counts(2), "cancelled": 3, "pending": 0}
     assert store.counts(1)["pending"] == 2  # jobs 4 and 5, retried above
 

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.conftest import Cli, write
 from tests.e2e.test_crashes import query, wait_for_running
 from tests.redis_server import RedisServer
-from workers import rq_protocol as proto
+from workers.rq import protocol as proto
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from orchestrator.errors import CompressionError
 from tests.integration.test_pipeline import JOB as PIPELINE_JOB
 from workers.compression.analysis import AnalysisPlan, ProbeConfig, analyze
 from workers.compression.palettize import NBITS, kmeans_lut, mean, psnr
@@ -133,7 +134,7 @@ def test_apple_recipe_json_is_accepted_as_is(
     assert load_recipe(f"{tmp_path / 'apple.json'}:{name}") == (name, result["recipes"][name])
     (tmp_path / "plain.json").write_text(json.dumps(result["recipes"][name]))
     assert load_recipe(str(tmp_path / "plain.json"))[1] == result["recipes"][name]
-    with pytest.raises(ValueError, match="has no recipe 'nope'"):
+    with pytest.raises(CompressionError, match="has no recipe 'nope'"):
         load_recipe(f"{tmp_path / 'apple.json'}:nope")
 
 

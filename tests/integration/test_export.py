@@ -20,8 +20,8 @@ from orchestrator.cli import cli
 from orchestrator.config import WorkerSettings
 from orchestrator.errors import UsageError
 from orchestrator.export import COLUMNS, export_dataset
-from orchestrator.local import LocalWorker
 from orchestrator.store import JobStore
+from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
 from workers.backends import JobInputError
 from workers.task import PipelineCache, TaskOutput

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import time
@@ -20,10 +21,10 @@ from sqlalchemy import event, text
 from orchestrator.cli import main
 from orchestrator.config import WorkerSettings
 from orchestrator.database import downgrade, upgrade
-from orchestrator.local import LocalWorker
 from orchestrator.status import overview, render_rich, render_text
 from orchestrator.store import JobStore
 from orchestrator.store.reports import error_key, percentile, summarize
+from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
 from workers.backends import JobInputError
 from workers.task import PipelineCache, TaskOutput
@@ -101,13 +102,16 @@ def populated(store: JobStore, tmp_path: Path) -> dict[str, Any]:
     return populate(store, tmp_path / "out")
 
 
+_NUMBERS = itertools.count(1000)
+
+
 def add_attempt(store: JobStore, **values: Any) -> None:
     """An attempt row written directly, for windows and groups a real worker would take
     minutes to produce."""
     row = {
         "job_id": 1,
         "batch_id": 1,
-        "number": 1,
+        "number": next(_NUMBERS),  # attempt numbers are unique per job
         "status": "succeeded",
         "worker": "w",
         "host": "h",

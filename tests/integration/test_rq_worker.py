@@ -12,13 +12,13 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from orchestrator.dispatch import Coordinator, CoordinatorSettings
 from orchestrator.store import JobStore
+from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests import fake_workers
 from tests.conftest import submit_text
 from tests.redis_server import RedisServer
-from workers import rq_protocol as proto
-from workers.rq_worker import plain_json
+from workers.rq import protocol as proto
+from workers.rq.worker import plain_json
 
 
 def spawn(target: Any, *args: Any) -> Any:
@@ -72,7 +72,7 @@ def test_a_job_naming_another_function_is_never_executed(
     assert not marker.exists()
     job = Job.fetch(evil.id, connection=conn, serializer=JSONSerializer)
     assert job.get_status() == "failed"
-    assert "refused: this worker runs only workers.rq_worker.generate" in (
+    assert "refused: this worker runs only workers.rq.worker.generate" in (
         job.latest_result().exc_string or ""
     )
     assert Job.fetch(pickled.id, connection=conn).get_status() == "failed"

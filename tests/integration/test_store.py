@@ -53,8 +53,8 @@ def test_complete_is_recorded_once_and_late_results_are_dropped(store: JobStore)
     time.sleep(0.05)  # the lease runs out
     second = store.claim(worker("w2"), lease_seconds=30)
     assert second is not None and second.job["id"] == claim.job["id"]
-    assert store.complete(second, "/out/1.png", {"total_s": 1.0})
-    assert not store.complete(claim, "/out/1.png", {"total_s": 2.0})  # the late one
+    assert store.complete(second, "/out/1.png", "0" * 64, {"total_s": 1.0})
+    assert not store.complete(claim, "/out/1.png", "0" * 64, {"total_s": 2.0})  # the late one
     job = store.get_job(claim.job["id"])
     assert job["status"] == "succeeded"
     assert [a["status"] for a in job["attempt_rows"]] == ["lost", "succeeded"]
@@ -99,7 +99,13 @@ def test_release_gives_the_job_back_without_using_an_attempt(store: JobStore) ->
     c = store.claim(worker(), lease_seconds=30)
     assert c is not None and store.release(c)
     c2 = store.claim(worker(), lease_seconds=30)
-    assert c2 is not None and c2.job["attempts"] == 1
+    assert c2 is not None and c2.job["attempt"] == 2  # attempt numbers only grow
+    job = store.get_job(1)
+    assert job["attempts"] == 1  # ... but the released one used up no attempt
+    assert [(a["number"], a["status"]) for a in job["attempt_rows"]] == [
+        (1, "released"),
+        (2, "running"),
+    ]
 
 
 def test_cancel_running_job_makes_its_renewal_fail(store: JobStore) -> None:
@@ -108,7 +114,7 @@ def test_cancel_running_job_makes_its_renewal_fail(store: JobStore) -> None:
     assert c is not None and store.renew(c, 30)
     assert store.cancel([c.job["id"]]) == 1
     assert not store.renew(c, 30)
-    assert not store.complete(c, "/x.png", {})
+    assert not store.complete(c, "/x.png", "0" * 64, {})
     assert store.get_job(c.job["id"])["status"] == "cancelled"
     assert store.cancel(batch_id=1) == 1
     assert store.counts()["cancelled"] == 2
@@ -127,7 +133,7 @@ def _claim_all(url: str, name: str, out: multiprocessing.Queue) -> None:  # type
     got = []
     while (c := store.claim(worker(name), lease_seconds=60)) is not None:
         got.append(c.job["id"])
-        store.complete(c, f"/out/{c.job['id']}.png", {})
+        store.complete(c, f"/out/{c.job['id']}.png", "0" * 64, {})
     out.put(got)
 
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# The job errors belong to the project's one hierarchy; re-exported here for the backends.
+from orchestrator.errors import JobError, JobInputError, JobInterrupted, ModelLoadError
+
 BACKENDS = ("diffusers", "coreml")
 
-
-class JobInputError(ValueError):
-    """The job asks for something this worker can never do; retrying will not help."""
-
-
-class JobInterrupted(Exception):
-    """The job was stopped between denoising steps (shutdown, cancel, or lost lease)."""
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "GenerationRequest",
+    "GenerationResult",
+    "JobError",
+    "JobInputError",
+    "JobInterrupted",
+    "ModelLoadError",
+]
 
 
 @dataclass(frozen=True)

@@ -116,11 +116,6 @@ class CoreMLBackend:
 
         return {"coremltools": coremltools.__version__, "macos": platform.mac_ver()[0]}
 
-    def peak_memory_mb(self) -> float:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
     def _encode(self, text: str) -> np.ndarray:
         ids = self.tokenizer(
             text, padding="max_length", max_length=SEQ_LEN, truncation=True, return_tensors="np"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workers.backends import GenerationRequest, GenerationResult, JobInterrupted
+from workers.backends import GenerationRequest, GenerationResult, JobInterrupted, ModelLoadError
 from workers.models import is_tiny, local_folder
 from workers.schedulers import build_scheduler
 from workers.tiny import ensure_tiny_model
@@ -31,10 +31,6 @@ for _var, _value in (
     os.environ.setdefault(_var, _value)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-class ModelLoadError(Exception):
-    """The model could not be loaded."""
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -206,14 +202,3 @@ class DiffusersBackend:
             torch.cuda.synchronize()
         elif self.device == "mps":
             torch.mps.synchronize()
-
-    def peak_memory_mb(self) -> float:
-        import resource
-        import sys
-
-        import torch
-
-        if self.device == "cuda":
-            return torch.cuda.max_memory_allocated() / 2**20
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / 2**20 if sys.platform == "darwin" else rss / 1024

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.errors import CompressionError
 from workers.compression.palettize import (
     APPLE_MIN_SIZE,
     KEEP,
@@ -126,7 +127,7 @@ def analyze(
     unet = pipe.unet
     sizes = candidate_layers(unet, plan.min_size)
     if not sizes:
-        raise ValueError(
+        raise CompressionError(
             f"no Linear/Conv2d weight of this UNet has more than {plan.min_size:g} elements; "
             "lower --min-size (the tiny model's largest weights have ~37k)"
         )
@@ -152,7 +153,7 @@ def analyze(
     if resume and plan.out.is_file():
         previous = json.loads(plan.out.read_text())
         if previous.get("orchestrate", {}).get("sizes") != sizes:
-            raise ValueError(
+            raise CompressionError(
                 f"{plan.out} is an analysis of other layers; remove it or pass --no-resume"
             )
         results.update(previous)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import CompressionError
 from workers.compression import registry
 from workers.compression.analysis import AnalysisPlan, Probe, ProbeConfig, analyze
 from workers.compression.palettize import NBITS, mean, psnr, uniform_recipe
@@ -59,10 +60,10 @@ def make_recipe(
     elif psnr_floor is not None:
         recipe, avg = recipe_for_psnr(analysis, psnr_floor)
     else:
-        raise ValueError("give --bits or --psnr")
+        raise CompressionError("give --bits or --psnr")
     name = name or f"recipe_{avg:.2f}_bit_mixedpalette"
     if not RECIPE_NAME.match(name):
-        raise ValueError(f"recipe name {name!r}: use letters, digits, '_', '-', '.'")
+        raise CompressionError(f"recipe name {name!r}: use letters, digits, '_', '-', '.'")
     analysis.setdefault("recipes", {})[name] = recipe
     analysis.setdefault("orchestrate", {}).setdefault("predicted_psnr", {})[name] = predicted
     tmp = analysis_path.with_suffix(".tmp")
@@ -82,9 +83,9 @@ def _choose_recipe(
     if recipe_spec:
         return load_recipe(recipe_spec)
     if bits is None:
-        raise ValueError("give --recipe ANALYSIS.json:NAME (or recipe.json) or --bits N")
+        raise CompressionError("give --recipe ANALYSIS.json:NAME (or recipe.json) or --bits N")
     if bits not in NBITS:
-        raise ValueError(f"--bits must be one of {NBITS}")
+        raise CompressionError(f"--bits must be one of {NBITS}")
     return f"{bits}bit", uniform_recipe(pipe.unet, bits)
 
 
@@ -114,7 +115,7 @@ def compress_model(
     from workers.compression.variants import build_torch_variant, unet_megabytes
 
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}")
+        raise CompressionError(f"--format must be one of {FORMATS}")
     pipe = _pipeline(model)
     variant, recipe = _choose_recipe(pipe, recipe_spec, bits)
     variant = name or variant

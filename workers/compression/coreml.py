@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.errors import CompressionError
 from workers.compression.palettize import KEEP
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def convert_pipeline(
 
     ct = _quiet_coremltools()
     if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
+        raise CompressionError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     pipe = pipe.to(torch.float32)
     if attention == "split_einsum":
         pipe.unet.set_attn_processor(SplitEinsumAttnProcessor())

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.errors import CompressionError
+
 NBITS = (1, 2, 4, 6, 8)  # the widths the Neural Engine accelerates
 KEEP = 16  # a recipe's "leave this layer in fp16"
 APPLE_MIN_SIZE = 100_000  # Apple's candidate threshold (elements); the tiny model needs less
@@ -99,7 +101,7 @@ def apply_recipe(unet: Any, recipe: dict[str, int]) -> dict[str, float]:
     bits_total = numel_total = 0.0
     for name, bits in recipe.items():
         if bits not in (*NBITS, KEEP):
-            raise ValueError(f"recipe gives {name!r} {bits} bits; allowed: {NBITS} or {KEEP}")
+            raise CompressionError(f"recipe gives {name!r} {bits} bits; allowed: {NBITS} or {KEEP}")
         module = modules[name]
         n = module.weight.numel()
         bits_total += n * bits

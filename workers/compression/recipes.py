@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import CompressionError
 from workers.compression.palettize import KEEP, NBITS, mean
 
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
@@ -94,22 +95,22 @@ def load_recipe(spec: str) -> tuple[str, dict[str, int]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read a recipe from {path}: {exc}") from exc
+        raise CompressionError(f"cannot read a recipe from {path}: {exc}") from exc
     if name:
         recipes = data.get("recipes", {})
         if name not in recipes:
             known = ", ".join(recipes) or "none"
-            raise ValueError(f"{path} has no recipe {name!r}; it has: {known}")
+            raise CompressionError(f"{path} has no recipe {name!r}; it has: {known}")
         recipe = recipes[name]
     else:
         recipe = data
         name = path.stem
     if not isinstance(recipe, dict) or not all(isinstance(v, int) for v in recipe.values()):
-        raise ValueError(f"{spec} is not a recipe (a mapping of layer name to bits)")
+        raise CompressionError(f"{spec} is not a recipe (a mapping of layer name to bits)")
     bad = {k: v for k, v in recipe.items() if v not in (*NBITS, KEEP)}
     if bad:
         k, v = next(iter(bad.items()))
-        raise ValueError(
+        raise CompressionError(
             f"{spec}: layer {k!r} has {v} bits; allowed: {', '.join(map(str, (*NBITS, KEEP)))}"
         )
     return name, recipe

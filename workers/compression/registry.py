@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import CompressionError
 from workers.tiny import default_cache_dir
 
 FORMATS = ("torch", "coreml")
@@ -55,7 +56,7 @@ def entries() -> list[dict[str, Any]]:
 def register(model: str, variant: str, fmt: str, path: Path, **info: Any) -> dict[str, Any]:
     """Record (or replace) a variant; returns its entry."""
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+        raise CompressionError(f"format must be one of {FORMATS}, not {fmt!r}")
     entry = {
         "model": model,
         "variant": variant,

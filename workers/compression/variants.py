@@ -4,11 +4,15 @@ with ``from_pretrained`` like any model, plus a JSON note of what was done."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +60,18 @@ def build_torch_variant(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / NOTE).write_text(json.dumps(note, indent=2))
+        # Two renames: the old folder is moved aside whole, the new one moved in whole; a
+        # loader sees one or the other (or, for an instant, none), never a half-deleted tree.
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return note
 
 
@@ -83,14 +91,36 @@ def ensure_uniform_variant(model: str, variant: str) -> Path:
         return found
     import torch
 
-    nbits = UNIFORM[variant]
-    assert nbits in NBITS
-    pipe = load_pipeline(model_source(model), torch.float32)
-    recipe = uniform_recipe(pipe.unet, nbits)
     out = registry.variants_dir() / variant_folder_name(model, variant)
-    logger.info("building the %s variant of %s in %s", variant, model, out)
-    note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
-    registry.register(
-        model, variant, "torch", out, avg_bits=note["unet_avg_bits"], unet_mb=note["palettized_mb"]
-    )
+    # One builder per variant on this machine: workers starting together wait for the
+    # first one's build instead of writing the same folder at once.
+    with _build_lock(out):
+        found = registry.lookup(model, variant, "torch")
+        if found is not None:
+            return found
+        nbits = UNIFORM[variant]
+        assert nbits in NBITS
+        pipe = load_pipeline(model_source(model), torch.float32)
+        recipe = uniform_recipe(pipe.unet, nbits)
+        logger.info("building the %s variant of %s in %s", variant, model, out)
+        note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
+        registry.register(
+            model,
+            variant,
+            "torch",
+            out,
+            avg_bits=note["unet_avg_bits"],
+            unet_mb=note["palettized_mb"],
+        )
     return out
+
+
+@contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,17 @@
+"""What a transport tells the command that runs it, one event per finished try of a job: the
+progress bar and the log lines read these, whichever transport produced them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: int
+    # succeeded | failed | retrying | released | lost | superseded | cancelled
+    status: str
+    seconds: float  # how long the try took (0 when the coordinator cannot know)
+    output_path: str | None = None
+    error: str | None = None
+    retry_in: float | None = None  # for "retrying": seconds until the next try may start

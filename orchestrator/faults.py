@@ -1,0 +1,139 @@
+"""Fault injection: named points where a chaos test makes this process die or an I/O fail, and
+a Redis client that fails chosen calls. Inert unless ``ORCHESTRATE_FAULTS`` is set (only the
+tests and ``benchmarks/chaos.py`` set it); the spec is read once per process.
+
+The spec is ``;``-separated rules:
+
+- ``POINT=ACTION`` or ``POINT=ACTION@N``: at the N-th time (default 1st) this process reaches
+  ``point(POINT)``, do ACTION: ``kill`` (SIGKILL itself), ``exit`` (``os._exit(70)``),
+  ``enospc`` (raise a no-space OSError), ``error`` (raise RuntimeError).
+- ``redis:SITE=error@N``: the N-th Redis call from SITE raises ``ConnectionError``. SITE is
+  ``function.command`` (``_take_events.lmove``, ``_finish.execute`` for a pipeline), the
+  function being the nearest caller in this project's code; ``redis:*=error@N`` counts every
+  call.
+- ``record=PATH``: append every Redis call site to PATH (one per line), so a test can list
+  them and then fail each in turn.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+from collections import Counter
+from typing import Any
+
+_lock = threading.Lock()
+_hits: Counter[str] = Counter()
+_rules: dict[str, tuple[str, int]] | None = None
+_record: str | None = None
+
+
+def _load() -> dict[str, tuple[str, int]]:
+    global _rules, _record
+    if _rules is None:
+        rules: dict[str, tuple[str, int]] = {}
+        for part in filter(None, (p.strip() for p in os.environ.get(_ENV, "").split(";"))):
+            name, _, action = part.partition("=")
+            if name == "record":
+                _record = action
+                continue
+            action, _, nth = action.partition("@")
+            rules[name] = (action, int(nth or 1))
+        _rules = rules
+    return _rules
+
+
+_ENV = "ORCHESTRATE_FAULTS"
+
+
+def active() -> bool:
+    return bool(os.environ.get(_ENV))
+
+
+def _fire(action: str, name: str) -> None:
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "exit":
+        os._exit(70)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
+    elif action == "error":
+        raise RuntimeError(f"fault injected at {name}")
+    elif action == "connection":
+        import redis
+
+        raise redis.exceptions.ConnectionError(f"fault injected at {name}")
+
+
+def _count(name: str) -> str | None:
+    """The action to take now at ``name``, if its rule says so."""
+    rules = _load()
+    if name not in rules:
+        return None
+    action, nth = rules[name]
+    with _lock:
+        _hits[name] += 1
+        return action if _hits[name] == nth else None
+
+
+def point(name: str) -> None:
+    """A place where a chaos test may inject a fault; nothing at all otherwise."""
+    if not os.environ.get(_ENV):
+        return
+    action = _count(name)
+    if action is not None:
+        _fire(action, name)
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+def _site(command: str) -> str:
+    """``function.command`` for the nearest caller in this project's code."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if ("/orchestrator/" in path or "/workers/" in path) and not path.endswith("faults.py"):
+            return f"{frame.f_code.co_name}.{command.lower()}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return f"rq.{command.lower()}"
+
+
+def _redis_fault(command: str) -> None:
+    site = _site(command)
+    _load()
+    if _record:
+        with _lock, open(_record, "a") as fh:
+            fh.write(site + "\n")
+    for name in (f"redis:{site}", "redis:*"):
+        action = _count(name)
+        if action is not None:
+            _fire("connection", name)
+
+
+def redis_class() -> Any:
+    """``redis.Redis``, or with faults active a subclass whose calls can be failed."""
+    import redis
+
+    if not active():
+        return redis.Redis
+
+    class FaultyPipeline(redis.client.Pipeline):
+        def execute(self, raise_on_error: bool = True) -> Any:
+            _redis_fault("execute")
+            return super().execute(raise_on_error)
+
+    class FaultyRedis(redis.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            _redis_fault(str(args[0]).split()[0] if args else "?")
+            return super().execute_command(*args, **options)
+
+        def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+            return FaultyPipeline(
+                self.connection_pool, self.response_callbacks, transaction, shard_hint
+            )
+
+    return FaultyRedis

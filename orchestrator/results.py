@@ -1,0 +1,285 @@
+"""The one path from a finished image to its published file, for both transports.
+
+A job's image is published by the attempt whose success the database recorded, and by nothing
+else. The lease owner's token fences the file as well as the row:
+
+1. **stage**: the bytes go to ``<out>/.staging/<attempt-id>.png``, a name only this
+   attempt writes (via a temporary name carrying the writer's host and pid, fsync, rename,
+   fsync of the folder). The final path is not touched.
+2. **commit**: ``store.complete`` makes the job succeeded and records the image's sha256,
+   only while this attempt's lease owner still holds the job. If it does not (the lease was
+   lost, the job cancelled, retried or finished by another), the staged file is removed and
+   that is all: a superseded, cancelled or late attempt never creates, replaces or deletes
+   the published file.
+3. **publish**: the staged file is renamed over ``<out>/<batch>/<job-id>.png`` (atomic,
+   same folder tree), the folder fsynced, and ``published_at`` set.
+
+A process killed between 2 and 3 leaves a succeeded job with ``published_at`` NULL and its
+staged file: ``recover`` (run by every worker and coordinator at start, by the coordinator on
+every tick, by ``verify --repair``) publishes it, or, if the staged bytes are gone, puts the
+job back to pending. ``sweep`` removes staged files of attempts that can no longer publish
+and the temporary files of writers that died.
+
+A full disk (or a file-size limit) raises ``DiskFull``: the caller keeps its bytes and tries
+again later; nothing half-written stays behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import faults
+from orchestrator.errors import DiskFull, OrchestratorError, is_no_space
+from orchestrator.output import image_path
+
+logger = logging.getLogger(__name__)
+
+STAGING = ".staging"
+TMP_STALE_S = 24 * 3600.0  # a temporary file this old is dead whoever wrote it
+_STAGED = re.compile(r"^(\d+)\.png$")
+_TMP = re.compile(r"^\d+\.(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+_HOST = socket.gethostname()
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+__all__ = ["Results", "StagedImage", "image_path", "staged_path"]
+
+
+class ImageMismatch(OrchestratorError):
+    """The bytes received are not the image their sender announced."""
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    path: Path
+    sha256: str
+    size: int
+
+
+def staged_path(final: Path, attempt_id: int) -> Path:
+    """``<out>/.staging/<attempt-id>.png`` for a final path ``<out>/<batch>/<name>.png``: one
+    hidden folder beside the batches, on the same filesystem, so publishing is a rename."""
+    return final.parent.parent / STAGING / f"{int(attempt_id)}.png"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage(final: Path, attempt_id: int, data: bytes | Iterable[bytes]) -> StagedImage:
+    """Write an attempt's image under its own staged name, whole or not at all. ``data`` may
+    be an iterable of chunks (the coordinator streams from Redis). Raises DiskFull."""
+    target = staged_path(final, attempt_id)
+    tmp = target.with_name(f"{int(attempt_id)}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+                fh.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        faults.point("results.before_rename")
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and is_no_space(exc):
+            raise DiskFull(f"no room to write {target}: {exc.strerror}") from exc
+        raise
+    return StagedImage(target, h.hexdigest(), size)
+
+
+class Results:
+    """Stage, commit and publish images for one output folder, against one store."""
+
+    def __init__(self, store: Any, output_dir: Path) -> None:
+        self.store = store
+        self.output_dir = Path(output_dir)
+
+    def final_path(self, job: dict[str, Any]) -> Path:
+        return image_path(self.output_dir, job)
+
+    def delivery(
+        self,
+        claim: Any,
+        data: bytes | Iterable[bytes],
+        result: dict[str, Any],
+        *,
+        expect_sha256: str | None = None,
+    ) -> Delivery:
+        """One attempt's image on its way: call ``advance()`` until it returns."""
+        return Delivery(self, claim, data, result, expect_sha256=expect_sha256)
+
+    def publish(self, job_id: int, staged: Path, final: Path, sha256: str) -> bool:
+        """Move a committed attempt's staged file to the job's path and mark it published.
+        Idempotent, and safe to race with ``recover``: both move the same bytes. Returns
+        False when the bytes are gone (the job was put back to pending)."""
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+        except FileNotFoundError:
+            # Someone (recovery, or the writer itself) moved it first, or it is lost.
+            if not (final.is_file() and sha256_file(final) == sha256):
+                self.store.image_lost(job_id, sha256, f"image {staged} lost before publishing")
+                logger.error("job %s: its staged image is gone; back to pending", job_id)
+                return False
+        except OSError as exc:
+            if is_no_space(exc):
+                raise DiskFull(f"cannot publish {final}: {exc.strerror}") from exc
+            raise
+        _fsync_dir(final.parent)
+        self.store.mark_published(job_id, sha256)
+        return True
+
+    def recover(self, limit: int = 1000) -> int:
+        """Publish succeeded jobs whose publishing was cut short; put those whose image is
+        gone back to pending. Returns how many it looked at."""
+        rows = self.store.unpublished(limit)
+        for row in rows:
+            final = Path(row["output_path"])
+            sha = row["output_sha256"]
+            if final.is_file() and sha256_file(final) == sha:
+                self.store.mark_published(row["id"], sha)
+                continue
+            staged = staged_path(final, row["attempt_id"] or 0)
+            if staged.is_file() and sha256_file(staged) != sha:
+                self.store.image_lost(row["id"], sha, f"staged image {staged} is corrupt")
+                continue
+            self.publish(row["id"], staged, final, sha)
+            logger.info(
+                "job %s: published after an interruption",
+                row["id"],
+                extra={"job_id": row["id"], "action": "job_published_late"},
+            )
+        return len(rows)
+
+    def sweep(self, *, now: float | None = None) -> dict[str, int]:
+        """Remove staged files that can no longer be published (their attempt is closed and
+        did not succeed, or its job is published) and temporary files of dead writers."""
+        now = time.time() if now is None else now
+        removed = {"staged": 0, "tmp": 0}
+        staged: dict[int, Path] = {}
+        for folder in self._staging_folders():
+            for entry in os.scandir(folder):
+                path = Path(entry.path)
+                m = _TMP.match(entry.name)
+                if m is not None:
+                    if _writer_dead(m["host"], int(m["pid"]), entry, now):
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                        removed["tmp"] += 1
+                    continue
+                m = _STAGED.match(entry.name)
+                if m is not None:
+                    staged[int(m[1])] = path
+        keep = self.store.attempts_that_may_publish(list(staged))
+        for attempt_id, path in staged.items():
+            if attempt_id not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                removed["staged"] += 1
+        return removed
+
+    def _staging_folders(self) -> list[Path]:
+        folder = self.output_dir / STAGING
+        return [folder] if folder.is_dir() else []
+
+
+class Delivery:
+    """Stage, commit, publish: the steps of one attempt's result, resumable. ``advance()``
+    does what is left and returns True (published) or False (the claim no longer held the
+    job: its staged file is removed, nothing else touched); it raises a TransientError (a
+    full disk, a busy or full database) to be called again later, keeping what it has done."""
+
+    def __init__(
+        self,
+        results: Results,
+        claim: Any,
+        data: bytes | Iterable[bytes],
+        result: dict[str, Any],
+        *,
+        expect_sha256: str | None = None,
+    ) -> None:
+        self.results = results
+        self.claim = claim
+        self.data = data
+        self.result = result
+        self.expect_sha256 = expect_sha256
+        self.final = results.final_path(claim.job)
+        self.staged: StagedImage | None = None
+        self.committed = False
+
+    def advance(self) -> bool:
+        if self.staged is None:
+            self.staged = stage(self.final, self.claim.attempt_id, self.data)
+            if self.expect_sha256 is not None and self.staged.sha256 != self.expect_sha256:
+                self.abandon()
+                raise ImageMismatch(
+                    f"the image's sha256 is {self.staged.sha256}, not the "
+                    f"{self.expect_sha256} announced"
+                )
+        if not self.committed:
+            faults.point("results.staged")
+            if not self.results.store.complete(
+                self.claim, str(self.final), self.staged.sha256, self.result
+            ):
+                self.abandon()
+                return False
+            self.committed = True
+            faults.point("results.committed")
+        return self.results.publish(
+            self.claim.job_id, self.staged.path, self.final, self.staged.sha256
+        )
+
+    def abandon(self) -> None:
+        """Give up before the commit: the staged file goes; the final path is never touched."""
+        if self.staged is not None and not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                self.staged.path.unlink()
+
+
+def _writer_dead(host: str, pid: int, entry: os.DirEntry[str], now: float) -> bool:
+    try:
+        age = now - entry.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > TMP_STALE_S:
+        return True
+    if host != _HOST:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

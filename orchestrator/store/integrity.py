@@ -1,0 +1,147 @@
+"""What ``orchestrate verify`` reads and mends: succeeded jobs and their images, open attempts
+and leases nobody holds any more."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import and_, select, update
+
+from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.store.base import HELD_STATUSES, OPEN_ATTEMPTS, StoreBase, chunks
+
+_PAGE = 5000
+
+
+class IntegrityMixin(StoreBase):
+    def succeeded_images(self) -> Iterator[list[dict[str, Any]]]:
+        """Every succeeded job's id, batch, path, sha256 and publication, a page at a time."""
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = [
+                    dict(r)
+                    for r in conn.execute(
+                        select(
+                            Job.id,
+                            Job.batch_id,
+                            Job.output_path,
+                            Job.output_sha256,
+                            Job.published_at,
+                        )
+                        .where(Job.status == JobStatus.SUCCEEDED.value)
+                        .where(Job.id > last)
+                        .order_by(Job.id)
+                        .limit(_PAGE)
+                    ).mappings()
+                ]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]["id"]
+
+    def image_owners(self, job_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """Status and recorded output path of each of these jobs (absent: no such job)."""
+        out: dict[int, tuple[str, str | None]] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(list(job_ids)):
+                for jid, status, path in conn.execute(
+                    select(Job.id, Job.status, Job.output_path).where(Job.id.in_(part))
+                ):
+                    out[jid] = (status, path)
+        return out
+
+    def adopt_image(self, job_id: int, sha256: str) -> bool:
+        """Record the sha256 of a succeeded job's file written before this project recorded
+        them (its database was migrated)."""
+        with self._tx(write=True) as conn:
+            return (
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .where(Job.status == JobStatus.SUCCEEDED.value)
+                    .where(Job.output_sha256.is_(None))
+                    .values(output_sha256=sha256, published_at=time.time())
+                ).rowcount
+                == 1
+            )
+
+    def requeue_missing_image(self, job_id: int, error: str) -> bool:
+        """A succeeded job whose published file is gone or damaged: back to pending, to be
+        made again (its succeeded attempt is marked lost)."""
+        with self._tx(write=True) as conn:
+            n = conn.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .where(Job.status == JobStatus.SUCCEEDED.value)
+                .values(
+                    status=JobStatus.PENDING.value,
+                    attempts=0,
+                    output_path=None,
+                    output_sha256=None,
+                    published_at=None,
+                    finished_at=None,
+                    not_before=None,
+                    last_error=error,
+                )
+            ).rowcount
+            if n:
+                conn.execute(
+                    update(Attempt)
+                    .where(Attempt.job_id == job_id)
+                    .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
+                    .values(status=AttemptStatus.LOST.value, error=error)
+                )
+        return n == 1
+
+    def stranded(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Leases and attempts left behind: running jobs whose lease expired (their worker
+        died and nobody has claimed since), and open attempts whose job no longer holds them
+        (finished, cancelled or pending again)."""
+        now = time.time() if now is None else now
+        latest = Attempt.__table__.alias("latest")
+        newest_attempt = (
+            select(latest.c.id)
+            .where(latest.c.job_id == Job.id)
+            .order_by(latest.c.id.desc())
+            .limit(1)
+            .correlate(Job)
+            .scalar_subquery()
+        )
+        with self.engine.connect() as conn:
+            expired = [
+                dict(r)
+                for r in conn.execute(
+                    select(Job.id, Job.lease_owner, Job.lease_expires_at)
+                    .where(Job.status == JobStatus.RUNNING.value)
+                    .where(Job.lease_expires_at < now)
+                    .order_by(Job.id)
+                ).mappings()
+            ]
+            orphan_attempts = [
+                dict(r)
+                for r in conn.execute(
+                    select(
+                        Attempt.id, Attempt.job_id, Attempt.status, Job.status.label("job_status")
+                    )
+                    .join(Job, Job.id == Attempt.job_id)
+                    .where(Attempt.status.in_(OPEN_ATTEMPTS))
+                    .where(~and_(Job.status.in_(HELD_STATUSES), Attempt.id == newest_attempt))
+                    .order_by(Attempt.id)
+                ).mappings()
+            ]
+        return {"expired_leases": expired, "open_attempts": orphan_attempts}
+
+    def close_attempts(self, attempt_ids: Sequence[int], error: str) -> int:
+        n = 0
+        with self._tx(write=True) as conn:
+            for part in chunks(list(attempt_ids)):
+                n += conn.execute(
+                    update(Attempt)
+                    .where(Attempt.id.in_(part))
+                    .where(Attempt.status.in_(OPEN_ATTEMPTS))
+                    .values(status=AttemptStatus.LOST.value, finished_at=time.time(), error=error)
+                ).rowcount
+        return n

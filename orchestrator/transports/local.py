@@ -1,0 +1,370 @@
+"""The local transport: a worker that claims jobs straight from SQLite under a lease.
+
+Several such workers may run against one database. Each holds a lease on its job and renews
+it from a background thread, with a short wait for the write lock; a worker whose renewals
+have failed for most of its lease stops its job by itself (monotonic clock) rather than
+compute blind, and a worker that dies stops renewing, so the next claim by anyone puts its
+job back to pending (or to failed once its attempts are used up). Results go through
+``orchestrator.results``: a worker that lost its job never touches the job's file.
+
+A busy or full database and a full output disk are states, not crashes: the worker says so in
+one line, keeps what it has (a finished image stays in memory, its lease renewed), takes no
+new work, and goes on when the resource is back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from orchestrator.config import WorkerSettings
+from orchestrator.errors import JobInputError, JobInterrupted, TransientError
+from orchestrator.events import JobEvent
+from orchestrator.results import Results
+from orchestrator.store import Claim, JobStore, WorkerIdentity, backoff_seconds
+from workers.task import PipelineCache, TaskOutput, run_job
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[[dict[str, Any], PipelineCache, Callable[[], bool]], TaskOutput]
+T = TypeVar("T")
+
+# A worker whose last successful renewal is older than this share of its lease stops its job.
+FENCE_FRACTION = 0.75
+HOUSEKEEPING_EVERY_S = 60.0  # recover unpublished results and sweep staged files when idle
+
+
+def default_runner(
+    job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
+) -> TaskOutput:
+    return run_job(job, cache, should_stop=should_stop)
+
+
+def worker_identity() -> WorkerIdentity:
+    host = socket.gethostname()
+    pid = os.getpid()
+    return WorkerIdentity(name=f"{host}:{pid}:{uuid.uuid4().hex[:6]}", host=host, pid=pid)
+
+
+@dataclass
+class WorkerStats:
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    busy_s: float = 0.0
+    started_at: float = field(default_factory=time.time)
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews a claim's lease every third of its length until stopped. ``lost``: the
+    database said the job is no longer ours. ``fenced``: renewals have failed for most of the
+    lease, so someone may take the job over any moment."""
+
+    def __init__(self, store: JobStore, claim: Claim, lease_seconds: float) -> None:
+        super().__init__(name=f"lease-{claim.job['id']}", daemon=True)
+        self.store = store
+        self.claim = claim
+        self.lease_seconds = lease_seconds
+        self.lost = False
+        self.last_ok = time.monotonic()
+        self._done = threading.Event()
+
+    @property
+    def fenced(self) -> bool:
+        return time.monotonic() - self.last_ok > self.lease_seconds * FENCE_FRACTION
+
+    def run(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        # A renewal waits for the write lock at most a third of the time left.
+        busy_timeout = max(0.2, min(5.0, interval))
+        while not self._done.wait(interval):
+            try:
+                if not self.store.renew(
+                    self.claim, self.lease_seconds, busy_timeout_s=busy_timeout
+                ):
+                    self.lost = True
+                    return
+                self.last_ok = time.monotonic()
+            except Exception as exc:  # busy, full or briefly unreachable: try again next tick
+                logger.warning("job %s: lease renewal failed: %s", self.claim.job["id"], exc)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+class LocalWorker:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: WorkerSettings,
+        *,
+        cache: PipelineCache | None = None,
+        runner: Runner = default_runner,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.results = Results(store, settings.output_dir)
+        self.cache = cache or PipelineCache(
+            backend=settings.backend,
+            device=settings.device,
+            threads=settings.threads,
+            compute_units=settings.compute_units,
+        )
+        self.runner = runner
+        self.on_event = on_event
+        self.identity = worker_identity()
+        self.stats = WorkerStats()
+        self._stop = threading.Event()  # finish the current job, then exit
+        self._abort = threading.Event()  # give the current job back now
+        self._paused: str | None = None  # why no work is taken now (one log line per state)
+
+    # Called from signal handlers: only set flags.
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            self._abort.set()
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> WorkerStats:
+        """Work until stopped, until ``max_jobs``, or (burst) until no job is left."""
+        s = self.settings
+        logger.info("worker %s started", self.identity.name, extra={"action": "worker_started"})
+        self._report("idle")
+        self._housekeeping()
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
+        done = 0
+        while not self._stop.is_set():
+            if s.max_jobs is not None and done >= s.max_jobs:
+                break
+            claim = self._transient(
+                lambda: self.store.claim(
+                    self.identity,
+                    lease_seconds=s.lease_seconds,
+                    prefer_model=self.cache.loaded_model,
+                ),
+                "cannot take a job",
+            )
+            if claim is None:
+                # In burst mode keep waiting while others still run jobs: their leases may
+                # expire, and then those jobs are ours to finish.
+                if s.burst and not self._paused:
+                    active = self._transient(self.store.has_active, "cannot read the queue")
+                    if active is False:
+                        break
+                if time.monotonic() >= next_housekeeping:
+                    self._housekeeping()
+                    next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
+                self._stop.wait(s.poll_seconds if not self._paused else s.pause_seconds)
+                continue
+            self._report("busy", claim.job["id"])
+            self._work(claim)
+            self._report("idle")
+            done += 1
+        self._report("stopped")
+        logger.info(
+            "worker %s stopped: %d succeeded, %d failed",
+            self.identity.name,
+            self.stats.succeeded,
+            self.stats.failed,
+            extra={"action": "worker_stopped"},
+        )
+        return self.stats
+
+    def _transient(self, fn: Callable[[], T], what: str) -> T | None:
+        """``fn()``, or None (after one log line per new state) when the database or the
+        disk is busy or full: the caller waits and tries again."""
+        try:
+            value = fn()
+        except TransientError as exc:
+            self._pause(f"{what}: {exc}")
+            return None
+        self._resume()
+        return value
+
+    def _pause(self, why: str) -> None:
+        if self._paused != why:
+            logger.error("paused: %s (retrying every %.0fs)", why, self.settings.pause_seconds)
+            self._paused = why
+            self._report("paused")
+
+    def _resume(self) -> None:
+        if self._paused is not None:
+            logger.warning("resumed (was: %s)", self._paused)
+            self._paused = None
+            self._report("idle")
+
+    def _housekeeping(self) -> None:
+        """Finish what killed processes left: half-submitted batches, results committed but
+        not published, staged and temporary files nobody will publish."""
+
+        def run() -> None:
+            self.store.recover_submits()
+            self.results.recover()
+            self.results.sweep()
+
+        self._transient(run, "housekeeping")
+
+    # -- one job -------------------------------------------------------------------------------
+
+    def _work(self, claim: Claim) -> None:
+        job = claim.job
+        keeper = _LeaseKeeper(self.store, claim, self.settings.lease_seconds)
+        keeper.start()
+        t0 = time.perf_counter()
+        log_extra = {"job_id": job["id"], "attempt": claim.attempt_id}
+        try:
+            try:
+                output = self.runner(
+                    job, self.cache, lambda: self._abort.is_set() or keeper.lost or keeper.fenced
+                )
+            except JobInterrupted as exc:
+                self._interrupted(claim, keeper, exc, time.perf_counter() - t0)
+                return
+            except Exception as exc:
+                self._failed(claim, exc, time.perf_counter() - t0, log_extra)
+                return
+            # The lease stays renewed while the image is written and recorded: a full disk
+            # may hold us here for a while, and the job is still ours.
+            self._deliver(claim, keeper, output, t0, log_extra)
+        finally:
+            keeper.stop()
+
+    def _interrupted(
+        self, claim: Claim, keeper: _LeaseKeeper, exc: Exception, seconds: float
+    ) -> None:
+        job_id = claim.job["id"]
+        if keeper.lost or keeper.fenced:
+            why = "lease lost" if keeper.lost else "lease renewals failed"
+            try:
+                self.store.release(claim, why)  # marks the attempt superseded if not ours
+            except TransientError as err:  # the lease runs out and someone recovers it
+                logger.warning("job %s: could not give it back: %s", job_id, err)
+            self._emit(JobEvent(job_id, "lost", seconds, error=f"{why}: {exc}"))
+            return
+        try:
+            self.store.release(claim, f"worker shut down ({exc})")
+        except TransientError as err:
+            logger.warning("job %s: could not give it back: %s", job_id, err)
+        self.stats.released += 1
+        logger.info("job %s released", job_id, extra={"job_id": job_id, "action": "job_released"})
+        self._emit(JobEvent(job_id, "released", seconds))
+
+    def _failed(
+        self, claim: Claim, exc: Exception, seconds: float, log_extra: dict[str, Any]
+    ) -> None:
+        job_id = claim.job["id"]
+        error = f"{type(exc).__name__}: {exc}"
+        status = self._transient(
+            lambda: self.store.fail(claim, error, retryable=not isinstance(exc, JobInputError)),
+            "cannot record a failure",
+        )
+        logger.warning(
+            "job %s failed: %s", job_id, error, extra={**log_extra, "action": "job_failed"}
+        )
+        if status == "failed":
+            self.stats.failed += 1
+        retry_in = backoff_seconds(claim.job["attempt"]) if status == "pending" else None
+        self._emit(
+            JobEvent(
+                job_id,
+                "failed" if status == "failed" else "retrying",
+                seconds,
+                error=error,
+                retry_in=retry_in,
+            )
+        )
+
+    def _deliver(
+        self,
+        claim: Claim,
+        keeper: _LeaseKeeper,
+        output: TaskOutput,
+        t0: float,
+        log_extra: dict[str, Any],
+    ) -> None:
+        """Stage, commit, publish (``orchestrator.results``); retried while the disk or the
+        database is full or busy, for as long as the job is ours and no second signal came."""
+        job_id = claim.job["id"]
+        delivery = self.results.delivery(claim, output.png, output.result)
+        while True:
+            if not delivery.committed and (keeper.lost or self._abort.is_set()):
+                delivery.abandon()
+                why = "lease lost" if keeper.lost else "stopped before its image was saved"
+                if not keeper.lost:
+                    self._transient(
+                        functools.partial(self.store.release, claim, why), "cannot give it back"
+                    )
+                self._emit(JobEvent(job_id, "lost", time.perf_counter() - t0, error=why))
+                return
+            try:
+                published = delivery.advance()
+                break
+            except TransientError as exc:
+                self._pause(f"job {job_id}: {exc}")
+                self._abort.wait(self.settings.pause_seconds)
+        self._resume()
+        if not published:
+            # Cancelled, or finished by another worker after our lease was lost.
+            logger.info(
+                "job %s result dropped", job_id, extra={**log_extra, "action": "job_superseded"}
+            )
+            self._emit(JobEvent(job_id, "superseded", time.perf_counter() - t0))
+            return
+        self.stats.succeeded += 1
+        self.stats.busy_s += float(output.result.get("total_s") or 0.0)
+        logger.info(
+            "job %s succeeded in %.2fs",
+            job_id,
+            float(output.result.get("total_s") or 0.0),
+            extra={**log_extra, "action": "job_succeeded", "path": str(delivery.final)},
+        )
+        self._emit(JobEvent(job_id, "succeeded", time.perf_counter() - t0, str(delivery.final)))
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _report(self, state: str, current_job: int | None = None) -> None:
+        """This worker's row in the workers table, for status and the dashboard."""
+        backend = self.cache.current
+        try:
+            self.store.upsert_workers(
+                [
+                    {
+                        "name": self.identity.name,
+                        "transport": "local",
+                        "host": self.identity.host,
+                        "pid": self.identity.pid,
+                        "backend": getattr(backend, "name", None),
+                        "device": getattr(backend, "device", None),
+                        "model": self.cache.loaded_model,
+                        "state": state,
+                        "message": self._paused if state == "paused" else None,
+                        "current_job": current_job,
+                        "jobs_done": self.stats.succeeded,
+                        "jobs_failed": self.stats.failed,
+                        "busy_s": self.stats.busy_s,
+                        "started_at": self.stats.started_at,
+                        "last_seen": time.time(),
+                    }
+                ]
+            )
+        except Exception as exc:  # status is best effort; the work is not
+            logger.debug("could not update the workers table: %s", exc)
+
+    def _emit(self, event: JobEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)

@@ -1,0 +1,370 @@
+"""The contract between the coordinator and RQ workers: Redis key names, queue names, the task's
+dotted path, the job payload and the events a worker pushes back, each checked in full.
+
+Workers never see the database. The coordinator enqueues a JSON payload as an RQ job; the
+worker runs it and pushes events onto one Redis list (``started``, ``result``, ``failed``,
+``released``), with the PNG bytes under their own key. Everything is JSON or raw bytes: no
+pickle crosses machines.
+
+Every event names its dispatch (``rq_id``) and carries the dispatch's ``token``, which only
+the payload of that dispatch holds: a result for a job some other dispatch holds, or with a
+wrong token, is not recorded. Where a shared secret is configured (``ORCHESTRATE_SECRET``),
+the coordinator signs each payload and the worker each event (HMAC-SHA256 over the canonical
+JSON), so that a Redis client without the secret can neither forge a result nor have a job
+run. A message that fails any check raises ``BadMessage`` with the reason: the coordinator
+dead-letters it, a worker refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from orchestrator import faults
+
+PREFIX = "orchestrate"
+TASK = "workers.rq.worker.generate"  # the only function a worker will execute
+QUEUES_KEY = f"{PREFIX}:queues"  # set of every model queue the coordinator has used
+EVENTS_KEY = f"{PREFIX}:events"
+PROCESSING_KEY = f"{PREFIX}:events:processing"
+DEAD_KEY = f"{PREFIX}:events:dead"  # refused events, newest last, capped at DEAD_KEPT
+DEAD_KEPT = 1000
+WORKER_KEY = f"{PREFIX}:worker:"  # + worker name: a hash with the worker's status, with a TTL
+HEARTBEAT_PATTERN = f"{PREFIX}:hb:*"
+
+DISPATCH_PREFIX = "rq:"  # lease_owner of a job dispatched through Redis: rq:<rq id>/<token>
+SECRET_ENV = "ORCHESTRATE_SECRET"
+
+MAX_TEXT = 2000  # error texts and other strings are cut to this many characters
+_RQ_ID = re.compile(r"^orc-(\d{1,12})-(\d{1,6})-[0-9a-f]{6}$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+class BadMessage(ValueError):
+    """A message that does not follow the protocol (malformed, foreign, forged)."""
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+def queue_for(model: str) -> str:
+    """The RQ queue of a model: readable, and unique per model string."""
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[-40:] or "model"
+    return f"{PREFIX}.{slug}.{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+
+
+def rq_id_for(job_id: int, attempt: int, nonce: str) -> str:
+    return f"orc-{int(job_id)}-{int(attempt)}-{nonce}"
+
+
+def lease_owner(rq_id: str, token: str) -> str:
+    return f"{DISPATCH_PREFIX}{rq_id}/{token}"
+
+
+def split_owner(owner: str) -> tuple[str, str]:
+    """(rq id, token) of a dispatch's lease owner."""
+    rq_id, _, token = owner[len(DISPATCH_PREFIX) :].partition("/")
+    return rq_id, token
+
+
+def image_key(rq_id: str) -> str:
+    return f"{PREFIX}:image:{rq_id}"
+
+
+def heartbeat_key(rq_id: str) -> str:
+    return f"{PREFIX}:hb:{rq_id}"
+
+
+def cancel_key(rq_id: str) -> str:
+    return f"{PREFIX}:cancel:{rq_id}"
+
+
+# -- signing -----------------------------------------------------------------------------------
+
+
+def secret_from_env() -> bytes | None:
+    value = os.environ.get(SECRET_ENV)
+    return value.encode() if value else None
+
+
+def _canonical(fields: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in fields.items() if k != "sig"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign(fields: dict[str, Any], secret: bytes | None) -> dict[str, Any]:
+    """``fields`` with its ``sig`` (none without a secret)."""
+    if not secret:
+        return fields
+    return {**fields, "sig": hmac.new(secret, _canonical(fields), hashlib.sha256).hexdigest()}
+
+
+def check_signature(fields: dict[str, Any], secret: bytes | None) -> None:
+    if not secret:
+        return
+    sig = fields.get("sig")
+    if not isinstance(sig, str):
+        raise BadMessage("unsigned, and a shared secret is configured")
+    want = hmac.new(secret, _canonical(fields), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(sig, want):
+        raise BadMessage("bad signature")
+
+
+# -- field checks ------------------------------------------------------------------------------
+
+
+def _text(value: Any, name: str, limit: int = 255) -> str:
+    if not isinstance(value, str):
+        raise BadMessage(f"{name} must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise BadMessage(f"{name} is longer than {limit} characters")
+    return value
+
+
+def _int(value: Any, name: str, low: int = 0, high: int = 2**53) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadMessage(f"{name} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise BadMessage(f"{name} is out of range ({value})")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadMessage(f"{name} must be a finite number")
+    return float(value)
+
+
+def _hex(value: Any, name: str, length: int | None = None) -> str:
+    value = _text(value, name, 128)
+    if not _HEX.match(value) or (length is not None and len(value) != length):
+        raise BadMessage(f"{name} must be {length or 'some'} hex digits")
+    return value
+
+
+def rq_job_id(value: Any) -> tuple[str, int, int]:
+    """A dispatch id and the job id and attempt number it names."""
+    rq_id = _text(value, "rq_id", 64)
+    m = _RQ_ID.match(rq_id)
+    if m is None:
+        raise BadMessage(f"rq_id {rq_id[:64]!r} is not one of this project's dispatch ids")
+    return rq_id, int(m[1]), int(m[2])
+
+
+# What a result may report, and its type; the store keeps these (see RESULT_COLUMNS).
+_RESULT_TEXT = ("backend", "device", "dtype")
+_RESULT_INT = ("torch_threads", "unet_evaluations", "width", "height")
+_RESULT_NUMBERS = (
+    "load_s",
+    "text_encode_s",
+    "denoise_s",
+    "decode_s",
+    "encode_s",
+    "total_s",
+    "peak_mem_mb",
+)
+
+
+def check_result(value: Any) -> dict[str, Any]:
+    """A worker's result: known keys of known types (unknown keys are dropped)."""
+    if not isinstance(value, dict):
+        raise BadMessage(f"result must be an object, not {type(value).__name__}")
+    out: dict[str, Any] = {}
+    for key in _RESULT_TEXT:
+        if value.get(key) is not None:
+            out[key] = _text(value[key], f"result.{key}", 64)
+    for key in _RESULT_INT:
+        if value.get(key) is not None:
+            out[key] = _int(value[key], f"result.{key}", 0, 1_000_000)
+    for key in _RESULT_NUMBERS:
+        if value.get(key) is not None:
+            out[key] = _number(value[key], f"result.{key}")
+    versions = value.get("versions")
+    if versions is not None:
+        if not isinstance(versions, dict) or len(versions) > 64:
+            raise BadMessage("result.versions must be an object of at most 64 entries")
+        out["versions"] = {
+            _text(k, "result.versions key", 64): _text(v, "result.versions value", 128)
+            for k, v in versions.items()
+        }
+    return out
+
+
+# -- events ------------------------------------------------------------------------------------
+
+# "refused": a worker would not run a job (foreign, pickled, with callbacks...); it names
+# whatever job id it saw, so it carries no dispatch of ours.
+EVENT_TYPES = ("started", "result", "failed", "released", "refused")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A checked event from a worker."""
+
+    type: str
+    rq_id: str
+    job_id: int
+    token: str
+    worker: str
+    host: str
+    pid: int | None
+    sha256: str | None = None  # result
+    size: int | None = None  # result: bytes of the PNG under image_key(rq_id)
+    result: dict[str, Any] = field(default_factory=dict)  # result
+    error: str | None = None  # failed, released
+    retryable: bool = True  # failed
+
+    @property
+    def owner(self) -> str:
+        return lease_owner(self.rq_id, self.token)
+
+
+def encode_event(kind: str, rq_id: str, *, secret: bytes | None = None, **fields: Any) -> bytes:
+    body = sign({"type": kind, "rq_id": rq_id, **fields}, secret)
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def decode_event(raw: bytes, secret: bytes | None = None) -> Event:
+    """Parse and check one event in full (types, not only presence); raise BadMessage."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadMessage("not a JSON object")
+    kind = data.get("type")
+    if kind not in EVENT_TYPES:
+        raise BadMessage(f"unknown event type {str(kind)[:40]!r}")
+    check_signature(data, secret)
+    if kind == "refused":
+        return Event(
+            type=kind,
+            rq_id=_text(data.get("rq_id"), "rq_id", 200),
+            job_id=0,
+            token="",
+            worker=_text(data.get("worker"), "worker"),
+            host=_text(data.get("host"), "host"),
+            pid=None,
+            error=_text(data.get("error"), "error", 1000),
+        )
+    rq_id, job_id, _attempt = rq_job_id(data.get("rq_id"))
+    if _int(data.get("job_id"), "job_id") != job_id:
+        raise BadMessage(f"job_id {data.get('job_id')} does not match rq_id {rq_id}")
+    pid = data.get("pid")
+    common = {
+        "type": kind,
+        "rq_id": rq_id,
+        "job_id": job_id,
+        "token": _hex(data.get("token"), "token", 32),
+        "worker": _text(data.get("worker"), "worker"),
+        "host": _text(data.get("host"), "host"),
+        "pid": None if pid is None else _int(pid, "pid", 0, 2**31),
+    }
+    if kind == "result":
+        return Event(
+            **common,
+            sha256=_hex(data.get("sha256"), "sha256", 64),
+            size=_int(data.get("size"), "size", 1),
+            result=check_result(data.get("result")),
+        )
+    if kind in ("failed", "released"):
+        error = data.get("error")
+        error = "" if error is None else _text(error, "error", 100_000)[:MAX_TEXT]
+        retryable = data.get("retryable", True)
+        if not isinstance(retryable, bool):
+            raise BadMessage("retryable must be true or false")
+        return Event(**common, error=error, retryable=retryable)
+    return Event(**common)
+
+
+# -- the payload ---------------------------------------------------------------------------------
+
+# Field types of a job payload (PAYLOAD_FIELDS of the store, plus the dispatch's).
+_PAYLOAD_TYPES: dict[str, type] = {
+    "id": int,
+    "batch_id": int,
+    "prompt": str,
+    "negative_prompt": str,
+    "seed": int,
+    "steps": int,
+    "guidance_scale": float,
+    "width": int,
+    "height": int,
+    "scheduler": str,
+    "model": str,
+    "quantization": str,
+    "output_name": str,
+    "line": int,
+    "image_index": int,
+    "attempt": int,
+    "token": str,
+}
+
+
+def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
+    """A job payload exactly as the coordinator makes it: the known fields, each of its
+    type, nothing else (and signed, where a secret is configured). Raise BadMessage."""
+    if not isinstance(payload, dict):
+        raise BadMessage(f"the payload must be an object, not {type(payload).__name__}")
+    check_signature(payload, secret)
+    fields = {k: v for k, v in payload.items() if k != "sig"}
+    unknown = sorted(set(fields) - set(_PAYLOAD_TYPES))
+    missing = sorted(set(_PAYLOAD_TYPES) - set(fields))
+    if unknown or missing:
+        raise BadMessage(f"payload fields: unknown {unknown}, missing {missing}")
+    for name, kind in _PAYLOAD_TYPES.items():
+        value = fields[name]
+        if kind is float:
+            fields[name] = _number(value, name)
+        elif kind is int:
+            _int(value, name, 0, 2**53)
+        else:
+            _text(value, name, 20_000)
+    _hex(fields["token"], "token", 32)
+    return fields
+
+
+# -- connecting ----------------------------------------------------------------------------------
+
+
+def redact(url: str) -> str:
+    """The Redis URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    netloc = f"{parts.username}:***@{netloc}" if parts.username else f":***@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def connect(url: str, *, socket_timeout: float | None = 30.0) -> Any:
+    """A Redis client (bytes in, bytes out) for ``redis://``, ``rediss://`` (TLS) or
+    ``unix://`` URLs, with an ACL user and password if the URL has them. Raises ConnectionError
+    with the URL (password hidden) when the server does not answer."""
+    import redis
+
+    try:
+        client = faults.redis_class().from_url(
+            url,
+            health_check_interval=30,
+            socket_keepalive=True,
+            socket_connect_timeout=10,
+            socket_timeout=socket_timeout,
+        )
+        client.ping()
+    except redis.exceptions.AuthenticationError as exc:  # a subclass of ConnectionError
+        raise ConnectionError(f"Redis at {redact(url)} refused the credentials: {exc}") from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError) as exc:
+        raise ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        raise ConnectionError(f"Redis at {redact(url)} answered with an error: {exc}") from exc
+    return client

@@ -1,0 +1,618 @@
+"""The RQ worker that runs on every Mac (or Linux box): ``orchestrate worker --redis URL``.
+
+It is an RQ ``SimpleWorker`` (no fork per job: RQ's forking worker would reload the model for
+every job, and forking after Core ML/Metal is loaded crashes on macOS), adjusted for the
+hazards RQ's own issues describe and for an unattended night:
+
+- it never pops several queues with one BLPOP (a job popped just before a crash is lost, rq#1716):
+  it takes jobs one queue at a time with LMOVE into RQ's intermediate queue, preferring the
+  queue of the model it has loaded;
+- it runs a job itself, not through ``job.perform()``: only ``workers.rq.worker.generate``,
+  with one payload exactly as the coordinator makes it (signed, where a secret is set), and
+  nothing a job may carry besides (callbacks, webhooks, dependencies, repeats) is imported,
+  called or contacted: such a job is refused, and the refusal reported to the coordinator;
+- a thread keeps RQ's heartbeats (and ours) alive during a job, which a non-forking worker
+  otherwise stops sending, so a long generation is not declared abandoned;
+- **a Redis outage is waited out**: a finished result is kept in memory and delivered when
+  Redis is back (the heartbeat keeps the job ours meanwhile), a busy worker goes on with its
+  job, an idle one reconnects; the model stays loaded;
+- the first SIGTERM/SIGINT finishes the current job, the second gives it back at the next
+  denoising step; ``--max-jobs`` recycles the process (a service manager starts a new one);
+- ``setproctitle`` is not used on macOS, where it crashes forked processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rq import Queue, SimpleWorker, get_current_job, worker_registration
+from rq.exceptions import DequeueTimeout, DeserializationError, StopRequested
+from rq.job import Job
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.worker import WorkerStatus
+
+from orchestrator import faults
+from workers.backends import JobInputError, JobInterrupted
+from workers.rq import protocol as proto
+from workers.task import PipelineCache, TaskOutput, run_job
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[[dict[str, Any], PipelineCache, Callable[[], bool]], TaskOutput]
+DELIVER_FOR_S = 3600.0  # how long a finished result waits for Redis before it is dropped
+CANCEL_CHECK_S = 0.5  # at most this often a job asks Redis whether it was cancelled
+
+
+def default_runner(
+    job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
+) -> TaskOutput:
+    return run_job(job, cache, should_stop=should_stop)
+
+
+@dataclass
+class WorkerStatsRQ:
+    done: int = 0
+    failed: int = 0
+    busy_s: float = 0.0
+    started_at: float = field(default_factory=time.time)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and the like: RQ would silently store 'Unserializable return value'."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def plain_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=_plain))
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def vet(job: Job, secret: bytes | None) -> dict[str, Any]:
+    """The payload of a job this worker may run, or BadMessage saying why not. Nothing of
+    the job is imported or called to find out: names and JSON are read, never resolved."""
+    try:
+        func_name = job.func_name  # JSON only: a pickled job never gets unpickled here
+        args, kwargs = job.args, job.kwargs
+    except DeserializationError:
+        raise proto.BadMessage("not JSON (pickle or garbage)") from None
+    if func_name != proto.TASK:
+        raise proto.BadMessage(f"this worker runs only {proto.TASK}, not {func_name!r}")
+    extras = [
+        name
+        for name, present in (
+            ("on_success", job._success_callback_name),
+            ("on_failure", job._failure_callback_name),
+            ("on_stopped", job._stopped_callback_name),
+            ("webhooks", job.webhooks),
+            ("depends_on", job._dependency_ids),
+            ("repeat", job.repeats_left),
+            ("retry", job.retries_left),
+        )
+        if present
+    ]
+    if extras:
+        raise proto.BadMessage(f"jobs here carry no {', '.join(extras)}")
+    if kwargs or len(args) != 1:
+        raise proto.BadMessage("the task takes exactly one payload argument")
+    return proto.check_payload(args[0], secret)
+
+
+class OrchestrateWorker(SimpleWorker):
+    """A non-forking RQ worker that keeps one pipeline loaded across jobs and rides out
+    Redis outages."""
+
+    def __init__(
+        self,
+        *,
+        connection: Any,
+        cache: PipelineCache,
+        name: str | None = None,
+        model: str | None = None,
+        runner: Runner = default_runner,
+        heartbeat_interval: float = 5.0,
+        heartbeat_ttl: int = 15,
+        block_seconds: int = 2,
+        image_ttl: int = 24 * 3600,
+        secret: bytes | None = None,
+        deliver_for: float = DELIVER_FOR_S,
+    ) -> None:
+        host = socket.gethostname()
+        super().__init__(
+            [],
+            connection=connection,
+            name=name or f"{host}.{os.getpid()}.{uuid.uuid4().hex[:6]}",
+            serializer=JSONSerializer,
+            job_monitoring_interval=max(1, int(heartbeat_interval)),
+        )
+        self.cache = cache
+        self.preferred_model = model
+        self.runner = runner
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_ttl = heartbeat_ttl
+        self.block_seconds = block_seconds
+        self.image_ttl = image_ttl
+        self.secret = secret
+        self.deliver_for = deliver_for
+        self.host = host
+        self.abort = threading.Event()
+        self.stats = WorkerStatsRQ()
+        self._current: dict[str, Any] | None = None
+        self._outage: str | None = None  # the Redis error being waited out, if any
+
+    def validate_queues(self) -> None:
+        """Queues are found at run time (the coordinator creates one per model)."""
+
+    # -- waiting out Redis -----------------------------------------------------------------------
+
+    def _redis_down(self, exc: BaseException, wait: float) -> None:
+        if self._outage is None:
+            logger.error("Redis unreachable (%s); waiting for it, retrying every %.0fs", exc, wait)
+        self._outage = str(exc)
+
+    def _redis_up(self) -> None:
+        if self._outage is not None:
+            logger.warning("Redis is back (was: %s)", self._outage)
+            self._outage = None
+
+    def _until_redis(
+        self, fn: Callable[[], Any], *, give_up: Callable[[], bool] | None = None
+    ) -> Any:
+        """``fn()``, retried with backoff (1 s, doubling, up to 5 s) while Redis is away; None
+        if ``give_up()`` says so first."""
+        wait = 1.0
+        while True:
+            try:
+                value = fn()
+            except _redis_errors() as exc:
+                self._redis_down(exc, wait)
+                if give_up is not None and give_up():
+                    return None
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
+                continue
+            self._redis_up()
+            return value
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def work(  # type: ignore[override]
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        **_: Any,
+    ) -> bool:
+        """RQ's work loop, except that a Redis error never ends it: the worker waits for
+        Redis, then goes on with the job it holds (or takes the next one)."""
+        from rq.logutils import setup_loghandlers
+
+        setup_loghandlers(logging_level, name="rq.worker")
+        self._until_redis(self._register)
+        self.subscribe()
+        self._install_signal_handlers()
+        completed = 0
+        held: tuple[Job, Queue] | None = None  # dequeued, but Redis failed before it ran
+        try:
+            while not self._stop_requested:
+                try:
+                    if held is None:
+                        if self.should_run_maintenance_tasks:
+                            self.run_maintenance_tasks()
+                        held = self.dequeue_job_and_maintain_ttl(
+                            None if burst else self.dequeue_timeout, max_idle_time
+                        )
+                        if held is None:
+                            break
+                    job, queue = held
+                    if not self.connection.exists(job.key):
+                        held = None  # Redis lost it meanwhile: the coordinator dispatches again
+                        continue
+                    self.execute_job(job, queue)
+                    held = None
+                    completed += 1
+                    if max_jobs is not None and completed >= max_jobs:
+                        logger.info("finished %d jobs, quitting", completed)
+                        break
+                except _redis_errors() as exc:
+                    self._redis_down(exc, 1.0)
+                    time.sleep(1.0)
+                except StopRequested:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                self.teardown()
+        return bool(completed)
+
+    def _register(self) -> None:
+        # ValueError: a birth registered by an earlier try whose reply was lost; it is ours.
+        with contextlib.suppress(ValueError):
+            self.register_birth()
+        self.set_state(WorkerStatus.STARTED)
+
+    def _refresh_queues(self) -> None:
+        names = sorted(
+            n.decode() if isinstance(n, bytes) else n
+            for n in self.connection.smembers(proto.QUEUES_KEY)
+        )
+        model = self.cache.loaded_model or self.preferred_model
+        if model is not None:
+            first = proto.queue_for(model)
+            names = [first] + [n for n in names if n != first]
+        if [q.name for q in self.queues] != names:
+            self.queues = [
+                Queue(n, connection=self.connection, serializer=self.serializer) for n in names
+            ]
+            self._ordered_queues = self.queues[:]
+            # What `rq info` reads: the worker's queues and the per-queue worker sets.
+            self.connection.hset(self.key, "queues", ",".join(names))
+            worker_registration.register(self)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """One queue at a time, by LMOVE (never a multi-queue BLPOP); then block briefly on the
+        preferred queue. ``timeout=None`` (burst) returns when every queue is empty;
+        ``max_idle_time`` returns after that long without a job."""
+        idle_since = time.monotonic()
+        wait = 1.0
+        while True:
+            try:
+                self.set_state(WorkerStatus.IDLE)
+                self.heartbeat()
+                self.publish("idle")
+                self._refresh_queues()
+                for queue in self._ordered_queues:
+                    found = self._dequeue([queue], None)
+                    if found is not None:
+                        return found
+                if timeout is None or self._stop_requested:
+                    return None
+                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                    return None
+                if self._ordered_queues:
+                    try:
+                        found = self._dequeue(self._ordered_queues[:1], self.block_seconds)
+                    except DequeueTimeout:
+                        continue
+                    if found is not None:
+                        return found
+                else:
+                    time.sleep(self.block_seconds)  # no queue exists yet: nothing to block on
+                self._redis_up()
+                wait = 1.0
+            except _redis_errors() as exc:
+                self._redis_down(exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
+
+    def _dequeue(self, queues: list[Queue], timeout: int | None) -> tuple[Job, Queue] | None:
+        return self.queue_class.dequeue_any(
+            queues,
+            timeout,
+            connection=self.connection,
+            job_class=self.job_class,
+            serializer=self.serializer,
+            death_penalty_class=self.death_penalty_class,
+        )
+
+    # -- running a job ---------------------------------------------------------------------------
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        try:
+            payload = vet(job, self.secret)
+        except proto.BadMessage as exc:
+            self._refuse(job, queue, str(exc))
+            return False
+        # RQ's bookkeeping: out of the intermediate queue, into the started registry.
+        self._until_redis(lambda: self.prepare_job_execution(job, True))
+        job.started_at = _now()
+        keeper = _Heartbeat(self, job, execution)
+        keeper.start()
+        outcome = "failed"
+        try:
+            with self.death_penalty_class(
+                job.timeout or self.queue_class.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id
+            ):
+                outcome = self.run_payload(job.id, payload)
+        except JobTimeoutException:
+            self._deliver(
+                job.id,
+                self._event("failed", job.id, payload, error="timed out", retryable=True),
+            )
+        finally:
+            keeper.stop()
+            self._current = None
+        job.ended_at = _now()
+        self._bookkeep(job, queue, execution, outcome)
+        return outcome == "succeeded"
+
+    def _bookkeep(self, job: Job, queue: Queue, execution: Any, outcome: str) -> None:
+        """RQ's own records of the job (``rq info``, its registries). Best effort: what
+        counts was delivered to the coordinator already."""
+        try:
+            if outcome == "succeeded":
+                job._status = "finished"  # type: ignore[assignment]
+                self.handle_job_success(job, queue, queue.started_job_registry, execution)
+            else:
+                self.handle_job_failure(job, queue, exc_string=outcome, execution=execution)
+        except Exception as exc:
+            logger.warning(
+                "job %s: RQ's bookkeeping failed (%s); the result is delivered", job.id, exc
+            )
+
+    def _refuse(self, job: Job, queue: Queue, reason: str) -> None:
+        """Fail a job without running, importing or contacting anything it names, and tell
+        the coordinator (it counts refusals as dead letters)."""
+        message = f"refused: {reason}"
+        logger.warning("job %s %s", job.id, message)
+        event = proto.encode_event(
+            "refused",
+            str(job.id)[:200],
+            secret=self.secret,
+            error=reason[:500],
+            worker=self.name,
+            host=self.host,
+            pid=os.getpid(),
+        )
+        with self.connection.pipeline() as p:
+            p.lrem(queue.intermediate_queue_key, 1, job.id)
+            job.set_status("failed", pipeline=p)  # type: ignore[arg-type]
+            queue.failed_job_registry.add(job, ttl=7 * 24 * 3600, exc_string=message, pipeline=p)
+            Result.create_failure(job, 7 * 24 * 3600, message, worker_name=self.name, pipeline=p)
+            p.rpush(proto.EVENTS_KEY, event)
+            p.execute()
+
+    def run_payload(self, rq_id: str, payload: dict[str, Any]) -> str:
+        """Generate a checked payload's image and deliver the outcome to the coordinator:
+        ``succeeded``, ``failed`` or ``released``."""
+        self._current = payload
+        conn = self.connection
+        attempts = iter(range(3))
+        self._until_redis(
+            lambda: conn.rpush(proto.EVENTS_KEY, self._event("started", rq_id, payload)),
+            give_up=lambda: next(attempts, None) is None,  # a result counts without it
+        )
+        last_check = [0.0, False]
+
+        def should_stop() -> bool:
+            if self.abort.is_set():
+                return True
+            now = time.monotonic()
+            if now - last_check[0] >= CANCEL_CHECK_S:
+                last_check[0] = now
+                try:
+                    last_check[1] = conn.exists(proto.cancel_key(rq_id)) > 0
+                except _redis_errors():
+                    last_check[1] = False  # Redis away: go on; the result waits for it
+            return bool(last_check[1])
+
+        t0 = time.perf_counter()
+        try:
+            out = self.runner(payload, self.cache, should_stop)
+        except JobInterrupted as exc:
+            self._deliver(rq_id, self._event("released", rq_id, payload, error=str(exc)))
+            return "released"
+        except JobTimeoutException:
+            raise
+        except Exception as exc:
+            self.stats.failed += 1
+            event = self._event(
+                "failed",
+                rq_id,
+                payload,
+                error=f"{type(exc).__name__}: {exc}",
+                retryable=not isinstance(exc, JobInputError),
+            )
+            self._deliver(rq_id, event)
+            return "failed"
+        result = plain_json(out.result)
+        digest = hashlib.sha256(out.png).hexdigest()
+        event = self._event(
+            "result", rq_id, payload, sha256=digest, size=len(out.png), result=result
+        )
+        faults.point("worker.result_ready")
+        if not self._deliver(rq_id, event, png=out.png):
+            return "failed"
+        self.stats.done += 1
+        self.stats.busy_s += time.perf_counter() - t0
+        return "succeeded"
+
+    def _event(self, kind: str, rq_id: str, payload: dict[str, Any], **fields: Any) -> bytes:
+        return proto.encode_event(
+            kind,
+            rq_id,
+            secret=self.secret,
+            job_id=payload["id"],
+            token=payload["token"],
+            worker=self.name,
+            host=self.host,
+            pid=os.getpid(),
+            **fields,
+        )
+
+    def _deliver(self, rq_id: str, event: bytes, *, png: bytes | None = None) -> bool:
+        """Image, event and the end of our heartbeat in one transaction (the coordinator never
+        sees a job without a heartbeat whose event is not already on the list), retried while
+        Redis is away, for up to ``deliver_for`` seconds or until a second signal."""
+        deadline = time.monotonic() + self.deliver_for
+
+        def send() -> bool:
+            with self.connection.pipeline(transaction=True) as p:
+                if png is not None:
+                    p.set(proto.image_key(rq_id), png, ex=self.image_ttl)
+                p.rpush(proto.EVENTS_KEY, event)
+                p.delete(proto.heartbeat_key(rq_id))
+                p.execute()
+            return True
+
+        def give_up() -> bool:
+            return self.abort.is_set() or time.monotonic() > deadline
+
+        sent = self._until_redis(send, give_up=give_up)
+        if not sent:
+            logger.error("job %s: gave up delivering its outcome (Redis away too long)", rq_id)
+        return bool(sent)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """A second signal: give the current job back at its next step instead of killing it."""
+        if self._current is not None:
+            logger.warning("second signal: giving the current job back")
+            self.abort.set()
+            return
+        raise SystemExit()
+
+    def procline(self, message: str) -> None:
+        if sys.platform == "darwin":  # setproctitle crashes forked processes on macOS
+            self.log.debug(message)
+            return
+        super().procline(message)
+
+    def publish(self, state: str) -> None:
+        """This worker's status hash, read by the coordinator into the workers table."""
+        backend = self.cache.current
+        current = self._current or {}
+        fields: dict[str, str | int | float] = {
+            "name": self.name,
+            "host": self.host,
+            "pid": os.getpid(),
+            "backend": getattr(backend, "name", "") or "",
+            "device": getattr(backend, "device", "") or "",
+            "model": self.cache.loaded_model or "",
+            "state": state,
+            "current_job": current.get("id", "") if state == "busy" else "",
+            "jobs_done": self.stats.done,
+            "jobs_failed": self.stats.failed,
+            "busy_s": self.stats.busy_s,
+            "started_at": self.stats.started_at,
+            "last_seen": time.time(),
+        }
+        key = proto.WORKER_KEY + self.name
+        with self.connection.pipeline() as p:
+            p.hset(key, mapping=fields)  # type: ignore[arg-type]  # dict is invariant
+            p.expire(key, max(60, int(self.block_seconds * 10)))
+            p.execute()
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.publish("stopped")
+        super().teardown()
+
+
+def _now() -> Any:
+    from rq.utils import now
+
+    return now()
+
+
+class _Heartbeat(threading.Thread):
+    """During a job: RQ's worker and job heartbeats, and our liveness key. A Redis outage
+    is logged once by the worker; the beats resume when it is back."""
+
+    def __init__(self, worker: OrchestrateWorker, job: Job, execution: Any) -> None:
+        super().__init__(name=f"heartbeat-{job.id}", daemon=True)
+        self.worker = worker
+        self.job = job
+        self.execution = execution
+        self._done = threading.Event()
+        with contextlib.suppress(*_redis_errors()):
+            self._beat()
+
+    def _beat(self) -> None:
+        self.worker.connection.set(
+            proto.heartbeat_key(self.job.id), self.worker.name, ex=self.worker.heartbeat_ttl
+        )
+
+    def run(self) -> None:
+        while not self._done.wait(self.worker.heartbeat_interval):
+            try:
+                self._beat()
+                if self.execution is not None and self.job.started_at is not None:
+                    self.worker.maintain_heartbeats(self.job, self.execution)
+                self.worker.publish("busy")
+            except _redis_errors() as exc:
+                self.worker._redis_down(exc, self.worker.heartbeat_interval)
+            except Exception as exc:
+                logger.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+# -- the task ------------------------------------------------------------------------------------
+
+_worker: OrchestrateWorker | None = None  # the worker of this process (set by run_worker)
+
+
+def generate(payload: dict[str, Any]) -> dict[str, Any]:
+    """The one task: generate a job's image and deliver it. Runs only inside
+    ``orchestrate worker``, which calls it for a payload it has checked."""
+    worker = _worker
+    job = get_current_job()
+    if worker is None or job is None:
+        raise RuntimeError("generate runs only inside `orchestrate worker`")
+    return {"outcome": worker.run_payload(job.id, proto.check_payload(payload, worker.secret))}
+
+
+def run_worker(
+    url: str,
+    *,
+    cache: PipelineCache,
+    model: str | None = None,
+    burst: bool = False,
+    burst_idle: int = 5,
+    max_jobs: int | None = None,
+    name: str | None = None,
+    runner: Runner = default_runner,
+    heartbeat_interval: float = 5.0,
+    heartbeat_ttl: int = 15,
+    logging_level: str = "INFO",
+    secret: bytes | None = None,
+) -> OrchestrateWorker:
+    """Connect, optionally preload ``model``, and work until stopped (or idle, with ``burst``)."""
+    global _worker
+    conn = proto.connect(url)
+    if model is not None:
+        cache.get(model)
+    worker = OrchestrateWorker(
+        connection=conn,
+        cache=cache,
+        name=name,
+        model=model,
+        runner=runner,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_ttl=heartbeat_ttl,
+        secret=secret if secret is not None else proto.secret_from_env(),
+    )
+    _worker = worker
+    # `burst` here means: quit after `burst_idle` seconds without a job. RQ's own burst quits the
+    # moment the queues are empty, which the coordinator's small window makes common mid-batch.
+    worker.work(
+        burst=False,
+        max_jobs=max_jobs,
+        max_idle_time=burst_idle if burst else None,
+        logging_level=logging_level,
+    )
+    return worker
