@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "./orchestrate.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-BUSY_TIMEOUT_MS = 30_000
+# How long a writer waits for SQLite's write lock before it reports a busy database.
+BUSY_TIMEOUT_MS = int(float(os.environ.get("ORCHESTRATE_BUSY_TIMEOUT", "30")) * 1000)
 
 
 def database_url(value: str | None = None) -> str:

@@ -21,29 +21,30 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.errors import UsageError
+from orchestrator.models import JOB_FIELDS, Job
 from orchestrator.output import write_atomic
+from orchestrator.store.base import EXPORT_TIMINGS
 
 FORMATS = ("imagefolder", "parquet", "webdataset")
 DEFAULT_SHARD_SIZE = 1000
 
-# Metadata of each image, in column order, with the Arrow type of its Parquet column.
+def _arrow_type(column: str) -> str:
+    """The Arrow type of a job column, from the schema's own type."""
+    from sqlalchemy import Float, Integer
+
+    kind = Job.__table__.columns[column].type
+    return (
+        "int64" if isinstance(kind, Integer) else "float64" if isinstance(kind, Float) else "string"
+    )
+
+
+# Metadata of each image, in column order, with the Arrow type of its Parquet column: the ids,
+# the job's own fields (as the schema types them), its attempt's stage timings.
 COLUMNS: dict[str, str] = {
     "job_id": "int64",
     "batch_id": "int64",
-    "prompt": "string",
-    "negative_prompt": "string",
-    "seed": "int64",
-    "steps": "int64",
-    "guidance_scale": "float64",
-    "scheduler": "string",
-    "width": "int64",
-    "height": "int64",
-    "model": "string",
-    "quantization": "string",
-    "text_encode_s": "float64",
-    "denoise_s": "float64",
-    "decode_s": "float64",
-    "total_s": "float64",
+    **{name: _arrow_type(name) for name in JOB_FIELDS},
+    **dict.fromkeys(EXPORT_TIMINGS, "float64"),
 }
 _SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name
 _OUR_IMAGE = re.compile(r"\d+\.png")
@@ -98,8 +99,17 @@ def export_dataset(
         raise UsageError(f"nothing to export: no succeeded jobs {where}")
     for row in rows:
         path = row.get("output_path")
+        if row.get("published_at") is None and row.get("output_sha256"):
+            raise UsageError(
+                f"job {row['id']}: its image is recorded but not yet in place (a worker or "
+                "the coordinator was stopped while publishing it); `orchestrate verify "
+                "--repair` finishes that"
+            )
         if not path or not Path(path).is_file():
-            raise UsageError(f"job {row['id']}: its image {path or '(none recorded)'} is missing")
+            raise UsageError(
+                f"job {row['id']}: its image {path or '(none recorded)'} is missing; "
+                "`orchestrate verify --repair` makes it again"
+            )
     outdir = Path(outdir)
     if fmt == "imagefolder":
         return _imagefolder(rows, outdir / split)

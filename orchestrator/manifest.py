@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ManifestError, ManifestIssue
+from orchestrator.models import JOB_FIELDS
 from workers.schedulers import SCHEDULER_NAMES
 
 SEED_MAX = 2**32 - 1
@@ -37,22 +38,8 @@ MAX_OUTPUT_NAME = 120
 OUTPUT_NAME_FIELDS = ("seed", "index", "line", "steps", "scheduler", "width", "height")
 EXTRA_PREFIX = "meta_"
 
-COLUMNS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "width",
-    "height",
-    "scheduler",
-    "model",
-    "quantization",
-    "num_images",
-    "priority",
-    "tags",
-    "output_name",
-)
+# The manifest's columns: a job's own fields, then how a row expands and is filed.
+COLUMNS = (*JOB_FIELDS, "num_images", "priority", "tags", "output_name")
 
 
 @dataclass(frozen=True)
@@ -92,19 +79,13 @@ class JobSpec:
     extra: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """Content hash of what decides the pixels; equal specs are the same image."""
-        key = (
-            self.prompt,
-            self.negative_prompt,
-            self.seed,
-            self.steps,
-            repr(float(self.guidance_scale)),
-            self.width,
-            self.height,
-            self.scheduler,
-            self.model,
-            self.quantization,
-        )
+        """Content hash of what decides the pixels; equal specs are the same image. (The
+        guidance scale as its float repr, so 7 and 7.0 are one job.)"""
+        key = [
+            repr(float(v)) if name == "guidance_scale" else v
+            for name in JOB_FIELDS
+            for v in (getattr(self, name),)
+        ]
         return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
 
     def as_dict(self) -> dict[str, object]:

@@ -109,7 +109,55 @@ def overview(
         "batches": batch_rows(store, rate, batch_id),
         "failures": store.failure_groups(batch_id),
         "slowest": store.slowest_jobs(batch_id),
+        "coordinator": coordinator_view(store.coordinator(), now),
+        "dead_letters": store.dead_letters(limit=5),
+        "loading": store.loading_batches(),
     }
+
+
+def coordinator_view(row: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+    """The coordinator lease as people read it: who, since when, and whether it is alive."""
+    if row is None:
+        return None
+    live = row["state"] != "stopped" and row["expires_at"] > now
+    return {
+        "host": row["host"],
+        "pid": row["pid"],
+        "since": row["since"],
+        "renewed_at": row["renewed_at"],
+        "state": row["state"] if live else ("stopped" if row["state"] == "stopped" else "gone"),
+        "message": row["message"],
+    }
+
+
+def health_lines(data: dict[str, Any]) -> list[str]:
+    """What needs a look: a paused coordinator or worker (why), dead letters, loading batches."""
+    now = data["generated_at"]
+    out = []
+    c = data.get("coordinator")
+    if c is not None and c["state"] != "stopped":
+        line = f"Coordinator: pid {c['pid']} on {c['host']}, {c['state']}, since {ago(c['since'], now)}"
+        if c["state"] == "gone":
+            line += f" (last renewed {ago(c['renewed_at'], now)}: it died or hangs)"
+        if c["message"]:
+            line += f": {c['message']}"
+        out.append(line)
+    for w in data["workers"]:
+        if w["state"] == "paused":
+            out.append(f"Worker {w['name']} paused: {w.get('message') or '?'}")
+    dead = data.get("dead_letters") or {}
+    if dead.get("count"):
+        last = dead["recent"][0] if dead.get("recent") else None
+        text = f"Dead letters: {dead['count']} messages refused"
+        if last:
+            text += f" (last {ago(last['at'], now)}: {last['reason'][:80]})"
+        out.append(text)
+    for b in data.get("loading") or []:
+        out.append(
+            f"Batch {b['id']} ({b['name']}) is still being submitted: "
+            f"{b['jobs_so_far']} jobs in so far, {b['state']}"
+        )
+    return out
 
 
 # -- formatting shared by the text, rich and HTML views ------------------------------------------
@@ -179,6 +227,7 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(f"  {status.value:<10} {data['counts'][status.value]:>8}")
     lines.append(f"  {'total':<10} {data['total']:>8}")
     lines.append(summary_line(data))
+    lines.extend(health_lines(data))
     t = data["timings"]
     if t.get("n"):
         parts = [f"{label} {seconds(t[key])}" for key, label in STAGE_LABELS]
@@ -253,6 +302,7 @@ def render_rich(data: dict[str, Any]) -> Any:
     now = data["generated_at"]
     scope = f"batch {data['batch']}" if data["batch"] is not None else "all batches"
     parts: list[Any] = [Text(f"Jobs ({scope}): " + summary_line(data), style="bold")]
+    parts.extend(Text(line, style="yellow") for line in health_lines(data))
 
     counts = Table(box=None, pad_edge=False)
     for status in VISIBLE_STATUSES:

@@ -55,7 +55,8 @@ _ = (dashboard, dataset, distributed, jobs, local, model)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    """Entry point: library errors become clean messages and exit codes, never tracebacks."""
+    """Entry point: library errors become clean messages and exit codes, never tracebacks
+    (the codes are on the errors: ``orchestrator.errors``)."""
     try:
         main.main(args=argv, prog_name="orchestrate", standalone_mode=False)
     except ManifestError as exc:
@@ -64,6 +65,12 @@ def cli(argv: Sequence[str] | None = None) -> None:
     except OrchestratorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        foreign = _foreign_error(exc)
+        if foreign is None:
+            raise
+        click.echo(f"error: {foreign.args[0]}", err=True)
+        sys.exit(foreign.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -74,6 +81,21 @@ def cli(argv: Sequence[str] | None = None) -> None:
         raise
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+def _foreign_error(exc: Exception) -> OrchestratorError | None:
+    """Errors of the database and Redis drivers that reached the top, as the project's own
+    (the engine translates a locked or full database where it happens; this catches the rest)."""
+    import redis
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orchestrator.errors import DatabaseError, RedisUnavailable
+
+    if isinstance(exc, SQLAlchemyError):
+        return DatabaseError(f"the job database failed: {getattr(exc, 'orig', None) or exc}")
+    if isinstance(exc, redis.exceptions.RedisError):
+        return RedisUnavailable(f"Redis failed: {exc}")
+    return None
 
 
 if __name__ == "__main__":

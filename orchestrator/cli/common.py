@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -17,7 +18,7 @@ from orchestrator.config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_THREADS,
 )
-from orchestrator.errors import ManifestError, UsageError
+from orchestrator.errors import ManifestError, TransientError, UsageError
 from orchestrator.manifest import (
     QUANTIZATIONS,
     VARIANT_NAME,
@@ -25,6 +26,8 @@ from orchestrator.manifest import (
     Manifest,
 )
 from workers.schedulers import SCHEDULER_NAMES
+
+T = TypeVar("T")
 
 CONTEXT = {
     "auto_envvar_prefix": "ORCHESTRATE",
@@ -238,6 +241,20 @@ def configure_logging(verbose: int, service: bool = False) -> None:
     )
     logging.getLogger("orchestrator").setLevel(level)
     logging.getLogger("workers").setLevel(level)
+
+
+def patiently(fn: Callable[[], T], what: str, every: float = 5.0) -> T:
+    """``fn()`` for a service's start: a busy or full database (or disk) is waited out, with
+    one line each time the reason changes, not a crash; Ctrl-C stops the wait."""
+    said = None
+    while True:
+        try:
+            return fn()
+        except TransientError as exc:
+            if str(exc) != said:
+                click.echo(f"waiting to {what}: {exc} (trying again every {every:.0f}s)", err=True)
+                said = str(exc)
+            time.sleep(every)
 
 
 def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -60,6 +60,11 @@ def status(
                       attempts lost jobs workers last_seen job_ids (the latest five)
       slowest         the slowest recent succeeded attempts: attempt_id job_id batch_id
                       worker total_s denoise_s finished_at steps width height model prompt
+      coordinator     the coordinator's lease (null if none ever ran): host pid since
+                      renewed_at state (running paused stopped gone) message (why paused)
+      dead_letters    count (messages the coordinator refused, all time) and recent: id at
+                      source reason excerpt
+      loading         batches still being submitted: id name state loader rows jobs_so_far
     """
     from orchestrator.status import overview
 

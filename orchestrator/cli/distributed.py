@@ -16,6 +16,7 @@ from orchestrator.cli.common import (
     hook_options,
     option,
     pass_state,
+    patiently,
     redis_option,
     require_backend,
 )
@@ -80,7 +81,7 @@ def coordinator(
     from workers.rq.protocol import connect, redact, secret_from_env
 
     configure_logging(ctx.find_root().meta["verbose"], service=True)
-    store = state.store()
+    store = patiently(state.store, "open the database")
     try:
         redis = connect(redis_url)
     except ConnectionError as exc:
@@ -95,7 +96,7 @@ def coordinator(
         secret=secret_from_env(),
     )
     coord = Coordinator(store, redis, settings, hooks=Hooks(notify_url, on_done))
-    coord.acquire()
+    patiently(coord.acquire, "take the coordinator lease")
     bar = Progress(store.counts)
     coord.on_event = bar
     click.echo(

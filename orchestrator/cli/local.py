@@ -20,6 +20,7 @@ from orchestrator.cli.common import (
     hook_options,
     option,
     pass_state,
+    patiently,
     report_submit,
     require_backend,
     submit_manifest,
@@ -196,6 +197,7 @@ def work(
 ) -> None:
     """Run a worker on this machine (several may share one database)."""
     configure_logging(ctx.find_root().meta["verbose"], service=True)
+    patiently(state.store, "open the database")
     settings = worker_settings(state, kw, burst=burst, poll_seconds=poll_seconds)
     _worker, stats = _run_worker(state, ctx, settings, None, progress=sys.stderr.isatty())
     sys.exit(0 if stats.failed == 0 else 1)

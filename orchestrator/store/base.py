@@ -31,6 +31,8 @@ TIMING_COLUMNS = (
     "total_s",
     "peak_mem_mb",
 )
+# The stage timings an exported image carries.
+EXPORT_TIMINGS = ("text_encode_s", "denoise_s", "decode_s", "total_s")
 # What a worker reports; the queue wait is the store's own measure, set at claim time.
 RESULT_COLUMNS = ("backend", "device", "dtype", "torch_threads", *TIMING_COLUMNS[1:])
 _CHUNK = 500  # ids per IN (...) list

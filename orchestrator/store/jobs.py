@@ -30,6 +30,7 @@ from orchestrator.models import (
 from orchestrator.store.base import (
     _CHUNK,
     CHUNK_ROWS,
+    EXPORT_TIMINGS,
     OPEN_ATTEMPTS,
     TIMING_COLUMNS,
     TIMING_WINDOW,
@@ -474,9 +475,8 @@ class JobsMixin(StoreBase):
             .correlate(Job)
             .scalar_subquery()
         )
-        timings = ("text_encode_s", "denoise_s", "decode_s", "total_s")
         stmt = (
-            select(*Job.__table__.columns, *(getattr(Attempt, c) for c in timings))
+            select(*Job.__table__.columns, *(getattr(Attempt, c) for c in EXPORT_TIMINGS))
             .outerjoin(Attempt, Attempt.id == attempt_id)
             .where(Job.status == JobStatus.SUCCEEDED.value)
             .order_by(Job.id)
