@@ -28,6 +28,7 @@ from orchestrator.store.base import EXPORT_TIMINGS
 FORMATS = ("imagefolder", "parquet", "webdataset")
 DEFAULT_SHARD_SIZE = 1000
 
+
 def _arrow_type(column: str) -> str:
     """The Arrow type of a job column, from the schema's own type."""
     from sqlalchemy import Float, Integer

@@ -53,6 +53,17 @@ def active() -> bool:
     return bool(os.environ.get(_ENV))
 
 
+def configure(spec: str | None) -> None:
+    """Set (or with None clear) this process's rules, as if ORCHESTRATE_FAULTS said so."""
+    global _rules, _record
+    if spec:
+        os.environ[_ENV] = spec
+    else:
+        os.environ.pop(_ENV, None)
+    _rules, _record = None, None
+    _hits.clear()
+
+
 def _fire(action: str, name: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

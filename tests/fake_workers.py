@@ -40,3 +40,38 @@ def instant_worker(url: str, name: str) -> None:
         return fake_output(job)
 
     run_worker(url, cache=PipelineCache(), runner=runner, burst=True, burst_idle=2, name=name)
+
+
+def noise_png(side: int, seed: int) -> bytes:
+    """An incompressible PNG of about 3 x side^2 bytes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=0)
+    return buf.getvalue()
+
+
+def big_image_local_worker(db_url: str, out_dir: str, fsize_limit: int) -> None:
+    """A local worker whose images (about 3 MB) are bigger than this process may write:
+    RLIMIT_FSIZE stands in for a full disk until the test raises the limit."""
+    import resource
+    from pathlib import Path
+
+    from orchestrator.config import WorkerSettings
+    from orchestrator.database import open_engine
+    from orchestrator.store import JobStore
+    from orchestrator.transports.local import LocalWorker
+
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, hard))
+    store = JobStore(open_engine(db_url))
+    settings = WorkerSettings(
+        output_dir=Path(out_dir), burst=True, poll_seconds=0.05, pause_seconds=0.2
+    )
+
+    def runner(job: dict[str, Any], _c: PipelineCache, _s: Callable[[], bool]) -> TaskOutput:
+        return TaskOutput(png=noise_png(1000, job["seed"]), result={"total_s": 0.01})
+
+    LocalWorker(store, settings, cache=PipelineCache(), runner=runner).run()

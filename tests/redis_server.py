@@ -16,7 +16,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, appendonly: bool = False
+    ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
@@ -24,6 +26,7 @@ class RedisServer:
         self.workdir = workdir
         self.port = free_port()
         self.password = password
+        self.appendonly = appendonly  # keep data across a kill and restart (an outage)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +44,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
         ]

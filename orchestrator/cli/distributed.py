@@ -78,12 +78,12 @@ def coordinator(
     """
     from orchestrator.progress import Progress
     from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
-    from workers.rq.protocol import connect, redact, secret_from_env
+    from workers.rq.protocol import connect_patiently, redact, secret_from_env
 
     configure_logging(ctx.find_root().meta["verbose"], service=True)
     store = patiently(state.store, "open the database")
     try:
-        redis = connect(redis_url)
+        redis = connect_patiently(redis_url, say=lambda m: click.echo(f"waiting: {m}", err=True))
     except ConnectionError as exc:
         raise OrchestratorError(str(exc)) from None
     settings = CoordinatorSettings(

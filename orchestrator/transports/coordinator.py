@@ -223,8 +223,11 @@ class Coordinator:
         try:
             self._finished_batches()
             self._sync_workers()
+            # What a killed process staged or committed during this run is not left waiting.
+            self.results.recover()
+            self.results.sweep()
         except Exception as exc:  # Redis or SQLite gone at the very end: tables keep their view
-            logger.warning("could not read the workers' status at exit: %s", exc)
+            logger.warning("could not finish up at exit: %s", exc)
         try:
             self.store.release_coordinator(self.holder)
         except Exception as exc:
@@ -447,18 +450,19 @@ class Coordinator:
 
     def _redis_view(self) -> tuple[set[str], set[str]]:
         """(dispatches heartbeating, dispatches waiting in a queue) right now. Taken before
-        events are drained: a worker pushes its last event and drops its heartbeat together."""
-        from rq.intermediate_queue import IntermediateQueue
+        events are drained: a worker pushes its last event and drops its heartbeat together.
 
+        A dispatch in RQ's intermediate queue (taken by a worker, not yet started) counts as
+        waiting only once it heartbeats: a worker that died, or lost Redis, between taking a
+        job and starting it would otherwise leave it there for ever. The worker beats at
+        once, so the ``lost_after`` grace covers the moment in between."""
         held = list(self.in_flight())
         queues = [q.decode() for q in self.redis.smembers(proto.QUEUES_KEY)]
         with self.redis.pipeline(transaction=False) as p:
             for rq_id in held:
                 p.exists(proto.heartbeat_key(rq_id))
             for name in queues:
-                key = f"rq:queue:{name}"
-                p.lrange(key, 0, -1)
-                p.lrange(IntermediateQueue.get_intermediate_queue_key(key), 0, -1)
+                p.lrange(f"rq:queue:{name}", 0, -1)
             replies = p.execute()
         beating = {rq_id for rq_id, alive in zip(held, replies[: len(held)], strict=True) if alive}
         waiting = {x.decode() for lst in replies[len(held) :] for x in lst}
@@ -516,10 +520,14 @@ class Coordinator:
             if model is not None
             else [q.decode() for q in self.redis.smembers(proto.QUEUES_KEY)]
         )
+        from rq.intermediate_queue import IntermediateQueue
+
         with self.redis.pipeline(transaction=False) as p:
             p.set(proto.cancel_key(rq_id), why, ex=24 * 3600)
             for name in queues:
-                p.lrem(f"rq:queue:{name}", 0, rq_id)
+                key = f"rq:queue:{name}"
+                p.lrem(key, 0, rq_id)
+                p.lrem(IntermediateQueue.get_intermediate_queue_key(key), 0, rq_id)
             p.delete(f"rq:job:{rq_id}", proto.heartbeat_key(rq_id))
             p.execute()
 

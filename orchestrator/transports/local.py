@@ -175,6 +175,7 @@ class LocalWorker:
             self._work(claim)
             self._report("idle")
             done += 1
+        self._housekeeping()
         self._report("stopped")
         logger.info(
             "worker %s stopped: %d succeeded, %d failed",

@@ -446,3 +446,22 @@ def test_a_second_coordinator_refuses_to_start_naming_the_first(
     with pytest.raises(CoordinatorConflict, match="lost its lease"):
         first._dispatch()  # the old one is fenced off
     assert store.counts()["queued"] == 0
+
+
+def test_redis_urls_with_a_password_work_and_bad_ones_are_named(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="s3cret")
+    server.start()
+    try:
+        conn = proto.connect(server.url)
+        assert conn.ping()
+        wrong = server.url.replace("s3cret", "nope")
+        with pytest.raises(ConnectionError) as info:
+            proto.connect_patiently(wrong)  # wrong credentials are not waited for
+        assert "refused the credentials" in str(info.value)
+        assert "nope" not in str(info.value)  # the password never reaches logs
+    finally:
+        server.stop()
+    with pytest.raises(
+        proto.Unreachable, match=re.escape("cannot reach Redis at redis://:***@127.0.0.1")
+    ):
+        proto.connect(server.url)

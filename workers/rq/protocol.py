@@ -149,6 +149,10 @@ def _hex(value: Any, name: str, length: int | None = None) -> str:
     return value
 
 
+def is_dispatch_id(value: str) -> bool:
+    return bool(_RQ_ID.match(value))
+
+
 def rq_job_id(value: Any) -> tuple[str, int, int]:
     """A dispatch id and the job id and attempt number it names."""
     rq_id = _text(value, "rq_id", 64)
@@ -346,6 +350,26 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+class Unreachable(ConnectionError):
+    """Redis did not answer (as opposed to refusing the credentials): worth waiting for."""
+
+
+def connect_patiently(url: str, *, say: Any = None, every: float = 2.0) -> Any:
+    """``connect``, waiting while Redis does not answer (a service started during an outage
+    waits for it rather than exiting); wrong credentials or URLs still raise at once."""
+    import time
+
+    said = False
+    while True:
+        try:
+            return connect(url)
+        except Unreachable as exc:
+            if not said and say is not None:
+                say(f"{exc}; waiting for it (trying every {every:.0f}s)")
+                said = True
+            time.sleep(every)
+
+
 def connect(url: str, *, socket_timeout: float | None = 30.0) -> Any:
     """A Redis client (bytes in, bytes out) for ``redis://``, ``rediss://`` (TLS) or
     ``unix://`` URLs, with an ACL user and password if the URL has them. Raises ConnectionError
@@ -363,8 +387,10 @@ def connect(url: str, *, socket_timeout: float | None = 30.0) -> Any:
         client.ping()
     except redis.exceptions.AuthenticationError as exc:  # a subclass of ConnectionError
         raise ConnectionError(f"Redis at {redact(url)} refused the credentials: {exc}") from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError) as exc:
-        raise ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise Unreachable(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+    except ValueError as exc:
+        raise ConnectionError(f"not a Redis URL: {redact(url)}: {exc}") from exc
     except redis.exceptions.ResponseError as exc:
         raise ConnectionError(f"Redis at {redact(url)} answered with an error: {exc}") from exc
     return client

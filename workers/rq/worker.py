@@ -319,6 +319,13 @@ class OrchestrateWorker(SimpleWorker):
 
     # -- running a job ---------------------------------------------------------------------------
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Beat at once: between taking a job and starting it, the coordinator sees it only
+        # by this key (RQ's intermediate queue does not count as alive).
+        if proto.is_dispatch_id(job.id):
+            self.connection.set(proto.heartbeat_key(job.id), self.name, ex=self.heartbeat_ttl)
+        super().execute_job(job, queue)
+
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         try:
             payload = vet(job, self.secret)
@@ -378,6 +385,7 @@ class OrchestrateWorker(SimpleWorker):
         )
         with self.connection.pipeline() as p:
             p.lrem(queue.intermediate_queue_key, 1, job.id)
+            p.delete(proto.heartbeat_key(job.id))
             job.set_status("failed", pipeline=p)  # type: ignore[arg-type]
             queue.failed_job_registry.add(job, ttl=7 * 24 * 3600, exc_string=message, pipeline=p)
             Result.create_failure(job, 7 * 24 * 3600, message, worker_name=self.name, pipeline=p)
@@ -526,6 +534,19 @@ def _now() -> Any:
     return now()
 
 
+def _retry_redis(fn: Callable[[], Any], every: float = 2.0) -> Any:
+    """``fn()``, waiting while Redis is away (one log line)."""
+    said = False
+    while True:
+        try:
+            return fn()
+        except _redis_errors() as exc:
+            if not said:
+                logger.error("Redis unreachable (%s); waiting for it", exc)
+                said = True
+            time.sleep(every)
+
+
 class _Heartbeat(threading.Thread):
     """During a job: RQ's worker and job heartbeats, and our liveness key. A Redis outage
     is logged once by the worker; the beats resume when it is back."""
@@ -590,22 +611,28 @@ def run_worker(
     heartbeat_ttl: int = 15,
     logging_level: str = "INFO",
     secret: bytes | None = None,
+    block_seconds: int = 2,
 ) -> OrchestrateWorker:
     """Connect, optionally preload ``model``, and work until stopped (or idle, with ``burst``)."""
     global _worker
-    conn = proto.connect(url)
+    conn = proto.connect_patiently(url, say=logger.error)
     if model is not None:
         cache.get(model)
-    worker = OrchestrateWorker(
-        connection=conn,
-        cache=cache,
-        name=name,
-        model=model,
-        runner=runner,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_ttl=heartbeat_ttl,
-        secret=secret if secret is not None else proto.secret_from_env(),
-    )
+
+    def make() -> OrchestrateWorker:
+        return OrchestrateWorker(
+            connection=conn,
+            cache=cache,
+            name=name,
+            model=model,
+            runner=runner,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_ttl=heartbeat_ttl,
+            secret=secret if secret is not None else proto.secret_from_env(),
+            block_seconds=block_seconds,
+        )
+
+    worker = _retry_redis(make)
     _worker = worker
     # `burst` here means: quit after `burst_idle` seconds without a job. RQ's own burst quits the
     # moment the queues are empty, which the coordinator's small window makes common mid-batch.
