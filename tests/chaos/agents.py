@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fsize", type=int, default=None, help="RLIMIT_FSIZE: a full disk")
     ap.add_argument("--min-s", type=float, default=0.02)
     ap.add_argument("--max-s", type=float, default=0.3)
+    ap.add_argument("--heartbeat", type=float, default=0.5, help="rq: seconds between beats")
+    ap.add_argument("--lease", type=float, default=2.0, help="local: lease seconds")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.fsize:

@@ -86,8 +86,15 @@ class Outcome:
 class Cluster:
     """One round's private world and its processes (all killed by ``close``)."""
 
-    def __init__(self, root: Path, *, persistent_redis: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        persistent_redis: bool = False,
+        coordinator_args: tuple[str, ...] = ("--lost-after", "2", "--window", "6"),
+    ) -> None:
         self.root = root
+        self.coordinator_args = coordinator_args
         root.mkdir(parents=True, exist_ok=True)
         self.db = root / "orchestrate.db"
         self.out = root / "output"
@@ -134,7 +141,7 @@ class Cluster:
     def coordinator(self, name: str = "coordinator", faults: str = "", *extra: str) -> Any:
         return self._start(
             name,
-            [ORCHESTRATE, "coordinator", "--lost-after", "2", "--window", "6", *extra],
+            [ORCHESTRATE, "coordinator", *self.coordinator_args, *extra],
             faults,
         )
 

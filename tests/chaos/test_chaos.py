@@ -14,6 +14,7 @@ from tests.chaos.harness import KILL_POINTS, Cluster, Outcome, run_round
 pytestmark = pytest.mark.slow
 
 SEEDS = [11, 23, 37, 41, 59, 73]
+QUICK = ("--min-s", "0.02", "--max-s", "0.06")  # jobs of these rounds: a fault is all they test
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -35,10 +36,10 @@ def _one_fault_round(
             "coordinator": cluster.coordinator(
                 "coordinator", faults if who == "coordinator" else ""
             ),
-            "rq": cluster.rq_worker("rq-1", faults if who == "rq" else ""),
+            "rq": cluster.rq_worker("rq-1", faults if who == "rq" else "", *QUICK),
         }
         if who == "local":
-            faulty["local"] = cluster.local_worker("local-1", faults)
+            faulty["local"] = cluster.local_worker("local-1", faults, *QUICK)
         # The fault fires in here: until the work is done or the faulty process is dead.
         cluster.wait_quiet(60, until=lambda: faulty[who].poll() is not None)
         status = faulty[who].poll()
