@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from orchestrator.models import PAYLOAD_FIELDS, Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.models import (
+    ATTEMPTS,
+    JOBS,
+    PAYLOAD_FIELDS,
+    Attempt,
+    AttemptStatus,
+    Job,
+    JobStatus,
+)
 
 # What a worker gets: the job's fields plus the number of this attempt.
 JOB_PAYLOAD_COLUMNS = PAYLOAD_FIELDS
@@ -146,7 +154,7 @@ class StoreBase:
         """An UPDATE of the job that matches only while this claim still holds it: the fence
         every write of a lease holder goes through."""
         return (
-            update(Job)
+            update(JOBS)
             .where(Job.id == claim.job["id"])
             .where(Job.status.in_(HELD_STATUSES))
             .where(Job.lease_owner == claim.lease_owner)
@@ -166,7 +174,7 @@ class StoreBase:
     ) -> None:
         # Only an open attempt: one already marked lost or cancelled keeps that verdict.
         conn.execute(
-            update(Attempt)
+            update(ATTEMPTS)
             .where(Attempt.id == claim.attempt_id)
             .where(Attempt.status.in_(OPEN_ATTEMPTS))
             .values(status=status.value, finished_at=time.time(), **values)

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, select, update
 
-from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, AttemptStatus, Job, JobStatus
 from orchestrator.store.base import HELD_STATUSES, OPEN_ATTEMPTS, StoreBase, chunks
 
 _PAGE = 5000
@@ -59,7 +59,7 @@ class IntegrityMixin(StoreBase):
         with self._tx(write=True) as conn:
             return (
                 conn.execute(
-                    update(Job)
+                    update(JOBS)
                     .where(Job.id == job_id)
                     .where(Job.status == JobStatus.SUCCEEDED.value)
                     .where(Job.output_sha256.is_(None))
@@ -73,7 +73,7 @@ class IntegrityMixin(StoreBase):
         made again (its succeeded attempt is marked lost)."""
         with self._tx(write=True) as conn:
             n = conn.execute(
-                update(Job)
+                update(JOBS)
                 .where(Job.id == job_id)
                 .where(Job.status == JobStatus.SUCCEEDED.value)
                 .values(
@@ -89,7 +89,7 @@ class IntegrityMixin(StoreBase):
             ).rowcount
             if n:
                 conn.execute(
-                    update(Attempt)
+                    update(ATTEMPTS)
                     .where(Attempt.job_id == job_id)
                     .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
                     .values(status=AttemptStatus.LOST.value, error=error)
@@ -139,7 +139,7 @@ class IntegrityMixin(StoreBase):
         with self._tx(write=True) as conn:
             for part in chunks(list(attempt_ids)):
                 n += conn.execute(
-                    update(Attempt)
+                    update(ATTEMPTS)
                     .where(Attempt.id.in_(part))
                     .where(Attempt.status.in_(OPEN_ATTEMPTS))
                     .values(status=AttemptStatus.LOST.value, finished_at=time.time(), error=error)

@@ -18,6 +18,8 @@ from orchestrator.errors import JobNotFound, UsageError
 from orchestrator.manifest import JobSpec, Manifest
 from orchestrator.models import (
     ACTIVE_STATUSES,
+    ATTEMPTS,
+    JOBS,
     VISIBLE_STATUSES,
     Attempt,
     AttemptStatus,
@@ -416,7 +418,7 @@ class JobsMixin(StoreBase):
 
         def change(conn: Connection, cond: ColumnElement[bool]) -> int:
             return conn.execute(
-                update(Job)
+                update(JOBS)
                 .where(cond)
                 .values(
                     status=JobStatus.PENDING.value,
@@ -440,7 +442,7 @@ class JobsMixin(StoreBase):
 
         def change(conn: Connection, cond: ColumnElement[bool]) -> int:
             conn.execute(
-                update(Attempt)
+                update(ATTEMPTS)
                 .where(Attempt.job_id.in_(select(Job.id).where(cond)))
                 .where(Attempt.status.in_(OPEN_ATTEMPTS))
                 .values(
@@ -450,7 +452,7 @@ class JobsMixin(StoreBase):
                 )
             )
             return conn.execute(
-                update(Job)
+                update(JOBS)
                 .where(cond)
                 .values(
                     status=JobStatus.CANCELLED.value,

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, text, update
 
-from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, AttemptStatus, Job, JobStatus
 from orchestrator.store.base import (
     HELD_STATUSES,
     JOB_PAYLOAD_COLUMNS,
@@ -87,7 +87,7 @@ class LeasesMixin(StoreBase):
             number = self._next_attempt_number(conn, row.id)
             job = _payload(row._mapping, number)
             attempt_id = conn.execute(
-                insert(Attempt)
+                insert(ATTEMPTS)
                 .values(
                     job_id=row.id,
                     batch_id=job["batch_id"],
@@ -143,7 +143,7 @@ class LeasesMixin(StoreBase):
         with self._tx(write=True) as conn:
             return (
                 conn.execute(
-                    update(Job)
+                    update(JOBS)
                     .where(Job.id == job_id)
                     .where(Job.status == JobStatus.SUCCEEDED.value)
                     .where(Job.output_sha256 == sha256)
@@ -202,7 +202,7 @@ class LeasesMixin(StoreBase):
         gone): the job goes back to pending, its succeeded attempt is marked lost."""
         with self._tx(write=True) as conn:
             n = conn.execute(
-                update(Job)
+                update(JOBS)
                 .where(Job.id == job_id)
                 .where(Job.status == JobStatus.SUCCEEDED.value)
                 .where(Job.output_sha256 == sha256)
@@ -218,7 +218,7 @@ class LeasesMixin(StoreBase):
             ).rowcount
             if n:
                 conn.execute(
-                    update(Attempt)
+                    update(ATTEMPTS)
                     .where(Attempt.job_id == job_id)
                     .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
                     .values(status=AttemptStatus.LOST.value, error=error)
@@ -290,7 +290,7 @@ class LeasesMixin(StoreBase):
                 error = f"lease expired: worker {r.lease_owner} stopped renewing it"
                 again = r.attempts < r.max_attempts
                 conn.execute(
-                    update(Job)
+                    update(JOBS)
                     .where(Job.id == r.id)
                     .values(
                         status=(JobStatus.PENDING if again else JobStatus.FAILED).value,
@@ -301,7 +301,7 @@ class LeasesMixin(StoreBase):
                     )
                 )
                 conn.execute(
-                    update(Attempt)
+                    update(ATTEMPTS)
                     .where(Attempt.job_id == r.id)
                     .where(Attempt.status == AttemptStatus.RUNNING.value)
                     .values(status=AttemptStatus.LOST.value, finished_at=now, error=error)
@@ -365,7 +365,7 @@ class LeasesMixin(StoreBase):
                 job = _payload(row, number)
                 owner = owner_for(job)
                 conn.execute(
-                    update(Job)
+                    update(JOBS)
                     .where(Job.id == job["id"])
                     .values(
                         status=JobStatus.QUEUED.value,
@@ -375,7 +375,7 @@ class LeasesMixin(StoreBase):
                     )
                 )
                 attempt_id = conn.execute(
-                    insert(Attempt)
+                    insert(ATTEMPTS)
                     .values(
                         job_id=job["id"],
                         batch_id=job["batch_id"],
@@ -406,7 +406,7 @@ class LeasesMixin(StoreBase):
             ).rowcount
             if n:
                 conn.execute(
-                    update(Attempt)
+                    update(ATTEMPTS)
                     .where(Attempt.id == claim.attempt_id)
                     .where(Attempt.status == AttemptStatus.DISPATCHED.value)
                     .values(

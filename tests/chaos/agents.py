@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
             cache=PipelineCache(),
             runner=runner,
             name=name,
-            heartbeat_interval=0.5,
-            heartbeat_ttl=2,
+            heartbeat_interval=args.heartbeat,
+            heartbeat_ttl=max(1, round(3 * args.heartbeat)),
+            block_seconds=1,
         )
     else:
         from orchestrator.config import WorkerSettings
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         store = JobStore(open_engine(db_url))
         settings = WorkerSettings(
             output_dir=Path(out),
-            lease_seconds=2.0,
+            lease_seconds=args.lease,
             poll_seconds=0.05,
             pause_seconds=0.2,
             burst=False,
