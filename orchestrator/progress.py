@@ -69,8 +69,11 @@ class Progress:
             self._bar.set_postfix_str(f"{rate:.1f} img/min, {c['failed']} failed", refresh=False)
             self._bar.refresh()
         else:
+            what = event.status
+            if event.status == "retrying" and event.retry_in is not None:
+                what = f"failed, retrying in {event.retry_in:.0f}s,"
             line = (
-                f"[{done}/{total}] job {event.job_id} {event.status} in {event.seconds:.2f}s"
+                f"[{done}/{total}] job {event.job_id} {what} after {event.seconds:.2f}s"
                 f" | {rate:.1f} img/min | ETA {format_eta(eta)}"
             )
             if event.error:

@@ -465,3 +465,46 @@ def test_redis_urls_with_a_password_work_and_bad_ones_are_named(tmp_path: Path) 
         proto.Unreachable, match=re.escape("cannot reach Redis at redis://:***@127.0.0.1")
     ):
         proto.connect(server.url)
+
+
+def test_a_worker_hash_with_a_bad_pid_is_reported_not_fatal(
+    store: JobStore, redis: Any, tmp_path: Path
+) -> None:
+    c = coordinator(store, redis, tmp_path)
+    redis.hset(
+        proto.WORKER_KEY + "evil", mapping={"name": "evil", "pid": "DROP TABLE", "state": "busy"}
+    )
+    redis.hset(proto.WORKER_KEY + "good", mapping={"name": "good", "pid": "42", "state": "idle"})
+    c._sync_workers()
+    c._sync_workers()  # reported once per worker, not per sync
+    rows = {w["name"]: w for w in store.workers()}
+    assert rows["evil"]["pid"] is None and rows["evil"]["state"] == "busy"
+    assert rows["good"]["pid"] == 42
+    dead = store.dead_letters()
+    assert dead["count"] == 1 and "worker evil: bad fields pid" in dead["recent"][0]["reason"]
+
+
+def test_a_full_disk_keeps_the_result_for_the_next_tick(
+    store: JobStore, redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.results as results_module
+    from orchestrator.errors import DiskFull
+
+    submit_text(store, "prompt\na\n")
+    c = coordinator(store, redis, tmp_path, window=1)
+    c._dispatch()
+    (rq_id,) = in_flight(c)
+    finish(redis, rq_id)
+    real = results_module.stage
+
+    def full(*a: Any, **kw: Any) -> Any:
+        raise DiskFull("no room to write (test)")
+
+    monkeypatch.setattr(results_module, "stage", full)
+    with pytest.raises(DiskFull):
+        c._drain_events(block=False)
+    assert redis.llen(proto.PROCESSING_KEY) == 1 and redis.exists(proto.image_key(rq_id))
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    monkeypatch.setattr(results_module, "stage", real)
+    c._drain_events(block=False)
+    assert store.get_job(1)["status"] == "succeeded"
