@@ -73,6 +73,20 @@ def _loader_dead(loader: str | None, seen_at: float | None, now: float) -> bool:
     return pid.isdigit() and process_gone(host, int(pid))
 
 
+class _Pace:
+    """Rows per write transaction of a bulk change, adjusted after each so that it holds the
+    write lock about ``target_s``: fewer rows on a loaded machine, more on an idle one."""
+
+    def __init__(self, rows: int, target_s: float = 0.25, low: int = 200, high: int = 50_000):
+        self.rows = rows
+        self.target_s, self.low, self.high = target_s, low, high
+
+    def took(self, rows: int, seconds: float) -> None:
+        if rows and seconds > 0:
+            per_row = seconds / rows
+            self.rows = int(min(self.high, max(self.low, self.target_s / per_row)))
+
+
 class JobsMixin(StoreBase):
     def submit(
         self,
@@ -91,13 +105,16 @@ class JobsMixin(StoreBase):
         ``loading`` (invisible to workers and to counts) until every row is in; then they are
         made pending, again in chunks. A loader that dies half way leaves a batch that the
         next submit (or ``verify --repair``) removes whole; one that dies while publishing
-        leaves one they finish."""
+        leaves one they finish. A manifest of one chunk or less goes in as one transaction,
+        pending at once (it is complete when it becomes visible)."""
         self.recover_submits()
         now = time.time()
         loader = f"{socket.gethostname()}:{os.getpid()}/{secrets.token_hex(4)}"
         extra_json = [
             json.dumps(s.extra, ensure_ascii=False) if s.extra else None for s in manifest.jobs
         ]
+        if len(manifest.jobs) <= chunk_rows:
+            return self._submit_whole(manifest, name, defaults, max_attempts, extra_json, now)
         with self._tx(write=True) as conn:
             batch_id = conn.execute(
                 insert(Batch)
@@ -118,8 +135,11 @@ class JobsMixin(StoreBase):
             ).scalar_one()
         added = 0
         total = len(manifest.jobs)
+        pace = _Pace(chunk_rows)
         try:
-            for start in range(0, total, chunk_rows):
+            start = 0
+            while start < total:
+                size = pace.rows
                 # Fingerprints and tuples outside the lock: only the INSERT holds it.
                 rows = [
                     (
@@ -132,8 +152,9 @@ class JobsMixin(StoreBase):
                         max_attempts,
                         now,
                     )
-                    for i, s in enumerate(manifest.jobs[start : start + chunk_rows])
+                    for i, s in enumerate(manifest.jobs[start : start + size])
                 ]
+                t0 = time.perf_counter()
                 with self._tx(write=True) as conn:
                     # The driver's executemany directly: SQLAlchemy's per-row parameter
                     # processing would double the time of a 100k-row manifest.
@@ -141,8 +162,10 @@ class JobsMixin(StoreBase):
                     conn.execute(
                         update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
                     )
+                pace.took(len(rows), time.perf_counter() - t0)
+                start += len(rows)
                 if on_progress is not None:
-                    on_progress(min(start + chunk_rows, total), total)
+                    on_progress(start, total)
             duplicates = total - added
             if added == 0:
                 # Nothing new: leave no empty batch behind.
@@ -168,6 +191,57 @@ class JobsMixin(StoreBase):
         self._publish_batch(batch_id, chunk_rows)
         return SubmitResult(batch_id, manifest.rows, added, duplicates)
 
+    def _submit_whole(
+        self,
+        manifest: Manifest,
+        name: str,
+        defaults: dict[str, Any],
+        max_attempts: int,
+        extra_json: list[str | None],
+        now: float,
+    ) -> SubmitResult:
+        rows = [
+            (
+                None,
+                s.fingerprint(),
+                JobStatus.PENDING.value,
+                *(getattr(s, c) for c in _SPEC_COLUMNS),
+                extra_json[i],
+                0,
+                max_attempts,
+                now,
+            )
+            for i, s in enumerate(manifest.jobs)
+        ]
+        with self._tx(write=True) as conn:
+            batch_id = conn.execute(
+                insert(Batch)
+                .values(
+                    name=name,
+                    manifest_path=manifest.path,
+                    manifest_sha256=manifest.sha256,
+                    rows=manifest.rows,
+                    job_count=0,
+                    duplicates=0,
+                    defaults_json=json.dumps(defaults, sort_keys=True),
+                    created_at=now,
+                    state=BatchState.READY.value,
+                )
+                .returning(Batch.id)
+            ).scalar_one()
+            rows = [(batch_id, *r[1:]) for r in rows]
+            added = conn.exec_driver_sql(_INSERT_JOBS, rows).rowcount if rows else 0
+            duplicates = len(rows) - added
+            if added == 0:
+                conn.execute(delete(Batch).where(Batch.id == batch_id))
+                return SubmitResult(None, manifest.rows, 0, duplicates)
+            conn.execute(
+                update(Batch)
+                .where(Batch.id == batch_id)
+                .values(job_count=added, duplicates=duplicates)
+            )
+        return SubmitResult(batch_id, manifest.rows, added, duplicates)
+
     def _publish_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Make a fully loaded batch's jobs pending, a chunk per transaction, then the batch
         ready. Idempotent: anyone may finish what a dead loader started."""
@@ -175,9 +249,11 @@ class JobsMixin(StoreBase):
             "UPDATE jobs SET status = 'pending' WHERE id IN "
             "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
         )
+        pace = _Pace(chunk_rows)
         while True:
+            t0 = time.perf_counter()
             with self._tx(write=True) as conn:
-                n = conn.exec_driver_sql(flip, (batch_id, chunk_rows)).rowcount
+                n = conn.exec_driver_sql(flip, (batch_id, pace.rows)).rowcount
                 if n == 0:
                     conn.execute(
                         update(Batch)
@@ -188,6 +264,7 @@ class JobsMixin(StoreBase):
                 conn.execute(
                     update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
                 )
+            pace.took(n, time.perf_counter() - t0)
 
     def _drop_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Remove a half-loaded batch, a chunk per transaction."""
