@@ -458,6 +458,17 @@ class LeasesMixin(StoreBase):
         open attempts and statuses: what the coordinator rebuilds on every reconcile."""
         return self._held(Job.lease_owner.startswith(owner_prefix, autoescape=True))
 
+    def held_owners(self, owner_prefix: str) -> list[str]:
+        """Lease owners of the queued or running jobs held by owners with this prefix: what is
+        in flight, cheaply (no payloads)."""
+        with self.engine.connect() as conn:
+            owners = conn.execute(
+                select(Job.lease_owner)
+                .where(Job.status.in_(HELD_STATUSES))
+                .where(Job.lease_owner.startswith(owner_prefix, autoescape=True))
+            ).scalars()
+            return [o for o in owners if o is not None]
+
     def claim_for(self, job_id: int, lease_owner: str) -> tuple[Claim, str] | None:
         """The claim of ``lease_owner`` on this job, if it still holds it, with the job's
         status; None for a late, repeated or forged message."""

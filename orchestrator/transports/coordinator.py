@@ -123,6 +123,12 @@ class Coordinator:
         self._acquired = True
         logger.info("coordinator %s holds the database", self.holder)
 
+    def held(self) -> set[str]:
+        """RQ job ids of the dispatches that hold a job now (from SQLite, without payloads)."""
+        return {
+            proto.split_owner(owner)[0] for owner in self.store.held_owners(proto.DISPATCH_PREFIX)
+        }
+
     def in_flight(self) -> dict[str, tuple[Claim, str]]:
         """Dispatches that hold a job now, by RQ job id, with the job's status: from SQLite."""
         return {
@@ -189,20 +195,21 @@ class Coordinator:
         if self._due("workers", s.workers_every):
             self._sync_workers()
             self._finished_batches()
-        snapshot = self._redis_view() if self._due("reconcile", s.reconcile_every) else None
-        held = self.in_flight()
+        held = self.held()
+        snapshot = self._redis_view(held) if self._due("reconcile", s.reconcile_every) else None
         self._drain_events(block=bool(held) and not self._paused)
+        held = self.held()  # what the events changed
         if snapshot is not None:
-            self._reconcile(snapshot)
+            held = self._reconcile(snapshot, held)
         if self._due("withdraw", s.withdraw_every):
-            self._withdraw_unwanted()
+            self._withdraw_unwanted(held)
         if not self._paused:
-            self._dispatch()
+            self._dispatch(len(held))
         return bool(held)
 
     def _all_done(self) -> bool:
         return (
-            not self.in_flight()
+            not self.held()
             and not self.store.has_active()
             and not self.redis.llen(proto.EVENTS_KEY)
             and not self.redis.llen(proto.PROCESSING_KEY)
@@ -241,11 +248,11 @@ class Coordinator:
             return s.window
         return max(s.min_window, s.per_worker * self.live_workers)
 
-    def _dispatch(self) -> int:
+    def _dispatch(self, in_flight: int | None = None) -> int:
         from rq import Queue
         from rq.serializers import JSONSerializer
 
-        need = self.window() - len(self.in_flight())
+        need = self.window() - (len(self.held()) if in_flight is None else in_flight)
         if need <= 0:
             return 0
 
@@ -448,7 +455,7 @@ class Coordinator:
 
     # -- liveness ----------------------------------------------------------------------------
 
-    def _redis_view(self) -> tuple[set[str], set[str]]:
+    def _redis_view(self, held_now: set[str] | None = None) -> tuple[set[str], set[str]]:
         """(dispatches heartbeating, dispatches waiting in a queue) right now. Taken before
         events are drained: a worker pushes its last event and drops its heartbeat together.
 
@@ -456,7 +463,7 @@ class Coordinator:
         waiting only once it heartbeats: a worker that died, or lost Redis, between taking a
         job and starting it would otherwise leave it there for ever. The worker beats at
         once, so the ``lost_after`` grace covers the moment in between."""
-        held = list(self.in_flight())
+        held = sorted(self.held() if held_now is None else held_now)
         queues = [q.decode() for q in self.redis.smembers(proto.QUEUES_KEY)]
         with self.redis.pipeline(transaction=False) as p:
             for rq_id in held:
@@ -468,25 +475,34 @@ class Coordinator:
         waiting = {x.decode() for lst in replies[len(held) :] for x in lst}
         return beating, waiting
 
-    def _reconcile(self, view: tuple[set[str], set[str]]) -> None:
+    def _reconcile(
+        self, view: tuple[set[str], set[str]], held_now: set[str] | None = None
+    ) -> set[str]:
+        """Withdraw what Redis holds that SQLite does not; put back what SQLite holds that
+        Redis lost track of for ``lost_after``. Returns the dispatches still held."""
         beating, waiting = view
-        held = self.in_flight()
+        held = self.held() if held_now is None else set(held_now)
         # Queued in Redis but held by nobody (cancelled, or given back after a failed
         # enqueue that went through after all): withdraw.
-        for rq_id in waiting - set(held):
+        for rq_id in waiting - held:
             self._withdraw(rq_id, "not held in the database (cancelled?)")
         if self.redis.llen(proto.EVENTS_KEY) or self.redis.llen(proto.PROCESSING_KEY):
-            return  # events not handled yet may account for some: judge next time
-        unaccounted = set(held) - beating - waiting
+            return held  # events not handled yet may account for some: judge next time
+        unaccounted = held - beating - waiting
         now = time.monotonic()
         for rq_id in list(self._missing_since):
             if rq_id not in unaccounted:
                 del self._missing_since[rq_id]
-        for rq_id in sorted(unaccounted):
-            claim, status = held[rq_id]
-            since = self._missing_since.setdefault(rq_id, now)
-            if now - since < self.settings.lost_after:
-                continue
+        overdue = [
+            rq_id
+            for rq_id in sorted(unaccounted)
+            if now - self._missing_since.setdefault(rq_id, now) >= self.settings.lost_after
+        ]
+        claims = self.in_flight() if overdue else {}
+        for rq_id in overdue:
+            if rq_id not in claims:
+                continue  # finished meanwhile
+            claim, status = claims[rq_id]
             started = status == "running"
             why = (
                 "worker stopped heartbeating"
@@ -502,11 +518,13 @@ class Coordinator:
             )
             self._withdraw(rq_id, why, model=claim.job["model"])
             self._emit(JobEvent(claim.job_id, "lost", 0.0, error=why))
+            held.discard(rq_id)
+        return held
 
-    def _withdraw_unwanted(self) -> None:
+    def _withdraw_unwanted(self, held_now: set[str] | None = None) -> None:
         """Workers running a dispatch that no longer holds its job (cancelled, or lost and
         dispatched again) are told to stop."""
-        held = set(self.in_flight())
+        held = self.held() if held_now is None else held_now
         prefix = proto.heartbeat_key("")
         for key in self.redis.scan_iter(match=proto.HEARTBEAT_PATTERN, count=1000):
             rq_id = key.decode()[len(prefix) :]
