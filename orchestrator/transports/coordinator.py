@@ -203,9 +203,8 @@ class Coordinator:
             held = self._reconcile(snapshot, held)
         if self._due("withdraw", s.withdraw_every):
             self._withdraw_unwanted(held)
-        if not self._paused:
-            self._dispatch(len(held))
-        return bool(held)
+        dispatched = 0 if self._paused else self._dispatch(len(held))
+        return bool(held) or dispatched > 0
 
     def _all_done(self) -> bool:
         return (
@@ -308,10 +307,15 @@ class Coordinator:
         """Events to handle: what is in the processing list (taken before but not finished,
         by this process or a dead one) first, then new ones moved there from the events list."""
         cap = self.settings.batch_events
-        raws = list(self.redis.lrange(proto.PROCESSING_KEY, 0, cap - 1))
-        if len(raws) < cap:
+        with self.redis.pipeline(transaction=False) as p:
+            p.lrange(proto.PROCESSING_KEY, 0, cap - 1)
+            p.llen(proto.EVENTS_KEY)
+            taken, waiting = p.execute()
+        raws = list(taken)
+        more = min(cap - len(raws), int(waiting))
+        if more > 0:
             with self.redis.pipeline(transaction=False) as p:
-                for _ in range(cap - len(raws)):
+                for _ in range(more):
                     p.lmove(proto.EVENTS_KEY, proto.PROCESSING_KEY, "LEFT", "RIGHT")
                 raws.extend(e for e in p.execute() if e is not None)
         if not raws and block:
