@@ -42,6 +42,7 @@ from typing import Any
 from orchestrator import faults
 from orchestrator.errors import DiskFull, OrchestratorError, is_no_space
 from orchestrator.output import image_path
+from orchestrator.store.base import process_gone
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,9 @@ class Results:
         except FileNotFoundError:
             # Someone (recovery, or the writer itself) moved it first, or it is lost.
             if not (final.is_file() and sha256_file(final) == sha256):
-                self.store.image_lost(job_id, sha256, f"image {staged} lost before publishing")
+                self.store.image_lost(
+                    job_id, f"image {staged} lost before publishing", sha256=sha256
+                )
                 logger.error("job %s: its staged image is gone; back to pending", job_id)
                 return False
         except OSError as exc:
@@ -172,7 +175,7 @@ class Results:
                 continue
             staged = staged_path(final, row["attempt_id"] or 0)
             if staged.is_file() and sha256_file(staged) != sha:
-                self.store.image_lost(row["id"], sha, f"staged image {staged} is corrupt")
+                self.store.image_lost(row["id"], f"staged image {staged} is corrupt", sha256=sha)
                 continue
             self.publish(row["id"], staged, final, sha)
             logger.info(
@@ -268,18 +271,9 @@ class Delivery:
 
 
 def _writer_dead(host: str, pid: int, entry: os.DirEntry[str], now: float) -> bool:
+    """A temporary file's writer is gone: a dead process of this host, or a day's silence."""
     try:
         age = now - entry.stat().st_mtime
     except FileNotFoundError:
         return False
-    if age > TMP_STALE_S:
-        return True
-    if host != _HOST:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return age > TMP_STALE_S or process_gone(host, pid)

@@ -213,7 +213,7 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> dict[str, int]
             # file before the job becomes pending again.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(row["output_path"])
-        if store.requeue_missing_image(row["id"], f"image {why}: made again by verify --repair"):
+        if store.image_lost(row["id"], f"image {why}: made again by verify --repair"):
             count("jobs with a missing or damaged image put back to pending", 1)
     for job_id in report.unrecorded:
         path = store.get_job(job_id)["output_path"]

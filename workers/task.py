@@ -27,6 +27,20 @@ _DISPATCH_FIELDS = ("attempt", "attempts", "token", "sig")
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest))
 
 
+# What a job's result reports, by type: the run (text), counts, and seconds (peak MB last).
+RESULT_TEXT = ("backend", "device", "dtype")
+RESULT_COUNTS = ("torch_threads", "unet_evaluations", "width", "height")
+RESULT_TIMINGS = (
+    "load_s",
+    "text_encode_s",
+    "denoise_s",
+    "decode_s",
+    "encode_s",
+    "total_s",
+    "peak_mem_mb",
+)
+
+
 @dataclass
 class TaskOutput:
     png: bytes

@@ -26,23 +26,17 @@ from orchestrator.models import (
     Job,
     JobStatus,
 )
+from workers.task import RESULT_TEXT, RESULT_TIMINGS
 
 # What a worker gets: the job's fields plus the number of this attempt.
 JOB_PAYLOAD_COLUMNS = PAYLOAD_FIELDS
-TIMING_COLUMNS = (
-    "queue_wait_s",
-    "load_s",
-    "text_encode_s",
-    "denoise_s",
-    "decode_s",
-    "encode_s",
-    "total_s",
-    "peak_mem_mb",
-)
+# The attempt's timing columns: the queue wait (the store's own measure, set at claim time)
+# and what the worker's result reports.
+TIMING_COLUMNS = ("queue_wait_s", *RESULT_TIMINGS)
 # The stage timings an exported image carries.
 EXPORT_TIMINGS = ("text_encode_s", "denoise_s", "decode_s", "total_s")
 # What a worker reports; the queue wait is the store's own measure, set at claim time.
-RESULT_COLUMNS = ("backend", "device", "dtype", "torch_threads", *TIMING_COLUMNS[1:])
+RESULT_COLUMNS = (*RESULT_TEXT, "torch_threads", *RESULT_TIMINGS)
 _CHUNK = 500  # ids per IN (...) list
 CHUNK_ROWS = 5000  # rows per write transaction of a bulk change (about 0.1 s here)
 TIMING_WINDOW = 1000

@@ -68,34 +68,6 @@ class IntegrityMixin(StoreBase):
                 == 1
             )
 
-    def requeue_missing_image(self, job_id: int, error: str) -> bool:
-        """A succeeded job whose published file is gone or damaged: back to pending, to be
-        made again (its succeeded attempt is marked lost)."""
-        with self._tx(write=True) as conn:
-            n = conn.execute(
-                update(JOBS)
-                .where(Job.id == job_id)
-                .where(Job.status == JobStatus.SUCCEEDED.value)
-                .values(
-                    status=JobStatus.PENDING.value,
-                    attempts=0,
-                    output_path=None,
-                    output_sha256=None,
-                    published_at=None,
-                    finished_at=None,
-                    not_before=None,
-                    last_error=error,
-                )
-            ).rowcount
-            if n:
-                conn.execute(
-                    update(ATTEMPTS)
-                    .where(Attempt.job_id == job_id)
-                    .where(Attempt.status == AttemptStatus.SUCCEEDED.value)
-                    .values(status=AttemptStatus.LOST.value, error=error)
-                )
-        return n == 1
-
     def stranded(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """Leases and attempts left behind: running jobs whose lease expired (their worker
         died and nobody has claimed since), and open attempts whose job no longer holds them

@@ -100,147 +100,115 @@ class JobsMixin(StoreBase):
     ) -> SubmitResult:
         """Insert a validated manifest's jobs; known fingerprints are skipped.
 
-        A big manifest goes in as many short transactions (``chunk_rows`` jobs each), so
-        workers renewing their leases never wait long for the write lock. Its jobs are
-        ``loading`` (invisible to workers and to counts) until every row is in; then they are
-        made pending, again in chunks. A loader that dies half way leaves a batch that the
-        next submit (or ``verify --repair``) removes whole; one that dies while publishing
-        leaves one they finish. A manifest of one chunk or less goes in as one transaction,
-        pending at once (it is complete when it becomes visible)."""
+        A big manifest goes in as many short transactions (about ``chunk_rows`` jobs each,
+        paced to hold the write lock about a quarter second), so workers renewing their
+        leases never wait long. Its jobs are ``loading`` (invisible to workers and to counts)
+        until every row is in; then they are made pending, again in chunks. A loader that dies
+        half way leaves a batch that the next submit (or ``verify --repair``) removes whole;
+        one that dies while publishing leaves one they finish. A manifest of one chunk or
+        less goes in as one transaction, pending at once (complete when it becomes visible)."""
         self.recover_submits()
         now = time.time()
+        whole = len(manifest.jobs) <= chunk_rows
         loader = f"{socket.gethostname()}:{os.getpid()}/{secrets.token_hex(4)}"
+        status = JobStatus.PENDING if whole else JobStatus.LOADING
         extra_json = [
             json.dumps(s.extra, ensure_ascii=False) if s.extra else None for s in manifest.jobs
         ]
-        if len(manifest.jobs) <= chunk_rows:
-            return self._submit_whole(manifest, name, defaults, max_attempts, extra_json, now)
-        with self._tx(write=True) as conn:
-            batch_id = conn.execute(
-                insert(Batch)
-                .values(
-                    name=name,
-                    manifest_path=manifest.path,
-                    manifest_sha256=manifest.sha256,
-                    rows=manifest.rows,
-                    job_count=0,
-                    duplicates=0,
-                    defaults_json=json.dumps(defaults, sort_keys=True),
-                    created_at=now,
-                    state=BatchState.LOADING.value,
-                    loader=loader,
-                    loader_seen_at=now,
+
+        def rows(batch_id: int, start: int, stop: int) -> list[tuple[Any, ...]]:
+            # Fingerprints and tuples outside the lock: only the INSERT holds it.
+            return [
+                (
+                    batch_id,
+                    s.fingerprint(),
+                    status.value,
+                    *(getattr(s, c) for c in _SPEC_COLUMNS),
+                    extra_json[start + i],
+                    0,
+                    max_attempts,
+                    now,
                 )
-                .returning(Batch.id)
-            ).scalar_one()
+                for i, s in enumerate(manifest.jobs[start:stop])
+            ]
+
+        def new_batch(conn: Connection, state: BatchState) -> int:
+            return int(
+                conn.execute(
+                    insert(Batch)
+                    .values(
+                        name=name,
+                        manifest_path=manifest.path,
+                        manifest_sha256=manifest.sha256,
+                        rows=manifest.rows,
+                        job_count=0,
+                        duplicates=0,
+                        defaults_json=json.dumps(defaults, sort_keys=True),
+                        created_at=now,
+                        state=state.value,
+                        loader=None if whole else loader,
+                        loader_seen_at=None if whole else now,
+                    )
+                    .returning(Batch.id)
+                ).scalar_one()
+            )
+
+        def counted(conn: Connection, batch_id: int, added: int, **state: Any) -> SubmitResult:
+            duplicates = len(manifest.jobs) - added
+            if added == 0:  # nothing new: leave no empty batch behind
+                conn.execute(delete(Batch).where(Batch.id == batch_id))
+                return SubmitResult(None, manifest.rows, 0, duplicates)
+            conn.execute(
+                update(Batch)
+                .where(Batch.id == batch_id)
+                .values(job_count=added, duplicates=duplicates, **state)
+            )
+            return SubmitResult(batch_id, manifest.rows, added, duplicates)
+
+        if whole:
+            with self._tx(write=True) as conn:
+                batch_id = new_batch(conn, BatchState.READY)
+                batch = rows(batch_id, 0, len(manifest.jobs))
+                # The driver's executemany directly: SQLAlchemy's per-row parameter
+                # processing would double the time of a 100k-row manifest.
+                added = conn.exec_driver_sql(_INSERT_JOBS, batch).rowcount if batch else 0
+                return counted(conn, batch_id, added)
+
+        with self._tx(write=True) as conn:
+            batch_id = new_batch(conn, BatchState.LOADING)
         added = 0
         total = len(manifest.jobs)
         pace = _Pace(chunk_rows)
         try:
             start = 0
             while start < total:
-                size = pace.rows
-                # Fingerprints and tuples outside the lock: only the INSERT holds it.
-                rows = [
-                    (
-                        batch_id,
-                        s.fingerprint(),
-                        JobStatus.LOADING.value,
-                        *(getattr(s, c) for c in _SPEC_COLUMNS),
-                        extra_json[start + i],
-                        0,
-                        max_attempts,
-                        now,
-                    )
-                    for i, s in enumerate(manifest.jobs[start : start + size])
-                ]
+                chunk = rows(batch_id, start, start + pace.rows)
                 t0 = time.perf_counter()
                 with self._tx(write=True) as conn:
-                    # The driver's executemany directly: SQLAlchemy's per-row parameter
-                    # processing would double the time of a 100k-row manifest.
-                    added += conn.exec_driver_sql(_INSERT_JOBS, rows).rowcount
+                    added += conn.exec_driver_sql(_INSERT_JOBS, chunk).rowcount
                     conn.execute(
                         update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
                     )
-                pace.took(len(rows), time.perf_counter() - t0)
-                start += len(rows)
+                pace.took(len(chunk), time.perf_counter() - t0)
+                start += len(chunk)
                 if on_progress is not None:
                     on_progress(start, total)
-            duplicates = total - added
-            if added == 0:
-                # Nothing new: leave no empty batch behind.
-                with self._tx(write=True) as conn:
-                    conn.execute(delete(Batch).where(Batch.id == batch_id))
-                return SubmitResult(None, manifest.rows, 0, duplicates)
             with self._tx(write=True) as conn:
-                conn.execute(
-                    update(Batch)
-                    .where(Batch.id == batch_id)
-                    .values(
-                        job_count=added,
-                        duplicates=duplicates,
-                        state=BatchState.PUBLISHING.value,
-                        loader_seen_at=time.time(),
-                    )
+                result = counted(
+                    conn,
+                    batch_id,
+                    added,
+                    state=BatchState.PUBLISHING.value,
+                    loader_seen_at=time.time(),
                 )
         except BaseException:
             # Best effort: with the database away, the next submit removes it.
             with contextlib.suppress(Exception):
                 self._drop_batch(batch_id)
             raise
-        self._publish_batch(batch_id, chunk_rows)
-        return SubmitResult(batch_id, manifest.rows, added, duplicates)
-
-    def _submit_whole(
-        self,
-        manifest: Manifest,
-        name: str,
-        defaults: dict[str, Any],
-        max_attempts: int,
-        extra_json: list[str | None],
-        now: float,
-    ) -> SubmitResult:
-        rows = [
-            (
-                None,
-                s.fingerprint(),
-                JobStatus.PENDING.value,
-                *(getattr(s, c) for c in _SPEC_COLUMNS),
-                extra_json[i],
-                0,
-                max_attempts,
-                now,
-            )
-            for i, s in enumerate(manifest.jobs)
-        ]
-        with self._tx(write=True) as conn:
-            batch_id = conn.execute(
-                insert(Batch)
-                .values(
-                    name=name,
-                    manifest_path=manifest.path,
-                    manifest_sha256=manifest.sha256,
-                    rows=manifest.rows,
-                    job_count=0,
-                    duplicates=0,
-                    defaults_json=json.dumps(defaults, sort_keys=True),
-                    created_at=now,
-                    state=BatchState.READY.value,
-                )
-                .returning(Batch.id)
-            ).scalar_one()
-            rows = [(batch_id, *r[1:]) for r in rows]
-            added = conn.exec_driver_sql(_INSERT_JOBS, rows).rowcount if rows else 0
-            duplicates = len(rows) - added
-            if added == 0:
-                conn.execute(delete(Batch).where(Batch.id == batch_id))
-                return SubmitResult(None, manifest.rows, 0, duplicates)
-            conn.execute(
-                update(Batch)
-                .where(Batch.id == batch_id)
-                .values(job_count=added, duplicates=duplicates)
-            )
-        return SubmitResult(batch_id, manifest.rows, added, duplicates)
+        if result.batch_id is not None:
+            self._publish_batch(batch_id, chunk_rows)
+        return result
 
     def _publish_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Make a fully loaded batch's jobs pending, a chunk per transaction, then the batch

@@ -197,22 +197,26 @@ class LeasesMixin(StoreBase):
                         keep.add(attempt_id)
         return keep
 
-    def image_lost(self, job_id: int, sha256: str, error: str) -> bool:
-        """A succeeded job's image vanished before it was published (its staged file is
-        gone): the job goes back to pending, its succeeded attempt is marked lost."""
+    def image_lost(self, job_id: int, error: str, *, sha256: str | None = None) -> bool:
+        """A succeeded job's image is gone or damaged: the job goes back to pending (a fresh
+        attempt budget: not its fault) and its succeeded attempt is marked lost. With
+        ``sha256``, only while that image is still unpublished (recovery found its staged
+        bytes gone); without, whatever its state (``verify --repair`` found the file bad)."""
+        cond = (Job.id == job_id) & (Job.status == JobStatus.SUCCEEDED.value)
+        if sha256 is not None:
+            cond = cond & (Job.output_sha256 == sha256) & Job.published_at.is_(None)
         with self._tx(write=True) as conn:
             n = conn.execute(
                 update(JOBS)
-                .where(Job.id == job_id)
-                .where(Job.status == JobStatus.SUCCEEDED.value)
-                .where(Job.output_sha256 == sha256)
-                .where(Job.published_at.is_(None))
+                .where(cond)
                 .values(
                     status=JobStatus.PENDING.value,
-                    attempts=Job.attempts - 1,
+                    attempts=0,
                     output_path=None,
                     output_sha256=None,
+                    published_at=None,
                     finished_at=None,
+                    not_before=None,
                     last_error=error,
                 )
             ).rowcount

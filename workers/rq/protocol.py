@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from orchestrator import faults
+from workers.task import RESULT_COUNTS, RESULT_TEXT, RESULT_TIMINGS
 
 PREFIX = "orchestrate"
 TASK = "workers.rq.worker.generate"  # the only function a worker will execute
@@ -162,18 +163,10 @@ def rq_job_id(value: Any) -> tuple[str, int, int]:
     return rq_id, int(m[1]), int(m[2])
 
 
-# What a result may report, and its type; the store keeps these (see RESULT_COLUMNS).
-_RESULT_TEXT = ("backend", "device", "dtype")
-_RESULT_INT = ("torch_threads", "unet_evaluations", "width", "height")
-_RESULT_NUMBERS = (
-    "load_s",
-    "text_encode_s",
-    "denoise_s",
-    "decode_s",
-    "encode_s",
-    "total_s",
-    "peak_mem_mb",
-)
+# What a result may report, and its type: the task's own result fields.
+_RESULT_TEXT = RESULT_TEXT
+_RESULT_INT = RESULT_COUNTS
+_RESULT_NUMBERS = RESULT_TIMINGS
 
 
 def check_result(value: Any) -> dict[str, Any]:
