@@ -427,8 +427,9 @@ class Coordinator:
             self._emit(JobEvent(job_id, "failed", 0.0, error="image over the size limit"))
             return
         if size == 0 or size != event.size:
+            # Counted: a worker that keeps sending bad images must not loop for ever.
             why = "missing" if size == 0 else f"of {size} bytes, not the {event.size} announced"
-            self.store.lose(claim, f"image {why} in Redis", count_attempt=False)
+            self.store.lose(claim, f"image {why} in Redis", count_attempt=True)
             logger.error("job %s: image %s in Redis; dispatching again", job_id, why)
             return
         delivery = self.results.delivery(
@@ -437,7 +438,7 @@ class Coordinator:
         try:
             published = delivery.advance()
         except ImageMismatch as exc:
-            self.store.lose(claim, f"image corrupt in Redis: {exc}", count_attempt=False)
+            self.store.lose(claim, f"image corrupt in Redis: {exc}", count_attempt=True)
             logger.error("job %s: image corrupt in Redis; dispatching again", job_id)
             self.redis.delete(key)
             return

@@ -76,6 +76,9 @@ def test_a_job_naming_another_function_is_never_executed(
         job.latest_result().exc_string or ""
     )
     assert Job.fetch(pickled.id, connection=conn).get_status() == "failed"
+    # each refusal is reported to the coordinator, which counts it with the dead letters
+    refused = [proto.decode_event(e) for e in conn.lrange(proto.EVENTS_KEY, 0, -1)]
+    assert sorted(e.rq_id for e in refused if e.type == "refused") == sorted([evil.id, pickled.id])
 
 
 def test_return_values_are_plain_json() -> None:
