@@ -34,6 +34,7 @@ GUIDANCE_LIMITS = (0.0, 50.0)
 QUANTIZATIONS = ("fp16", "8bit", "6bit", "4bit")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
 MAX_PROMPT_CHARS = 10_000
+MAX_JOBS = 1_000_000  # jobs one submit may expand to (a few hundred MB while validated)
 MAX_OUTPUT_NAME = 120
 OUTPUT_NAME_FIELDS = ("seed", "index", "line", "steps", "scheduler", "width", "height")
 EXTRA_PREFIX = "meta_"
@@ -100,6 +101,33 @@ class Manifest:
     sha256: str
     rows: int
     jobs: list[JobSpec]
+
+
+def job_limits(job: dict[str, object]) -> list[str]:
+    """What in a job from elsewhere (a PNG's metadata) is outside a manifest's limits."""
+    problems = []
+    for name, (low, high) in (
+        ("steps", INT_LIMITS["steps"]),
+        ("width", INT_LIMITS["size"]),
+        ("height", INT_LIMITS["size"]),
+        ("seed", (0, SEED_MAX)),
+    ):
+        value = job.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(f"{name} must be a whole number from {low} to {high} (got {value!r})")
+    g = job.get("guidance_scale")
+    if (
+        isinstance(g, bool)
+        or not isinstance(g, int | float)
+        or not (GUIDANCE_LIMITS[0] <= g <= GUIDANCE_LIMITS[1])
+    ):
+        problems.append(
+            f"guidance_scale must be from {GUIDANCE_LIMITS[0]:g} to {GUIDANCE_LIMITS[1]:g} (got {g!r})"
+        )
+    prompt = job.get("prompt")
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        problems.append(f"prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+    return problems
 
 
 def derived_seed(prompt: str, negative_prompt: str) -> int:
@@ -256,8 +284,11 @@ def parse_manifest(
     *,
     extra_columns: Iterable[str] = (),
     native_size: Callable[[str], tuple[int, int]] | None = None,
+    max_jobs: int = MAX_JOBS,
 ) -> Manifest:
-    """Validate and expand a manifest; raise ManifestError listing every problem."""
+    """Validate and expand a manifest; raise ManifestError listing every problem. A manifest
+    that expands past ``max_jobs`` jobs is refused at the row that crosses the limit, before
+    the rest is expanded."""
     defaults = defaults or Defaults()
     content = data.encode("utf-8") if isinstance(data, str) else data
     text = _decode(content, path) if isinstance(data, bytes) else data.lstrip("\ufeff")
@@ -285,6 +316,7 @@ def parse_manifest(
     sizes: dict[str, tuple[int, int]] = {}
 
     jobs: list[JobSpec] = []
+    expanded = 0
     rows = 0
     last_line = reader.line_num
     while True:
@@ -392,6 +424,17 @@ def parse_manifest(
             )
             continue
         extra = {name: cells[i] for i, name in extra_names if i < len(cells) and cells[i] != ""}
+        if expanded + count > max_jobs:
+            if expanded <= max_jobs:
+                row.fail(
+                    "num_images" if count > 1 else None,
+                    cell("num_images") if count > 1 else None,
+                    f"expands the manifest past {max_jobs:,} jobs (the limit of one submit; "
+                    "--max-total-jobs raises it)",
+                )
+                expanded = max_jobs + 1
+            continue
+        expanded += count
         for k in range(count):
             jobs.append(
                 JobSpec(
@@ -427,6 +470,7 @@ def load_manifest(
     *,
     extra_columns: Iterable[str] = (),
     native_size: Callable[[str], tuple[int, int]] | None = None,
+    max_jobs: int = MAX_JOBS,
 ) -> Manifest:
     """Read and validate a manifest file."""
     p = Path(path)
@@ -437,7 +481,12 @@ def load_manifest(
             [ManifestIssue(str(path), 0, None, None, f"cannot be read: {exc.strerror}")]
         ) from None
     return parse_manifest(
-        data, str(path), defaults, extra_columns=extra_columns, native_size=native_size
+        data,
+        str(path),
+        defaults,
+        extra_columns=extra_columns,
+        native_size=native_size,
+        max_jobs=max_jobs,
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
+from orchestrator.manifest import job_limits
 from orchestrator.output import write_atomic
 from workers.task import REQUEST_FIELDS
 
@@ -73,6 +74,10 @@ def read_recorded(path: Path) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
     missing = [k for k in JOB_FIELDS if k not in job]
     if missing:
         raise UsageError(f"{path}: the recorded job lacks {', '.join(missing)}")
+    problems = job_limits(job)
+    if problems:
+        # The same limits as a manifest's: crafted metadata must not run for ever.
+        raise UsageError(f"{path}: the recorded job is out of bounds: {'; '.join(problems)}")
     return data, job, run
 
 

@@ -20,6 +20,7 @@ from orchestrator.config import (
 )
 from orchestrator.errors import ManifestError, TransientError, UsageError
 from orchestrator.manifest import (
+    MAX_JOBS,
     QUANTIZATIONS,
     VARIANT_NAME,
     Defaults,
@@ -105,6 +106,12 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(1, 100),
             default=DEFAULT_MAX_ATTEMPTS,
             help="Tries per job before it fails.",
+        ),
+        option(
+            "--max-total-jobs",
+            type=click.IntRange(1),
+            default=MAX_JOBS,
+            help="Refuse a manifest that expands to more jobs than this (named at its row).",
         ),
         option(
             "--extra-column",

@@ -44,7 +44,12 @@ from orchestrator.manifest import (
 @pass_state
 def submit(state: State, manifest: str, as_json: bool, **kw: Any) -> None:
     """Validate MANIFEST and load its jobs into the queue."""
-    m = load_manifest(manifest, defaults_from(kw), extra_columns=kw["extra_columns"])
+    m = load_manifest(
+        manifest,
+        defaults_from(kw),
+        extra_columns=kw["extra_columns"],
+        max_jobs=kw["max_total_jobs"],
+    )
     report_submit(submit_manifest(state, m, Path(manifest).name, kw), as_json)
 
 
@@ -99,7 +104,12 @@ def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> No
     configure_logging(ctx.find_root().meta["verbose"])
     scope = None
     if manifest:
-        m = load_manifest(manifest, defaults_from(kw), extra_columns=kw["extra_columns"])
+        m = load_manifest(
+            manifest,
+            defaults_from(kw),
+            extra_columns=kw["extra_columns"],
+            max_jobs=kw["max_total_jobs"],
+        )
         result = submit_manifest(state, m, Path(manifest).name, kw)
         report_submit(result)
         scope = manifest_scope(state.store(), m, result)

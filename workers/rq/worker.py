@@ -159,6 +159,8 @@ class OrchestrateWorker(SimpleWorker):
         self.stats = WorkerStatsRQ()
         self._current: dict[str, Any] | None = None
         self._outage: str | None = None  # the Redis error being waited out, if any
+        self.no_queue_warning_s = 60.0
+        self._warned_no_queue = False
 
     def validate_queues(self) -> None:
         """Queues are found at run time (the coordinator creates one per model)."""
@@ -300,12 +302,29 @@ class OrchestrateWorker(SimpleWorker):
                         return found
                 else:
                     time.sleep(self.block_seconds)  # no queue exists yet: nothing to block on
+                    self._no_queue_for(time.monotonic() - idle_since)
                 self._redis_up()
                 wait = 1.0
             except _redis_errors() as exc:
                 self._redis_down(exc, wait)
                 time.sleep(wait)
                 wait = min(wait * 2, 5.0)
+
+    def _no_queue_for(self, seconds: float) -> None:
+        """Say once when this Redis database has had no queue of an orchestrate coordinator
+        for a while: a worker pointed at the wrong database would otherwise wait in silence."""
+        if seconds < self.no_queue_warning_s or self._warned_no_queue:
+            return
+        self._warned_no_queue = True
+        where = self.connection.connection_pool.connection_kwargs
+        logger.warning(
+            "no queue of an orchestrate coordinator on Redis %s:%s database %s for %.0f s: is "
+            "the coordinator running, and on the same Redis URL and database number?",
+            where.get("host", where.get("path", "?")),
+            where.get("port", ""),
+            where.get("db", 0),
+            seconds,
+        )
 
     def _dequeue(self, queues: list[Queue], timeout: int | None) -> tuple[Job, Queue] | None:
         return self.queue_class.dequeue_any(
