@@ -65,12 +65,6 @@ def cli(argv: Sequence[str] | None = None) -> None:
     except OrchestratorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except Exception as exc:
-        foreign = _foreign_error(exc)
-        if foreign is None:
-            raise
-        click.echo(f"error: {foreign.args[0]}", err=True)
-        sys.exit(foreign.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -81,6 +75,12 @@ def cli(argv: Sequence[str] | None = None) -> None:
         raise
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # last: only what the clauses above did not take
+        foreign = _foreign_error(exc)
+        if foreign is None:
+            raise
+        click.echo(f"error: {foreign.args[0]}", err=True)
+        sys.exit(foreign.exit_code)
 
 
 def _foreign_error(exc: Exception) -> OrchestratorError | None:

@@ -49,11 +49,19 @@ class State:
 
         return database_url(self.db)
 
-    def store(self) -> Any:
+    def store(self, *, existing: bool = False) -> Any:
+        """The job store; with ``existing``, refuse to create a database that is not there
+        (commands that only read or act on jobs: an empty new database would only mislead)."""
         if self._store is None:
-            from orchestrator.database import open_engine
+            from orchestrator.database import open_engine, sqlite_path
             from orchestrator.store import JobStore
 
+            path = sqlite_path(self.url)
+            if existing and path is not None and not path.exists():
+                raise UsageError(
+                    f"no job database at {path}: run `orchestrate submit` or `run` here first, "
+                    "or name one with --db / ORCHESTRATE_DB"
+                )
             self._store = JobStore(open_engine(self.url))
         return self._store
 

@@ -11,6 +11,7 @@ import click
 
 from orchestrator.cli import main
 from orchestrator.cli.common import State, option, pass_state
+from orchestrator.errors import UsageError
 
 DEFAULT_WATCH_SECONDS = 2.0
 
@@ -68,8 +69,10 @@ def status(
     """
     from orchestrator.status import overview
 
-    store = state.store()
+    store = state.store(existing=True)
     rich = not as_json and not plain and sys.stdout.isatty()
+    if batch_id is not None and all(b["id"] != batch_id for b in store.batches()):
+        raise UsageError(f"no batch {batch_id}")
     if watch is None:
         data = overview(store, batch_id)
         if as_json:
@@ -160,4 +163,4 @@ def dashboard(state: State, host: str, port: int, refresh_s: float) -> None:
         click.echo(f"dashboard on {url} (Ctrl-C stops it)")
         sys.stdout.flush()
 
-    serve(state.store(), host, port, refresh_s=refresh_s, on_ready=ready)
+    serve(state.store(existing=True), host, port, refresh_s=refresh_s, on_ready=ready)

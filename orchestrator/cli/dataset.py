@@ -40,7 +40,7 @@ def export(
     from orchestrator.export import export_dataset
 
     result = export_dataset(
-        state.store(),
+        state.store(existing=True),
         Path(outdir).expanduser().absolute(),
         fmt,
         batch_id=batch_id,

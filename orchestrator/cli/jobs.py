@@ -40,7 +40,7 @@ def jobs_list(
     state: State, batch_id: int | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List jobs."""
-    rows = state.store().list_jobs(batch_id=batch_id, status=status, limit=limit)
+    rows = state.store(existing=True).list_jobs(batch_id=batch_id, status=status, limit=limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -62,7 +62,7 @@ def jobs_list(
 @pass_state
 def jobs_show(state: State, job_id: int, as_json: bool) -> None:
     """Show one job with its attempts and stage timings."""
-    job = state.store().get_job(job_id)
+    job = state.store(existing=True).get_job(job_id)
     if as_json:
         click.echo(json.dumps(job, indent=2, ensure_ascii=False))
         return
@@ -97,7 +97,7 @@ def jobs_retry(
     state: State, job_ids: Sequence[int], batch_id: int | None, all_failed: bool
 ) -> None:
     """Put failed or cancelled jobs back in the queue."""
-    store = state.store()
+    store = state.store(existing=True)
     if all_failed:
         # By condition, in short transactions: no list of ids (SQLite caps a statement's
         # variables at 32,766 in many builds), no long write lock.
@@ -113,7 +113,7 @@ def jobs_retry(
 @pass_state
 def jobs_cancel(state: State, job_ids: Sequence[int], batch_id: int | None) -> None:
     """Cancel pending or running jobs (a running one stops at its worker's next lease renewal)."""
-    n = state.store().cancel(list(job_ids), batch_id=batch_id)
+    n = state.store(existing=True).cancel(list(job_ids), batch_id=batch_id)
     click.echo(f"{n} jobs cancelled")
 
 
@@ -171,7 +171,7 @@ def verify_cmd(state: State, repair: bool, as_json: bool) -> None:
     """
     from orchestrator.verify import verify
 
-    report = verify(state.store(), state.output, repair=repair)
+    report = verify(state.store(existing=True), state.output, repair=repair)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, default=str))
     else:

@@ -163,3 +163,18 @@ def test_verify_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert "repaired: 1 jobs with a missing or damaged image put back to pending" in repaired
     cli("run")
     assert cli("verify").returncode == 0
+
+
+def test_read_only_commands_never_create_a_database(cli: Cli, tmp_path: Path) -> None:
+    for args in (
+        ("status",),
+        ("jobs", "list"),
+        ("verify",),
+        ("export", "out", "--format", "parquet"),
+    ):
+        proc = cli(*args, check=2)
+        assert "no job database at" in proc.stderr, args
+    assert not (tmp_path / "orchestrate.db").exists()
+    write(tmp_path / "j.csv", "prompt\na\n")
+    cli("submit", "j.csv")
+    assert "no batch 99" in cli("status", "--batch", "99", check=2).stderr
