@@ -89,7 +89,6 @@ def test_sigkill_of_a_worker_mid_job_is_retried_elsewhere_once(rcli: Cli, tmp_pa
         time.sleep(0.3)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-        killed_at = time.monotonic()
         rescuer = rcli.popen("worker", "--name", "rescuer", "--heartbeat", "0.5", log="rescuer.log")
         try:
             assert coord.wait(180) == 0, (tmp_path / "coord.log").read_text()
@@ -102,9 +101,7 @@ def test_sigkill_of_a_worker_mid_job_is_retried_elsewhere_once(rcli: Cli, tmp_pa
             db, "SELECT worker FROM attempts WHERE job_id = ? AND status = 'succeeded'", job
         )
         assert rescued == [("rescuer",)]
-        # recovery: three missed heartbeats (1.5 s) plus --lost-after (1 s), give or take a loop
-        recovery = lost[0][2] - (time.time() - (time.monotonic() - killed_at))
-        assert recovery < 10, recovery
+        # (how long recovery takes is measured by benchmarks/recovery.py, not asserted here)
     finally:
         stop(coord, victim)
 
