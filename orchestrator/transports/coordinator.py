@@ -156,7 +156,7 @@ class Coordinator:
                 except redis.exceptions.RedisError as exc:
                     self._pause(f"Redis: {exc}")
                     self._stop.wait(wait)
-                    wait = min(wait * 2, 30.0)
+                    wait = min(wait * 2, 5.0)
                     continue
                 except TransientError as exc:
                     self._pause(str(exc))
