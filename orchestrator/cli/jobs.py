@@ -21,6 +21,25 @@ def jobs() -> None:
     """List, show, retry and cancel jobs."""
 
 
+# The job's columns that hold UNIX times, shown as local date and time.
+_TIMES = (
+    "created_at",
+    "started_at",
+    "finished_at",
+    "not_before",
+    "lease_expires_at",
+    "published_at",
+)
+
+
+def _when(ts: float | None) -> str:
+    import datetime
+
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _short(text: str, n: int) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -40,7 +59,11 @@ def jobs_list(
     state: State, batch_id: int | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List jobs."""
-    rows = state.store(existing=True).list_jobs(batch_id=batch_id, status=status, limit=limit)
+    rows = state.store(existing=True).list_jobs(batch_id=batch_id, status=status, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if more:
+        click.echo(f"(the first {limit} jobs; there are more: --limit N shows more)", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -68,7 +91,7 @@ def jobs_show(state: State, job_id: int, as_json: bool) -> None:
         return
     attempts = job.pop("attempt_rows")
     for k, v in job.items():
-        click.echo(f"{k:>16}: {v}")
+        click.echo(f"{k:>16}: {_when(v) if k in _TIMES and v is not None else v}")
     for a in attempts:
         timing = ", ".join(
             f"{k[:-2]} {a[k]:.3f}s"
@@ -76,7 +99,8 @@ def jobs_show(state: State, job_id: int, as_json: bool) -> None:
             if a[k] is not None
         )
         click.echo(
-            f"attempt {a['number']}: {a['status']} on {a['worker']} ({a['backend'] or '-'} {a['device'] or ''}) {timing}"
+            f"attempt {a['number']}: {a['status']} on {a['worker']} ({a['backend'] or '-'} "
+            f"{a['device'] or ''}) from {_when(a['started_at'])} to {_when(a['finished_at'])} {timing}"
         )
         if a["error"]:
             click.echo(f"    error: {a['error']}")

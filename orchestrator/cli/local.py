@@ -182,9 +182,10 @@ def _work_and_report(
             "see `orchestrate jobs list --status failed`; `orchestrate jobs retry --failed` tries them again",
             err=True,
         )
-    if worker.stopping and counts["succeeded"] != total:
+    finished = counts["succeeded"] + counts["cancelled"]  # a job the user cancelled is no failure
+    if worker.stopping and finished != total:
         return 130
-    return 0 if counts["succeeded"] == total else 1
+    return 0 if finished == total and counts["failed"] == 0 else 1
 
 
 @main.command()

@@ -274,9 +274,8 @@ class LocalWorker:
             lambda: self.store.fail(claim, error, retryable=not isinstance(exc, JobInputError)),
             "cannot record a failure",
         )
-        logger.warning(
-            "job %s failed: %s", job_id, error, extra={**log_extra, "action": "job_failed"}
-        )
+        # INFO: the progress line (or the service log, at INFO) says it once.
+        logger.info("job %s failed: %s", job_id, error, extra={**log_extra, "action": "job_failed"})
         if status == "failed":
             self.stats.failed += 1
         retry_in = backoff_seconds(claim.job["attempt"]) if status == "pending" else None

@@ -162,6 +162,10 @@ class DashboardApp:
             ("Content-Length", str(len(response.body))),
             ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "same-origin"),
+            # No other page may frame this one (a framed retry/cancel button is a click away
+            # from being pressed by someone else's page).
+            ("X-Frame-Options", "DENY"),
+            ("Content-Security-Policy", "frame-ancestors 'none'"),
             *response.headers,
         ]
         start_response(response.status, headers)

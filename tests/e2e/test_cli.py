@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from contextlib import closing
@@ -95,6 +96,14 @@ def test_submit_then_work_then_inspect_jobs(cli: Cli, tmp_path: Path) -> None:
     ]
     shown = cli("jobs", "show", "4").stdout
     assert "attempt 1: succeeded on" in shown and "denoise" in shown
+    # times as people read them, not UNIX seconds
+    assert re.search(r"finished_at: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n", shown), shown
+    # a listing cut short says so
+    short = cli("jobs", "list", "--limit", "2")
+    assert len(short.stdout.splitlines()) == 3 and "there are more" in short.stderr
+    assert "there are more" not in cli("jobs", "list").stderr
+    # a cancelled job is not a failure of the run
+    assert cli("run").returncode == 0
     assert cli("jobs", "retry", "2").stdout.strip() == "1 jobs back in the queue"
     assert cli("run").returncode == 0
     assert cli.json("status")["counts"]["succeeded"] == 4

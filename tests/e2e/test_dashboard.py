@@ -302,6 +302,15 @@ def test_actions_need_the_page_token_and_a_local_host(dash: Dashboard) -> None:
     assert status == 200 and dash.store.get_job(4)["status"] == "pending"
 
 
+def test_no_other_page_may_frame_the_dashboard(dash: Dashboard) -> None:
+    import urllib.request
+
+    for path in ("/", "/failures", "/api/overview"):
+        with urllib.request.urlopen(dash.url + path, timeout=WAIT_S) as resp:
+            assert resp.headers["X-Frame-Options"] == "DENY", path
+            assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+
+
 def test_dashboard_command(tmp_path: Path, store: JobStore, db_url: str) -> None:
     populate(store, tmp_path / "out")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}

@@ -144,8 +144,7 @@ def test_unknown_recipe_variant_is_an_input_error(cache: PipelineCache) -> None:
         run_job({**JOB, "quantization": "recipe_x"}, cache)
 
 
-def test_missing_local_model_folder_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from workers.backends.diffusers import ModelLoadError
-
-    with pytest.raises(ModelLoadError, match="is not a diffusers folder"):
+def test_missing_local_model_folder_is_a_clear_error_not_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # An input error: the job fails at once instead of three times with backoff.
+    with pytest.raises(JobInputError, match="is not a diffusers folder"):
         run_job({**JOB, "model": str(tmp_path)}, PipelineCache())

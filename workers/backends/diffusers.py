@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workers.backends import GenerationRequest, GenerationResult, JobInterrupted, ModelLoadError
+from workers.backends import (
+    GenerationRequest,
+    GenerationResult,
+    JobInputError,
+    JobInterrupted,
+    ModelLoadError,
+)
 from workers.models import is_tiny, local_folder
 from workers.schedulers import build_scheduler
 from workers.tiny import ensure_tiny_model
@@ -58,7 +64,8 @@ def model_source(model: str) -> str:
     if folder is not None:
         return str(folder)
     if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists():
-        raise ModelLoadError(
+        # Retrying cannot help: the job fails at once (JobInputError), not three times.
+        raise JobInputError(
             f"model {model!r} is not a diffusers folder (no model_index.json there)"
         )
     return model  # a hub id: from_pretrained finds it in the local HF cache or downloads it
