@@ -44,7 +44,7 @@ def _arrow_type(column: str) -> str:
 COLUMNS: dict[str, str] = {
     "job_id": "int64",
     "batch_id": "int64",
-    **{name: _arrow_type(name) for name in JOB_FIELDS},
+    **{name: _arrow_type(name) for name in (*JOB_FIELDS, "tags")},
     **dict.fromkeys(EXPORT_TIMINGS, "float64"),
 }
 _SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name
@@ -119,9 +119,29 @@ def export_dataset(
     return _webdataset(rows, outdir, split, shard_size)
 
 
-def metadata(row: dict[str, Any]) -> dict[str, Any]:
-    """The metadata of one exported image: the job's generation fields, ids and timings."""
-    return {name: (row["id"] if name == "job_id" else row.get(name)) for name in COLUMNS}
+def _extra(row: dict[str, Any]) -> dict[str, str]:
+    """The manifest's own metadata columns of a job (``meta_*``, ``--extra-column``), under
+    names that cannot shadow ours."""
+    raw = json.loads(row.get("extra_json") or "{}")
+    return {(k if k not in COLUMNS else f"extra_{k}"): v for k, v in raw.items()}
+
+
+def columns_for(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The export's columns: ours, then every metadata column any of its jobs has (strings;
+    null where a job has none), so every row has the same keys and Parquet one schema."""
+    extra = sorted({k for row in rows for k in _extra(row)})
+    return {**COLUMNS, **dict.fromkeys(extra, "string")}
+
+
+def metadata(row: dict[str, Any], columns: dict[str, str] | None = None) -> dict[str, Any]:
+    """The metadata of one exported image: the job's generation fields, ids, tags, timings
+    and the manifest's own metadata columns."""
+    columns = columns or columns_for([row])
+    extra = _extra(row)
+    return {
+        name: row["id"] if name == "job_id" else extra[name] if name in extra else row.get(name)
+        for name in columns
+    }
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -170,6 +190,7 @@ def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
     """``folder/<job-id>.png`` and ``folder/metadata.jsonl`` (HF's imagefolder layout)."""
     folder.mkdir(parents=True, exist_ok=True)
     result = ExportResult("imagefolder", len(rows), folder)
+    columns = columns_for(rows)
     mode = _file_mode()
     lines = []
     names = set()
@@ -182,7 +203,7 @@ def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
             _publish(dst, src.read_bytes(), mode)
             result.copied += 1
             result.files.append(dst)
-        lines.append(_dumps({"file_name": name, **metadata(row)}) + "\n")
+        lines.append(_dumps({"file_name": name, **metadata(row, columns)}) + "\n")
     # Images of jobs no longer exported (another --batch, say) would be loaded without
     # metadata; only names of our own pattern are removed.
     for stale in sorted(folder.glob("*.png")):
@@ -198,11 +219,11 @@ def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
 # -- parquet ----------------------------------------------------------------------------------
 
 
-def _hf_features() -> dict[str, Any]:
+def _hf_features(columns: dict[str, str]) -> dict[str, Any]:
     """The ``datasets`` Features of the Parquet file, so ``image`` loads as an ``Image``."""
     dtypes = {"int64": "int64", "float64": "float64", "string": "string"}
     features: dict[str, Any] = {"image": {"_type": "Image"}}
-    for name, kind in COLUMNS.items():
+    for name, kind in columns.items():
         features[name] = {"dtype": dtypes[kind], "_type": "Value"}
     return features
 
@@ -214,10 +235,11 @@ def _parquet(rows: list[dict[str, Any]], path: Path) -> ExportResult:
 
     arrow_types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cols = columns_for(rows)
     schema = pa.schema(
-        [pa.field("image", image_type), *(pa.field(n, arrow_types[t]) for n, t in COLUMNS.items())],
+        [pa.field("image", image_type), *(pa.field(n, arrow_types[t]) for n, t in cols.items())],
         # The key `datasets` reads its Features from (what Dataset.to_parquet writes).
-        metadata={"huggingface": json.dumps({"info": {"features": _hf_features()}})},
+        metadata={"huggingface": json.dumps({"info": {"features": _hf_features(cols)}})},
     )
     with (
         _atomic_open(path) as fh,
@@ -240,8 +262,8 @@ def _parquet(rows: list[dict[str, Any]], path: Path) -> ExportResult:
                     for r in chunk
                 ]
             }
-            metas = [metadata(r) for r in chunk]
-            for name in COLUMNS:
+            metas = [metadata(r, cols) for r in chunk]
+            for name in cols:
                 columns[name] = [m[name] for m in metas]
             writer.write_table(pa.table(columns, schema=schema), row_group_size=_ROW_GROUP)
     return ExportResult("parquet", len(rows), path, [path])
@@ -266,6 +288,7 @@ def _webdataset(
     """``<split>-000000.tar``, ...: per sample ``{key}.png``, ``{key}.json``, ``{key}.txt``."""
     outdir.mkdir(parents=True, exist_ok=True)
     result = ExportResult("webdataset", len(rows), outdir)
+    columns = columns_for(rows)
     for shard, start in enumerate(range(0, len(rows), shard_size)):
         path = outdir / f"{split}-{shard:06d}.tar"
         with (
@@ -275,7 +298,7 @@ def _webdataset(
             for row in rows[start : start + shard_size]:
                 key = _key(row)
                 _tar_member(tar, f"{key}.png", Path(row["output_path"]).read_bytes())
-                _tar_member(tar, f"{key}.json", _dumps(metadata(row)).encode("utf-8"))
+                _tar_member(tar, f"{key}.json", _dumps(metadata(row, columns)).encode("utf-8"))
                 _tar_member(tar, f"{key}.txt", row["prompt"].encode("utf-8"))
         result.files.append(path)
     # Shards past the last one, left by an earlier export of more rows, would be read as part

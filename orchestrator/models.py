@@ -37,6 +37,8 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
     "output_name",
     "line",
     "image_index",
+    "tags",
+    "extra_json",  # the manifest's own metadata columns; a worker gets them as ``extra``
 )
 
 NAMING = {

@@ -62,3 +62,33 @@ def submit_text(store: JobStore, text: str, *, max_attempts: int = 3):  # type: 
 
 def worker(name: str = "w1") -> WorkerIdentity:
     return WorkerIdentity(name=name, host="testhost", pid=os.getpid())
+
+
+PAYLOAD_TOKEN = "ab" * 16
+
+
+def sample_payload(**extra: object) -> dict[str, object]:
+    """A job payload exactly as the coordinator makes one (before signing)."""
+    p: dict[str, object] = {
+        "id": 1,
+        "batch_id": 1,
+        "prompt": "p",
+        "negative_prompt": "",
+        "seed": 1,
+        "steps": 2,
+        "guidance_scale": 7.5,
+        "width": 64,
+        "height": 64,
+        "scheduler": "dpmpp_2m",
+        "model": "tiny",
+        "quantization": "fp16",
+        "output_name": "",
+        "line": 2,
+        "image_index": 0,
+        "tags": "",
+        "extra": {},
+        "attempt": 1,
+        "token": PAYLOAD_TOKEN,
+    }
+    p.update(extra)
+    return p

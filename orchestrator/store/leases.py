@@ -35,6 +35,7 @@ def _payload(row: Any, attempt: int) -> dict[str, Any]:
     job = {c: row[c] for c in JOB_PAYLOAD_COLUMNS}
     # Raw RETURNING rows skip SQLAlchemy's types; SQLite hands back 7.0 as 7.
     job["guidance_scale"] = float(job["guidance_scale"])
+    job["extra"] = json.loads(job.pop("extra_json") or "{}")
     job["attempt"] = attempt
     return job
 

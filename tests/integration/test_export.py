@@ -267,3 +267,34 @@ def test_cli_export_and_empty_database(
     assert (
         capsys.readouterr().err == "error: nothing to export: no succeeded jobs in the database\n"
     )
+
+
+def test_the_manifests_labels_reach_every_format(
+    store: JobStore, tmp_path: Path, hf_offline: Path
+) -> None:
+    """Tags and meta_* columns a user wrote are columns of the dataset (issue 12)."""
+    submit_text(
+        store,
+        "prompt,seed,tags,meta_split,meta_source\n"
+        "a fox,1,animal;red,train,web\n"
+        "a cat,2,animal,val,\n",
+    )
+    settings = WorkerSettings(output_dir=tmp_path / "out", burst=True, poll_seconds=0.05)
+    LocalWorker(store, settings, cache=PipelineCache(), runner=fake_runner).run()
+    expected = [
+        {"tags": "animal,red", "meta_split": "train", "meta_source": "web"},
+        {"tags": "animal", "meta_split": "val", "meta_source": None},
+    ]
+    from datasets import load_dataset
+
+    export_dataset(store, tmp_path / "if", "imagefolder")
+    lines = (tmp_path / "if" / "train" / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [{k: r[k] for k in expected[0]} for r in rows] == expected
+    pq = export_dataset(store, tmp_path / "pq", "parquet")
+    ds = load_dataset("parquet", data_files=str(pq.location), cache_dir=str(hf_offline))["train"]
+    assert [{k: r[k] for k in expected[0]} for r in ds] == expected
+    wds = export_dataset(store, tmp_path / "wds", "webdataset")
+    with tarfile.open(wds.files[0]) as tar:
+        meta = json.loads(tar.extractfile("000001.json").read())  # type: ignore[union-attr]
+    assert {k: meta[k] for k in expected[0]} == expected[0]

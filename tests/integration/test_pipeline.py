@@ -33,7 +33,10 @@ JOB = {
     "output_name": "",
     "line": 2,
     "image_index": 0,
-    "attempts": 1,
+    "tags": "coast,dawn",
+    "extra": {"meta_split": "train"},
+    "attempt": 1,
+    "token": "ab" * 16,
 }
 
 
@@ -73,7 +76,11 @@ def test_job_produces_png_with_metadata_and_timings(cache: PipelineCache) -> Non
     assert meta["parameters"].startswith(
         "a lighthouse, at dawn\nNegative prompt: blurry\nSteps: 6, Sampler: DPM++ 2M"
     )
-    assert meta["meta"]["job"]["seed"] == 7667
+    job = meta["meta"]["job"]
+    assert job["seed"] == 7667
+    # the labels a user wrote travel with the image; how this try was sent does not
+    assert (job["tags"], job["extra"]) == ("coast,dawn", {"meta_split": "train"})
+    assert "token" not in job and "attempt" not in job
     assert len(meta["meta"]["timings"]["step_times"]) == 6
     r = out.result
     assert r["unet_evaluations"] == 12  # classifier-free guidance: two per step

@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
 
 from tests import fake_workers
+from tests.conftest import sample_payload
 from tests.redis_server import RedisServer
 from workers.rq import protocol as proto
 
@@ -24,27 +25,7 @@ TOKEN = "ab" * 16
 
 
 def payload(**extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "id": 1,
-        "batch_id": 1,
-        "prompt": "p",
-        "negative_prompt": "",
-        "seed": 1,
-        "steps": 2,
-        "guidance_scale": 7.5,
-        "width": 64,
-        "height": 64,
-        "scheduler": "dpmpp_2m",
-        "model": "tiny",
-        "quantization": "fp16",
-        "output_name": "",
-        "line": 2,
-        "image_index": 0,
-        "attempt": 1,
-        "token": TOKEN,
-    }
-    p.update(extra)
-    return p
+    return sample_payload(**extra)
 
 
 class Hits(http.server.BaseHTTPRequestHandler):

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.manifest import COLUMNS, JobSpec
 from orchestrator.models import JOB_FIELDS, PAYLOAD_FIELDS, Job
 from orchestrator.transports.coordinator import _worker_row
+from tests.conftest import sample_payload
 from workers.backends import GenerationRequest
 from workers.rq import protocol as proto
 
@@ -90,27 +91,7 @@ def test_signatures() -> None:
 
 
 def payload(**extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "id": 1,
-        "batch_id": 1,
-        "prompt": "p",
-        "negative_prompt": "",
-        "seed": 1,
-        "steps": 20,
-        "guidance_scale": 7.5,
-        "width": 64,
-        "height": 64,
-        "scheduler": "dpmpp_2m",
-        "model": "tiny",
-        "quantization": "fp16",
-        "output_name": "",
-        "line": 2,
-        "image_index": 0,
-        "attempt": 1,
-        "token": TOKEN,
-    }
-    p.update(extra)
-    return p
+    return sample_payload(**extra)
 
 
 def test_payloads_are_exactly_the_coordinators() -> None:
@@ -152,4 +133,6 @@ def test_the_job_fields_are_spelled_once() -> None:
     columns = set(Job.__table__.columns.keys())
     assert set(PAYLOAD_FIELDS) <= columns
     assert {f.name for f in dataclasses.fields(JobSpec) if f.name != "extra"} <= columns
-    assert set(PAYLOAD_FIELDS) | {"attempt", "token"} == set(proto._PAYLOAD_TYPES)
+    # what the store sends, with the metadata as an object, plus the dispatch's own fields
+    sent = (set(PAYLOAD_FIELDS) - {"extra_json"}) | {"extra", "attempt", "token"}
+    assert sent == set(proto._PAYLOAD_TYPES)

@@ -300,9 +300,12 @@ _PAYLOAD_TYPES: dict[str, type] = {
     "output_name": str,
     "line": int,
     "image_index": int,
+    "tags": str,
+    "extra": dict,
     "attempt": int,
     "token": str,
 }
+MAX_EXTRA = 100  # metadata columns a payload may carry
 
 
 def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
@@ -322,6 +325,12 @@ def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
             fields[name] = _number(value, name)
         elif kind is int:
             _int(value, name, 0, 2**53)
+        elif kind is dict:
+            if not isinstance(value, dict) or len(value) > MAX_EXTRA:
+                raise BadMessage(f"{name} must be an object of at most {MAX_EXTRA} entries")
+            for k, v in value.items():
+                _text(k, f"{name} key", 255)
+                _text(v, f"{name}.{k[:40]}", 20_000)
         else:
             _text(value, name, 20_000)
     _hex(fields["token"], "token", 32)
