@@ -155,3 +155,14 @@ def test_missing_local_model_folder_is_a_clear_error_not_retried(tmp_path) -> No
     # An input error: the job fails at once instead of three times with backoff.
     with pytest.raises(JobInputError, match="is not a diffusers folder"):
         run_job({**JOB, "model": str(tmp_path)}, PipelineCache())
+
+
+def test_an_uncached_hub_id_offline_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.backends import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        run_job({**JOB, "model": "someone/not-cached-model"}, PipelineCache())
+    text = str(info.value)
+    assert "is not in this machine's Hugging Face cache" in text
+    assert "local_files_only" not in text and "stacktrace" not in text

@@ -84,6 +84,15 @@ def load_pipeline(source: str, dtype: Any) -> Any:
             source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError) as exc:
+        text = str(exc)
+        if not Path(source).exists() and ("cached" in text or "local_files_only" in text):
+            # diffusers' advice (pass local_files_only=False, see a stack trace we do not
+            # show) means nothing to a user of this tool; say what to do instead.
+            raise ModelLoadError(
+                f"model {source!r} is not in this machine's Hugging Face cache, and the hub "
+                "cannot be reached (offline, or HF_HUB_OFFLINE=1): download it where there "
+                f"is a network (`hf download {source}`) or give a local diffusers folder"
+            ) from exc
         raise ModelLoadError(
             f"cannot load a Stable Diffusion pipeline from {source}: {exc}"
         ) from exc
