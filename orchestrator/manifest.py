@@ -8,18 +8,31 @@ bad manifest is rejected whole. ``num_images = k`` expands one row into k jobs w
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import ManifestError, ManifestIssue
+from orchestrator.expansion import (
+    VARIANT_PREFIX,
+    ExpansionError,
+    Template,
+    Wildcards,
+    int_range,
+    parse_text,
+    split_list,
+)
 from orchestrator.models import JOB_FIELDS
+from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
 from workers.schedulers import SCHEDULER_NAMES
 
 SEED_MAX = 2**32 - 1
@@ -36,11 +49,43 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
 MAX_PROMPT_CHARS = 10_000
 MAX_JOBS = 1_000_000  # jobs one submit may expand to (a few hundred MB while validated)
 MAX_OUTPUT_NAME = 120
-OUTPUT_NAME_FIELDS = ("seed", "index", "line", "steps", "scheduler", "width", "height")
+MAX_OUTPUT_DIR = 200
+OUTPUT_NAME_FIELDS = (
+    "seed",
+    "index",
+    "line",
+    "steps",
+    "scheduler",
+    "width",
+    "height",
+    "guidance_scale",
+    "quantization",
+)
 EXTRA_PREFIX = "meta_"
 
 # The manifest's columns: a job's own fields, then how a row expands and is filed.
-COLUMNS = (*JOB_FIELDS, "num_images", "priority", "tags", "output_name")
+COLUMNS = (
+    *JOB_FIELDS,
+    "preset",
+    "num_images",
+    "priority",
+    "tags",
+    "output_dir",
+    "output_name",
+)
+# Columns whose cell may list values (``a|b``) that expand as a grid; seed and steps take ranges.
+GRID_COLUMNS = (
+    "preset",
+    "model",
+    "quantization",
+    "scheduler",
+    "steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+)
+RANGE_COLUMNS = ("seed", "steps")
 
 
 @dataclass(frozen=True)
@@ -56,6 +101,13 @@ class Defaults:
     height: int | None = None
     num_images: int = 1
     priority: int = 0
+    preset: str | None = None  # recorded; its values are already in the fields above
+
+    def with_preset(self, name: str, keep: Iterable[str] = ()) -> Defaults:
+        """These defaults under preset ``name``, except the fields in ``keep`` (given
+        explicitly, so they win over the preset)."""
+        values = {k: v for k, v in PRESETS[name].values().items() if k not in set(keep)}
+        return dataclasses.replace(self, preset=name, **values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -75,6 +127,7 @@ class JobSpec:
     priority: int = 0
     tags: str = ""
     output_name: str = ""
+    output_dir: str = ""
     line: int = 0
     image_index: int = 0
     extra: dict[str, str] = field(default_factory=dict)
@@ -148,6 +201,34 @@ def _check_output_name(value: str) -> str | None:
             "must be a plain file name (letters, digits, space, '_', '-', '.', {fields}); "
             "no '/', '\\', '..' or leading '.'"
         )
+    return _check_template(value)
+
+
+_OUTPUT_DIR_PART = re.compile(r"^[\w\-. {}]+$")
+
+
+def _check_output_dir(value: str) -> str | None:
+    """A folder under the output directory: relative parts of safe characters, never '..'."""
+    if len(value) > MAX_OUTPUT_DIR:
+        return f"must be at most {MAX_OUTPUT_DIR} characters"
+    parts = value.split("/")
+    if value.startswith(("/", "~")) or "\\" in value or ":" in value:
+        return "must be a folder relative to the output directory (no leading '/' or '~')"
+    for part in parts:
+        if (
+            not part
+            or part in (".", "..")
+            or part.startswith(".")
+            or not _OUTPUT_DIR_PART.match(part)
+        ):
+            return (
+                "must be folder names (letters, digits, space, '_', '-', '.', {fields}) joined "
+                "by '/'; no '..', no empty or hidden parts"
+            )
+    return _check_template(value)
+
+
+def _check_template(value: str) -> str | None:
     for name in _TEMPLATE_FIELD.findall(value):
         if name not in OUTPUT_NAME_FIELDS:
             return f"unknown field {{{name}}}; known: " + ", ".join(
@@ -156,6 +237,62 @@ def _check_output_name(value: str) -> str | None:
     if value.count("{") != value.count("}"):
         return "has an unbalanced '{' or '}'"
     return None
+
+
+class _RowFailed(Exception):
+    def __init__(self, column: str | None, value: str | None, message: str) -> None:
+        super().__init__(message)
+        self.column, self.value, self.message = column, value, message
+
+
+class _Resolver:
+    """A row's concrete job fields from its cells, its preset and the defaults; per-model
+    lookups (native size, the mixed-bit variant) are made once per manifest."""
+
+    def __init__(
+        self,
+        native_size: Callable[[str], tuple[int, int]],
+        mixed: Callable[[str], str],
+    ) -> None:
+        self.native_size = native_size
+        self.mixed = mixed
+        self._sizes: dict[str, tuple[int, int]] = {}
+        self._mixed: dict[str, str | ExpansionError] = {}
+
+    def resolve(self, values: dict[str, object], defaults: Defaults) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "model": defaults.model,
+            "quantization": defaults.quantization,
+            "scheduler": defaults.scheduler,
+            "steps": defaults.steps,
+            "guidance_scale": defaults.guidance_scale,
+            "width": defaults.width,
+            "height": defaults.height,
+            "seed": None,
+        }
+        preset = values["preset"]
+        if preset is not None:
+            base.update(PRESETS[str(preset)].values())
+        spec = {k: (values[k] if values[k] is not None else v) for k, v in base.items()}
+        spec["preset"] = preset or defaults.preset
+        model = str(spec["model"])
+        if spec["quantization"] == MIXED:
+            if model not in self._mixed:
+                try:
+                    self._mixed[model] = self.mixed(model)
+                except ValueError as exc:
+                    self._mixed[model] = ExpansionError(str(exc))
+            found = self._mixed[model]
+            if isinstance(found, ExpansionError):
+                column = "quantization" if values["quantization"] else "preset"
+                raise _RowFailed(column, str(values[column] or preset or ""), str(found))
+            spec["quantization"] = found
+        if spec["width"] is None or spec["height"] is None:
+            if model not in self._sizes:
+                self._sizes[model] = self.native_size(model)
+            spec["width"] = spec["width"] or self._sizes[model][0]
+            spec["height"] = spec["height"] or self._sizes[model][1]
+        return spec
 
 
 class _RowChecker:
@@ -219,6 +356,75 @@ class _RowChecker:
         self.fail(column, raw, "must be one of " + ", ".join(allowed) + hint)
         return None
 
+    def quantization(self, column: str, raw: str) -> str | None:
+        value = raw.strip()
+        if value.lower() in (*QUANTIZATIONS, MIXED):
+            return value.lower()
+        if VARIANT_NAME.match(value):
+            return value
+        self.fail(
+            column,
+            raw,
+            "must be fp16, 8bit, 6bit, 4bit, mixed or a recipe name "
+            "(letters, digits, '_', '-', '.')",
+        )
+        return None
+
+    def value(self, column: str, raw: str) -> object | None:
+        """One value of a grid column, or None (and an issue) when it is bad."""
+        if column == "seed":
+            hint = "; leave it empty for a seed derived from the prompt"
+            return self.integer(column, raw, 0, SEED_MAX, hint)
+        if column == "steps":
+            return self.integer(column, raw, *INT_LIMITS["steps"])
+        if column == "guidance_scale":
+            return self.number(column, raw, *GUIDANCE_LIMITS)
+        if column in ("width", "height"):
+            return self.size(column, raw)
+        if column == "scheduler":
+            return self.choice(column, raw, SCHEDULER_NAMES)
+        if column == "preset":
+            return self.choice(column, raw, PRESET_NAMES)
+        if column == "quantization":
+            return self.quantization(column, raw)
+        return raw.strip()  # model
+
+    def axis(self, column: str, raw: str, defaults: Defaults) -> Sequence[object]:
+        """A grid column's values: ``[None]`` for an empty cell (the default), a list for
+        ``a|b``, a range for ``lo-hi`` in seed or steps."""
+        text = raw.strip()
+        if not text:
+            return [None]
+        bounds = int_range(text) if column in RANGE_COLUMNS else None
+        if bounds is not None:
+            lo, hi = bounds
+            if lo > hi:
+                self.fail(column, raw, f"is a range that runs backwards ({lo} > {hi})")
+                return [None]
+            if self.value(column, str(lo)) is None or self.value(column, str(hi)) is None:
+                return [None]
+            return range(lo, hi + 1)
+        values = []
+        for item in split_list(text):
+            if not item.strip():
+                self.fail(column, raw, "has an empty value in its list (values go 'a|b|c')")
+                return [None]
+            value = self.value(column, item)
+            if value is None:
+                return [None]
+            if value in values:
+                self.fail(column, raw, f"lists {item.strip()!r} twice")
+                return [None]
+            values.append(value)
+        return values
+
+    def template(self, column: str, text: str, wildcards: Wildcards) -> Template | None:
+        try:
+            return parse_text(text, column, wildcards)
+        except ExpansionError as exc:
+            self.fail(column, text, str(exc))
+            return None
+
 
 def _decode(data: bytes, path: str) -> str:
     try:
@@ -253,7 +459,14 @@ def _header_columns(
             names.append(None)
             continue
         seen.add(name)
-        if name in COLUMNS or name.startswith(EXTRA_PREFIX) or name in declared:
+        if name.startswith(VARIANT_PREFIX):
+            issues.append(
+                ManifestIssue(
+                    path, 1, cell, None, f"'{VARIANT_PREFIX}*' names are kept for grid variants"
+                )
+            )
+            names.append(None)
+        elif name in COLUMNS or name.startswith(EXTRA_PREFIX) or name in declared:
             names.append(name)
         elif not name:
             issues.append(ManifestIssue(path, 1, cell, None, "header has an empty column name"))
@@ -285,10 +498,15 @@ def parse_manifest(
     extra_columns: Iterable[str] = (),
     native_size: Callable[[str], tuple[int, int]] | None = None,
     max_jobs: int = MAX_JOBS,
+    wildcard_dir: Path | None = None,
+    mixed_variant: Callable[[str], str] = nearest_mixed,
+    expand_prompts: bool = True,
 ) -> Manifest:
     """Validate and expand a manifest; raise ManifestError listing every problem. A manifest
     that expands past ``max_jobs`` jobs is refused at the row that crosses the limit, before
-    the rest is expanded."""
+    the rest is expanded (a row's size is counted, not built). Wildcard files are read from
+    ``wildcard_dir`` (the manifest's folder); ``expand_prompts=False`` takes prompts as
+    written (one image: ``generate``)."""
     defaults = defaults or Defaults()
     content = data.encode("utf-8") if isinstance(data, str) else data
     text = _decode(content, path) if isinstance(data, bytes) else data.lstrip("\ufeff")
@@ -313,7 +531,8 @@ def parse_manifest(
     width = len(columns)
     index_of = {name: i for i, name in enumerate(columns) if name is not None}
     extra_names = [(i, n) for i, n in enumerate(columns) if n and n not in COLUMNS]
-    sizes: dict[str, tuple[int, int]] = {}
+    resolver = _Resolver(native_size, mixed_variant)
+    wildcards = Wildcards(wildcard_dir)
 
     jobs: list[JobSpec] = []
     expanded = 0
@@ -352,40 +571,12 @@ def parse_manifest(
             row.fail("prompt", prompt, f"must be at most {MAX_PROMPT_CHARS} characters")
         negative = cell("negative_prompt").strip()
 
-        raw = cell("seed")
-        seed: int | None = (
-            derived_seed(prompt, negative)
-            if not raw.strip()
-            else (
-                row.integer(
-                    "seed", raw, 0, SEED_MAX, "; leave it empty for a seed derived from the prompt"
-                )
-            )
-        )
-        raw = cell("steps")
-        steps = row.integer("steps", raw, *INT_LIMITS["steps"]) if raw.strip() else defaults.steps
-        raw = cell("guidance_scale")
-        guidance = (
-            row.number("guidance_scale", raw, *GUIDANCE_LIMITS)
-            if raw.strip()
-            else defaults.guidance_scale
-        )
-        raw = cell("scheduler")
-        scheduler = (
-            row.choice("scheduler", raw, SCHEDULER_NAMES) if raw.strip() else defaults.scheduler
-        )
-        model = cell("model").strip() or defaults.model
-        raw = cell("quantization").strip()
-        quantization: str | None = defaults.quantization
-        if raw:
-            quantization = raw.lower() if raw.lower() in QUANTIZATIONS else raw
-            if quantization not in QUANTIZATIONS and not VARIANT_NAME.match(raw):
-                row.fail(
-                    "quantization",
-                    raw,
-                    "must be fp16, 8bit, 6bit, 4bit or a recipe name (letters, digits, '_', '-', '.')",
-                )
-                quantization = None
+        if expand_prompts:
+            prompt_t = row.template("prompt", prompt, wildcards)
+            negative_t = row.template("negative_prompt", negative, wildcards)
+        else:
+            prompt_t, negative_t = Template((prompt,)), Template((negative,) if negative else ())
+        axes = {name: row.axis(name, cell(name), defaults) for name in GRID_COLUMNS}
         raw = cell("num_images")
         count = (
             row.integer("num_images", raw, *INT_LIMITS["num_images"])
@@ -404,60 +595,83 @@ def parse_manifest(
             problem = _check_output_name(output_name)
             if problem:
                 row.fail("output_name", output_name, problem)
-
-        raw_w, raw_h = cell("width"), cell("height")
-        w = row.size("width", raw_w) if raw_w.strip() else defaults.width
-        h = row.size("height", raw_h) if raw_h.strip() else defaults.height
-        if row.ok and (w is None or h is None):
-            if model not in sizes:
-                sizes[model] = native_size(model)
-            w = w or sizes[model][0]
-            h = h or sizes[model][1]
+        output_dir = cell("output_dir").strip().rstrip("/")
+        if output_dir:
+            problem = _check_output_dir(output_dir)
+            if problem:
+                row.fail("output_dir", output_dir, problem)
         if not row.ok:
             continue
-        assert seed is not None and steps is not None and guidance is not None
-        assert scheduler and quantization and count is not None and priority is not None
-        assert w is not None and h is not None
-        if seed + count - 1 > SEED_MAX:
-            row.fail(
-                "num_images", cell("num_images"), f"seed {seed} + num_images passes {SEED_MAX}"
-            )
-            continue
-        extra = {name: cells[i] for i, name in extra_names if i < len(cells) and cells[i] != ""}
-        if expanded + count > max_jobs:
+        assert prompt_t is not None and negative_t is not None
+        assert count is not None and priority is not None
+        size = prompt_t.size * negative_t.size * math.prod(len(v) for v in axes.values()) * count
+        if expanded + size > max_jobs:
             if expanded <= max_jobs:
+                sizes = [prompt_t.size, negative_t.size, *(len(v) for v in axes.values())]
+                shape = " x ".join(str(n) for n in (*sizes, count) if n > 1) or "1"
+                only_count = count > 1 and math.prod(sizes) == 1
                 row.fail(
-                    "num_images" if count > 1 else None,
-                    cell("num_images") if count > 1 else None,
-                    f"expands the manifest past {max_jobs:,} jobs (the limit of one submit; "
-                    "--max-total-jobs raises it)",
+                    "num_images" if only_count else None,
+                    cell("num_images") if only_count else None,
+                    f"expands the manifest past {max_jobs:,} jobs (this row: {size:,} = "
+                    f"{shape}; the limit of one submit; --max-total-jobs raises it)",
                 )
                 expanded = max_jobs + 1
             continue
-        expanded += count
-        for k in range(count):
-            jobs.append(
-                JobSpec(
-                    prompt=prompt,
-                    negative_prompt=negative,
-                    seed=seed + k,
-                    steps=steps,
-                    guidance_scale=guidance,
-                    width=w,
-                    height=h,
-                    scheduler=scheduler,
-                    model=model,
-                    quantization=quantization,
-                    priority=priority,
-                    tags=tags,
-                    output_name=output_name,
-                    line=line,
-                    image_index=k,
-                    extra=extra,
-                )
-            )
+        expanded += size
+        base_seed = derived_seed(prompt, negative)  # variants of one row share their seed
+        extra = {name: cells[i] for i, name in extra_names if i < len(cells) and cells[i] != ""}
+        start = len(jobs)
+        try:
+            for text, text_vars in prompt_t.expand():
+                for neg_text, neg_vars in negative_t.expand():
+                    for combo in itertools.product(*axes.values()):
+                        values = dict(zip(axes, combo, strict=True))
+                        spec = resolver.resolve(values, defaults)
+                        seed = base_seed if spec["seed"] is None else int(spec["seed"])
+                        if seed + count - 1 > SEED_MAX:
+                            raise _RowFailed(
+                                "num_images",
+                                cell("num_images"),
+                                f"seed {seed} + num_images passes {SEED_MAX}",
+                            )
+                        variants = {
+                            VARIANT_PREFIX + name: str(value)
+                            for name, value in values.items()
+                            if len(axes[name]) > 1
+                        }
+                        job_extra = {**extra, **text_vars, **neg_vars, **variants}
+                        if spec["preset"]:
+                            job_extra["preset"] = str(spec["preset"])
+                        for k in range(count):
+                            jobs.append(
+                                JobSpec(
+                                    prompt=text,
+                                    negative_prompt=neg_text,
+                                    seed=seed + k,
+                                    steps=int(spec["steps"]),
+                                    guidance_scale=float(spec["guidance_scale"]),
+                                    width=int(spec["width"]),
+                                    height=int(spec["height"]),
+                                    scheduler=str(spec["scheduler"]),
+                                    model=str(spec["model"]),
+                                    quantization=str(spec["quantization"]),
+                                    priority=priority,
+                                    tags=tags,
+                                    output_name=output_name,
+                                    output_dir=output_dir,
+                                    line=line,
+                                    image_index=k,
+                                    extra=job_extra,
+                                )
+                            )
+        except _RowFailed as exc:
+            del jobs[start:]
+            row.fail(exc.column, exc.value, exc.message)
 
     if issues:
+        # in file order: by line, then by the column's place in the header
+        issues.sort(key=lambda i: (i.line, index_of.get(i.column or "", -1)))
         raise ManifestError(issues)
     if not rows:
         raise ManifestError([ManifestIssue(path, 2, None, None, "has a header but no rows")])
@@ -487,6 +701,7 @@ def load_manifest(
         extra_columns=extra_columns,
         native_size=native_size,
         max_jobs=max_jobs,
+        wildcard_dir=p.absolute().parent,
     )
 
 

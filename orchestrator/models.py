@@ -34,6 +34,7 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
     "id",
     "batch_id",
     *JOB_FIELDS,
+    "output_dir",
     "output_name",
     "line",
     "image_index",
@@ -103,6 +104,8 @@ class Batch(Base):
     # half-inserted batch can be told from a live one and removed.
     loader: Mapped[str | None] = mapped_column(String(255))
     loader_seen_at: Mapped[float | None] = mapped_column(Float)
+    # When the user paused it (NULL: not paused): no new job of it is claimed or dispatched.
+    paused_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Job(Base):
@@ -131,6 +134,7 @@ class Job(Base):
     quantization: Mapped[str] = mapped_column(String(64))
     tags: Mapped[str] = mapped_column(Text)
     output_name: Mapped[str] = mapped_column(Text)
+    output_dir: Mapped[str] = mapped_column(Text, server_default="")
     extra_json: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer)
     max_attempts: Mapped[int] = mapped_column(Integer)
@@ -247,6 +251,16 @@ class CoordinatorLease(Base):
     expires_at: Mapped[float] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16))  # running | paused | stopped
     message: Mapped[str | None] = mapped_column(Text)
+
+
+class QueueState(Base):
+    """The whole queue's switches: one row (id 1), written on first use. ``paused_at`` set:
+    no job of any batch is claimed or dispatched (running ones finish)."""
+
+    __tablename__ = "queue_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    paused_at: Mapped[float | None] = mapped_column(Float)
 
 
 class DeadLetter(Base):

@@ -14,27 +14,41 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _render(template: str, job: dict[str, Any]) -> str:
+    fields = {
+        "seed": job["seed"],
+        "index": job["image_index"],
+        "line": job["line"],
+        "steps": job["steps"],
+        "scheduler": job["scheduler"],
+        "width": job["width"],
+        "height": job["height"],
+        "guidance_scale": f"{float(job.get('guidance_scale') or 0):g}",
+        "quantization": job.get("quantization", ""),
+    }
+    return template.format(**fields)
+
+
 def image_path(root: Path, job: dict[str, Any]) -> Path:
     """``<root>/<batch>/<job-id>.png``, or ``<job-id>-<name>.png`` with an ``output_name``
-    template; the job id keeps names unique and user text never picks the folder."""
+    template, in ``<root>/<output_dir>/`` where the row names a folder; the job id keeps names
+    unique and user text never leaves the output directory."""
     name = f"{int(job['id']):06d}"
     template = job.get("output_name") or ""
     if template:
-        fields = {
-            "seed": job["seed"],
-            "index": job["image_index"],
-            "line": job["line"],
-            "steps": job["steps"],
-            "scheduler": job["scheduler"],
-            "width": job["width"],
-            "height": job["height"],
-        }
-        rendered = template.format(**fields)
         # Validated at submit; sanitised again so a hand-edited database cannot escape either.
-        rendered = _UNSAFE.sub("_", rendered).strip(". ")[:120]
+        rendered = _UNSAFE.sub("_", _render(template, job)).strip(". ")[:120]
         if rendered:
             name += "-" + rendered
-    return root / str(int(job["batch_id"])) / f"{name}.png"
+    folder = root / str(int(job["batch_id"]))
+    parts = [
+        part
+        for raw in _render(job.get("output_dir") or "", job).split("/")
+        if (part := _UNSAFE.sub("_", raw).strip(". ")[:120])
+    ]
+    if parts:
+        folder = root.joinpath(*parts)
+    return folder / f"{name}.png"
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import UNRECORDED_THREADS
 from orchestrator.errors import UsageError
 from orchestrator.manifest import job_limits
 from orchestrator.output import write_atomic
@@ -113,7 +114,8 @@ def reproduce_image(
 
     path = Path(path)
     original, job, run = read_recorded(path)
-    threads = int(run.get("torch_threads") or 2)
+    # The recorded count, never today's default: the count changes the pixels.
+    threads = int(run.get("torch_threads") or UNRECORDED_THREADS)
     cache = PipelineCache(device=device or run.get("device") or "auto", threads=threads)
     try:
         out = run_job(dict(job), cache)

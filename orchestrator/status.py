@@ -62,6 +62,7 @@ def batch_rows(
                 "id": b["id"],
                 "name": b["name"],
                 "created_at": b["created_at"],
+                "paused_at": b.get("paused_at"),
                 "jobs": sum(b["counts"].values()),
                 "counts": b["counts"],
                 "images_per_min": b_rate,
@@ -105,13 +106,16 @@ def overview(
         "timings": store.stage_timings(batch_id),
         "stages": stages["stages"],
         "stages_n": stages["n"],
-        "workers": store.worker_stats(seen_within=seen_within),
+        "workers": [
+            {**w, "liveness": liveness(w, now)} for w in store.worker_stats(seen_within=seen_within)
+        ],
         "batches": batch_rows(store, rate, batch_id),
         "failures": store.failure_groups(batch_id),
         "slowest": store.slowest_jobs(batch_id),
         "coordinator": coordinator_view(store.coordinator(), now),
         "dead_letters": store.dead_letters(limit=5),
         "loading": store.loading_batches(),
+        "paused": store.paused(),
     }
 
 
@@ -131,7 +135,8 @@ def coordinator_view(row: dict[str, Any] | None, now: float) -> dict[str, Any] |
 
 
 def health_lines(data: dict[str, Any]) -> list[str]:
-    """What needs a look: a paused coordinator or worker (why), dead letters, loading batches."""
+    """What needs a look: a paused coordinator or worker (why), a paused queue or batch, dead
+    letters, loading batches."""
     now = data["generated_at"]
     out = []
     c = data.get("coordinator")
@@ -142,6 +147,17 @@ def health_lines(data: dict[str, Any]) -> list[str]:
         if c["message"]:
             line += f": {c['message']}"
         out.append(line)
+    paused = data.get("paused") or {}
+    if paused.get("queue_paused_at") is not None:
+        out.append(
+            f"Queue paused {ago(paused['queue_paused_at'], now)}: no new job starts, "
+            f"{paused['waiting']} waiting (`orchestrate resume`)"
+        )
+    for b in paused.get("batches") or []:
+        out.append(
+            f"Batch {b['id']} ({b['name']}) paused {ago(b['paused_at'], now)}: "
+            f"{b['pending']} jobs waiting (`orchestrate resume --batch {b['id']}`)"
+        )
     for w in data["workers"]:
         if w["state"] == "paused":
             out.append(f"Worker {w['name']} paused: {w.get('message') or '?'}")
@@ -196,6 +212,31 @@ def ago(value: float | None, now: float | None = None) -> str:
     if s < 86400:
         return f"{s / 3600:.1f}h ago"
     return f"{s / 86400:.1f}d ago"
+
+
+def liveness(w: dict[str, Any], now: float | None = None) -> str:
+    """A worker's state and its freshest sign of life, one phrase for the status command and
+    the dashboard: ``busy on job 123 for 2m05s, lease renewed (expires in 24s)`` (a local
+    worker renews its job's lease while its row stays as it was at the job's start),
+    ``busy on job 9 for 40s, heartbeat 3s ago`` (an RQ worker's row follows its heartbeat),
+    ``idle, last seen 5s ago``."""
+    now = time.time() if now is None else now
+    seen = ago(w["last_seen"], now)
+    job = w.get("busy_job")
+    if not job:
+        return f"{w['state']}, last seen {seen}"
+    since = w.get("busy_since")
+    text = f"busy on job {job}" + (f" for {duration(now - since)}" if since is not None else "")
+    if not w.get("holds_job"):
+        status = w.get("job_status")
+        gone = f"that job is {status} now" if status else "that job is gone"
+        return f"{text}, but {gone}; last seen {seen}"
+    expires = w.get("lease_expires_at")
+    if expires is None:
+        return f"{text}, heartbeat {seen}"
+    if expires > now:
+        return f"{text}, lease renewed (expires in {duration(expires - now)})"
+    return f"{text}, lease expired {ago(expires, now)} (not renewing); last seen {seen}"
 
 
 def percent(fraction: float | None) -> str:
@@ -255,14 +296,14 @@ def render_text(data: dict[str, Any]) -> str:
             lines.append(
                 f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c['failed']:>6}  "
                 f"{c['running']:>7}  {percent(b['fraction']):>6}  {b['images_per_min']:>7.1f}"
-                f"  {duration(b['eta_s'])}"
+                f"  {duration(b['eta_s'])}" + ("  (paused)" if b.get("paused_at") else "")
             )
     if data["workers"]:
         now = data["generated_at"]
         lines.append("Workers (seen in the last 24 h):")
         lines.append(
             f"  {'name':<28} {'host':<14} {'backend':<16} {'model':<14} {'state':<7} "
-            f"{'jobs':>5} {'failed':>6} {'s/image':>8} {'p95':>8}  last seen"
+            f"{'jobs':>5} {'failed':>6} {'s/image':>8} {'p95':>8}  liveness"
         )
         for w in data["workers"]:
             mean = w["mean_s"] if w["mean_s"] is not None else w["s_per_image"]
@@ -270,7 +311,7 @@ def render_text(data: dict[str, Any]) -> str:
                 f"  {w['name'][:28]:<28} {w['host'][:14]:<14} {backend_of(w)[:16]:<16} "
                 f"{(w['model'] or '-')[:14]:<14} {w['state']:<7} {w['jobs_done']:>5} "
                 f"{w['jobs_failed']:>6} {seconds(mean):>8} {seconds(w['p95_s']):>8}  "
-                f"{ago(w['last_seen'], now)}"
+                f"{liveness(w, now)}"
             )
     if data["failures"]:
         lines.append("Failures (recent failed and lost attempts, by error):")
@@ -329,7 +370,7 @@ def render_rich(data: dict[str, Any]) -> Any:
             c = b["counts"]
             t.add_row(
                 str(b["id"]),
-                b["name"],
+                b["name"] + (" (paused)" if b.get("paused_at") else ""),
                 ProgressBar(total=max(b["jobs"], 1), completed=b["done"], width=20),
                 percent(b["fraction"]),
                 f"{c['succeeded']}/{b['jobs']}",
@@ -344,8 +385,9 @@ def render_rich(data: dict[str, Any]) -> Any:
         t = Table(title="Workers (seen in the last 24 h)", title_justify="left")
         for col in ("name", "host", "backend", "model", "state", "jobs", "failed"):
             t.add_column(col, justify="right" if col in ("jobs", "failed") else "left")
-        for col in ("s/image", "p95", "last seen"):
+        for col in ("s/image", "p95"):
             t.add_column(col, justify="right")
+        t.add_column("liveness")
         for w in data["workers"]:
             mean = w["mean_s"] if w["mean_s"] is not None else w["s_per_image"]
             state_style = {"busy": "green", "stopped": "dim"}.get(w["state"], "")
@@ -359,7 +401,7 @@ def render_rich(data: dict[str, Any]) -> Any:
                 str(w["jobs_failed"]),
                 seconds(mean),
                 seconds(w["p95_s"]),
-                ago(w["last_seen"], now),
+                liveness(w, now),
             )
         parts.append(t)
 

@@ -83,6 +83,7 @@ def sample_payload(**extra: object) -> dict[str, object]:
         "model": "tiny",
         "quantization": "fp16",
         "output_name": "",
+        "output_dir": "",
         "line": 2,
         "image_index": 0,
         "tags": "",

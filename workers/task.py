@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.config import DEFAULT_THREADS
 from workers import memory
 from workers.backends import BACKENDS, GenerationRequest, JobInputError, JobInterrupted
 from workers.metadata import a1111_parameters, encode_png
@@ -55,7 +56,7 @@ class PipelineCache:
         *,
         backend: str = "diffusers",
         device: str = "auto",
-        threads: int = 2,
+        threads: int = DEFAULT_THREADS,
         compute_units: str = "CPU_AND_NE",
     ) -> None:
         if backend not in BACKENDS:

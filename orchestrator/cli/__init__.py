@@ -43,15 +43,17 @@ def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
 
 
 from orchestrator.cli import (  # noqa: E402  (they register on main)
+    control,
     dashboard,
     dataset,
     distributed,
     jobs,
     local,
     model,
+    presets,
 )
 
-_ = (dashboard, dataset, distributed, jobs, local, model)
+_ = (control, dashboard, dataset, distributed, jobs, local, model, presets)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from orchestrator.manifest import (
     Defaults,
     Manifest,
 )
+from orchestrator.presets import MIXED, PRESET_NAMES
 from workers.schedulers import SCHEDULER_NAMES
 
 T = TypeVar("T")
@@ -74,8 +75,8 @@ def option(*names: str, **kw: Any) -> Callable[[Any], Any]:
     return click.option(*names, **kw)
 
 
-def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Values for columns a manifest leaves out."""
+def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What decides one image's pixels (defaults for a manifest's columns; ``generate``'s own)."""
     d = Defaults()
     opts = [
         option("--steps", type=click.IntRange(1, 500), default=d.steps, help="Denoising steps."),
@@ -107,6 +108,24 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(64, 4096),
             default=None,
             help="Image height [default: the model's native size].",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Values for columns a manifest leaves out, and how a manifest is filed."""
+    d = Defaults()
+    opts = [
+        image_options,
+        option(
+            "--preset",
+            type=click.Choice(PRESET_NAMES),
+            default=None,
+            help="Scheduler, steps and quantization for rows that name none "
+            "(`orchestrate presets`); flags given here and a row's columns win over it.",
         ),
         option("--priority", type=int, default=d.priority, help="Higher runs first."),
         option(
@@ -171,6 +190,29 @@ def hook_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How a pipeline runs here: threads, device, backend."""
+    opts = [
+        option(
+            "--threads",
+            type=click.IntRange(1, 256),
+            default=DEFAULT_THREADS,
+            help="Torch CPU threads, recorded with each image (the count changes the pixels; "
+            "`reproduce` uses the recorded one).",
+        ),
+        option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+            default="auto",
+            help="Torch device.",
+        ),
+        *backend_options(),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         option(
@@ -180,22 +222,10 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_LEASE_SECONDS,
             help="Seconds a claimed job stays ours without renewal.",
         ),
-        option(
-            "--threads",
-            type=click.IntRange(1, 256),
-            default=DEFAULT_THREADS,
-            help="Torch CPU threads (fixed: the count changes the pixels).",
-        ),
-        option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-            default="auto",
-            help="Torch device.",
-        ),
+        runtime_options,
         option(
             "--max-jobs", type=click.IntRange(1), default=None, help="Exit after this many jobs."
         ),
-        *backend_options(),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -204,11 +234,11 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def defaults_from(kw: dict[str, Any]) -> Defaults:
     q = kw["quantization"]
-    if q not in QUANTIZATIONS and not VARIANT_NAME.match(q):
+    if q not in (*QUANTIZATIONS, MIXED) and not VARIANT_NAME.match(q):
         raise UsageError(
-            f"--quantization must be fp16, 8bit, 6bit, 4bit or a recipe name, not {q!r}"
+            f"--quantization must be fp16, 8bit, 6bit, 4bit, mixed or a recipe name, not {q!r}"
         )
-    return Defaults(
+    defaults = Defaults(
         steps=kw["steps"],
         guidance_scale=kw["guidance_scale"],
         scheduler=kw["scheduler"],
@@ -218,6 +248,17 @@ def defaults_from(kw: dict[str, Any]) -> Defaults:
         height=kw["height"],
         priority=kw["priority"],
     )
+    if kw.get("preset"):
+        # flags given on the command line win over the preset; their defaults do not
+        ctx = click.get_current_context(silent=True)
+        given = [
+            name
+            for name in ("steps", "scheduler", "quantization")
+            if ctx is not None
+            and ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        ]
+        defaults = defaults.with_preset(kw["preset"], keep=given)
+    return defaults
 
 
 def print_manifest_error(exc: ManifestError, limit: int = 100) -> None:

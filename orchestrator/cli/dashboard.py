@@ -54,9 +54,12 @@ def status(
       workers         per worker seen in 24 h: name transport host pid backend device model
                       state current_job jobs_done jobs_failed busy_s started_at last_seen
                       s_per_image (busy_s/jobs_done), mean_s p95_s recent_images (over its
-                      succeeded attempts among the last 10000), recent_failed_attempts
-      batches         per batch: id name created_at jobs counts done remaining fraction
-                      images_per_min eta_s
+                      succeeded attempts among the last 10000), recent_failed_attempts,
+                      busy_job busy_since (its running attempt's start) holds_job
+                      job_status lease_expires_at (a local worker renews its job's lease:
+                      a fresher sign of life than last_seen), liveness (the phrase shown)
+      batches         per batch: id name created_at paused_at (null: not paused) jobs
+                      counts done remaining fraction images_per_min eta_s
       failures        failed and lost attempts by error text, most frequent first: error
                       attempts lost jobs workers last_seen job_ids (the latest five)
       slowest         the slowest recent succeeded attempts: attempt_id job_id batch_id
@@ -66,6 +69,8 @@ def status(
       dead_letters    count (messages the coordinator refused, all time) and recent: id at
                       source reason excerpt
       loading         batches still being submitted: id name state loader rows jobs_so_far
+      paused          queue_paused_at (null while the queue runs), batches (paused ones:
+                      id name paused_at pending), waiting (pending jobs held by a pause)
     """
     from orchestrator.status import overview
 
@@ -147,8 +152,9 @@ def _watch_rich(store: Any, batch_id: int | None, every: float) -> None:
 def dashboard(state: State, host: str, port: int, refresh_s: float) -> None:
     """Serve a web dashboard: progress, workers, failures (retry, cancel), images.
 
-    Its JSON API has the same numbers: /api/overview, /api/batches, /api/workers,
-    /api/failures, /api/gallery and /api/jobs/ID.
+    Its JSON API has the same numbers: /api/overview, /api/batches,
+    /api/batches/ID/jobs?status=&page=, /api/workers, /api/failures,
+    /api/gallery?q=&tag=&batch=&status=&page= and /api/jobs/ID.
     """
     from orchestrator.web import serve
     from orchestrator.web.server import is_loopback

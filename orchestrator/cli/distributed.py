@@ -30,7 +30,8 @@ from orchestrator.hooks import Hooks
 @option(
     "--until-done",
     is_flag=True,
-    help="Exit when no job is pending, queued or running (1 if any failed).",
+    help="Exit when no job is pending, queued or running, not counting pending jobs of "
+    "paused batches (1 if any failed or is left paused).",
 )
 @option(
     "--window",
@@ -139,7 +140,8 @@ def backend_decorators(f: Any) -> Any:
     "--threads",
     type=click.IntRange(1, 256),
     default=DEFAULT_THREADS,
-    help="Torch CPU threads (fixed: the count changes the pixels).",
+    help="Torch CPU threads, recorded with each image (the count changes the pixels; "
+    "`reproduce` uses the recorded one).",
 )
 @option(
     "--device",

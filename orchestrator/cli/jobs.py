@@ -18,7 +18,7 @@ from orchestrator.cli.common import (
 
 @main.group()
 def jobs() -> None:
-    """List, show, retry and cancel jobs."""
+    """List, show, retry and cancel jobs, and change their priority."""
 
 
 # The job's columns that hold UNIX times, shown as local date and time.

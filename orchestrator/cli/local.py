@@ -18,23 +18,22 @@ from orchestrator.cli.common import (
     defaults_from,
     defaults_options,
     hook_options,
+    image_options,
     option,
     pass_state,
     patiently,
     report_submit,
     require_backend,
+    runtime_options,
     submit_manifest,
     worker_options,
 )
 from orchestrator.config import (
     WorkerSettings,
 )
+from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.hooks import Hooks, batch_summary
-from orchestrator.manifest import (
-    load_manifest,
-    parse_manifest,
-    single_job,
-)
+from orchestrator.manifest import Defaults, load_manifest
 
 
 @main.command()
@@ -51,6 +50,52 @@ def submit(state: State, manifest: str, as_json: bool, **kw: Any) -> None:
         max_jobs=kw["max_total_jobs"],
     )
     report_submit(submit_manifest(state, m, Path(manifest).name, kw), as_json)
+    warn_missing_local_models(m)
+
+
+def warn_missing_local_models(manifest: Any) -> None:
+    """A warning, not an error: the manifest may be meant for workers on another machine."""
+    from orchestrator.preflight import manifest_models, missing_local_paths
+
+    for model, n in missing_local_paths(manifest_models(manifest.jobs)):
+        click.echo(
+            f"warning: model {model!r} ({n} job{'' if n == 1 else 's'}) is not a folder on this "
+            "machine; a worker that runs these jobs needs it",
+            err=True,
+        )
+
+
+def check_models_here(state: State, kw: dict[str, Any], manifest: Any | None) -> None:
+    """Refuse to start a run whose models this machine cannot load: every distinct model of
+    the manifest (before it is submitted) and of the jobs already waiting, with job counts."""
+    from orchestrator.preflight import (
+        check_models,
+        device_problem,
+        manifest_models,
+        pending_models,
+    )
+
+    problem = device_problem(kw["device"])
+    if problem is not None:
+        raise UsageError(problem)
+    counts = pending_models(state.store())
+    if manifest is not None:
+        # max, not sum: re-running a manifest finds its own jobs already waiting
+        for key, n in manifest_models(manifest.jobs).items():
+            counts[key] = max(counts[key], n)
+    problems = check_models(counts, kw["backend"])
+    if not problems:
+        return
+    for p in problems:
+        click.echo(f"error: {p}", err=True)
+    n = len(problems)
+    jobs = sum(p.jobs for p in problems)
+    raise UsageError(
+        f"{n} model{'s' if n != 1 else ''} ({jobs} job{'s' if jobs != 1 else ''}) cannot be "
+        "loaded on this machine; nothing was "
+        + ("submitted or " if manifest is not None else "")
+        + "run (--skip-model-check runs anyway: those jobs fail)"
+    )
 
 
 def _run_worker(
@@ -94,15 +139,25 @@ def _run_worker(
 @defaults_options
 @worker_options
 @hook_options
+@option(
+    "--skip-model-check",
+    is_flag=True,
+    help="Start even if some jobs' models cannot be loaded here (those jobs then fail).",
+)
 @pass_state
 @click.pass_context
-def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> None:
+def run(
+    ctx: click.Context, state: State, manifest: str | None, skip_model_check: bool, **kw: Any
+) -> None:
     """Submit MANIFEST (if given), then work through the queue on this machine.
 
-    Exits 0 when every job of the manifest (or, without one, of the queue) succeeded.
+    First checks that every model of the work can be loaded here (without loading it): a
+    missing folder, or a hub id not cached on an offline machine, stops the run before it
+    starts. Exits 0 when every job of the manifest (or, without one, of the queue) succeeded.
     """
     configure_logging(ctx.find_root().meta["verbose"])
     scope = None
+    m = None
     if manifest:
         m = load_manifest(
             manifest,
@@ -110,6 +165,10 @@ def run(ctx: click.Context, state: State, manifest: str | None, **kw: Any) -> No
             extra_columns=kw["extra_columns"],
             max_jobs=kw["max_total_jobs"],
         )
+    require_backend(kw["backend"])
+    if not skip_model_check:
+        check_models_here(state, kw, m)
+    if manifest and m is not None:
         result = submit_manifest(state, m, Path(manifest).name, kw)
         report_submit(result)
         scope = manifest_scope(state.store(), m, result)
@@ -182,6 +241,10 @@ def _work_and_report(
             "see `orchestrate jobs list --status failed`; `orchestrate jobs retry --failed` tries them again",
             err=True,
         )
+    if counts["pending"] and not worker.stopping:
+        from orchestrator.cli.control import report_paused
+
+        report_paused(store)  # the worker stops when only paused jobs are left
     finished = counts["succeeded"] + counts["cancelled"]  # a job the user cancelled is no failure
     if worker.stopping and finished != total:
         return 130
@@ -215,7 +278,8 @@ def work(
 
 
 @main.command()
-@option("--prompt", required=True, help="The prompt.")
+@click.argument("prompt_text", metavar="PROMPT", required=False)
+@option("--prompt", default=None, hidden=True, help="The prompt (instead of PROMPT).")
 @option("--negative-prompt", default="", help="The negative prompt.")
 @option(
     "--seed",
@@ -223,36 +287,85 @@ def work(
     default=None,
     help="Seed [default: derived from the prompt].",
 )
-@defaults_options
-@worker_options
+@image_options
+@runtime_options
 @option(
+    "-o",
     "--output-path",
-    type=click.Path(file_okay=False),
     default=None,
-    help="Folder for the image [default: --output].",
+    help="A .png file to write, or a folder to write <seed>-<prompt>.png into "
+    "[default: the current folder].",
 )
-@pass_state
+@option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing file (without it: a .png path that exists is refused, and a "
+    "folder gets <seed>-<prompt>-2.png).",
+)
 @click.pass_context
 def generate(
     ctx: click.Context,
-    state: State,
-    prompt: str,
+    prompt_text: str | None,
+    prompt: str | None,
     negative_prompt: str,
     seed: int | None,
     output_path: str | None,
+    overwrite: bool,
     **kw: Any,
 ) -> None:
-    """Make one image without a manifest (the same path as a one-row manifest)."""
+    """Make one image of PROMPT and print the path of the PNG written.
+
+    The PNG carries the same metadata as a run's images (`orchestrate reproduce` works on
+    it); no database is created or used.
+    """
+    from orchestrator import generate as one
+    from orchestrator.preflight import device_problem, model_problem
+
     configure_logging(ctx.find_root().meta["verbose"])
-    if output_path:
-        state.output = Path(output_path).expanduser().absolute()
-    data = single_job(prompt, defaults_from(kw), seed=seed, negative_prompt=negative_prompt)
-    m = parse_manifest(data, "--prompt", defaults_from(kw))
-    result = submit_manifest(state, m, "generate", kw)
-    report_submit(result)
-    job_ids = state.store().job_ids_for([j.fingerprint() for j in m.jobs])
-    code = _work_and_report(ctx, state, kw, lambda: state.store().counts_for_jobs(job_ids))
-    job = state.store().get_job(job_ids[0])
-    if job["output_path"]:
-        click.echo(job["output_path"])
-    sys.exit(code)
+    if prompt_text is not None and prompt is not None:
+        raise UsageError("give the prompt once: as PROMPT or as --prompt, not both")
+    text = prompt_text if prompt_text is not None else prompt
+    if text is None:
+        raise UsageError('no prompt: orchestrate generate "a prompt" [-o PATH]')
+    defaults = defaults_from({**kw, "priority": Defaults().priority})
+    job = one.one_job(text, defaults, seed=seed, negative_prompt=negative_prompt)
+    target = one.resolve_target(output_path, overwrite)  # a bad -o is known before any work
+    require_backend(kw["backend"])
+    problem = device_problem(kw["device"])
+    if problem is not None:
+        raise UsageError(problem)
+    problem = model_problem(job["model"], job["quantization"], kw["backend"])
+    if problem is not None:
+        raise UsageError(f"model {job['model']!r}: {problem}")
+
+    from workers.task import PipelineCache, run_job
+
+    cache = PipelineCache(
+        backend=kw["backend"],
+        device=kw["device"],
+        threads=kw["threads"],
+        compute_units=kw["compute_units"],
+    )
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: nothing half-written is left
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        try:
+            out = run_job(dict(job), cache)
+        except OrchestratorError:
+            raise
+        except Exception as exc:  # the pipeline's own errors: one line, not a traceback
+            raise OrchestratorError(f"generation failed: {type(exc).__name__}: {exc}") from exc
+        path = one.write_image(target, job, out.png)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    r = out.result
+    click.echo(
+        f"{r['width']}x{r['height']}, seed {job['seed']}, {job['steps']} steps, "
+        f"{job['scheduler']}, model {job['model']} ({r['backend']} {r['device']} {r['dtype']}) "
+        f"in {r['total_s']:.2f}s",
+        err=True,
+    )
+    click.echo(str(path))

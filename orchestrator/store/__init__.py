@@ -3,7 +3,8 @@
 One class, written in parts by concept: ``jobs`` (submission, queries, user actions),
 ``leases`` (a job's lifecycle under a lease, for local workers and the Redis dispatcher),
 ``fleet`` (workers, the coordinator's lease, dead letters), ``reports`` (status and the
-dashboard) and ``integrity`` (what ``verify`` checks and mends).
+dashboard), ``integrity`` (what ``verify`` checks and mends) and ``control`` (pause, resume,
+priority changes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orchestrator.store.base import (
     backoff_seconds,
     chunks,
 )
+from orchestrator.store.control import ControlMixin
 from orchestrator.store.fleet import FleetMixin
 from orchestrator.store.integrity import IntegrityMixin
 from orchestrator.store.jobs import JobsMixin
@@ -37,5 +39,5 @@ __all__ = [
 ]
 
 
-class JobStore(JobsMixin, LeasesMixin, FleetMixin, ReportsMixin, IntegrityMixin):
+class JobStore(JobsMixin, LeasesMixin, FleetMixin, ReportsMixin, IntegrityMixin, ControlMixin):
     """The job database's one door."""

@@ -15,9 +15,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, exists, func, insert, select, text, update
 
-from orchestrator.models import ATTEMPTS, JOBS, Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.models import (
+    ATTEMPTS,
+    JOBS,
+    Attempt,
+    AttemptStatus,
+    Batch,
+    Job,
+    JobStatus,
+    QueueState,
+)
 from orchestrator.store.base import (
     HELD_STATUSES,
     JOB_PAYLOAD_COLUMNS,
@@ -29,6 +38,7 @@ from orchestrator.store.base import (
     backoff_seconds,
     chunks,
 )
+from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_runs, queue_runs
 
 
 def _payload(row: Any, attempt: int) -> dict[str, Any]:
@@ -43,26 +53,36 @@ def _payload(row: Any, attempt: int) -> dict[str, Any]:
 class LeasesMixin(StoreBase):
     # -- the worker's side -------------------------------------------------------------------
 
+    # Paused batches (and everything, while the queue is paused) are skipped: the pause is
+    # read in this same write transaction, so a committed pause stops every later claim.
     _CLAIM_SQL = text(
         """
         UPDATE jobs
            SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
                attempts = attempts + 1, started_at = COALESCE(started_at, :now)
          WHERE status = 'pending'
+           AND {queue_runs}
            AND id = COALESCE(
                (SELECT id FROM jobs
                  WHERE status = 'pending' AND model = :model
                    AND (not_before IS NULL OR not_before <= :now)
+                   AND {batch_runs}
                    AND priority = (SELECT priority FROM jobs
                                     WHERE status = 'pending'
                                       AND (not_before IS NULL OR not_before <= :now)
+                                      AND {batch_runs}
                                     ORDER BY priority DESC, id LIMIT 1)
                  ORDER BY priority DESC, id LIMIT 1),
                (SELECT id FROM jobs
                  WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now)
+                   AND {batch_runs}
                  ORDER BY priority DESC, id LIMIT 1))
         RETURNING {columns}, created_at, not_before
-        """.format(columns=", ".join(JOB_PAYLOAD_COLUMNS))
+        """.format(
+            columns=", ".join(JOB_PAYLOAD_COLUMNS),
+            queue_runs=QUEUE_RUNS_SQL,
+            batch_runs=BATCH_RUNS_SQL,
+        )
     )
 
     def claim(
@@ -348,9 +368,10 @@ class LeasesMixin(StoreBase):
         fence: Callable[[Connection], None] | None = None,
     ) -> list[Claim]:
         """Move up to ``limit`` pending jobs to ``queued``, in claim order (priority, then age),
-        each owned by the dispatch id ``owner_for(job)`` gives, with an open attempt.
-        ``fence`` runs first in the same transaction (the coordinator checks its own lease
-        there, raising to dispatch nothing)."""
+        each owned by the dispatch id ``owner_for(job)`` gives, with an open attempt; none of
+        a paused batch, none at all while the queue is paused. ``fence`` runs first in the
+        same transaction (the coordinator checks its own lease there, raising to dispatch
+        nothing)."""
         if limit <= 0:
             return []
         now = time.time()
@@ -362,6 +383,8 @@ class LeasesMixin(StoreBase):
                 select(*(getattr(Job, c) for c in JOB_PAYLOAD_COLUMNS))
                 .where(Job.status == JobStatus.PENDING.value)
                 .where((Job.not_before.is_(None)) | (Job.not_before <= now))
+                .where(queue_runs())
+                .where(batch_runs())
                 .order_by(Job.priority.desc(), Job.id)
                 .limit(limit)
             ).mappings()
@@ -457,6 +480,26 @@ class LeasesMixin(StoreBase):
                 )
                 for r in rows
             ]
+
+    def paused_dispatches(self, owner_prefix: str) -> list[Claim]:
+        """Jobs dispatched to Redis (queued: no worker has started them) under owners with
+        this prefix whose batch, or the whole queue, is paused: the coordinator takes back
+        those that no worker has taken yet (see ``Coordinator._take_back_paused``)."""
+        with self.engine.connect() as conn:
+            anything = conn.execute(
+                select(
+                    exists().where(Batch.paused_at.is_not(None))
+                    | exists().where(QueueState.paused_at.is_not(None))
+                )
+            ).scalar()
+        if not anything:
+            return []  # the common case: one cheap look
+        held = self._held(
+            (Job.status == JobStatus.QUEUED.value)
+            & Job.lease_owner.startswith(owner_prefix, autoescape=True)
+            & ~(queue_runs() & batch_runs())
+        )
+        return [claim for claim, _status in held]
 
     def in_flight(self, owner_prefix: str) -> list[tuple[Claim, str]]:
         """Queued or running jobs whose lease owner starts with ``owner_prefix``, with their

@@ -14,12 +14,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import aliased
 
-from orchestrator.models import Attempt, AttemptStatus, Job, JobStatus, Worker
-from orchestrator.store.base import TIMING_WINDOW, StoreBase
+from orchestrator.models import VISIBLE_STATUSES, Attempt, AttemptStatus, Job, JobStatus, Worker
+from orchestrator.store.base import OPEN_ATTEMPTS, TIMING_WINDOW, StoreBase, chunks
 
 THROUGHPUT_WINDOW_S = 600.0
 RECENT_WINDOW = 10_000
+# The gallery's text and tag search reads at most this many images (newest first), each a
+# LIKE: a search costs the same at a million jobs as at a hundred, and says what it read.
+SEARCH_WINDOW = 50_000
+PROMPT_EXCERPT = 300  # characters of a prompt a job list carries (a prompt may hold 10,000)
 # Stages whose p50/p95 the reports give; denoise per step comes from denoise_s / steps.
 STAGES = (
     "queue_wait_s",
@@ -71,6 +76,35 @@ def error_key(error: str | None) -> str:
     if not error:
         return NO_ERROR_TEXT
     return _LEASE_TOKEN.sub(r"\1\2", error)
+
+
+def _liveness(w: dict[str, Any], job: dict[str, Any] | None) -> dict[str, Any]:
+    """What a worker's row says about its liveness, with its current job's lease.
+
+    A local worker writes its row when its state changes, so ``last_seen`` of one busy on a
+    long job is as old as the job; what it does meanwhile is renew the job's lease, so a
+    lease of its that has not expired is the fresher sign of life. An RQ worker's row is
+    refreshed with each heartbeat. ``holds_job``: the job is still queued or running under
+    this worker (its open attempt or its lease is the worker's)."""
+    busy = w["state"] == "busy" and bool(w["current_job"])
+    holds = False
+    since = lease = None
+    status = None
+    if busy and job is not None:
+        status = job["status"]
+        mine = job["lease_owner"] is not None and job["lease_owner"].startswith(w["name"] + "/")
+        holds = status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value) and (
+            mine or w["name"] in job["attempts"]
+        )
+        since = job["attempts"].get(w["name"])
+        lease = job["lease_expires_at"] if holds and mine else None
+    return {
+        "busy_job": w["current_job"] if busy else None,
+        "busy_since": since,
+        "holds_job": holds,
+        "job_status": status,
+        "lease_expires_at": lease,
+    }
 
 
 class ReportsMixin(StoreBase):
@@ -182,13 +216,37 @@ class ReportsMixin(StoreBase):
                     select(bad.c.worker, func.count()).group_by(bad.c.worker)
                 ):
                     failed[name] = failed.get(name, 0) + n
+            current = self._current_jobs(conn, [w["current_job"] for w in out])
         for w in out:
+            w.update(_liveness(w, current.get(w["current_job"] or 0)))
             stats = summarize(times.get(w["name"], []))
             w["s_per_image"] = w["busy_s"] / w["jobs_done"] if w["jobs_done"] else None
             w["recent_images"] = stats["n"]
             w["mean_s"] = stats["mean"]
             w["p95_s"] = stats["p95"]
             w["recent_failed_attempts"] = failed.get(w["name"], 0)
+        return out
+
+    @staticmethod
+    def _current_jobs(conn: Any, job_ids: Sequence[int | None]) -> dict[int, dict[str, Any]]:
+        """The jobs workers say they are busy on: status, lease owner and expiry, and the
+        open attempt's worker and start (by primary key and ``attempts.job_id``)."""
+        wanted = sorted({j for j in job_ids if j})
+        out: dict[int, dict[str, Any]] = {}
+        for part in chunks(wanted):
+            for r in conn.execute(
+                select(Job.id, Job.status, Job.lease_owner, Job.lease_expires_at).where(
+                    Job.id.in_(part)
+                )
+            ).mappings():
+                out[r["id"]] = {**r, "attempts": {}}
+            for job_id, worker, started_at in conn.execute(
+                select(Attempt.job_id, Attempt.worker, Attempt.started_at)
+                .where(Attempt.job_id.in_(part))
+                .where(Attempt.status == AttemptStatus.RUNNING.value)
+            ):
+                if job_id in out:
+                    out[job_id]["attempts"][worker] = started_at
         return out
 
     _FAILURE_GROUPS_SQL = f"""
@@ -327,6 +385,144 @@ class ReportsMixin(StoreBase):
         )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def batch_jobs(
+        self,
+        batch_id: int,
+        status: str | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        now: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of a batch's jobs (of one status when given) in id order: prompt (its
+        first ``PROMPT_EXCERPT`` characters), seed, status, attempts and a duration (the last
+        attempt's total seconds; for a running job, the time since its attempt started).
+
+        Every read is a range of ``ix_jobs_batch_status`` (batch, status, id): with a status,
+        one range; without, one per status, each cut at ``offset + limit``, then merged.
+        How many jobs match is ``counts(batch_id)`` (kept by triggers), not a count here."""
+        now = time.time() if now is None else now
+        statuses = [status] if status is not None else [s.value for s in VISIBLE_STATUSES]
+
+        def page(s: str, n: int) -> Any:
+            return (
+                select(Job.id)
+                .where(Job.batch_id == batch_id)
+                .where(Job.status == s)
+                .order_by(Job.id)
+                .limit(n)
+            )
+
+        if len(statuses) == 1:
+            ids: Any = page(statuses[0], limit).offset(offset).subquery()
+        else:
+            parts = [select(page(s, offset + limit).subquery()) for s in statuses]
+            merged = parts[0].union_all(*parts[1:]).subquery()
+            ids = select(merged.c.id).order_by(merged.c.id).limit(limit).offset(offset).subquery()
+        mine = aliased(Attempt)
+        last = (
+            select(mine.id)
+            .where(mine.job_id == Job.id)
+            .order_by(mine.id.desc())
+            .limit(1)
+            .correlate(Job)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(
+                Job.id,
+                Job.batch_id,
+                func.substr(Job.prompt, 1, PROMPT_EXCERPT).label("prompt"),
+                func.length(Job.prompt).label("prompt_chars"),
+                Job.seed,
+                Job.status,
+                Job.attempts,
+                Job.max_attempts,
+                Job.started_at,
+                Job.finished_at,
+                Job.last_error,
+                Attempt.status.label("attempt_status"),
+                Attempt.started_at.label("attempt_started_at"),
+                Attempt.total_s,
+            )
+            .join(ids, ids.c.id == Job.id)
+            .outerjoin(Attempt, Attempt.id == last)
+            .order_by(Job.id)
+        )
+        with self._tx(write=False) as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        for r in rows:
+            if r["total_s"] is not None:
+                r["duration_s"] = r["total_s"]
+            elif r["attempt_status"] in OPEN_ATTEMPTS and r["attempt_started_at"] is not None:
+                r["duration_s"] = max(0.0, now - r["attempt_started_at"])
+            else:
+                r["duration_s"] = None
+        return rows
+
+    def gallery_images(
+        self,
+        *,
+        text: str | None = None,
+        tag: str | None = None,
+        batch_id: int | None = None,
+        limit: int = 24,
+        offset: int = 0,
+        window: int = SEARCH_WINDOW,
+    ) -> dict[str, Any]:
+        """Succeeded jobs with what made their image, newest first (of one batch: highest job
+        id first), whose prompt holds ``text`` and whose tags hold ``tag`` (both ignore case).
+
+        Without text or tag the listing is an index range (``ix_jobs_status_finished_at``, or
+        ``ix_jobs_batch_status`` for a batch). With them, only the newest ``window`` images
+        are searched (``searched`` says how many were, ``cut`` whether older ones exist), so a
+        search that matches nothing still reads a bounded number of rows."""
+        base = select(Job.id).where(Job.status == JobStatus.SUCCEEDED.value)
+        if batch_id is not None:
+            base = base.where(Job.batch_id == batch_id).order_by(Job.id.desc())
+        else:
+            base = base.order_by(Job.finished_at.desc(), Job.id.desc())
+        columns = (
+            Job.id,
+            Job.batch_id,
+            Job.prompt,
+            Job.negative_prompt,
+            Job.seed,
+            Job.steps,
+            Job.guidance_scale,
+            Job.width,
+            Job.height,
+            Job.scheduler,
+            Job.model,
+            Job.tags,
+            Job.finished_at,
+            Job.output_path,
+        )
+        order = (
+            (Job.id.desc(),) if batch_id is not None else (Job.finished_at.desc(), Job.id.desc())
+        )
+        searching = bool(text) or bool(tag)
+        searched: int | None = None
+        cut = False
+        with self._tx(write=False) as conn:
+            if not searching:
+                ids = base.limit(limit).offset(offset).subquery()
+            else:
+                pool = base.limit(window).subquery()
+                searched = int(conn.execute(select(func.count()).select_from(pool)).scalar_one())
+                cut = searched >= window
+                matched = select(Job.id).join(pool, pool.c.id == Job.id)
+                if text:
+                    matched = matched.where(Job.prompt.icontains(text, autoescape=True))
+                if tag:
+                    # tags are stored "a,b,c": match one whole tag, whatever its case
+                    padded = func.lower("," + Job.tags + ",")
+                    matched = matched.where(padded.contains(f",{tag.lower()},", autoescape=True))
+                ids = matched.order_by(*order).limit(limit).offset(offset).subquery()
+            stmt = select(*columns).join(ids, ids.c.id == Job.id).order_by(*order)
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        return {"images": rows, "searched": searched, "cut": cut, "window": window}
 
     def image_file(self, job_id: int) -> str | None:
         """The output path of a succeeded job: the only files the dashboard serves."""

@@ -1,7 +1,9 @@
 """The coordinator: SQLite stays the source of truth while RQ workers on other machines do the work.
 
 It moves jobs from ``pending`` to ``queued`` into per-model RQ queues, a bounded window at a
-time (about two per live worker), so priority, cancel and retry keep acting on SQLite. Workers
+time (about two per live worker), so priority, cancel, retry and pause keep acting on SQLite.
+Jobs of a paused batch (any job, while the queue is paused) are not dispatched, and those
+dispatched but not yet taken by a worker are taken back to pending. Workers
 push events to one Redis list; the coordinator moves each to a processing list, acts on it,
 then removes it, so an event whose handling was cut short (a crash, a Redis or SQLite error)
 is handled again; handling is idempotent, because every event is matched against the job's
@@ -168,7 +170,17 @@ class Coordinator:
                     self._stop.wait(s.poll)  # nothing out there: look for new work shortly
         finally:
             self._shutdown()
-        return 1 if s.until_done and self.store.counts()["failed"] else 0
+        if not s.until_done:
+            return 0
+        waiting = self.store.paused()["waiting"] if self.store.has_active() else 0
+        if waiting:
+            logger.warning(
+                "stopping with %d jobs paused: `orchestrate resume` them, then start the "
+                "coordinator again",
+                waiting,
+                extra={"action": "paused_left"},
+            )
+        return 1 if waiting or self.store.counts()["failed"] else 0
 
     def _due(self, what: str, every: float) -> bool:
         now = time.monotonic()
@@ -203,13 +215,17 @@ class Coordinator:
             held = self._reconcile(snapshot, held)
         if self._due("withdraw", s.withdraw_every):
             self._withdraw_unwanted(held)
+        if self._due("paused", s.reconcile_every):
+            held -= self._take_back_paused()
         dispatched = 0 if self._paused else self._dispatch(len(held))
         return bool(held) or dispatched > 0
 
     def _all_done(self) -> bool:
+        # Pending jobs of paused batches do not count: nobody takes them until resumed
+        # (run() says how many are left when it stops).
         return (
             not self.held()
-            and not self.store.has_active()
+            and not self.store.has_workable()
             and not self.redis.llen(proto.EVENTS_KEY)
             and not self.redis.llen(proto.PROCESSING_KEY)
             and self.results.recover() == 0
@@ -553,6 +569,29 @@ class Coordinator:
                 p.lrem(IntermediateQueue.get_intermediate_queue_key(key), 0, rq_id)
             p.delete(f"rq:job:{rq_id}", proto.heartbeat_key(rq_id))
             p.execute()
+
+    def _take_back_paused(self) -> set[str]:
+        """Dispatches of paused batches (of every batch, while the queue is paused) that no
+        worker has taken yet go back to pending, without using up an attempt; those a worker
+        has taken run to the end. The RQ job is removed from its queue first: LREM taking it
+        out means no worker can have it. A crash after that and before SQLite gives the job
+        back leaves a dispatch in no queue, which the reconcile puts back after ``lost_after``.
+        Returns the RQ ids taken back."""
+        taken: set[str] = set()
+        for claim in self.store.paused_dispatches(proto.DISPATCH_PREFIX):
+            rq_id = proto.split_owner(claim.lease_owner)[0]
+            queue = f"rq:queue:{proto.queue_for(claim.job['model'])}"
+            if not self.redis.lrem(queue, 0, rq_id):
+                continue  # a worker has it (or it is gone, which the reconcile handles)
+            self.store.release(claim, "taken back from Redis: paused")
+            self.redis.delete(f"rq:job:{rq_id}")
+            self._missing_since.pop(rq_id, None)
+            taken.add(rq_id)
+        if taken:
+            logger.info(
+                "took %d paused jobs back from Redis", len(taken), extra={"action": "paused"}
+            )
+        return taken
 
     def _finished_batches(self) -> None:
         """Run the completion hooks for batches that have just run out of work."""

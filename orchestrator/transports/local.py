@@ -161,9 +161,10 @@ class LocalWorker:
             )
             if claim is None:
                 # In burst mode keep waiting while others still run jobs: their leases may
-                # expire, and then those jobs are ours to finish.
+                # expire, and then those jobs are ours to finish. Jobs of paused batches do
+                # not count: nobody takes them until they are resumed.
                 if s.burst and not self._paused:
-                    active = self._transient(self.store.has_active, "cannot read the queue")
+                    active = self._transient(self.store.has_workable, "cannot read the queue")
                     if active is False:
                         break
                 if time.monotonic() >= next_housekeeping:

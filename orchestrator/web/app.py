@@ -22,15 +22,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from orchestrator import status as st
-from orchestrator.errors import JobNotFound
-from orchestrator.models import ACTIVE_STATUSES, JobStatus
+from orchestrator.errors import JobNotFound, UsageError
+from orchestrator.models import ACTIVE_STATUSES, VISIBLE_STATUSES, JobStatus
 from orchestrator.store import JobStore
+from orchestrator.store.control import check_priority
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 GALLERY_PAGE = 24
+BATCH_PAGE = 50  # jobs per page of a batch
+MAX_SEARCH_CHARS = 200
 MAX_PAGE = 10_000
 MAX_FORM_BYTES = 1 << 20
 _ID = r"(\d{1,18})"  # fits SQLite's 64-bit integers
@@ -68,9 +71,32 @@ class Request:
         raw = self.arg(name)
         if raw is None or raw == "":
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
-            raise HTTPError("400 Bad Request", f"{name} must be a whole number from {low}")
+        # isascii: "²" is a digit to isdigit() but not to int()
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+            upto = f" to {high}" if high < 2**62 else ""
+            raise HTTPError(
+                "400 Bad Request",
+                f"{name} must be a whole number from {low}{upto}, not {raw[:40]!r}",
+            )
         return int(raw)
+
+    def choice_arg(self, name: str, allowed: Sequence[str]) -> str | None:
+        """A query parameter that must be one of ``allowed`` (None when absent or empty)."""
+        raw = self.arg(name)
+        if raw is None or raw == "":
+            return None
+        if raw not in allowed:
+            raise HTTPError(
+                "400 Bad Request", f"{name} must be one of {', '.join(allowed)}, not {raw[:40]!r}"
+            )
+        return raw
+
+    def text_arg(self, name: str, limit: int = MAX_SEARCH_CHARS) -> str | None:
+        """A free-text query parameter, stripped (None when empty); at most ``limit`` chars."""
+        raw = (self.arg(name) or "").strip()
+        if len(raw) > limit:
+            raise HTTPError("400 Bad Request", f"{name} is longer than {limit} characters")
+        return raw or None
 
 
 @dataclass
@@ -97,6 +123,65 @@ def _per_step(attempt: dict[str, Any], steps: int) -> float | None:
     return d / steps if d is not None and steps else None
 
 
+_VISIBLE = tuple(s.value for s in VISIBLE_STATUSES)
+# Quantizations that name a floating-point type, as workers report the dtype they ran.
+_FLOAT_TYPES = {
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+}
+
+
+def ran_as(quantization: str, attempts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the job asked for next to what its latest attempt that reported one actually ran
+    (backend, device, dtype, torch threads), and whether they differ: a worker on a CPU runs
+    an fp16 job in fp32. A palettized variant (``4bit``...) is computed in a float type, which
+    is said, not counted as a difference. None until an attempt reports."""
+    reported = [a for a in attempts if a.get("dtype")]
+    if not reported:
+        return None
+    done = [a for a in reported if a["status"] == "succeeded"]
+    a = (done or reported)[-1]
+    dtype = str(a["dtype"])
+    where = f" on {a['device']}" if a.get("device") else ""
+    how = ", ".join(
+        x
+        for x in (
+            a.get("backend"),
+            f"{a['torch_threads']} torch thread{'s' if a['torch_threads'] != 1 else ''}"
+            if a.get("torch_threads")
+            else None,
+        )
+        if x
+    )
+    asked = _FLOAT_TYPES.get(quantization.lower())
+    if asked is None:
+        differs = False
+        text = f"requested {quantization} weights, computed in {dtype}{where}"
+    else:
+        differs = asked != _FLOAT_TYPES.get(dtype.lower(), dtype.lower())
+        text = (
+            f"requested {quantization}, ran {dtype}{where}"
+            if differs
+            else f"ran {dtype}{where}, as requested"
+        )
+    return {
+        "requested": quantization,
+        "dtype": dtype,
+        "device": a.get("device"),
+        "backend": a.get("backend"),
+        "torch_threads": a.get("torch_threads"),
+        "attempt": a.get("number"),
+        "differs": differs,
+        "text": text + (f" ({how})" if how else ""),
+    }
+
+
 class DashboardApp:
     """The WSGI application. ``refresh_s`` is how often pages reload while jobs are pending,
     queued or running (0: never); ``allowed_hosts`` the Host names accepted (None: any)."""
@@ -120,6 +205,7 @@ class DashboardApp:
             duration=st.duration,
             percent=st.percent,
             ago=st.ago,
+            liveness=st.liveness,
             when=_when,
             backend=st.backend_of,
         )
@@ -129,6 +215,7 @@ class DashboardApp:
             for method, pattern, handler in (
                 ("GET", r"/", self.overview),
                 ("GET", r"/batches", self.batches),
+                ("GET", rf"/batches/{_ID}", self.batch),
                 ("GET", r"/workers", self.workers),
                 ("GET", r"/failures", self.failures),
                 ("GET", r"/gallery", self.gallery),
@@ -137,12 +224,21 @@ class DashboardApp:
                 ("POST", rf"/jobs/{_ID}/(retry|cancel)", self.job_action),
                 ("POST", rf"/batches/{_ID}/(retry|cancel)", self.batch_action),
                 ("POST", r"/failures/retry", self.retry_failures),
+                ("POST", rf"/batches/{_ID}/(pause|resume)", self.batch_pause),
+                ("POST", r"/queue/(pause|resume)", self.queue_pause),
                 ("GET", r"/api/overview", self.api_overview),
                 ("GET", r"/api/batches", self.api_batches),
+                ("GET", rf"/api/batches/{_ID}/jobs", self.api_batch_jobs),
                 ("GET", r"/api/workers", self.api_workers),
                 ("GET", r"/api/failures", self.api_failures),
                 ("GET", r"/api/gallery", self.api_gallery),
                 ("GET", rf"/api/jobs/{_ID}", self.api_job),
+                ("GET", r"/api/token", self.api_token),
+                ("GET", r"/api/paused", self.api_paused),
+                ("POST", r"/api/(pause|resume)", self.api_queue_pause),
+                ("POST", rf"/api/batches/{_ID}/(pause|resume)", self.api_batch_pause),
+                ("POST", rf"/api/batches/{_ID}/priority", self.api_batch_priority),
+                ("POST", rf"/api/jobs/{_ID}/priority", self.api_job_priority),
             )
         ]
 
@@ -189,7 +285,7 @@ class DashboardApp:
                 form=self._form(environ) if method == "POST" else {},
             )
             if method == "POST":
-                self._check_token(request)
+                self._check_token(request, environ.get("HTTP_X_ORCHESTRATE_TOKEN"))
             return handler(request, *m.groups())
         if allowed:
             raise HTTPError("405 Method Not Allowed", f"use {', '.join(allowed)} for {path}")
@@ -203,8 +299,11 @@ class DashboardApp:
         if name.lower() not in self.allowed_hosts:
             raise HTTPError("400 Bad Request", f"unexpected Host header {host!r}")
 
-    def _check_token(self, request: Request) -> None:
-        if not hmac.compare_digest(request.field("token") or "", self.token):
+    def _check_token(self, request: Request, header: str | None = None) -> None:
+        """The form's ``token`` field, or (API clients) the ``X-Orchestrate-Token`` header:
+        the per-process token that only a page of this dashboard (or ``/api/token``, which
+        no other site can read) gives out."""
+        if not hmac.compare_digest(request.field("token") or header or "", self.token):
             raise HTTPError("403 Forbidden", "stale or missing form token: reload the page")
 
     @staticmethod
@@ -216,6 +315,15 @@ class DashboardApp:
         if size > MAX_FORM_BYTES:
             raise HTTPError("413 Content Too Large", "form too large")
         body = environ["wsgi.input"].read(size) if size > 0 else b""
+        if (environ.get("CONTENT_TYPE") or "").split(";")[0].strip() == "application/json":
+            # An API client's JSON object, read as a form of one value per field.
+            try:
+                data = json.loads(body or b"{}")
+            except ValueError as exc:
+                raise HTTPError("400 Bad Request", f"the body is not JSON: {exc}") from exc
+            if not isinstance(data, dict):
+                raise HTTPError("400 Bad Request", "the body must be a JSON object")
+            return {str(k): [str(v)] for k, v in data.items() if v is not None}
         return parse_qs(body.decode("utf-8", "replace"))
 
     def _error(self, path: str, status: str, message: str) -> Response:
@@ -284,7 +392,11 @@ class DashboardApp:
     def batches(self, request: Request) -> Response:
         rate = self.store.throughput()
         return self._page(
-            request, "batches.html", batches=st.batch_rows(self.store, rate), rate=rate
+            request,
+            "batches.html",
+            batches=st.batch_rows(self.store, rate),
+            rate=rate,
+            paused=self.store.paused(),
         )
 
     def workers(self, request: Request) -> Response:
@@ -299,16 +411,108 @@ class DashboardApp:
             failed=self.store.counts()["failed"],
         )
 
-    def gallery(self, request: Request) -> Response:
+    def batch(self, request: Request, batch_id: str) -> Response:
+        return self._page(request, "batch.html", **self._batch_jobs_data(request, batch_id))
+
+    def _batch_jobs_data(self, request: Request, batch_id: str) -> dict[str, Any]:
+        """One page of a batch's jobs, of the status asked for, with links to the pages
+        either side: what the batch page and /api/batches/ID/jobs show."""
+        bid = int(batch_id)
+        status = request.choice_arg("status", _VISIBLE)
         page = request.int_arg("page", 1, high=MAX_PAGE) or 1
-        rows = self.store.recent_images(limit=GALLERY_PAGE + 1, offset=(page - 1) * GALLERY_PAGE)
-        return self._page(
-            request,
-            "gallery.html",
-            images=rows[:GALLERY_PAGE],
-            page=page,
-            more=len(rows) > GALLERY_PAGE,
+        rows = st.batch_rows(self.store, self.store.throughput(), bid)
+        if not rows:
+            raise HTTPError("404 Not Found", f"no batch {bid}")
+        b = rows[0]
+        total = b["counts"][status] if status else b["jobs"]
+        pages = max(1, -(-total // BATCH_PAGE))
+        if page > pages:
+            what = f"{status} jobs" if status else "jobs"
+            raise HTTPError(
+                "404 Not Found",
+                f"batch {bid} has {pages} page{'s' if pages > 1 else ''} of {what}; "
+                f"there is no page {page}",
+            )
+        offset = (page - 1) * BATCH_PAGE
+        jobs = self.store.batch_jobs(bid, status, limit=BATCH_PAGE, offset=offset)
+        for j in jobs:
+            j["url"] = f"/jobs/{j['id']}"
+
+        def link(p: int) -> str:
+            query = [("status", status)] if status else []
+            query += [("page", str(p))] if p > 1 else []
+            return f"/batches/{bid}" + (f"?{urlencode(query)}" if query else "")
+
+        return {
+            "batch": b,
+            "status": status,
+            "statuses": list(_VISIBLE),
+            "page": page,
+            "pages": pages,
+            "page_size": BATCH_PAGE,
+            "total": total,
+            "first": offset + 1 if jobs else 0,
+            "last": offset + len(jobs),
+            "jobs": jobs,
+            "prev": link(page - 1) if page > 1 else None,
+            "next": link(page + 1) if page < pages else None,
+        }
+
+    def gallery(self, request: Request) -> Response:
+        return self._page(request, "gallery.html", **self._gallery_data(request))
+
+    def _gallery_data(self, request: Request) -> dict[str, Any]:
+        """One page of images, filtered by prompt text (q), tag, batch and status: what the
+        gallery page and /api/gallery show."""
+        q = request.text_arg("q")
+        tag = request.text_arg("tag", 100)
+        batch_id = request.int_arg("batch", None)
+        status = request.choice_arg("status", _VISIBLE)
+        if status not in (None, JobStatus.SUCCEEDED.value):
+            raise HTTPError(
+                "400 Bad Request",
+                f"the gallery shows images, which only succeeded jobs have; {status} jobs are "
+                f"listed on each batch's page (/batches/ID?status={status})",
+            )
+        page = request.int_arg("page", 1, high=MAX_PAGE) or 1
+        if batch_id is not None and all(b["id"] != batch_id for b in self.store.batches()):
+            raise HTTPError("404 Not Found", f"no batch {batch_id}")
+        found = self.store.gallery_images(
+            text=q,
+            tag=tag,
+            batch_id=batch_id,
+            limit=GALLERY_PAGE + 1,
+            offset=(page - 1) * GALLERY_PAGE,
         )
+        images = found["images"][:GALLERY_PAGE]
+        for im in images:
+            im["image_url"] = f"/images/{im['id']}.png"
+        filters = {"q": q, "tag": tag, "batch": batch_id, "status": status}
+        kept = [(k, str(v)) for k, v in filters.items() if v is not None]
+
+        def link(p: int) -> str:
+            query = kept + ([("page", str(p))] if p > 1 else [])
+            return "/gallery" + (f"?{urlencode(query)}" if query else "")
+
+        more = len(found["images"]) > GALLERY_PAGE
+        searched = None
+        if found["searched"] is not None:
+            n = found["searched"]
+            of = f" of batch {batch_id}" if batch_id is not None else ""
+            searched = (
+                f"searched the {n:,} most recent images{of}; older ones were not searched"
+                if found["cut"]
+                else f"searched all {n:,} images{of}"
+            )
+        return {
+            "filters": filters,
+            "searched": searched,
+            "page": page,
+            "images": images,
+            "more": more,
+            "prev": link(page - 1) if page > 1 else None,
+            "next": link(page + 1) if more else None,
+        }
 
     def _job_data(self, job_id: str) -> dict[str, Any]:
         try:
@@ -320,6 +524,7 @@ class DashboardApp:
         job["image_url"] = f"/images/{job['id']}.png" if job["status"] == "succeeded" else None
         job["can_retry"] = job["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
         job["can_cancel"] = job["status"] in [s.value for s in ACTIVE_STATUSES]
+        job["ran"] = ran_as(job["quantization"], job["attempt_rows"])
         return job
 
     def job(self, request: Request, job_id: str) -> Response:
@@ -364,7 +569,67 @@ class DashboardApp:
         n = self._retry_ids(self.store.failed_job_ids(error=error or None))
         return self._redirect(request, f"{n} failed {'job' if n == 1 else 'jobs'} retried")
 
+    def _set_paused(self, action: str, batch_id: int | None) -> tuple[bool, str]:
+        try:
+            if action == "pause":
+                changed = self.store.pause(batch_id)
+            else:
+                changed = self.store.resume(batch_id)
+        except UsageError as exc:  # no such batch
+            raise HTTPError("404 Not Found", str(exc)) from exc
+        what = "the queue" if batch_id is None else f"batch {batch_id}"
+        if action == "pause":
+            return changed, f"{what} {'paused' if changed else 'was already paused'}"
+        return changed, f"{what} {'resumed' if changed else 'was not paused'}"
+
+    def batch_pause(self, request: Request, batch_id: str, action: str) -> Response:
+        return self._redirect(request, self._set_paused(action, int(batch_id))[1])
+
+    def queue_pause(self, request: Request, action: str) -> Response:
+        return self._redirect(request, self._set_paused(action, None)[1])
+
     # -- JSON API ------------------------------------------------------------------------------
+
+    def api_token(self, request: Request) -> Response:
+        """The token POSTs carry (as a ``token`` field or an ``X-Orchestrate-Token`` header).
+        Another site's page cannot read it: this answer has no CORS headers."""
+        return self._json({"token": self.token, "header": "X-Orchestrate-Token"})
+
+    def api_paused(self, request: Request) -> Response:
+        return self._json({"generated_at": time.time(), **self.store.paused()})
+
+    def api_queue_pause(self, request: Request, action: str) -> Response:
+        changed, message = self._set_paused(action, None)
+        return self._json({"changed": changed, "message": message, **self.store.paused()})
+
+    def api_batch_pause(self, request: Request, batch_id: str, action: str) -> Response:
+        changed, message = self._set_paused(action, int(batch_id))
+        return self._json({"changed": changed, "message": message, **self.store.paused()})
+
+    @staticmethod
+    def _priority(request: Request) -> int:
+        raw = (request.field("priority") or "").strip()
+        if not re.fullmatch(r"[+-]?\d{1,10}", raw):
+            raise HTTPError("400 Bad Request", f"priority must be a whole number (got {raw!r})")
+        try:
+            return check_priority(int(raw))
+        except UsageError as exc:
+            raise HTTPError("400 Bad Request", str(exc)) from exc
+
+    def _set_priority(self, value: int, job_ids: Sequence[int], batch_id: int | None) -> Response:
+        try:
+            n = self.store.set_priority(value, job_ids, batch_id=batch_id)
+        except UsageError as exc:  # no such job or batch
+            raise HTTPError("404 Not Found", str(exc)) from exc
+        return self._json({"changed": n, "priority": value})
+
+    def api_batch_priority(self, request: Request, batch_id: str) -> Response:
+        """Every pending job of the batch gets the form's (or JSON body's) ``priority``."""
+        return self._set_priority(self._priority(request), (), int(batch_id))
+
+    def api_job_priority(self, request: Request, job_id: str) -> Response:
+        """The job, if pending, gets ``priority``; ``changed`` is 0 when it is not."""
+        return self._set_priority(self._priority(request), [int(job_id)], None)
 
     def api_overview(self, request: Request) -> Response:
         return self._json(st.overview(self.store, request.int_arg("batch", None)))
@@ -381,7 +646,13 @@ class DashboardApp:
         )
 
     def api_workers(self, request: Request) -> Response:
-        return self._json({"generated_at": time.time(), "workers": self.store.worker_stats()})
+        now = time.time()
+        workers = [{**w, "liveness": st.liveness(w, now)} for w in self.store.worker_stats()]
+        return self._json({"generated_at": now, "workers": workers})
+
+    def api_batch_jobs(self, request: Request, batch_id: str) -> Response:
+        data = self._batch_jobs_data(request, batch_id)
+        return self._json({"generated_at": time.time(), **data})
 
     def api_failures(self, request: Request) -> Response:
         return self._json(
@@ -394,11 +665,7 @@ class DashboardApp:
         )
 
     def api_gallery(self, request: Request) -> Response:
-        page = request.int_arg("page", 1, high=MAX_PAGE) or 1
-        rows = self.store.recent_images(limit=GALLERY_PAGE, offset=(page - 1) * GALLERY_PAGE)
-        for r in rows:
-            r["image_url"] = f"/images/{r['id']}.png"
-        return self._json({"page": page, "images": rows})
+        return self._json(self._gallery_data(request))
 
     def api_job(self, request: Request, job_id: str) -> Response:
         return self._json(self._job_data(job_id))

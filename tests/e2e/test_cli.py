@@ -113,22 +113,22 @@ def test_submit_then_work_then_inspect_jobs(cli: Cli, tmp_path: Path) -> None:
 
 def test_generate_one_image_and_env_configuration(cli: Cli, tmp_path: Path) -> None:
     cli.env["ORCHESTRATE_DB"] = str(tmp_path / "elsewhere.db")
+    cli.env["ORCHESTRATE_GENERATE_STEPS"] = "5"
     proc = cli(
         "generate",
         "--prompt",
         "a lighthouse",
         "--scheduler",
         "dpmpp_2m",
-        "--steps",
-        "5",
         "--seed",
         "7667",
         "--output-path",
         "imgs",
     )
     path = Path(proc.stdout.strip().splitlines()[-1])
-    assert path == tmp_path / "imgs" / "1" / "000001.png"
-    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "orchestrate.db").exists()
+    assert path == tmp_path / "imgs" / "7667-a-lighthouse.png"
+    # one image needs no database: none is made, named or not
+    assert not (tmp_path / "elsewhere.db").exists() and not (tmp_path / "orchestrate.db").exists()
     params = read_png_metadata(path.read_bytes())["parameters"]
     assert params.startswith(
         "a lighthouse\nSteps: 5, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 7667"

@@ -64,3 +64,33 @@ def test_commands_migrate_a_fresh_database_themselves(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_pause_columns_upgrade_and_downgrade_with_data(db_url: str) -> None:
+    from orchestrator.database import open_engine
+    from orchestrator.store import JobStore
+
+    upgrade(db_url, "0004")
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, name, rows, job_count, duplicates, defaults_json, "
+                "created_at) VALUES (1, 'old', 0, 0, 0, '{}', 0)"
+            )
+        )
+    upgrade(db_url, "0005")
+    assert "paused_at" in {c["name"] for c in inspect(engine).get_columns("batches")}
+    assert "queue_state" in inspect(engine).get_table_names()
+    upgrade(db_url)
+    store = JobStore(open_engine(db_url))
+    assert store.pause(1) and store.pause()  # a batch from before 0005 can be paused
+    store.engine.dispose()
+    downgrade(db_url, "0004")
+    engine = create_engine(db_url)
+    assert "paused_at" not in {c["name"] for c in inspect(engine).get_columns("batches")}
+    assert "queue_state" not in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM batches")).scalars().all() == ["old"]
+    upgrade(db_url)
+    assert current_revision(engine) == head_revision()

@@ -62,3 +62,17 @@ def test_write_atomic_failure_keeps_the_old_file(
         write_atomic(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_a_row_folder_holds_its_images_under_the_output_dir(tmp_path: Path) -> None:
+    job = {**JOB, "output_dir": "portraits/{scheduler}-{steps}", "output_name": "{seed}"}
+    assert image_path(tmp_path, job) == tmp_path / "portraits" / "dpmpp_2m-20" / "000017-42.png"
+
+
+@pytest.mark.parametrize("folder", ["../../etc", "/etc", "a/../../b", "..", "./.hidden/x"])
+def test_a_hand_edited_folder_still_cannot_leave_the_output_dir(
+    tmp_path: Path, folder: str
+) -> None:
+    path = image_path(tmp_path, {**JOB, "output_dir": folder})
+    assert path.resolve().is_relative_to(tmp_path.resolve())
+    assert ".." not in path.relative_to(tmp_path).parts

@@ -33,6 +33,13 @@ for _var, _value in (
     ("TRANSFORMERS_VERBOSITY", "error"),
     ("DIFFUSERS_VERBOSITY", "error"),
     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+    # OpenMP threads that wait by spinning (libgomp's default) take the cores from each other
+    # and from every other process: on a busy machine a 2-thread 64 px image took 28 s instead
+    # of 1 s (issue 12, benchmarks/threads.py). Passive waits do not fall off that cliff and do
+    # not change the pixels. libgomp reads this once, when torch is first imported, which in
+    # every command happens below, after this line (tests/integration/test_threads.py); a value
+    # the user set is kept.
+    ("OMP_WAIT_POLICY", "PASSIVE"),
 ):
     os.environ.setdefault(_var, _value)
 
@@ -119,7 +126,8 @@ class DiffusersBackend:
         self.model = model
         self.quantization = quantization
         self.threads = threads
-        # The thread count changes how reductions are split, and so the pixels: fix it.
+        # The thread count changes how reductions are split, and so the pixels: fix it (and
+        # record it: reproduce uses the recorded count, never the current default).
         torch.set_num_threads(threads)
         self.device = pick_device(device)
         # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.

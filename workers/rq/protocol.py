@@ -298,6 +298,7 @@ _PAYLOAD_TYPES: dict[str, type] = {
     "model": str,
     "quantization": str,
     "output_name": str,
+    "output_dir": str,
     "line": int,
     "image_index": int,
     "tags": str,

@@ -1,0 +1,184 @@
+"""Can this machine load a job's model? Answered before a run starts, without loading weights.
+
+``orchestrate run`` checks every distinct (model, quantization) of the work it is about to do,
+so a typo in a model path or a hub id missing from an offline machine's cache is one message
+at the start, not a failure per job discovered hours into an overnight run. ``submit`` only
+warns about local paths that are not here: its manifest may be meant for another machine.
+
+The checks mirror how the backends find a model (``workers.backends.diffusers.model_source``,
+``workers.task.resolve_variant`` and ``resolve_coreml_folder``) but touch only the file system
+and the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import JobInputError
+
+ModelKey = tuple[str, str]  # (model, quantization)
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    """A model (in one quantization) this machine cannot load, and how many jobs need it."""
+
+    model: str
+    quantization: str
+    jobs: int
+    reason: str
+
+    def __str__(self) -> str:
+        variant = "" if self.quantization == "fp16" else f" ({self.quantization})"
+        plural = "job" if self.jobs == 1 else "jobs"
+        return f"model {self.model!r}{variant}, {self.jobs} {plural}: {self.reason}"
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether a model value names a local folder rather than a hub id (``owner/name``, at
+    most one ``/``): it starts with ``/``, ``.`` or ``~``, has a ``\\`` or a drive letter, or
+    has more than one ``/``."""
+    return (
+        model.startswith(("/", ".", "~", "\\"))
+        or "\\" in model
+        or (len(model) > 1 and model[1] == ":")
+        or model.count("/") > 1
+    )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_problem(model: str) -> str | None:
+    """Why a hub id cannot be loaded here: not a valid id, or not cached while offline."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return "not a local diffusers folder, and not a valid Hugging Face hub id"
+    cached = try_to_load_from_cache(model, "model_index.json")
+    if isinstance(cached, str) and Path(cached).is_file():
+        return None
+    if _offline():
+        return (
+            "not in this machine's Hugging Face cache, and the hub cannot be reached "
+            f"(HF_HUB_OFFLINE=1): download it where there is a network (`hf download {model}`) "
+            "or give a local diffusers folder"
+        )
+    return None  # not cached, but online: the first job downloads it
+
+
+def model_problem(model: str, quantization: str = "fp16", backend: str = "diffusers") -> str | None:
+    """Why ``model`` in ``quantization`` cannot be loaded by ``backend`` on this machine, or
+    None when it can (as far as can be told without loading it)."""
+    from workers.models import is_tiny, local_folder
+
+    if backend == "coreml":
+        from workers.task import resolve_coreml_folder
+
+        try:
+            resolve_coreml_folder(model, quantization)
+        except JobInputError as exc:
+            return str(exc)
+        return None
+
+    if is_tiny(model):
+        problem = None  # built from code on first use
+    elif local_folder(model) is not None:
+        problem = None
+    elif looks_like_path(model) or Path(model).expanduser().exists():
+        folder = Path(model).expanduser()
+        if not folder.exists():
+            problem = f"no such folder on this machine ({folder.absolute()})"
+        elif not folder.is_dir():
+            problem = f"{folder.absolute()} is a file, not a diffusers folder"
+        else:
+            problem = f"not a diffusers folder (no model_index.json in {folder.absolute()})"
+    else:
+        problem = _hub_problem(model)
+    if problem is not None or quantization == "fp16":
+        return problem
+
+    from workers.compression import registry
+
+    if quantization in ("8bit", "6bit", "4bit"):
+        return None  # a uniform variant: built from the model on first use
+    if registry.lookup(model, quantization, "torch") is None:
+        return (
+            f"no compressed variant {quantization!r} of it on this machine; make it with "
+            f"`orchestrate model compress --model {model} --recipe ANALYSIS.json:{quantization} "
+            "--format torch`"
+        )
+    return None
+
+
+def check_models(counts: dict[ModelKey, int], backend: str = "diffusers") -> list[ModelProblem]:
+    """The models of ``counts`` (jobs per (model, quantization)) that cannot be loaded here,
+    in order of the most jobs affected."""
+    problems = []
+    for (model, quantization), n in counts.items():
+        reason = model_problem(model, quantization, backend)
+        if reason is not None:
+            problems.append(ModelProblem(model, quantization, n, reason))
+    return sorted(problems, key=lambda p: (-p.jobs, p.model, p.quantization))
+
+
+def manifest_models(jobs: Iterable[Any]) -> Counter[ModelKey]:
+    """Jobs per (model, quantization) of a manifest's job specs."""
+    return Counter((j.model, j.quantization) for j in jobs)
+
+
+def pending_models(store: Any) -> Counter[ModelKey]:
+    """Jobs per (model, quantization) waiting in the queue to be run: one grouped query, as
+    many rows as there are distinct models. Paused work is left out (a run does not take it)."""
+    from sqlalchemy import func, select
+
+    from orchestrator.models import Batch, Job, JobStatus, QueueState
+
+    stmt = (
+        select(Job.model, Job.quantization, func.count())
+        .join(Batch, Batch.id == Job.batch_id)
+        .where(Job.status == JobStatus.PENDING.value, Batch.paused_at.is_(None))
+        .group_by(Job.model, Job.quantization)
+    )
+    with store.engine.connect() as conn:
+        if conn.execute(select(QueueState.paused_at).where(QueueState.id == 1)).scalar():
+            return Counter()
+        return Counter({(m, q): int(n) for m, q, n in conn.execute(stmt)})
+
+
+def device_problem(device: str) -> str | None:
+    """Why the torch device asked for is not on this machine (``auto`` and ``cpu`` always are)."""
+    if device not in ("cuda", "mps"):
+        return None
+    # Through the backend's module: it sets torch's environment before torch is imported.
+    from workers.backends import ModelLoadError
+    from workers.backends.diffusers import pick_device
+
+    try:
+        pick_device(device)
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
+
+
+def missing_local_paths(counts: dict[ModelKey, int]) -> list[tuple[str, int]]:
+    """Model values that look like local paths and do not exist on this machine, with the
+    number of jobs naming each (for ``submit``'s warning)."""
+    per_model: Counter[str] = Counter()
+    for (model, _q), n in counts.items():
+        if looks_like_path(model) and not Path(model).expanduser().exists():
+            per_model[model] += n
+    return sorted(per_model.items())

@@ -1,0 +1,92 @@
+"""Torch threads and OpenMP waits on the real tiny pipeline (issue 12): the thread count
+changes the pixels, ``reproduce`` uses the recorded count, and workers wait passively."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.reproduce import compare_pixels, reproduce_image
+from workers.task import PipelineCache, run_job
+
+pytestmark = pytest.mark.slow
+
+ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
+
+# A job whose pixels differ between 1 and 2 threads (many give the same pixels at 64 px).
+JOB = {
+    "id": 1,
+    "batch_id": 1,
+    "prompt": "a red fox in the snow",
+    "negative_prompt": "blurry",
+    "seed": 7,
+    "steps": 20,
+    "guidance_scale": 7.5,
+    "width": 64,
+    "height": 64,
+    "scheduler": "dpmpp_2m",
+    "model": "tiny",
+    "quantization": "fp16",
+    "output_name": "",
+    "line": 2,
+    "image_index": 0,
+    "tags": "",
+    "extra": {},
+}
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_thread_count_changes_pixels_and_reproduce_uses_the_recorded_one(
+    tmp_path: Path, torch_threads: None
+) -> None:
+    made = {t: run_job(dict(JOB), PipelineCache(device="cpu", threads=t)).png for t in (1, 2)}
+    identical, _, _, max_abs = compare_pixels(made[1], made[2])
+    assert not identical and max_abs is not None and max_abs > 0
+
+    for t in (2, 1):  # the last pipeline loaded before each reproduction has the other count
+        path = tmp_path / f"threads{t}.png"
+        path.write_bytes(made[t])
+        result = reproduce_image(path)
+        assert result.here["torch_threads"] == t
+        assert result.identical, result.summary()
+        assert result.differences == []
+
+
+def omp_environment(tmp_path: Path, **env: str) -> str:
+    """libgomp's settings as a worker process's torch sees them: ``orchestrate generate``
+    with ``OMP_DISPLAY_ENV=VERBOSE`` (printed when torch loads libgomp)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    base.pop("PYTEST_CURRENT_TEST", None)
+    proc = subprocess.run(
+        [ORCHESTRATE, "generate", "--prompt", "a fox", "--steps", "1", "--output-path", "out"],
+        cwd=tmp_path,
+        env={**base, "OMP_DISPLAY_ENV": "VERBOSE", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_workers_wait_passively_unless_told_otherwise(tmp_path: Path) -> None:
+    # Passive: no spinning at all (libgomp's default spins 300,000 times before sleeping,
+    # and shows OMP_WAIT_POLICY as PASSIVE either way, so the spin count is what tells).
+    shown = omp_environment(tmp_path)
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown
+    assert "GOMP_SPINCOUNT = '0'" in shown
+    # A policy the user set is kept.
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in omp_environment(tmp_path, OMP_WAIT_POLICY="ACTIVE")
