@@ -225,6 +225,8 @@ class DashboardApp:
                 ("POST", rf"/batches/{_ID}/(retry|cancel)", self.batch_action),
                 ("POST", r"/failures/retry", self.retry_failures),
                 ("POST", rf"/batches/{_ID}/(pause|resume)", self.batch_pause),
+                ("POST", rf"/batches/{_ID}/priority", self.batch_priority),
+                ("POST", rf"/jobs/{_ID}/priority", self.job_priority),
                 ("POST", r"/queue/(pause|resume)", self.queue_pause),
                 ("GET", r"/api/overview", self.api_overview),
                 ("GET", r"/api/batches", self.api_batches),
@@ -588,6 +590,26 @@ class DashboardApp:
     def queue_pause(self, request: Request, action: str) -> Response:
         return self._redirect(request, self._set_paused(action, None)[1])
 
+    def _priority_changed(self, value: int, job_ids: Sequence[int], batch_id: int | None) -> int:
+        try:
+            return int(self.store.set_priority(value, job_ids, batch_id=batch_id))
+        except UsageError as exc:  # no such job or batch
+            raise HTTPError("404 Not Found", str(exc)) from exc
+
+    def batch_priority(self, request: Request, batch_id: str) -> Response:
+        """The form on a batch page: its pending jobs get the new priority."""
+        value = self._priority(request)
+        n = self._priority_changed(value, (), int(batch_id))
+        return self._redirect(request, f"batch {batch_id}: {_jobs(n)} now at priority {value}")
+
+    def job_priority(self, request: Request, job_id: str) -> Response:
+        value = self._priority(request)
+        n = self._priority_changed(value, [int(job_id)], None)
+        what = (
+            f"now at priority {value}" if n else "unchanged (only a pending job's priority changes)"
+        )
+        return self._redirect(request, f"job {job_id}: {what}")
+
     # -- JSON API ------------------------------------------------------------------------------
 
     def api_token(self, request: Request) -> Response:
@@ -617,10 +639,7 @@ class DashboardApp:
             raise HTTPError("400 Bad Request", str(exc)) from exc
 
     def _set_priority(self, value: int, job_ids: Sequence[int], batch_id: int | None) -> Response:
-        try:
-            n = self.store.set_priority(value, job_ids, batch_id=batch_id)
-        except UsageError as exc:  # no such job or batch
-            raise HTTPError("404 Not Found", str(exc)) from exc
+        n = self._priority_changed(value, job_ids, batch_id)
         return self._json({"changed": n, "priority": value})
 
     def api_batch_priority(self, request: Request, batch_id: str) -> Response:

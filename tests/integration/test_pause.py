@@ -223,3 +223,41 @@ def test_the_api_pauses_resumes_and_reprioritises_with_the_token(store: JobStore
     assert status.startswith("404") and data["error"] == "no batch 9"
     status, data = call(app, "GET", "/api/paused")
     assert status.startswith("200") and data["queue_paused_at"] is None
+
+
+def test_the_dashboard_sets_a_batchs_and_a_jobs_priority(store: JobStore) -> None:
+    from orchestrator.web.app import DashboardApp
+
+    submit_text(store, "prompt\na\nb\n")
+    app = DashboardApp(store)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/batches/1", "QUERY_STRING": ""}
+    environ |= {"HTTP_HOST": "127.0.0.1:8080", "wsgi.input": io.BytesIO(b"")}
+    page = b"".join(app(environ, lambda *_: None)).decode()
+    assert 'id="batch-priority"' in page and "priority of its 2 pending jobs" in page
+    token = call(app, "GET", "/api/token")[1]["token"]
+    form = {"token": token, "priority": 7, "next": "/batches/1"}
+    assert call(app, "POST", "/batches/1/priority", form)[0].startswith("303")
+
+    def priorities() -> list[int]:
+        with store.engine.connect() as conn:
+            return [r[0] for r in conn.exec_driver_sql("SELECT priority FROM jobs ORDER BY id")]
+
+    assert priorities() == [7, 7]
+    assert store.claim(worker(), lease_seconds=30).job["id"] == 1  # type: ignore[union-attr]
+    status, _ = call(app, "POST", "/jobs/2/priority", {**form, "priority": 9})
+    assert status.startswith("303")
+    status, _ = call(app, "POST", "/jobs/1/priority", {**form, "priority": 9})  # running now
+    assert status.startswith("303")
+    assert priorities() == [7, 9]
+
+    def status_of(body: dict[str, Any]) -> str:
+        raw = json.dumps(body).encode()
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/batches/1/priority"}
+        environ |= {"HTTP_HOST": "127.0.0.1:8080", "CONTENT_TYPE": "application/json"}
+        environ |= {"CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+        got: list[str] = []
+        b"".join(app(environ, lambda status, _h: got.append(status)))
+        return got[0]
+
+    assert status_of({**form, "priority": "high"}).startswith("400")
+    assert status_of({"priority": 1}).startswith("403")
