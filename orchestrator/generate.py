@@ -17,7 +17,6 @@ import contextlib
 import errno
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,14 +26,13 @@ from typing import Any
 from orchestrator.errors import DiskFull, ManifestError, UsageError, is_no_space
 from orchestrator.manifest import Defaults, JobSpec, parse_manifest, single_job
 from orchestrator.models import JOB_FIELDS
+from orchestrator.output import fsync_dir, write_temp
 
 # Suffixes of other image formats: ``-o out.jpg`` is a mistake, not a folder to create.
 OTHER_IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 )
 MAX_SLUG = 60
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -120,27 +118,21 @@ def write_image(target: Target, job: dict[str, Any], data: bytes) -> Path:
     """Write ``data`` where ``target`` says, atomically; return the exact path written."""
     folder = target.path.parent if target.is_file else target.path
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".generate.", suffix=".tmp", dir=folder)
+        tmp = write_temp(folder, data, ".generate.")
     except OSError as exc:
         raise _write_error(folder, exc) from exc
     try:
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
-                os.fsync(fh.fileno())
             if target.is_file:
                 final = target.path
-                _place(Path(tmp), final, target.overwrite)
+                _place(tmp, final, target.overwrite)
             else:
                 names = file_names(job)
                 n = 1
                 while True:
                     final = folder / names(n)
                     try:
-                        _place(Path(tmp), final, target.overwrite)
+                        _place(tmp, final, target.overwrite)
                         break
                     except FileExistsError:
                         n += 1
@@ -152,11 +144,7 @@ def write_image(target: Target, job: dict[str, Any], data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     with contextlib.suppress(OSError):
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(folder)
     return final
 
 

@@ -41,6 +41,22 @@ FAILED_ATTEMPTS = (AttemptStatus.FAILED.value, AttemptStatus.LOST.value)
 # jobs share one error text instead of one each. The same rule in Python and in SQL.
 _LEASE_TOKEN = re.compile(r"^(lease expired: worker .+)/[0-9a-f]{8}( stopped renewing it)$")
 NO_ERROR_TEXT = "(no error text)"
+# What the gallery shows of a succeeded job.
+_IMAGE_COLUMNS = (
+    Job.id,
+    Job.batch_id,
+    Job.prompt,
+    Job.negative_prompt,
+    Job.seed,
+    Job.steps,
+    Job.guidance_scale,
+    Job.width,
+    Job.height,
+    Job.scheduler,
+    Job.model,
+    Job.finished_at,
+    Job.output_path,
+)
 # 29 = len("/<8 hex digits> stopped renewing it")
 ERROR_KEY_SQL = (
     "CASE WHEN error GLOB 'lease expired: worker */"
@@ -363,21 +379,7 @@ class ReportsMixin(StoreBase):
     def recent_images(self, limit: int = 24, offset: int = 0) -> list[dict[str, Any]]:
         """Succeeded jobs, most recently finished first, with what made their image."""
         stmt = (
-            select(
-                Job.id,
-                Job.batch_id,
-                Job.prompt,
-                Job.negative_prompt,
-                Job.seed,
-                Job.steps,
-                Job.guidance_scale,
-                Job.width,
-                Job.height,
-                Job.scheduler,
-                Job.model,
-                Job.finished_at,
-                Job.output_path,
-            )
+            select(*_IMAGE_COLUMNS)
             .where(Job.status == JobStatus.SUCCEEDED.value)
             .order_by(Job.finished_at.desc())
             .limit(limit)
@@ -483,22 +485,7 @@ class ReportsMixin(StoreBase):
             base = base.where(Job.batch_id == batch_id).order_by(Job.id.desc())
         else:
             base = base.order_by(Job.finished_at.desc(), Job.id.desc())
-        columns = (
-            Job.id,
-            Job.batch_id,
-            Job.prompt,
-            Job.negative_prompt,
-            Job.seed,
-            Job.steps,
-            Job.guidance_scale,
-            Job.width,
-            Job.height,
-            Job.scheduler,
-            Job.model,
-            Job.tags,
-            Job.finished_at,
-            Job.output_path,
-        )
+        columns = (*_IMAGE_COLUMNS, Job.tags)
         order = (
             (Job.id.desc(),) if batch_id is not None else (Job.finished_at.desc(), Job.id.desc())
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.reproduce import compare_pixels, reproduce_image
+from tests.conftest import sample_payload
 from workers.task import PipelineCache, run_job
 
 pytestmark = pytest.mark.slow
@@ -20,23 +21,11 @@ ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 
 # A job whose pixels differ between 1 and 2 threads (many give the same pixels at 64 px).
 JOB = {
-    "id": 1,
-    "batch_id": 1,
-    "prompt": "a red fox in the snow",
-    "negative_prompt": "blurry",
-    "seed": 7,
-    "steps": 20,
-    "guidance_scale": 7.5,
-    "width": 64,
-    "height": 64,
-    "scheduler": "dpmpp_2m",
-    "model": "tiny",
-    "quantization": "fp16",
-    "output_name": "",
-    "line": 2,
-    "image_index": 0,
-    "tags": "",
-    "extra": {},
+    k: v
+    for k, v in sample_payload(
+        prompt="a red fox in the snow", negative_prompt="blurry", seed=7, steps=20
+    ).items()
+    if k not in ("attempt", "token")
 }
 
 

@@ -13,22 +13,16 @@ import orchestrator.config
 import workers.task
 from orchestrator.config import UNRECORDED_THREADS
 from orchestrator.reproduce import reproduce_image
+from tests.conftest import sample_payload
 from workers.metadata import encode_png
 from workers.task import TaskOutput
 
 JOB = {
-    "id": 1,
-    "batch_id": 1,
-    "prompt": "a red fox in the snow",
-    "negative_prompt": "blurry",
-    "seed": 7,
-    "steps": 20,
-    "guidance_scale": 7.5,
-    "width": 64,
-    "height": 64,
-    "scheduler": "dpmpp_2m",
-    "model": "tiny",
-    "quantization": "fp16",
+    k: v
+    for k, v in sample_payload(
+        prompt="a red fox in the snow", negative_prompt="blurry", seed=7, steps=20
+    ).items()
+    if k not in ("attempt", "token")
 }
 
 
