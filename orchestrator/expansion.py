@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +27,9 @@ LIST_SEPARATOR = "|"
 _ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 _WILDCARD = re.compile(r"__([A-Za-z0-9][A-Za-z0-9_\-]*(?:/[A-Za-z0-9][A-Za-z0-9_\-]*)*)__")
 _TOKEN = re.compile(f"{_ALTERNATIVES.pattern}|{_WILDCARD.pattern}")
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+_RANGE = re.compile(r"\s*(\d{1,12})\s*-\s*(\d{1,12})\s*")
 MAX_WILDCARD_BYTES = 16 * 1024 * 1024
+MAX_VALUE_CHARS = 10_000  # one alternative or wildcard line (a prompt's own limit)
 
 
 class ExpansionError(ValueError):
@@ -52,8 +53,20 @@ class Template:
         return [p for p in self.parts if isinstance(p, Axis)]
 
     @property
+    def factors(self) -> list[int]:
+        """How many values each axis has (their product is the number of texts)."""
+        return [len(a.values) for a in self.axes]
+
+    @property
     def size(self) -> int:
-        return math.prod(len(a.values) for a in self.axes)
+        return math.prod(self.factors)
+
+    @property
+    def longest(self) -> int:
+        """The length of the longest text it expands to."""
+        return sum(
+            len(p) if isinstance(p, str) else max(len(v) for v in p.values) for p in self.parts
+        )
 
     def expand(self) -> Iterator[tuple[str, dict[str, str]]]:
         """Each text with the values its axes took (only axes with more than one value)."""
@@ -94,14 +107,27 @@ class Wildcards:
         lines = [s for raw in text.splitlines() if (s := raw.strip()) and not s.startswith("#")]
         if not lines:
             raise ExpansionError(f"wildcard file {path} has no lines")
+        for number, line in enumerate(lines, 1):
+            if len(line) > MAX_VALUE_CHARS:
+                raise ExpansionError(
+                    f"wildcard file {path}: its line {number} (not counting blanks and "
+                    f"comments) is over {MAX_VALUE_CHARS:,} characters"
+                )
+        seen: set[str] = set()
+        for line in lines:
+            if line in seen:
+                raise ExpansionError(f"wildcard file {path} lists {line[:60]!r} twice")
+            seen.add(line)
         self._lines[name] = lines
         return lines
 
 
-def parse_text(text: str, column: str, wildcards: Wildcards) -> Template:
-    """Split a prompt into literal text and axes."""
+def parse_text(
+    text: str, column: str, wildcards: Wildcards, reserved: Iterable[str] = ()
+) -> Template:
+    """Split a prompt into literal text and axes (variant keys in ``reserved`` are taken)."""
     parts: list[str | Axis] = []
-    used: set[str] = set()
+    used: set[str] = set(reserved)
     groups = 0
     pos = 0
     for match in _TOKEN.finditer(text):
@@ -111,6 +137,9 @@ def parse_text(text: str, column: str, wildcards: Wildcards) -> Template:
             groups += 1
             key = f"{VARIANT_PREFIX}{column}_{groups}"
             values: Sequence[str] = match.group(1).split(LIST_SEPARATOR)
+            if len(set(values)) != len(values):
+                twice = next(v for v in values if values.count(v) > 1)
+                raise ExpansionError(f"{{{match.group(1)[:60]}}} lists {twice!r} twice")
         else:
             name = match.group(2)
             owner = "" if column == "prompt" else "negative_"
@@ -133,5 +162,5 @@ def split_list(raw: str) -> list[str]:
 
 def int_range(raw: str) -> tuple[int, int] | None:
     """``lo-hi`` (inclusive) as numbers, or None when the cell is not a range."""
-    match = _RANGE.match(raw)
+    match = _RANGE.fullmatch(raw)
     return (int(match.group(1)), int(match.group(2))) if match else None

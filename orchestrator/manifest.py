@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import re
+import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ GUIDANCE_LIMITS = (0.0, 50.0)
 QUANTIZATIONS = ("fp16", "8bit", "6bit", "4bit")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
 MAX_PROMPT_CHARS = 10_000
+MAX_EXTRA = 100  # metadata entries of a job (meta_*, var_*, preset): the RQ payload's limit
+MAX_PROMPT_TEXT = 2_000_000_000  # characters of prompt text one submit may expand to
 MAX_JOBS = 1_000_000  # jobs one submit may expand to (a few hundred MB while validated)
 MAX_OUTPUT_NAME = 120
 MAX_OUTPUT_DIR = 200
@@ -189,14 +192,14 @@ def derived_seed(prompt: str, negative_prompt: str) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-_OUTPUT_NAME_OK = re.compile(r"^[\w\-. {}]+$")
-_TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
+_OUTPUT_NAME_OK = re.compile(r"[\w\-. {}]+")
+MAX_NAME_BYTES = 150  # a rendered file or folder name, in UTF-8 (filesystems allow 255)
 
 
 def _check_output_name(value: str) -> str | None:
     if len(value) > MAX_OUTPUT_NAME:
         return f"must be at most {MAX_OUTPUT_NAME} characters"
-    if not _OUTPUT_NAME_OK.match(value) or ".." in value or value.startswith("."):
+    if not _OUTPUT_NAME_OK.fullmatch(value) or ".." in value or value.startswith("."):
         return (
             "must be a plain file name (letters, digits, space, '_', '-', '.', {fields}); "
             "no '/', '\\', '..' or leading '.'"
@@ -204,7 +207,7 @@ def _check_output_name(value: str) -> str | None:
     return _check_template(value)
 
 
-_OUTPUT_DIR_PART = re.compile(r"^[\w\-. {}]+$")
+_OUTPUT_DIR_PART = re.compile(r"[\w\-. {}]+")
 
 
 def _check_output_dir(value: str) -> str | None:
@@ -219,7 +222,7 @@ def _check_output_dir(value: str) -> str | None:
             not part
             or part in (".", "..")
             or part.startswith(".")
-            or not _OUTPUT_DIR_PART.match(part)
+            or not _OUTPUT_DIR_PART.fullmatch(part)
         ):
             return (
                 "must be folder names (letters, digits, space, '_', '-', '.', {fields}) joined "
@@ -229,13 +232,24 @@ def _check_output_dir(value: str) -> str | None:
 
 
 def _check_template(value: str) -> str | None:
-    for name in _TEMPLATE_FIELD.findall(value):
-        if name not in OUTPUT_NAME_FIELDS:
+    """Fields are plain names of OUTPUT_NAME_FIELDS: no conversion, format spec, index or
+    attribute, no stray brace; and every part, rendered with the widest values, fits a
+    filesystem's name limit."""
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return f"is not a valid template ({exc}); fields look like {{seed}}"
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in OUTPUT_NAME_FIELDS or spec or conversion:
             return f"unknown field {{{name}}}; known: " + ", ".join(
                 "{" + f + "}" for f in OUTPUT_NAME_FIELDS
             )
-    if value.count("{") != value.count("}"):
-        return "has an unbalanced '{' or '}'"
+    widest = dict.fromkeys(OUTPUT_NAME_FIELDS, "x" * 20)
+    for part in value.split("/"):
+        if len(part.format(**widest).encode()) > MAX_NAME_BYTES:
+            return f"makes a name longer than {MAX_NAME_BYTES} bytes"
     return None
 
 
@@ -420,7 +434,8 @@ class _RowChecker:
 
     def template(self, column: str, text: str, wildcards: Wildcards) -> Template | None:
         try:
-            return parse_text(text, column, wildcards)
+            reserved = [VARIANT_PREFIX + c for c in GRID_COLUMNS]
+            return parse_text(text, column, wildcards, reserved)
         except ExpansionError as exc:
             self.fail(column, text, str(exc))
             return None
@@ -532,6 +547,7 @@ def parse_manifest(
     index_of = {name: i for i, name in enumerate(columns) if name is not None}
     extra_names = [(i, n) for i, n in enumerate(columns) if n and n not in COLUMNS]
     resolver = _Resolver(native_size, mixed_variant)
+    text_chars = 0
     wildcards = Wildcards(wildcard_dir)
 
     jobs: list[JobSpec] = []
@@ -570,6 +586,8 @@ def parse_manifest(
         elif len(prompt) > MAX_PROMPT_CHARS:
             row.fail("prompt", prompt, f"must be at most {MAX_PROMPT_CHARS} characters")
         negative = cell("negative_prompt").strip()
+        if len(negative) > MAX_PROMPT_CHARS:
+            row.fail("negative_prompt", negative, f"must be at most {MAX_PROMPT_CHARS} characters")
 
         if expand_prompts:
             prompt_t = row.template("prompt", prompt, wildcards)
@@ -604,17 +622,32 @@ def parse_manifest(
             continue
         assert prompt_t is not None and negative_t is not None
         assert count is not None and priority is not None
-        size = prompt_t.size * negative_t.size * math.prod(len(v) for v in axes.values()) * count
-        if expanded + size > max_jobs:
+        factors = [
+            *prompt_t.factors,
+            *negative_t.factors,
+            *(len(v) for v in axes.values()),
+            count,
+        ]
+        size = math.prod(factors)
+        text_chars += size * (prompt_t.longest + negative_t.longest)
+        if expanded + size > max_jobs or text_chars > MAX_PROMPT_TEXT:
             if expanded <= max_jobs:
-                sizes = [prompt_t.size, negative_t.size, *(len(v) for v in axes.values())]
-                shape = " x ".join(str(n) for n in (*sizes, count) if n > 1) or "1"
-                only_count = count > 1 and math.prod(sizes) == 1
+                shown = [str(n) for n in factors if n > 1]
+                shape = " x ".join(shown[:12]) + (" x ..." if len(shown) > 12 else "")
+                total = f"{size:,}" if size.bit_length() <= 100 else "more than 10^30"
+                only_count = count > 1 and size == count
+                too_big = expanded + size > max_jobs
                 row.fail(
-                    "num_images" if only_count else None,
-                    cell("num_images") if only_count else None,
-                    f"expands the manifest past {max_jobs:,} jobs (this row: {size:,} = "
-                    f"{shape}; the limit of one submit; --max-total-jobs raises it)",
+                    "num_images" if only_count and too_big else None,
+                    cell("num_images") if only_count and too_big else None,
+                    (
+                        f"expands the manifest past {max_jobs:,} jobs (this row: {total} = "
+                        f"{shape or '1'}; the limit of one submit; --max-total-jobs raises it)"
+                    )
+                    if too_big
+                    else f"expands the manifest past {MAX_PROMPT_TEXT:,} characters of prompt "
+                    f"text (this row: {total} jobs of up to "
+                    f"{prompt_t.longest + negative_t.longest:,} characters); split it up",
                 )
                 expanded = max_jobs + 1
             continue
@@ -624,7 +657,21 @@ def parse_manifest(
         start = len(jobs)
         try:
             for text, text_vars in prompt_t.expand():
+                if not text.strip() or len(text) > MAX_PROMPT_CHARS:
+                    raise _RowFailed(
+                        "prompt",
+                        prompt,
+                        f"expands to {text[:40]!r}, which is empty"
+                        if not text.strip()
+                        else f"expands to a prompt over {MAX_PROMPT_CHARS} characters",
+                    )
                 for neg_text, neg_vars in negative_t.expand():
+                    if len(neg_text) > MAX_PROMPT_CHARS:
+                        raise _RowFailed(
+                            "negative_prompt",
+                            negative,
+                            f"expands to a prompt over {MAX_PROMPT_CHARS} characters",
+                        )
                     for combo in itertools.product(*axes.values()):
                         values = dict(zip(axes, combo, strict=True))
                         spec = resolver.resolve(values, defaults)
@@ -643,6 +690,13 @@ def parse_manifest(
                         job_extra = {**extra, **text_vars, **neg_vars, **variants}
                         if spec["preset"]:
                             job_extra["preset"] = str(spec["preset"])
+                        if len(job_extra) > MAX_EXTRA:
+                            raise _RowFailed(
+                                None,
+                                None,
+                                f"has {len(job_extra)} metadata entries (meta_*, var_*, "
+                                f"preset); a job carries at most {MAX_EXTRA}",
+                            )
                         for k in range(count):
                             jobs.append(
                                 JobSpec(

@@ -26,7 +26,20 @@ def _render(template: str, job: dict[str, Any]) -> str:
         "guidance_scale": f"{float(job.get('guidance_scale') or 0):g}",
         "quantization": job.get("quantization", ""),
     }
-    return template.format(**fields)
+    try:
+        return template.format(**fields)
+    except (ValueError, KeyError, IndexError, AttributeError):
+        # validated at submit; a hand-edited database gets the template as plain text
+        return template
+
+
+def _safe_part(text: str) -> str:
+    """One file or folder name: safe characters, no leading or trailing dots, and at most
+    150 bytes of UTF-8 (filesystems allow 255; the job id and ``.png`` come on top)."""
+    part = _UNSAFE.sub("_", text).strip(". ")
+    while len(part.encode()) > 150:
+        part = part[:-1]
+    return part.rstrip(". ")
 
 
 def image_path(root: Path, job: dict[str, Any]) -> Path:
@@ -37,14 +50,14 @@ def image_path(root: Path, job: dict[str, Any]) -> Path:
     template = job.get("output_name") or ""
     if template:
         # Validated at submit; sanitised again so a hand-edited database cannot escape either.
-        rendered = _UNSAFE.sub("_", _render(template, job)).strip(". ")[:120]
+        rendered = _safe_part(_render(template, job))
         if rendered:
             name += "-" + rendered
     folder = root / str(int(job["batch_id"]))
     parts = [
         part
         for raw in _render(job.get("output_dir") or "", job).split("/")
-        if (part := _UNSAFE.sub("_", raw).strip(". ")[:120])
+        if (part := _safe_part(raw))
     ]
     if parts:
         folder = root.joinpath(*parts)

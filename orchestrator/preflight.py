@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobInputError
+from workers.models import expand_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
 
@@ -98,8 +99,8 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
         problem = None  # built from code on first use
     elif local_folder(model) is not None:
         problem = None
-    elif looks_like_path(model) or Path(model).expanduser().exists():
-        folder = Path(model).expanduser()
+    elif looks_like_path(model) or expand_path(model).exists():
+        folder = expand_path(model)
         if not folder.exists():
             problem = f"no such folder on this machine ({folder.absolute()})"
         elif not folder.is_dir():
@@ -179,6 +180,6 @@ def missing_local_paths(counts: dict[ModelKey, int]) -> list[tuple[str, int]]:
     number of jobs naming each (for ``submit``'s warning)."""
     per_model: Counter[str] = Counter()
     for (model, _q), n in counts.items():
-        if looks_like_path(model) and not Path(model).expanduser().exists():
+        if looks_like_path(model) and not expand_path(model).exists():
             per_model[model] += n
     return sorted(per_model.items())

@@ -68,9 +68,13 @@ class StagedImage:
     size: int
 
 
-def staged_path(final: Path, attempt_id: int) -> Path:
-    """``<out>/.staging/<attempt-id>.png`` for a final path ``<out>/<batch>/<name>.png``: one
-    hidden folder beside the batches, on the same filesystem, so publishing is a rename."""
+def staged_path(final: Path, attempt_id: int, root: Path | None = None) -> Path:
+    """``<out>/.staging/<attempt-id>.png``: one hidden folder beside the batches, on the same
+    filesystem, so publishing is a rename. ``<out>`` is ``root`` when the final path is under
+    it (a row's ``output_dir`` may nest the image deeper), else the folder above the image's
+    (``<out>/<batch>/<name>.png``, as another machine's output folder is laid out)."""
+    if root is not None and final.is_relative_to(root):
+        return root / STAGING / f"{int(attempt_id)}.png"
     return final.parent.parent / STAGING / f"{int(attempt_id)}.png"
 
 
@@ -90,10 +94,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def stage(final: Path, attempt_id: int, data: bytes | Iterable[bytes]) -> StagedImage:
+def stage(
+    final: Path, attempt_id: int, data: bytes | Iterable[bytes], root: Path | None = None
+) -> StagedImage:
     """Write an attempt's image under its own staged name, whole or not at all. ``data`` may
     be an iterable of chunks (the coordinator streams from Redis). Raises DiskFull."""
-    target = staged_path(final, attempt_id)
+    target = staged_path(final, attempt_id, root)
     tmp = target.with_name(f"{int(attempt_id)}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     h = hashlib.sha256()
     size = 0
@@ -173,7 +179,7 @@ class Results:
             if final.is_file() and sha256_file(final) == sha:
                 self.store.mark_published(row["id"], sha)
                 continue
-            staged = staged_path(final, row["attempt_id"] or 0)
+            staged = staged_path(final, row["attempt_id"] or 0, self.output_dir)
             if staged.is_file() and sha256_file(staged) != sha:
                 self.store.image_lost(row["id"], f"staged image {staged} is corrupt", sha256=sha)
                 continue
@@ -243,7 +249,9 @@ class Delivery:
 
     def advance(self) -> bool:
         if self.staged is None:
-            self.staged = stage(self.final, self.claim.attempt_id, self.data)
+            self.staged = stage(
+                self.final, self.claim.attempt_id, self.data, self.results.output_dir
+            )
             if self.expect_sha256 is not None and self.staged.sha256 != self.expect_sha256:
                 self.abandon()
                 raise ImageMismatch(

@@ -17,9 +17,17 @@ def is_tiny(model: str) -> bool:
     return model == TINY_MODEL_NAME
 
 
+def expand_path(model: str) -> Path:
+    """``model`` as a path on this machine, ``~`` expanded (``~nosuchuser`` stays as written)."""
+    try:
+        return Path(model).expanduser()
+    except RuntimeError:  # no such user's home
+        return Path(model)
+
+
 def local_folder(model: str) -> Path | None:
     """The model's folder when ``model`` names one on this machine."""
-    p = Path(model).expanduser()
+    p = expand_path(model)
     return p if (p / "model_index.json").is_file() else None
 
 

@@ -176,17 +176,22 @@ class ControlMixin(StoreBase):
         assert batch_id is not None  # checked above
         self._check_batch(batch_id)
         cond = cond & (Job.batch_id == batch_id)
-        # Rows that still match, a chunk per transaction, until none is left (each update
-        # takes its rows out of the condition).
+        # A chunk per transaction, in id order from where the last one stopped (rows already
+        # updated are not read again).
+        last = 0
         while True:
             with self._tx(write=True) as conn:
                 found = list(
                     conn.execute(
-                        select(Job.id).where(cond).order_by(Job.id).limit(CHUNK_ROWS)
+                        select(Job.id)
+                        .where(cond & (Job.id > last))
+                        .order_by(Job.id)
+                        .limit(CHUNK_ROWS)
                     ).scalars()
                 )
                 if not found:
                     return n
+                last = found[-1]
                 for part in chunks(found, _CHUNK):
                     n += conn.execute(
                         update(JOBS).where(cond & Job.id.in_(part)).values(priority=value)

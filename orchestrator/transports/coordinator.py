@@ -368,6 +368,7 @@ class Coordinator:
         if event.type == "refused":
             reason = f"worker {event.worker} refused RQ job {event.rq_id}: {event.error}"
             self._dead_letter(raw, reason, source="worker")
+            self._refused(event.rq_id, reason)
             return
         found = self.store.claim_for(event.job_id, event.owner)
         if found is None:
@@ -381,6 +382,19 @@ class Coordinator:
             "released": self._on_released,
         }[event.type]
         handler(claim, status, event)
+
+    def _refused(self, rq_id: str, reason: str) -> None:
+        """A dispatch of ours that a worker refused (a payload it cannot check: an older
+        worker, a job past its limits) counts as a failed attempt, so the job ends failed
+        after its attempts rather than going round the reconcile for ever."""
+        if not rq_id:
+            return
+        for claim, _status in self.store.in_flight(f"{proto.DISPATCH_PREFIX}{rq_id}/"):
+            if proto.split_owner(claim.lease_owner)[0] == rq_id:
+                self.store.fail(claim, reason)
+                logger.warning(
+                    "job %s: %s", claim.job["id"], reason, extra={"action": "job_refused"}
+                )
 
     def _unheld(self, event: proto.Event, raw: bytes) -> None:
         """An event for a dispatch that does not hold its job: late or repeated (dropped), or

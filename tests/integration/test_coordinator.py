@@ -508,3 +508,28 @@ def test_a_full_disk_keeps_the_result_for_the_next_tick(
     monkeypatch.setattr(results_module, "stage", real)
     c._drain_events(block=False)
     assert store.get_job(1)["status"] == "succeeded"
+
+
+def test_a_refused_dispatch_counts_as_a_failed_attempt_and_ends(
+    store: JobStore, redis: Any, tmp_path: Path
+) -> None:
+    """A worker that cannot check a payload (an older version, a job past its limits) refuses
+    it; the job is failed after its attempts, not re-dispatched for ever."""
+    submit_text(store, "prompt\na\n", max_attempts=2)
+    c = coordinator(store, redis, tmp_path, window=1)
+    for attempt in (1, 2):
+        c._dispatch()
+        (rq_id,) = in_flight(c)
+        redis.rpush(
+            proto.EVENTS_KEY,
+            proto.encode_event(
+                "refused", rq_id, error="payload fields: unknown ['x']", worker="w", host="h", pid=1
+            ),
+        )
+        step(c)
+        job = store.get_job(1)
+        assert job["attempts"] == attempt
+        with store.engine.begin() as conn:  # skip the retry backoff
+            conn.exec_driver_sql("UPDATE jobs SET not_before = NULL")
+    assert store.get_job(1)["status"] == "failed"
+    assert "refused RQ job" in (store.get_job(1)["last_error"] or "")

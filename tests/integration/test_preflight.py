@@ -189,3 +189,9 @@ def test_the_device_asked_for_must_be_here() -> None:
     assert (cuda is None) == torch.cuda.is_available()
     if cuda is not None:
         assert cuda == "device 'cuda' was asked for but torch sees no CUDA GPU"
+
+
+def test_a_home_folder_of_no_such_user_is_a_missing_folder_not_a_traceback() -> None:
+    model = "~no-such-user-here/sd15"
+    assert "no such folder" in (model_problem(model) or "")
+    assert list(missing_local_paths({(model, "fp16"): 2})) == [(model, 2)]

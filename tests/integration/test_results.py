@@ -214,3 +214,19 @@ def test_verify_finds_and_repairs_missing_damaged_and_orphan_files(
 def test_staged_path_is_beside_the_batches(tmp_path: Path) -> None:
     final = tmp_path / "out" / "3" / "000007.png"
     assert staged_path(final, 12) == tmp_path / "out" / STAGING / "12.png"
+
+
+def test_a_rows_nested_folder_stages_in_the_one_staging_folder(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """``output_dir = a/b/c``: staged under ``<out>/.staging`` (which sweep and verify look
+    at), never in a hidden folder among the user's own."""
+    submit_text(store, "prompt,output_dir\nx,a/b/c\n")
+    out = tmp_path / "out"
+    final = out / "a" / "b" / "c" / "000001.png"
+    assert staged_path(final, 12, out) == out / STAGING / "12.png"
+    stats = local_worker(store, out, lambda job, _c, _s: output(3)).run()
+    assert stats.succeeded == 1
+    assert published(store, 1) == png(3) and Path(store.get_job(1)["output_path"]) == final
+    assert not [p for p in out.rglob(".*") if p.parent != out]
+    assert verify(store, out).clean

@@ -190,3 +190,72 @@ def test_one_image_takes_its_prompt_as_written() -> None:
 
     job = one_job("a {red|blue} __fox__", Defaults(), negative_prompt="{x|y}")
     assert (job["prompt"], job["negative_prompt"]) == ("a {red|blue} __fox__", "{x|y}")
+
+
+@pytest.mark.parametrize("template", ["}{", "x}{", "{seed}}{", "{seed.__class__}", "{0}", "{}"])
+def test_templates_that_would_break_at_delivery_are_refused_at_submit(template: str) -> None:
+    for column in ("output_name", "output_dir"):
+        (error,) = errors_of(f"prompt,{column}\na,{template}\n")
+        assert f"column '{column}'" in error
+
+
+def test_names_are_limited_in_bytes_not_characters(tmp_path: Path) -> None:
+    (error,) = errors_of("prompt,output_dir\na," + "猫" * 60 + "\n")
+    assert "longer than 150 bytes" in error
+    from orchestrator.output import image_path
+
+    job = {"id": 1, "batch_id": 1, "seed": 1, "image_index": 0, "line": 2, "steps": 2}
+    job |= {"scheduler": "pndm", "width": 64, "height": 64, "output_dir": "猫" * 200}
+    path = image_path(tmp_path, {**job, "output_name": "猫" * 200})  # a hand-edited database
+    assert all(len(part.encode()) <= 170 for part in path.relative_to(tmp_path).parts)
+
+
+def test_expanded_prompts_are_checked_like_written_ones(tmp_path: Path) -> None:
+    (tmp_path / "long.txt").write_text("x" * 6000 + "\n")
+    (tmp_path / "twice.txt").write_text("a\nb\na\n")
+    path = tmp_path / "jobs.csv"
+    path.write_text("prompt\n__long__ __long__\n{|x}\n{a|a}\n__twice__\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, native_size=fixed_size)
+    assert [(i.line, i.message[:30]) for i in info.value.issues] == [
+        (2, "expands to a prompt over 10000"),
+        (3, "expands to '', which is empty"),
+        (4, "{a|a} lists 'a' twice"),
+        (5, f"wildcard file {tmp_path}"[:30]),
+    ]
+
+
+def test_absurd_numbers_are_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    (error,) = errors_of("prompt,seed\na," + "1" * 5000 + "-2\n")
+    assert "column 'seed'" in error
+    # 1,000 ** 1,600: a number of 4,800 digits, past what Python will print
+    (tmp_path / "w.txt").write_text("".join(f"w{i}\n" for i in range(1000)))
+    path = tmp_path / "jobs.csv"
+    path.write_text("prompt\n" + "__w__ " * 1600 + "\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, native_size=fixed_size)
+    (issue,) = info.value.issues
+    assert "more than 10^30" in issue.message and "x ..." in issue.message
+
+
+def test_a_wildcard_named_like_a_grid_column_keeps_its_own_variant(tmp_path: Path) -> None:
+    (tmp_path / "seed.txt").write_text("one\ntwo\n")
+    path = tmp_path / "jobs.csv"
+    path.write_text("prompt,seed\na __seed__,1|2\n")
+    jobs = load_manifest(path, native_size=fixed_size).jobs
+    assert {(j.extra["var_seed"], j.extra["var_seed_2"]) for j in jobs} == {
+        ("1", "one"),
+        ("1", "two"),
+        ("2", "one"),
+        ("2", "two"),
+    }
+
+
+def test_too_many_metadata_entries_are_refused_before_a_worker_would() -> None:
+    from orchestrator.manifest import MAX_EXTRA
+    from workers.rq.protocol import MAX_EXTRA as PAYLOAD_MAX_EXTRA
+
+    assert MAX_EXTRA == PAYLOAD_MAX_EXTRA
+    header = ",".join(f"meta_{i}" for i in range(100))
+    (error,) = errors_of(f"prompt,steps,{header}\na,1|2,{','.join('x' * 100)}\n")
+    assert "101 metadata entries" in error
