@@ -84,7 +84,7 @@ def _hub_problem(model: str) -> str | None:
 def model_problem(model: str, quantization: str = "fp16", backend: str = "diffusers") -> str | None:
     """Why ``model`` in ``quantization`` cannot be loaded by ``backend`` on this machine, or
     None when it can (as far as can be told without loading it)."""
-    from workers.models import is_tiny, local_folder
+    from workers.models import checkpoint_file, is_tiny, local_folder
 
     if backend == "coreml":
         from workers.task import resolve_coreml_folder
@@ -99,6 +99,8 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
         problem = None  # built from code on first use
     elif local_folder(model) is not None:
         problem = None
+    elif checkpoint_file(model) is not None:
+        problem = _checkpoint_problem(checkpoint_file(model))  # type: ignore[arg-type]
     elif looks_like_path(model) or expand_path(model).exists():
         folder = expand_path(model)
         if not folder.exists():
@@ -122,6 +124,19 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
             f"`orchestrate model compress --model {model} --recipe ANALYSIS.json:{quantization} "
             "--format torch`"
         )
+    return None
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """A single-file checkpoint loads if it is a readable safetensors file; one of the tiny
+    family brings its configuration, others need their family's in the Hugging Face cache
+    (which diffusers alone can tell, from the weights: the load says so if it is missing)."""
+    from workers.checkpoints import family
+
+    try:
+        family(path)
+    except Exception as exc:  # safetensors raises its own error types
+        return f"{path} is not a readable .safetensors checkpoint ({exc})"
     return None
 
 

@@ -31,6 +31,12 @@ def local_folder(model: str) -> Path | None:
     return p if (p / "model_index.json").is_file() else None
 
 
+def checkpoint_file(model: str) -> Path | None:
+    """The model's single-file checkpoint (``.safetensors``) when ``model`` names one here."""
+    p = expand_path(model)
+    return p if p.suffix.lower() == ".safetensors" and p.is_file() else None
+
+
 @lru_cache(maxsize=64)
 def native_size(model: str) -> tuple[int, int]:
     """The (width, height) a model was trained at: the size used when a row gives none.
@@ -40,6 +46,14 @@ def native_size(model: str) -> tuple[int, int]:
     """
     if is_tiny(model):
         return TINY_NATIVE
+    checkpoint = checkpoint_file(model)
+    if checkpoint is not None:
+        from workers.checkpoints import TINY_FAMILY, family
+
+        try:
+            return TINY_NATIVE if family(checkpoint) == TINY_FAMILY else SD_NATIVE
+        except Exception:  # not readable as safetensors: the load will say so
+            return SD_NATIVE
     folder = local_folder(model)
     if folder is not None:
         try:

@@ -186,6 +186,25 @@ def compress_cmd(
     click.echo(f"use it in a manifest: quantization = {r['variant']}")
 
 
+@model.command("export-checkpoint")
+@option(
+    "--model",
+    "model_name",
+    required=True,
+    help="'tiny', a diffusers folder (a compressed variant's too), a hub id, or a checkpoint.",
+)
+@option("--out", type=click.Path(dir_okay=False), required=True, help="FILE.safetensors")
+@_usage
+def export_checkpoint_cmd(model_name: str, out: str) -> None:
+    """Write a model as one .safetensors in the original Stable Diffusion layout (what A1111
+    and other single-file tools load; a manifest's model column takes it too)."""
+    from workers.compression.commands import export_checkpoint_file
+
+    r = export_checkpoint_file(model_name, Path(out))
+    family = f", family {r['family']}" if r["family"] else ""
+    click.echo(f"{r['path']}: {r['mb']:.1f} MB{family}, {r['seconds']:.1f}s")
+
+
 @model.command("convert")
 @option("--model", "model_name", required=True, help="'tiny', a diffusers folder, or a hub id.")
 @option(

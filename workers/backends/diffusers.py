@@ -22,7 +22,8 @@ from workers.backends import (
     JobInterrupted,
     ModelLoadError,
 )
-from workers.models import is_tiny, local_folder
+from workers.checkpoints import is_checkpoint_file
+from workers.models import checkpoint_file, is_tiny, local_folder
 from workers.schedulers import build_scheduler
 from workers.tiny import ensure_tiny_model
 
@@ -64,18 +65,39 @@ def pick_device(requested: str = "auto") -> str:
 
 def model_source(model: str) -> str:
     """Where ``from_pretrained`` finds a manifest's model: the built-in tiny model's cache
-    folder, a local diffusers folder, or a hub id."""
+    folder, a local diffusers folder, a single-file checkpoint, or a hub id."""
     if is_tiny(model):
         return str(ensure_tiny_model())
     folder = local_folder(model)
     if folder is not None:
         return str(folder)
+    checkpoint = checkpoint_file(model)
+    if checkpoint is not None:
+        return str(checkpoint)
+    if is_checkpoint_file(model):
+        raise JobInputError(f"model {model!r}: no such single-file checkpoint on this machine")
     if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists():
         # Retrying cannot help: the job fails at once (JobInputError), not three times.
         raise JobInputError(
             f"model {model!r} is not a diffusers folder (no model_index.json there)"
         )
     return model  # a hub id: from_pretrained finds it in the local HF cache or downloads it
+
+
+# What huggingface_hub and diffusers say when a file is neither cached nor downloadable.
+_UNREACHABLE = (
+    "cached",
+    "local_files_only",
+    "offline",
+    "internet connection",
+    "snapshot folder",
+    "name or service not known",
+    "connecterror",
+)
+
+
+def _hub_unreachable(text: str) -> bool:
+    return any(marker in text.lower() for marker in _UNREACHABLE)
 
 
 def load_pipeline(source: str, dtype: Any) -> Any:
@@ -86,13 +108,14 @@ def load_pipeline(source: str, dtype: Any) -> Any:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    if is_checkpoint_file(source) and Path(source).is_file():
+        return _load_checkpoint(Path(source), dtype)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError) as exc:
-        text = str(exc)
-        if not Path(source).exists() and ("cached" in text or "local_files_only" in text):
+        if not Path(source).exists() and _hub_unreachable(str(exc)):
             # diffusers' advice (pass local_files_only=False, see a stack trace we do not
             # show) means nothing to a user of this tool; say what to do instead.
             raise ModelLoadError(
@@ -103,6 +126,24 @@ def load_pipeline(source: str, dtype: Any) -> Any:
         raise ModelLoadError(
             f"cannot load a Stable Diffusion pipeline from {source}: {exc}"
         ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_checkpoint(path: Path, dtype: Any) -> Any:
+    from workers.checkpoints import load_checkpoint
+
+    try:
+        pipe = load_checkpoint(path, dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if _hub_unreachable(str(exc)):
+            raise ModelLoadError(
+                f"single-file checkpoint {path}: diffusers needs the configuration of its model "
+                "family, which is not in this machine's Hugging Face cache (for Stable Diffusion "
+                "1.x: `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "
+                "'*.json' '*.txt'` where there is a network), or use a diffusers folder"
+            ) from exc
+        raise ModelLoadError(f"cannot load single-file checkpoint {path}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

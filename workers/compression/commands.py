@@ -194,3 +194,22 @@ def convert_model(
 
 def list_variants() -> list[dict[str, Any]]:
     return sorted(registry.entries(), key=lambda e: (e["model"], e["format"], e["variant"]))
+
+
+def export_checkpoint_file(model: str, out: Path) -> dict[str, Any]:
+    """``model`` (built in, a folder, a hub id in the cache, a compressed variant's folder, a
+    checkpoint) as one ``.safetensors`` in the original Stable Diffusion layout."""
+    from workers.checkpoints import export_checkpoint, family_of
+
+    if out.suffix.lower() != ".safetensors":
+        raise ValueError(f"--out must name a .safetensors file, not {out}")
+    started = time.perf_counter()
+    pipe = _pipeline(model)
+    family = family_of(pipe)
+    path = export_checkpoint(pipe, out, family)
+    return {
+        "path": str(path),
+        "family": family,
+        "mb": path.stat().st_size / 1e6,
+        "seconds": time.perf_counter() - started,
+    }
