@@ -54,36 +54,43 @@ class LeasesMixin(StoreBase):
     # -- the worker's side -------------------------------------------------------------------
 
     # Paused batches (and everything, while the queue is paused) are skipped: the pause is
-    # read in this same write transaction, so a committed pause stops every later claim.
-    _CLAIM_SQL = text(
-        """
-        UPDATE jobs
-           SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
-               attempts = attempts + 1, started_at = COALESCE(started_at, :now)
-         WHERE status = 'pending'
-           AND {queue_runs}
-           AND id = COALESCE(
+    # read in the same write transaction that takes the job, so a committed pause stops every
+    # later claim. The pick: the highest priority, then the oldest; among equals, one for the
+    # model this worker has loaded.
+    _PICK = f"""COALESCE(
                (SELECT id FROM jobs
                  WHERE status = 'pending' AND model = :model
                    AND (not_before IS NULL OR not_before <= :now)
-                   AND {batch_runs}
+                   AND {BATCH_RUNS_SQL}
                    AND priority = (SELECT priority FROM jobs
                                     WHERE status = 'pending'
                                       AND (not_before IS NULL OR not_before <= :now)
-                                      AND {batch_runs}
+                                      AND {BATCH_RUNS_SQL}
                                     ORDER BY priority DESC, id LIMIT 1)
                  ORDER BY priority DESC, id LIMIT 1),
                (SELECT id FROM jobs
                  WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now)
-                   AND {batch_runs}
-                 ORDER BY priority DESC, id LIMIT 1))
-        RETURNING {columns}, created_at, not_before
-        """.format(
-            columns=", ".join(JOB_PAYLOAD_COLUMNS),
-            queue_runs=QUEUE_RUNS_SQL,
-            batch_runs=BATCH_RUNS_SQL,
-        )
+                   AND {BATCH_RUNS_SQL}
+                 ORDER BY priority DESC, id LIMIT 1))"""
+    _TAKE = f"""UPDATE jobs
+           SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
+               attempts = attempts + 1, started_at = COALESCE(started_at, :now)
+         WHERE status = 'pending'
+           AND {QUEUE_RUNS_SQL}"""
+    _RETURNING = "RETURNING {columns}, created_at, not_before".format(
+        columns=", ".join(JOB_PAYLOAD_COLUMNS)
     )
+    # One statement: pick and take under the write lock (nothing paused: the pick is an index
+    # seek).
+    _CLAIM_SQL = text(f"{_TAKE} AND id = {_PICK} {_RETURNING}")
+    # Two steps while something is paused: the pick, which may walk past many paused jobs,
+    # is read without the write lock; the take re-checks everything under it.
+    _PICK_SQL = text(f"SELECT {_PICK}")
+    _TAKE_ID_SQL = text(
+        f"""{_TAKE} AND id = :id AND (not_before IS NULL OR not_before <= :now)
+           AND {BATCH_RUNS_SQL} {_RETURNING}"""
+    )
+    PICK_TRIES = 5
 
     def claim(
         self, worker: WorkerIdentity, *, lease_seconds: float, prefer_model: str | None = None
@@ -93,36 +100,62 @@ class LeasesMixin(StoreBase):
         now = time.time()
         self.recover_expired(now)
         owner = f"{worker.name}/{secrets.token_hex(4)}"
+        params = {
+            "owner": owner,
+            "expires": now + lease_seconds,
+            "now": now,
+            "model": prefer_model or "",
+        }
+        if self.anything_paused():
+            for _ in range(self.PICK_TRIES):
+                with self.engine.connect() as conn:
+                    picked = conn.execute(self._PICK_SQL, params).scalar()
+                if picked is None:
+                    return None
+                with self._tx(write=True) as conn:
+                    row = conn.execute(self._TAKE_ID_SQL, {**params, "id": picked}).first()
+                    if row is not None:
+                        return self._open_attempt(conn, row, worker, owner, now)
+            # another worker took each pick first: pick and take in one statement
         with self._tx(write=True) as conn:
-            row = conn.execute(
-                self._CLAIM_SQL,
-                {
-                    "owner": owner,
-                    "expires": now + lease_seconds,
-                    "now": now,
-                    "model": prefer_model or "",
-                },
-            ).first()
+            row = conn.execute(self._CLAIM_SQL, params).first()
             if row is None:
                 return None
-            number = self._next_attempt_number(conn, row.id)
-            job = _payload(row._mapping, number)
-            attempt_id = conn.execute(
-                insert(ATTEMPTS)
-                .values(
-                    job_id=row.id,
-                    batch_id=job["batch_id"],
-                    number=number,
-                    status=AttemptStatus.RUNNING.value,
-                    worker=worker.name,
-                    host=worker.host,
-                    pid=worker.pid,
-                    started_at=now,
-                    queue_wait_s=now - (row.not_before or row.created_at),
-                )
-                .returning(Attempt.id)
-            ).scalar_one()
+            return self._open_attempt(conn, row, worker, owner, now)
+
+    def _open_attempt(
+        self, conn: Connection, row: Any, worker: WorkerIdentity, owner: str, now: float
+    ) -> Claim:
+        number = self._next_attempt_number(conn, row.id)
+        job = _payload(row._mapping, number)
+        attempt_id = conn.execute(
+            insert(ATTEMPTS)
+            .values(
+                job_id=row.id,
+                batch_id=job["batch_id"],
+                number=number,
+                status=AttemptStatus.RUNNING.value,
+                worker=worker.name,
+                host=worker.host,
+                pid=worker.pid,
+                started_at=now,
+                queue_wait_s=now - (row.not_before or row.created_at),
+            )
+            .returning(Attempt.id)
+        ).scalar_one()
         return Claim(job=job, attempt_id=attempt_id, lease_owner=owner)
+
+    def anything_paused(self) -> bool:
+        """Whether any batch, or the queue, is paused (one cheap read)."""
+        with self.engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    select(
+                        exists().where(Batch.paused_at.is_not(None))
+                        | exists().where(QueueState.paused_at.is_not(None))
+                    )
+                ).scalar()
+            )
 
     def renew(self, claim: Claim, lease_seconds: float, *, busy_timeout_s: float = 30.0) -> bool:
         """Extend the lease; False when it is no longer this worker's (expired and taken,
@@ -376,15 +409,32 @@ class LeasesMixin(StoreBase):
             return []
         now = time.time()
         claims: list[Claim] = []
+        pending = (
+            (Job.status == JobStatus.PENDING.value)
+            & ((Job.not_before.is_(None)) | (Job.not_before <= now))
+            & queue_runs()
+            & batch_runs()
+        )
+        picked = None
+        if self.anything_paused():
+            # walking past paused jobs is done without the write lock; the write re-checks
+            with self.engine.connect() as conn:
+                picked = list(
+                    conn.execute(
+                        select(Job.id)
+                        .where(pending)
+                        .order_by(Job.priority.desc(), Job.id)
+                        .limit(limit)
+                    ).scalars()
+                )
+            if not picked:
+                return []
         with self._tx(write=True) as conn:
             if fence is not None:
                 fence(conn)
             rows = conn.execute(
                 select(*(getattr(Job, c) for c in JOB_PAYLOAD_COLUMNS))
-                .where(Job.status == JobStatus.PENDING.value)
-                .where((Job.not_before.is_(None)) | (Job.not_before <= now))
-                .where(queue_runs())
-                .where(batch_runs())
+                .where(pending if picked is None else pending & Job.id.in_(picked))
                 .order_by(Job.priority.desc(), Job.id)
                 .limit(limit)
             ).mappings()
@@ -485,14 +535,7 @@ class LeasesMixin(StoreBase):
         """Jobs dispatched to Redis (queued: no worker has started them) under owners with
         this prefix whose batch, or the whole queue, is paused: the coordinator takes back
         those that no worker has taken yet (see ``Coordinator._take_back_paused``)."""
-        with self.engine.connect() as conn:
-            anything = conn.execute(
-                select(
-                    exists().where(Batch.paused_at.is_not(None))
-                    | exists().where(QueueState.paused_at.is_not(None))
-                )
-            ).scalar()
-        if not anything:
+        if not self.anything_paused():
             return []  # the common case: one cheap look
         held = self._held(
             (Job.status == JobStatus.QUEUED.value)

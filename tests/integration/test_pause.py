@@ -46,6 +46,28 @@ def test_a_paused_batch_is_skipped_and_resume_makes_it_claimable(store: JobStore
     assert claim_all(store) == ["a1", "a2"]
 
 
+def test_a_stale_pick_is_rechecked_under_the_write_lock(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While something is paused the pick is read outside the write lock; the take checks it
+    again. A pick that went stale (taken by another worker, or its batch paused since) is
+    never taken: after a few tries the one-statement claim decides."""
+    from sqlalchemy import text
+
+    submit_text(store, "prompt,priority\na1,5\na2,5\n")  # batch 1
+    submit_text(store, "prompt\nb1\nb2\n")  # batch 2
+    store.pause(1)
+    taken = store.claim(worker(), lease_seconds=30)
+    assert taken is not None and taken.job["prompt"] == "b1"
+    for stale in (taken.job["id"], 1):  # running now; in the paused batch
+        monkeypatch.setattr(JobStore, "_PICK_SQL", text(f"SELECT {stale}"))
+        claim = store.claim(worker(), lease_seconds=30)
+        assert claim is not None and claim.job["prompt"] == "b2"
+        with store.engine.begin() as conn:  # give b2 back for the next round
+            conn.exec_driver_sql("UPDATE jobs SET status = 'pending' WHERE id = 4")
+    assert store.get_job(1)["status"] == "pending" and store.get_job(3)["attempts"] == 1
+
+
 def test_pausing_the_queue_stops_every_claim_and_keeps_batch_pauses(store: JobStore) -> None:
     submit_text(store, "prompt\na\n")
     submit_text(store, "prompt\nb\n")
