@@ -54,9 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         store = JobStore(open_engine(database_url(str(Path(d) / "paused.db"))))
-        big = parse_manifest(
-            manifest_bytes(args.paused), "big.csv", native_size=fixed
-        )
+        big = parse_manifest(manifest_bytes(args.paused), "big.csv", native_size=fixed)
         t0 = time.perf_counter()
         store.submit(big, name="paused", defaults={"priority": 5}, max_attempts=3)
         with store.engine.begin() as conn:  # every job of the paused batch ranks first

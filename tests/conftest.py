@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,21 @@ def sample_payload(**extra: object) -> dict[str, object]:
     }
     p.update(extra)
     return p
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Any:
+    """A client of this test's own Redis."""
+    from workers.rq import protocol as proto
+
+    return proto.connect(redis_server.url)
+
+
+def coordinator(store: JobStore, redis: Any, tmp_path: Path, **kw: Any) -> Any:
+    """A coordinator holding its lease, with short timings (events are pushed by hand)."""
+    from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
+
+    settings = CoordinatorSettings(output_dir=tmp_path / "out", lost_after=0.5, poll=0.05, **kw)
+    c = Coordinator(store, redis, settings)
+    c.acquire()
+    return c

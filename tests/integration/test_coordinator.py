@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from orchestrator.errors import CoordinatorConflict
 from orchestrator.store import JobStore
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
-from tests.conftest import submit_text
+from tests.conftest import coordinator, submit_text
 from tests.redis_server import RedisServer
 from workers.rq import protocol as proto
 
@@ -26,18 +26,6 @@ def png(color: tuple[int, int, int] = (1, 2, 3)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), color).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> Any:
-    return proto.connect(redis_server.url)
-
-
-def coordinator(store: JobStore, redis: Any, tmp_path: Path, **kw: Any) -> Coordinator:
-    settings = CoordinatorSettings(output_dir=tmp_path / "out", lost_after=0.5, poll=0.05, **kw)
-    c = Coordinator(store, redis, settings)
-    c.acquire()
-    return c
 
 
 def payload(redis: Any, rq_id: str) -> dict[str, Any]:

@@ -12,9 +12,7 @@ import pytest
 
 from orchestrator.errors import JobNotFound, UsageError
 from orchestrator.store import JobStore
-from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
-from tests.conftest import submit_text, worker
-from tests.redis_server import RedisServer
+from tests.conftest import coordinator, submit_text, worker
 from workers.rq import protocol as proto
 
 
@@ -123,18 +121,6 @@ def test_priority_mistakes_are_usage_errors(store: JobStore) -> None:
 
 
 # -- the coordinator ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> Any:
-    return proto.connect(redis_server.url)
-
-
-def coordinator(store: JobStore, redis: Any, tmp_path: Path, **kw: Any) -> Coordinator:
-    settings = CoordinatorSettings(output_dir=tmp_path / "out", lost_after=0.5, poll=0.05, **kw)
-    c = Coordinator(store, redis, settings)
-    c.acquire()
-    return c
 
 
 def queued_ids(redis: Any) -> list[int]:
