@@ -80,40 +80,39 @@ def lost_at(c: Cluster, job: int) -> float:
     return float(rows[0][0])
 
 
-def rq_worker_killed(root: Path) -> float:
-    c = Cluster(root, coordinator_args=())  # the defaults
-    try:
+def _worker_killed(root: Path, local: bool) -> float:
+    """A worker killed mid-job: seconds from the kill until its job's attempt is lost (and
+    the job is free for the rescuer)."""
+    with closing(Cluster(root, coordinator_args=())) as c:  # the defaults
         c.submit(2, seed=1)
-        c.coordinator("coordinator")
-        c.rq_worker("victim", "", "--heartbeat", "5", *JOB_S)
+        if not local:
+            c.coordinator("coordinator")
+
+        def start(name: str) -> None:
+            if local:
+                c.local_worker(name, "", "--lease", "30", *JOB_S)
+            else:
+                c.rq_worker(name, "", "--heartbeat", "5", *JOB_S)
+
+        start("victim")
         job = running(c)
         time.sleep(1.0)
         c.kill("victim")
         killed = time.time()
-        c.rq_worker("rescuer", "", "--heartbeat", "5", *JOB_S)
+        start("rescuer")
         return lost_at(c, job) - killed
-    finally:
-        c.close()
+
+
+def rq_worker_killed(root: Path) -> float:
+    return _worker_killed(root, local=False)
 
 
 def local_worker_killed(root: Path) -> float:
-    c = Cluster(root, coordinator_args=())  # the defaults
-    try:
-        c.submit(2, seed=1)
-        c.local_worker("victim", "", "--lease", "30", *JOB_S)
-        job = running(c)
-        time.sleep(1.0)
-        c.kill("victim")
-        killed = time.time()
-        c.local_worker("rescuer", "", "--lease", "30", *JOB_S)
-        return lost_at(c, job) - killed
-    finally:
-        c.close()
+    return _worker_killed(root, local=True)
 
 
 def coordinator_killed(root: Path) -> float:
-    c = Cluster(root, coordinator_args=())  # the defaults
-    try:
+    with closing(Cluster(root, coordinator_args=())) as c:  # the defaults
         c.submit(3, seed=1)
         c.coordinator("coordinator")
         c.rq_worker("w", "", "--heartbeat", "5", *JOB_S)
@@ -124,13 +123,10 @@ def coordinator_killed(root: Path) -> float:
         c.coordinator("coordinator-2")
         wait(lambda: q(c.db, "SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0] > before)
         return float(q(c.db, "SELECT max(finished_at) FROM jobs")[0][0]) - killed
-    finally:
-        c.close()
 
 
 def coordinator_hung(root: Path) -> float:
-    c = Cluster(root, coordinator_args=())  # the defaults
-    try:
+    with closing(Cluster(root, coordinator_args=())) as c:  # the defaults
         c.submit(2, seed=1)
         first = c.coordinator("coordinator")
         wait(lambda: q(c.db, "SELECT holder FROM coordinator"))
@@ -150,8 +146,6 @@ def coordinator_hung(root: Path) -> float:
         # the old one finds itself fenced off at its next lease renewal and exits
         first.wait(60)
         return took_over
-    finally:
-        c.close()
 
 
 def _refused_or_holding(c: Cluster, proc: Any) -> Any:
@@ -160,8 +154,7 @@ def _refused_or_holding(c: Cluster, proc: Any) -> Any:
 
 
 def redis_restarted(root: Path) -> float:
-    c = Cluster(root, coordinator_args=())  # the defaults
-    try:
+    with closing(Cluster(root, coordinator_args=())) as c:  # the defaults
         c.submit(3, seed=1)
         c.coordinator("coordinator")
         c.rq_worker("w", "", "--heartbeat", "5", *JOB_S)
@@ -171,13 +164,10 @@ def redis_restarted(root: Path) -> float:
         c.redis.start()  # empty: the queued job is forgotten
         back = time.time()
         return lost_at(c, queued) - back
-    finally:
-        c.close()
 
 
 def killed_between_commit_and_publish(root: Path) -> float:
-    c = Cluster(root, coordinator_args=())  # the defaults
-    try:
+    with closing(Cluster(root, coordinator_args=())) as c:  # the defaults
         c.submit(2, seed=1)
         coord = c.coordinator("coordinator", "results.committed=kill@1")
         c.rq_worker("w", "", "--heartbeat", "5", "--min-s", "0.2", "--max-s", "0.3")
@@ -189,8 +179,6 @@ def killed_between_commit_and_publish(root: Path) -> float:
         c.coordinator("coordinator-2")
         wait(lambda: q(c.db, "SELECT published_at FROM jobs WHERE id = ?", job)[0][0])
         return float(q(c.db, "SELECT published_at FROM jobs WHERE id = ?", job)[0][0]) - killed
-    finally:
-        c.close()
 
 
 SCENARIOS = {

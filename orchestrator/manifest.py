@@ -89,6 +89,7 @@ GRID_COLUMNS = (
     "seed",
 )
 RANGE_COLUMNS = ("seed", "steps")
+_GRID_VARIANTS = tuple(VARIANT_PREFIX + c for c in GRID_COLUMNS)  # taken before wildcards
 
 
 @dataclass(frozen=True)
@@ -434,8 +435,7 @@ class _RowChecker:
 
     def template(self, column: str, text: str, wildcards: Wildcards) -> Template | None:
         try:
-            reserved = [VARIANT_PREFIX + c for c in GRID_COLUMNS]
-            return parse_text(text, column, wildcards, reserved)
+            return parse_text(text, column, wildcards, _GRID_VARIANTS)
         except ExpansionError as exc:
             self.fail(column, text, str(exc))
             return None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobInputError
-from workers.models import expand_path
+from workers.models import expand_path, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
 
@@ -38,18 +38,6 @@ class ModelProblem:
         variant = "" if self.quantization == "fp16" else f" ({self.quantization})"
         plural = "job" if self.jobs == 1 else "jobs"
         return f"model {self.model!r}{variant}, {self.jobs} {plural}: {self.reason}"
-
-
-def looks_like_path(model: str) -> bool:
-    """Whether a model value names a local folder rather than a hub id (``owner/name``, at
-    most one ``/``): it starts with ``/``, ``.`` or ``~``, has a ``\\`` or a drive letter, or
-    has more than one ``/``."""
-    return (
-        model.startswith(("/", ".", "~", "\\"))
-        or "\\" in model
-        or (len(model) > 1 and model[1] == ":")
-        or model.count("/") > 1
-    )
 
 
 def _offline() -> bool:

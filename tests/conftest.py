@@ -96,6 +96,11 @@ def sample_payload(**extra: object) -> dict[str, object]:
     return p
 
 
+def sample_job(**fields: object) -> dict[str, object]:
+    """A job as a worker's task sees it: the payload without the dispatch's fields."""
+    return {k: v for k, v in sample_payload(**fields).items() if k not in ("attempt", "token")}
+
+
 @pytest.fixture
 def redis(redis_server: RedisServer) -> Any:
     """A client of this test's own Redis."""

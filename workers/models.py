@@ -25,6 +25,18 @@ def expand_path(model: str) -> Path:
         return Path(model)
 
 
+def looks_like_path(model: str) -> bool:
+    """Whether a model value names a local folder rather than a hub id (``owner/name``, at
+    most one ``/``): it starts with ``/``, ``.`` or ``~``, has a ``\\`` or a drive letter, or
+    has more than one ``/``."""
+    return (
+        model.startswith(("/", ".", "~", "\\"))
+        or "\\" in model
+        or (len(model) > 1 and model[1] == ":")
+        or model.count("/") > 1
+    )
+
+
 def local_folder(model: str) -> Path | None:
     """The model's folder when ``model`` names one on this machine."""
     p = expand_path(model)

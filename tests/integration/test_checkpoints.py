@@ -12,7 +12,7 @@ import torch
 from orchestrator.errors import ModelLoadError
 from orchestrator.manifest import parse_manifest
 from orchestrator.preflight import model_problem
-from tests.conftest import sample_payload
+from tests.conftest import sample_job
 from workers.checkpoints import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, family
 from workers.compression.commands import export_checkpoint_file
 from workers.task import PipelineCache, run_job
@@ -29,8 +29,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def job(model: str) -> dict[str, Any]:
-    payload = sample_payload(model=model, prompt="a lighthouse at dusk", seed=11, steps=6)
-    return {k: v for k, v in payload.items() if k not in ("attempt", "token")}
+    return sample_job(model=model, prompt="a lighthouse at dusk", seed=11, steps=6)
 
 
 def test_the_file_is_in_the_original_layout(checkpoint: Path) -> None:

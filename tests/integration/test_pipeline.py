@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import sample_payload
 from workers.backends import JobInputError, JobInterrupted
 from workers.metadata import read_png_metadata
 from workers.schedulers import SCHEDULER_NAMES
@@ -17,27 +18,14 @@ from workers.tiny import ensure_tiny_model, write_clip_vocabulary
 
 pytestmark = pytest.mark.slow
 
-JOB = {
-    "id": 1,
-    "batch_id": 1,
-    "prompt": "a lighthouse, at dawn",
-    "negative_prompt": "blurry",
-    "seed": 7667,
-    "steps": 6,
-    "guidance_scale": 7.5,
-    "width": 64,
-    "height": 64,
-    "scheduler": "dpmpp_2m",
-    "model": "tiny",
-    "quantization": "fp16",
-    "output_name": "",
-    "line": 2,
-    "image_index": 0,
-    "tags": "coast,dawn",
-    "extra": {"meta_split": "train"},
-    "attempt": 1,
-    "token": "ab" * 16,
-}
+JOB = sample_payload(
+    prompt="a lighthouse, at dawn",
+    negative_prompt="blurry",
+    seed=7667,
+    steps=6,
+    tags="coast,dawn",
+    extra={"meta_split": "train"},
+)
 
 
 @pytest.fixture(scope="module")

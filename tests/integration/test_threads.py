@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.reproduce import compare_pixels, reproduce_image
-from tests.conftest import sample_payload
+from tests.conftest import sample_job
 from workers.task import PipelineCache, run_job
 
 pytestmark = pytest.mark.slow
@@ -20,13 +20,7 @@ pytestmark = pytest.mark.slow
 ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 
 # A job whose pixels differ between 1 and 2 threads (many give the same pixels at 64 px).
-JOB = {
-    k: v
-    for k, v in sample_payload(
-        prompt="a red fox in the snow", negative_prompt="blurry", seed=7, steps=20
-    ).items()
-    if k not in ("attempt", "token")
-}
+JOB = sample_job(prompt="a red fox in the snow", negative_prompt="blurry", seed=7, steps=20)
 
 
 @pytest.fixture

@@ -13,17 +13,11 @@ import orchestrator.config
 import workers.task
 from orchestrator.config import UNRECORDED_THREADS
 from orchestrator.reproduce import reproduce_image
-from tests.conftest import sample_payload
+from tests.conftest import sample_job
 from workers.metadata import encode_png
 from workers.task import TaskOutput
 
-JOB = {
-    k: v
-    for k, v in sample_payload(
-        prompt="a red fox in the snow", negative_prompt="blurry", seed=7, steps=20
-    ).items()
-    if k not in ("attempt", "token")
-}
+JOB = sample_job(prompt="a red fox in the snow", negative_prompt="blurry", seed=7, steps=20)
 
 
 RUN = {"backend": "diffusers", "device": "cpu", "dtype": "fp32"}

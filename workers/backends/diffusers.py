@@ -23,7 +23,13 @@ from workers.backends import (
     ModelLoadError,
 )
 from workers.checkpoints import is_checkpoint_file
-from workers.models import checkpoint_file, is_tiny, local_folder
+from workers.models import (
+    checkpoint_file,
+    expand_path,
+    is_tiny,
+    local_folder,
+    looks_like_path,
+)
 from workers.schedulers import build_scheduler
 from workers.tiny import ensure_tiny_model
 
@@ -76,7 +82,7 @@ def model_source(model: str) -> str:
         return str(checkpoint)
     if is_checkpoint_file(model):
         raise JobInputError(f"model {model!r}: no such single-file checkpoint on this machine")
-    if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists():
+    if looks_like_path(model) or expand_path(model).exists():
         # Retrying cannot help: the job fails at once (JobInputError), not three times.
         raise JobInputError(
             f"model {model!r} is not a diffusers folder (no model_index.json there)"
