@@ -31,3 +31,4 @@ class WorkerSettings:
     burst: bool = False
     backend: str = "diffusers"
     compute_units: str = "CPU_AND_NE"
+    judge: str | None = None  # --judge: a command that scores gated jobs' images (None: built in)

@@ -102,6 +102,18 @@ class JobInterrupted(JobError):
     """The job was stopped between denoising steps (shutdown, cancel, or lost lease)."""
 
 
+class JudgeError(JobError):
+    """The judge of a job's quality gate could not score an image."""
+
+
+class QualityGateFailed(JobError):
+    """No seed of this attempt made an image that passed the job's quality gate."""
+
+    def __init__(self, message: str, scores: list[tuple[int, float]] | None = None) -> None:
+        super().__init__(message)
+        self.scores = list(scores or [])  # (seed, score) of every image tried, in order
+
+
 class CompressionError(UsageError):
     """A compression input (analysis, recipe, model layer) is not usable."""
 

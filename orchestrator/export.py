@@ -40,11 +40,13 @@ def _arrow_type(column: str) -> str:
 
 
 # Metadata of each image, in column order, with the Arrow type of its Parquet column: the ids,
-# the job's own fields (as the schema types them), its attempt's stage timings.
+# the job's own fields (as the schema types them), what its quality gate's judge said (score:
+# null without a gate; image_seed: the seed that made the image, the job's own without a
+# gate), its attempt's stage timings.
 COLUMNS: dict[str, str] = {
     "job_id": "int64",
     "batch_id": "int64",
-    **{name: _arrow_type(name) for name in (*JOB_FIELDS, "tags")},
+    **{name: _arrow_type(name) for name in (*JOB_FIELDS, "tags", "score", "image_seed")},
     **dict.fromkeys(EXPORT_TIMINGS, "float64"),
 }
 _SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name
@@ -134,14 +136,17 @@ def columns_for(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def metadata(row: dict[str, Any], columns: dict[str, str] | None = None) -> dict[str, Any]:
-    """The metadata of one exported image: the job's generation fields, ids, tags, timings
-    and the manifest's own metadata columns."""
+    """The metadata of one exported image: the job's generation fields, ids, tags, its
+    score and image seed, timings and the manifest's own metadata columns."""
     columns = columns or columns_for([row])
     extra = _extra(row)
-    return {
+    out = {
         name: row["id"] if name == "job_id" else extra[name] if name in extra else row.get(name)
         for name in columns
     }
+    if out.get("image_seed") is None and "image_seed" in columns:
+        out["image_seed"] = row.get("seed")
+    return out
 
 
 def _key(row: dict[str, Any]) -> str:

@@ -32,8 +32,9 @@ from orchestrator.expansion import (
     parse_text,
     split_list,
 )
-from orchestrator.models import JOB_FIELDS
+from orchestrator.models import GATE_FIELDS, JOB_FIELDS
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
+from workers.quality import DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
 from workers.schedulers import SCHEDULER_NAMES
 
 SEED_MAX = 2**32 - 1
@@ -42,8 +43,10 @@ INT_LIMITS = {
     "size": (64, 4096),
     "num_images": (1, 10_000),
     "priority": (-1_000_000, 1_000_000),
+    "quality_tries": (1, MAX_QUALITY_TRIES),
 }
 GUIDANCE_LIMITS = (0.0, 50.0)
+SCORE_LIMITS = (0.0, 1.0)
 # fp16 (unquantized), uniform palettized variants, or the name of a mixed-bit recipe variant
 QUANTIZATIONS = ("fp16", "8bit", "6bit", "4bit")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
@@ -66,9 +69,11 @@ OUTPUT_NAME_FIELDS = (
 )
 EXTRA_PREFIX = "meta_"
 
-# The manifest's columns: a job's own fields, then how a row expands and is filed.
+# The manifest's columns: a job's own fields and its quality gate, then how a row expands and
+# is filed.
 COLUMNS = (
     *JOB_FIELDS,
+    *GATE_FIELDS,
     "preset",
     "num_images",
     "priority",
@@ -89,6 +94,8 @@ GRID_COLUMNS = (
     "seed",
 )
 RANGE_COLUMNS = ("seed", "steps")
+# Other names a header may give a column: the built-in judge measures prompt adherence.
+COLUMN_ALIASES = {"min_adherence": "min_score"}
 _GRID_VARIANTS = tuple(VARIANT_PREFIX + c for c in GRID_COLUMNS)  # taken before wildcards
 
 
@@ -106,6 +113,8 @@ class Defaults:
     num_images: int = 1
     priority: int = 0
     preset: str | None = None  # recorded; its values are already in the fields above
+    min_score: float | None = None  # a quality gate for every row that names none
+    quality_tries: int = DEFAULT_QUALITY_TRIES  # seeds one attempt of a gated job may try
 
     def with_preset(self, name: str, keep: Iterable[str] = ()) -> Defaults:
         """These defaults under preset ``name``, except the fields in ``keep`` (given
@@ -128,6 +137,8 @@ class JobSpec:
     scheduler: str
     model: str
     quantization: str
+    min_score: float | None = None  # the quality gate (None: none; then quality_tries is None)
+    quality_tries: int | None = None
     priority: int = 0
     tags: str = ""
     output_name: str = ""
@@ -138,10 +149,13 @@ class JobSpec:
 
     def fingerprint(self) -> str:
         """Content hash of what decides the pixels; equal specs are the same image. (The
-        guidance scale as its float repr, so 7 and 7.0 are one job.)"""
+        guidance scale as its float repr, so 7 and 7.0 are one job.) A quality gate decides
+        which seed's image is kept, so it is part of the hash, but only when there is one:
+        an ungated job keeps the fingerprint it always had."""
+        names = JOB_FIELDS if self.min_score is None else (*JOB_FIELDS, *GATE_FIELDS)
         key = [
-            repr(float(v)) if name == "guidance_scale" else v
-            for name in JOB_FIELDS
+            repr(float(v)) if name in ("guidance_scale", "min_score") else v
+            for name in names
             for v in (getattr(self, name),)
         ]
         return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
@@ -441,6 +455,30 @@ class _RowChecker:
             return None
 
 
+def _quality_gate(
+    row: _RowChecker, cell: Callable[[str], str], defaults: Defaults, score_column: str
+) -> tuple[float | None, int | None]:
+    """A row's quality gate: (min score, seeds per attempt), or (None, None) for none. A
+    row's cell wins over the defaults; tries without a gate are a mistake worth naming."""
+    raw = cell("min_score")
+    min_score = row.number(score_column, raw, *SCORE_LIMITS) if raw.strip() else defaults.min_score
+    raw_tries = cell("quality_tries")
+    tries = (
+        row.integer("quality_tries", raw_tries, *INT_LIMITS["quality_tries"])
+        if raw_tries.strip()
+        else defaults.quality_tries
+    )
+    if min_score is None:
+        if raw_tries.strip() and not raw.strip():
+            row.fail(
+                "quality_tries",
+                raw_tries,
+                f"needs a quality gate: give the row a {score_column} (or --min-score)",
+            )
+        return None, None
+    return min_score, tries
+
+
 def _decode(data: bytes, path: str) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -467,11 +505,25 @@ def _header_columns(
     declared = {c.strip().lower() for c in extra_columns}
     names: list[str | None] = []
     seen: set[str] = set()
+    written: set[str] = set()  # the names as the header spells them (an alias, say)
     for cell in header:
         name = cell.strip().lower()
-        if name in seen:
-            issues.append(ManifestIssue(path, 1, cell, None, "appears twice in the header"))
+        canonical = COLUMN_ALIASES.get(name, name)
+        if canonical in seen:
+            twice = (
+                "appears twice in the header"
+                if name in written
+                else f"names '{canonical}' a second time ("
+                + " or ".join(a for a, c in COLUMN_ALIASES.items() if c == canonical)
+                + " is another name for it)"
+            )
+            issues.append(ManifestIssue(path, 1, cell, None, twice))
             names.append(None)
+            continue
+        written.add(name)
+        if canonical != name:
+            seen.add(canonical)
+            names.append(canonical)
             continue
         seen.add(name)
         if name.startswith(VARIANT_PREFIX):
@@ -545,6 +597,11 @@ def parse_manifest(
         raise ManifestError(issues)
     width = len(columns)
     index_of = {name: i for i, name in enumerate(columns) if name is not None}
+    # A column named by an alias is named so in errors too.
+    named_as = {
+        COLUMN_ALIASES[h]: h for h in (c.strip().lower() for c in header) if h in COLUMN_ALIASES
+    }
+    index_of.update({alias: index_of[name] for name, alias in named_as.items()})
     extra_names = [(i, n) for i, n in enumerate(columns) if n and n not in COLUMNS]
     resolver = _Resolver(native_size, mixed_variant)
     text_chars = 0
@@ -606,6 +663,9 @@ def parse_manifest(
             row.integer("priority", raw, *INT_LIMITS["priority"])
             if raw.strip()
             else defaults.priority
+        )
+        min_score, tries = _quality_gate(
+            row, cell, defaults, named_as.get("min_score", "min_score")
         )
         tags = ",".join(t.strip() for t in re.split(r"[;,]", cell("tags")) if t.strip())
         output_name = cell("output_name").strip()
@@ -710,6 +770,8 @@ def parse_manifest(
                                     scheduler=str(spec["scheduler"]),
                                     model=str(spec["model"]),
                                     quantization=str(spec["quantization"]),
+                                    min_score=min_score,
+                                    quality_tries=tries,
                                     priority=priority,
                                     tags=tags,
                                     output_name=output_name,

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from workers.backends import GenerationRequest
+from workers.quality import GATE_FIELDS
 
 # The job's fields, spelled once. What decides an image's pixels is the worker's request; a
 # manifest row adds the model variant; a worker's payload adds where the job belongs. The
@@ -30,10 +31,14 @@ from workers.backends import GenerationRequest
 # these (and the Job model below has a column for each: a test checks it).
 PIXEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationRequest))
 JOB_FIELDS: tuple[str, ...] = (*PIXEL_FIELDS, "model", "quantization")
+# The job's quality gate (``workers.quality``): the least score its image must reach, and how
+# many seeds one attempt may try for it. Both None when the job has none; then they are left
+# out of the fingerprint, the payload and the PNG, so an ungated job is exactly as before.
 PAYLOAD_FIELDS: tuple[str, ...] = (
     "id",
     "batch_id",
     *JOB_FIELDS,
+    *GATE_FIELDS,
     "output_dir",
     "output_name",
     "line",
@@ -150,6 +155,14 @@ class Job(Base):
     output_sha256: Mapped[str | None] = mapped_column(String(64))
     published_at: Mapped[float | None] = mapped_column(Float)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The quality gate the submitter asked for (NULL: none) ...
+    min_score: Mapped[float | None] = mapped_column(Float)
+    quality_tries: Mapped[int | None] = mapped_column(Integer)
+    # ... and what the judge said of the image kept, written with the success: its score,
+    # the seed that made it (the job's own seed or a later one), and which judge scored it.
+    score: Mapped[float | None] = mapped_column(Float)
+    image_seed: Mapped[int | None] = mapped_column(Integer)
+    judge: Mapped[str | None] = mapped_column(Text)
 
 
 # The claim: the next pending job by priority, then submission order...
@@ -160,6 +173,15 @@ Index("ix_jobs_claim_model", Job.status, Job.model, Job.priority.desc(), Job.id)
 Index("ix_jobs_status_finished_at", Job.status, Job.finished_at)
 # Succeeded jobs whose file is not yet published: what recovery looks at, often.
 Index("ix_jobs_status_published_at", Job.status, Job.published_at)
+# Jobs with a quality gate only (partial): status's quality line and `jobs list --below` read
+# these without scanning the jobs of batches that have none.
+Index(
+    "ix_jobs_gated",
+    Job.batch_id,
+    Job.status,
+    Job.score,
+    sqlite_where=Job.min_score.is_not(None),
+)
 
 
 class Attempt(Base):
@@ -197,6 +219,8 @@ class Attempt(Base):
     peak_mem_mb: Mapped[float | None] = mapped_column(Float)
     output_sha256: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    # A gated job's tries in this attempt: JSON [[seed, score], ...] in the order tried.
+    scores_json: Mapped[str | None] = mapped_column(Text)
 
 
 # Attempts finished in the last minutes: throughput and ETA without scanning the table.

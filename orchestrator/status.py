@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.models import ACTIVE_STATUSES, FINAL_STATUSES, VISIBLE_STATUSES
 from orchestrator.store import JobStore
 from orchestrator.store.reports import THROUGHPUT_WINDOW_S
+from workers.quality import fmt_score
 
 WORKERS_SEEN_WITHIN = 24 * 3600.0
 STAGE_LABELS = (
@@ -116,7 +117,24 @@ def overview(
         "dead_letters": store.dead_letters(limit=5),
         "loading": store.loading_batches(),
         "paused": store.paused(),
+        "quality": store.quality(batch_id),
     }
+
+
+def quality_lines(data: dict[str, Any]) -> list[str]:
+    """One line per batch with a quality gate: judged, passed, failed the gate, mean score."""
+    out = []
+    for q in data.get("quality") or []:
+        gate = fmt_score(q["min_score_low"])
+        if q["min_score_high"] != q["min_score_low"]:
+            gate += f"-{fmt_score(q['min_score_high'])}"
+        mean = "-" if q["mean_score"] is None else fmt_score(q["mean_score"])
+        out.append(
+            f"Quality gate, batch {q['batch_id']} (min score {gate}): {q['judged']}/{q['gated']} "
+            f"judged, {q['passed']} passed, {q['failed_gate']} failed the gate, "
+            f"mean score {mean}"
+        )
+    return out
 
 
 def coordinator_view(row: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
@@ -298,6 +316,7 @@ def render_text(data: dict[str, Any]) -> str:
                 f"{c['running']:>7}  {percent(b['fraction']):>6}  {b['images_per_min']:>7.1f}"
                 f"  {duration(b['eta_s'])}" + ("  (paused)" if b.get("paused_at") else "")
             )
+    lines.extend(quality_lines(data))
     if data["workers"]:
         now = data["generated_at"]
         lines.append("Workers (seen in the last 24 h):")
@@ -380,6 +399,7 @@ def render_rich(data: dict[str, Any]) -> Any:
                 duration(b["eta_s"]),
             )
         parts.append(t)
+    parts.extend(Text(line) for line in quality_lines(data))
 
     if data["workers"]:
         t = Table(title="Workers (seen in the last 24 h)", title_justify="left")

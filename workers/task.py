@@ -17,6 +17,14 @@ from orchestrator.config import DEFAULT_THREADS
 from workers import memory
 from workers.backends import BACKENDS, GenerationRequest, JobInputError, JobInterrupted
 from workers.metadata import a1111_parameters, encode_png
+from workers.quality import (
+    DEFAULT_QUALITY_TRIES,
+    GATE_FIELDS,
+    Judge,
+    attempt_seeds,
+    gate_failure,
+    make_judge,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ class PipelineCache:
         device: str = "auto",
         threads: int = DEFAULT_THREADS,
         compute_units: str = "CPU_AND_NE",
+        judge: Judge | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -66,6 +75,9 @@ class PipelineCache:
         self.threads = threads
         self.compute_units = compute_units
         self.current: Any = None
+        # What scores a gated job's images here (``--judge``): the worker's setting, never
+        # the job's. Kept with the pipeline, as every job of this worker uses it.
+        self.judge: Judge = judge if judge is not None else make_judge(None)
 
     @property
     def loaded_model(self) -> str | None:
@@ -154,15 +166,45 @@ def run_job(
     *,
     should_stop: Callable[[], bool] | None = None,
 ) -> TaskOutput:
-    """Generate the image of one job. Raises JobInterrupted when ``should_stop`` says so."""
+    """Generate the image of one job. Raises JobInterrupted when ``should_stop`` says so.
+
+    A job with a quality gate (``min_score``) has each image scored by ``cache.judge`` and
+    keeps the first that reaches it, trying up to ``quality_tries`` seeds in this attempt
+    (``workers.quality.attempt_seeds``); when none does, QualityGateFailed."""
     t_start = time.perf_counter()
+    gate = job.get("min_score")
+    min_score = float(gate) if gate is not None else 0.0
+    judge = cache.judge if gate is not None else None
+    if judge is not None:
+        judge.check(job["prompt"])  # a prompt it can never score: refused before any work
     # 1. The pipeline, loaded once per process and model variant
     backend, load_s = cache.get(job["model"], job.get("quantization", "fp16"))
-    request = GenerationRequest(**{k: job[k] for k in REQUEST_FIELDS})
+    tries = int(job.get("quality_tries") or DEFAULT_QUALITY_TRIES)
+    seeds = (
+        [job["seed"]]
+        if judge is None
+        else attempt_seeds(job["seed"], int(job.get("attempt") or 1), tries)
+    )
 
-    # 2. Generation, its peak memory measured on its own
+    # 2. Generation (each try of a gated job scored as it comes), its peak memory measured
+    # on its own
     measured = memory.reset_peak(backend.device)
-    gen = backend.generate(request, should_stop)
+    tried: list[tuple[int, float]] = []
+    judge_s = 0.0
+    for seed in seeds:
+        if tried and should_stop is not None and should_stop():
+            raise JobInterrupted("stopped between the quality gate's tries")
+        request = GenerationRequest(**{**{k: job[k] for k in REQUEST_FIELDS}, "seed": seed})
+        gen = backend.generate(request, should_stop)
+        if judge is None:
+            break
+        t_judge = time.perf_counter()
+        tried.append((seed, judge.score(gen.image, job["prompt"], should_stop)))
+        judge_s += time.perf_counter() - t_judge
+        if tried[-1][1] >= min_score:
+            break
+    else:  # every seed of this attempt scored under the gate
+        raise gate_failure(min_score, tried)
     peak = memory.peak_mb(backend.device) if measured else None
 
     # 3. PNG with A1111 parameters and our JSON
@@ -180,17 +222,35 @@ def run_job(
         "torch_threads": backend.threads,
         "versions": backend.versions(),
     }
+    # The job as its row says, not how this try of it was sent (attempt, dispatch token),
+    # and with the seed that made this image: a gated job's PNG regenerates without its gate.
+    image_job = {k: job[k] for k in job if k not in _DISPATCH_FIELDS and k not in GATE_FIELDS}
+    image_job["seed"] = seed
     parameters = a1111_parameters(
-        job,
+        image_job,
         {"Backend": f"{backend.name} {backend.device} {backend.dtype}", "Threads": backend.threads},
     )
-    meta = {
-        # The job as its row says, not how this try of it was sent (attempt, dispatch token).
-        "job": {k: job[k] for k in job if k not in _DISPATCH_FIELDS},
+    meta: dict[str, Any] = {
+        "job": image_job,
         "run": run_info,
         "timings": {**timings, "step_times": gen.step_times},
         "unet_evaluations": gen.unet_evaluations,
     }
+    quality: dict[str, Any] = {}
+    if judge is not None:
+        quality = {
+            "score": tried[-1][1],
+            "image_seed": seed,
+            "judge": judge.name,
+            "scores": [[s, v] for s, v in tried],
+        }
+        meta["quality"] = {
+            **quality,
+            "job_seed": job["seed"],
+            "min_score": min_score,
+            "quality_tries": tries,
+            "judge_s": judge_s,
+        }
     png = encode_png(gen.image, parameters, meta)
     t_end = time.perf_counter()
 
@@ -203,5 +263,6 @@ def run_job(
         "unet_evaluations": gen.unet_evaluations,
         "width": gen.image.width,
         "height": gen.image.height,
+        **quality,
     }
     return TaskOutput(png=png, result=result)

@@ -27,6 +27,7 @@ from orchestrator.manifest import (
     Manifest,
 )
 from orchestrator.presets import MIXED, PRESET_NAMES
+from workers.quality import BUILTIN, DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
 from workers.schedulers import SCHEDULER_NAMES
 
 T = TypeVar("T")
@@ -90,7 +91,10 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--scheduler", type=click.Choice(SCHEDULER_NAMES), default=d.scheduler, help="Sampler."
         ),
         option(
-            "--model", default=d.model, help="'tiny' (built in), a diffusers folder, or a hub id."
+            "--model",
+            default=d.model,
+            help="'tiny' or 'tiny-xl' (built in), a diffusers folder (SD 1.x, 2.x, SDXL), "
+            "or a hub id.",
         ),
         option(
             "--quantization",
@@ -128,6 +132,22 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "(`orchestrate presets`); flags given here and a row's columns win over it.",
         ),
         option("--priority", type=int, default=d.priority, help="Higher runs first."),
+        option(
+            "--min-score",
+            "--min-adherence",
+            "min_score",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="A quality gate for rows that name none (column min_score): a worker's judge "
+            "scores each image from 0 to 1, and one under this is made again with the next "
+            "seed [default: no gate].",
+        ),
+        option(
+            "--quality-tries",
+            type=click.IntRange(1, MAX_QUALITY_TRIES),
+            default=d.quality_tries,
+            help="Seeds one attempt of a gated job may try (column quality_tries).",
+        ),
         option(
             "--max-attempts",
             type=click.IntRange(1, 100),
@@ -213,6 +233,29 @@ def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def judge_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Which judge scores the images of jobs with a quality gate, on this worker."""
+    return option(
+        "--judge",
+        default=None,
+        metavar="CMD",
+        help="Score gated jobs' images with CMD, run as `CMD IMAGE_PATH PROMPT` (no shell); "
+        "its last line on stdout is a score from 0 to 1, within 60 s "
+        f"[default: '{BUILTIN}', the built-in judge of the scenes world].",
+    )(f)
+
+
+def judge_from(command: str | None) -> Any:
+    """The judge ``--judge`` names, refused at start (not per job) if it cannot run here."""
+    from workers.quality import command_problem, make_judge
+
+    if command is not None:
+        problem = command_problem(command)
+        if problem is not None:
+            raise UsageError(problem)
+    return make_judge(command)
+
+
 def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         option(
@@ -223,6 +266,7 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds a claimed job stays ours without renewal.",
         ),
         runtime_options,
+        judge_option,
         option(
             "--max-jobs", type=click.IntRange(1), default=None, help="Exit after this many jobs."
         ),
@@ -247,6 +291,8 @@ def defaults_from(kw: dict[str, Any]) -> Defaults:
         width=kw["width"],
         height=kw["height"],
         priority=kw["priority"],
+        min_score=kw.get("min_score"),
+        quality_tries=kw.get("quality_tries") or DEFAULT_QUALITY_TRIES,
     )
     if kw.get("preset"):
         # flags given on the command line win over the preset; their defaults do not

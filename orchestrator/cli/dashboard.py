@@ -71,6 +71,9 @@ def status(
       loading         batches still being submitted: id name state loader rows jobs_so_far
       paused          queue_paused_at (null while the queue runs), batches (paused ones:
                       id name paused_at pending), waiting (pending jobs held by a pause)
+      quality         per batch with jobs under a quality gate: batch_id gated judged
+                      passed failed_gate mean_score (of the images kept) min_score_low
+                      min_score_high (the gates asked for)
     """
     from orchestrator.status import overview
 

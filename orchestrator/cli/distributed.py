@@ -14,6 +14,8 @@ from orchestrator.cli.common import (
     backend_options,
     configure_logging,
     hook_options,
+    judge_from,
+    judge_option,
     option,
     pass_state,
     patiently,
@@ -163,6 +165,7 @@ def backend_decorators(f: Any) -> Any:
     "gives the job to another worker.",
 )
 @backend_decorators
+@judge_option
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -177,6 +180,7 @@ def worker(
     heartbeat: float,
     backend: str,
     compute_units: str,
+    judge: str | None,
 ) -> None:
     """An RQ worker: takes jobs from Redis, keeps its model loaded, never opens the database."""
     from workers.rq.worker import run_worker
@@ -185,11 +189,16 @@ def worker(
     verbose = ctx.find_root().meta["verbose"]
     configure_logging(verbose, service=True)
     require_backend(backend)
+    scorer = judge_from(judge)
     try:
         run_worker(
             redis_url,
             cache=PipelineCache(
-                backend=backend, device=device, threads=threads, compute_units=compute_units
+                backend=backend,
+                device=device,
+                threads=threads,
+                compute_units=compute_units,
+                judge=scorer,
             ),
             model=model,
             burst=burst,

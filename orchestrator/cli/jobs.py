@@ -14,6 +14,7 @@ from orchestrator.cli.common import (
     option,
     pass_state,
 )
+from workers.quality import GATE_FIELDS, QUALITY_RESULT_FIELDS, fmt_score
 
 
 @main.group()
@@ -52,14 +53,28 @@ def _short(text: str, n: int) -> str:
     type=click.Choice(["pending", "queued", "running", "succeeded", "failed", "cancelled"]),
     default=None,
 )
+@option(
+    "--below",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="SCORE",
+    help="Only jobs with a quality gate whose kept image scored under SCORE.",
+)
 @option("--limit", type=click.IntRange(1), default=50)
 @option("--json", "as_json", is_flag=True)
 @pass_state
 def jobs_list(
-    state: State, batch_id: int | None, status: str | None, limit: int, as_json: bool
+    state: State,
+    batch_id: int | None,
+    status: str | None,
+    below: float | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List jobs."""
-    rows = state.store(existing=True).list_jobs(batch_id=batch_id, status=status, limit=limit + 1)
+    """List jobs (score: what the judge of a job's quality gate gave its image)."""
+    rows = state.store(existing=True).list_jobs(
+        batch_id=batch_id, status=status, below=below, limit=limit + 1
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     if more:
@@ -67,13 +82,19 @@ def jobs_list(
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
+    # The score column only where some job listed has a quality gate.
+    gated = any(r["min_score"] is not None for r in rows)
     click.echo(
-        f"{'id':>6} {'batch':>5} {'status':<10} {'try':>3} {'seed':>10} {'steps':>5} {'scheduler':<16} prompt"
+        f"{'id':>6} {'batch':>5} {'status':<10} {'try':>3} {'seed':>10} {'steps':>5} "
+        f"{'scheduler':<16} " + (f"{'score':>5} " if gated else "") + "prompt"
     )
     for r in rows:
+        score = "-" if r["score"] is None else fmt_score(r["score"])
         click.echo(
             f"{r['id']:>6} {r['batch_id']:>5} {r['status']:<10} {r['attempts']:>3} {r['seed']:>10} "
-            f"{r['steps']:>5} {r['scheduler']:<16} {_short(r['prompt'], 50)}"
+            f"{r['steps']:>5} {r['scheduler']:<16} "
+            + (f"{score:>5} " if gated else "")
+            + _short(r["prompt"], 50)
         )
         if r["status"] == "failed" and r["last_error"]:
             click.echo(f"{'':>6} error: {_short(r['last_error'], 100)}")
@@ -86,10 +107,15 @@ def jobs_list(
 def jobs_show(state: State, job_id: int, as_json: bool) -> None:
     """Show one job with its attempts and stage timings."""
     job = state.store(existing=True).get_job(job_id)
+    for a in job["attempt_rows"]:
+        a["scores"] = json.loads(a.pop("scores_json") or "null")  # [[seed, score], ...]
     if as_json:
         click.echo(json.dumps(job, indent=2, ensure_ascii=False))
         return
     attempts = job.pop("attempt_rows")
+    if job["min_score"] is None:  # no quality gate: nothing of one to show
+        for k in (*GATE_FIELDS, *QUALITY_RESULT_FIELDS):
+            job.pop(k)
     for k, v in job.items():
         click.echo(f"{k:>16}: {_when(v) if k in _TIMES and v is not None else v}")
     for a in attempts:
@@ -102,6 +128,9 @@ def jobs_show(state: State, job_id: int, as_json: bool) -> None:
             f"attempt {a['number']}: {a['status']} on {a['worker']} ({a['backend'] or '-'} "
             f"{a['device'] or ''}) from {_when(a['started_at'])} to {_when(a['finished_at'])} {timing}"
         )
+        if a["scores"]:
+            tried = ", ".join(f"{seed} {fmt_score(score)}" for seed, score in a["scores"])
+            click.echo(f"    seeds tried (score): {tried}")
         if a["error"]:
             click.echo(f"    error: {a['error']}")
 

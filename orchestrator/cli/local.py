@@ -19,6 +19,8 @@ from orchestrator.cli.common import (
     defaults_options,
     hook_options,
     image_options,
+    judge_from,
+    judge_option,
     option,
     pass_state,
     patiently,
@@ -34,6 +36,7 @@ from orchestrator.config import (
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.hooks import Hooks, batch_summary
 from orchestrator.manifest import Defaults, load_manifest
+from workers.quality import fmt_score
 
 
 @main.command()
@@ -166,6 +169,7 @@ def run(
             max_jobs=kw["max_total_jobs"],
         )
     require_backend(kw["backend"])
+    judge_from(kw["judge"])  # a --judge that cannot run here: refused before anything is submitted
     if not skip_model_check:
         check_models_here(state, kw, m)
     if manifest and m is not None:
@@ -202,8 +206,10 @@ def throttled(fn: Callable[[], dict[str, int]], share: float = 0.1) -> Callable[
 
 
 def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSettings:
-    """Settings from the shared worker options (refusing a backend this machine cannot run)."""
+    """Settings from the shared worker options (refusing a backend this machine cannot run,
+    or a --judge command it does not have)."""
     require_backend(kw["backend"])
+    judge_from(kw.get("judge"))
     return WorkerSettings(
         output_dir=state.output,
         lease_seconds=kw["lease_seconds"],
@@ -212,6 +218,7 @@ def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSet
         max_jobs=kw["max_jobs"],
         backend=kw["backend"],
         compute_units=kw["compute_units"],
+        judge=kw.get("judge"),
         **extra,
     )
 
@@ -289,6 +296,7 @@ def work(
 )
 @image_options
 @runtime_options
+@judge_option
 @option(
     "-o",
     "--output-path",
@@ -311,12 +319,14 @@ def generate(
     seed: int | None,
     output_path: str | None,
     overwrite: bool,
+    judge: str | None,
     **kw: Any,
 ) -> None:
     """Make one image of PROMPT and print the path of the PNG written.
 
     The PNG carries the same metadata as a run's images (`orchestrate reproduce` works on
-    it); no database is created or used.
+    it); no database is created or used. With --judge, the image's score is printed too
+    (on stderr; `--judge builtin` for the built-in judge).
     """
     from orchestrator import generate as one
     from orchestrator.preflight import device_problem, model_problem
@@ -337,6 +347,9 @@ def generate(
     problem = model_problem(job["model"], job["quantization"], kw["backend"])
     if problem is not None:
         raise UsageError(f"model {job['model']!r}: {problem}")
+    scorer = judge_from(judge) if judge is not None else None
+    if scorer is not None:
+        scorer.check(job["prompt"])  # the built-in judge's refusal, before any work
 
     from workers.task import PipelineCache, run_job
 
@@ -354,6 +367,7 @@ def generate(
     try:
         try:
             out = run_job(dict(job), cache)
+            score = None if scorer is None else score_png(scorer, out.png, job["prompt"])
         except OrchestratorError:
             raise
         except Exception as exc:  # the pipeline's own errors: one line, not a traceback
@@ -362,10 +376,25 @@ def generate(
     finally:
         signal.signal(signal.SIGTERM, old)
     r = out.result
+    scored = (
+        f", score {fmt_score(score)} ({scorer.name})"
+        if scorer is not None and score is not None
+        else ""
+    )
     click.echo(
         f"{r['width']}x{r['height']}, seed {job['seed']}, {job['steps']} steps, "
         f"{job['scheduler']}, model {job['model']} ({r['backend']} {r['device']} {r['dtype']}) "
-        f"in {r['total_s']:.2f}s",
+        f"in {r['total_s']:.2f}s{scored}",
         err=True,
     )
     click.echo(str(path))
+
+
+def score_png(judge: Any, png: bytes, prompt: str) -> float:
+    """A judge's score of an image given as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return float(judge.score(image.convert("RGB"), prompt))

@@ -394,13 +394,22 @@ class JobsMixin(StoreBase):
         return out
 
     def list_jobs(
-        self, *, batch_id: int | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        batch_id: int | None = None,
+        status: str | None = None,
+        below: float | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
+        """Jobs by id; ``below``: only gated jobs whose kept image scored under it."""
         stmt = select(Job).order_by(Job.id).limit(limit)
         if batch_id is not None:
             stmt = stmt.where(Job.batch_id == batch_id)
         if status is not None:
             stmt = stmt.where(Job.status == status)
+        if below is not None:
+            # min_score: the partial index of gated jobs (only they have a score)
+            stmt = stmt.where(Job.min_score.is_not(None)).where(Job.score < below)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, exists, func, insert, select, text, update
 
 from orchestrator.models import (
     ATTEMPTS,
+    GATE_FIELDS,
     JOBS,
     Attempt,
     AttemptStatus,
@@ -39,6 +40,7 @@ from orchestrator.store.base import (
     chunks,
 )
 from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_runs, queue_runs
+from workers.quality import QUALITY_RESULT_FIELDS
 
 
 def _payload(row: Any, attempt: int) -> dict[str, Any]:
@@ -46,8 +48,20 @@ def _payload(row: Any, attempt: int) -> dict[str, Any]:
     # Raw RETURNING rows skip SQLAlchemy's types; SQLite hands back 7.0 as 7.
     job["guidance_scale"] = float(job["guidance_scale"])
     job["extra"] = json.loads(job.pop("extra_json") or "{}")
+    # A job without a quality gate is sent as before the gate existed (an older worker
+    # takes it); a gated one carries its gate, and only a worker that knows it takes that.
+    for name in GATE_FIELDS:
+        if job[name] is None:
+            del job[name]
+    if "min_score" in job:
+        job["min_score"] = float(job["min_score"])
     job["attempt"] = attempt
     return job
+
+
+def _scores_json(scores: Any) -> str | None:
+    """An attempt's tried ``[seed, score]`` pairs as stored (None: not a gated attempt)."""
+    return json.dumps([[int(s), float(v)] for s, v in scores]) if scores else None
 
 
 class LeasesMixin(StoreBase):
@@ -175,6 +189,9 @@ class LeasesMixin(StoreBase):
         now = time.time()
         fields = {k: result.get(k) for k in RESULT_COLUMNS}
         fields["versions_json"] = json.dumps(result.get("versions", {}), sort_keys=True)
+        # A gated job's verdict, under the same fence as the success itself: a superseded
+        # attempt's score never lands on the job.
+        quality = {k: result.get(k) for k in QUALITY_RESULT_FIELDS}
         with self._tx(write=True) as conn:
             n = conn.execute(
                 self._owned(claim).values(
@@ -186,10 +203,18 @@ class LeasesMixin(StoreBase):
                     lease_owner=None,
                     lease_expires_at=None,
                     last_error=None,
+                    **quality,
                 )
             ).rowcount
             status = AttemptStatus.SUCCEEDED if n == 1 else AttemptStatus.SUPERSEDED
-            self._finish_attempt(conn, claim, status, output_sha256=sha256, **fields)
+            self._finish_attempt(
+                conn,
+                claim,
+                status,
+                output_sha256=sha256,
+                scores_json=_scores_json(result.get("scores")),
+                **fields,
+            )
         return n == 1
 
     def mark_published(self, job_id: int, sha256: str) -> bool:
@@ -272,6 +297,7 @@ class LeasesMixin(StoreBase):
                     finished_at=None,
                     not_before=None,
                     last_error=error,
+                    **dict.fromkeys(QUALITY_RESULT_FIELDS),  # judged again with the new image
                 )
             ).rowcount
             if n:
@@ -283,9 +309,17 @@ class LeasesMixin(StoreBase):
                 )
         return n == 1
 
-    def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> str | None:
-        """Record a failed attempt; the job goes back to pending after a backoff while
-        attempts remain, else to failed. Returns the job's new status (None if not held)."""
+    def fail(
+        self,
+        claim: Claim,
+        error: str,
+        *,
+        retryable: bool = True,
+        scores: Sequence[Sequence[float]] | None = None,
+    ) -> str | None:
+        """Record a failed attempt (with the ``(seed, score)`` pairs it tried, when its quality
+        gate failed); the job goes back to pending after a backoff while attempts remain,
+        else to failed. Returns the job's new status (None if not held)."""
         now = time.time()
         with self._tx(write=True) as conn:
             row = conn.execute(
@@ -304,7 +338,11 @@ class LeasesMixin(StoreBase):
                 )
             ).rowcount
             self._finish_attempt(
-                conn, claim, AttemptStatus.FAILED if n else AttemptStatus.SUPERSEDED, error=error
+                conn,
+                claim,
+                AttemptStatus.FAILED if n else AttemptStatus.SUPERSEDED,
+                error=error,
+                scores_json=_scores_json(scores),
             )
         return status.value if n else None
 

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import aliased
 
 from orchestrator.models import VISIBLE_STATUSES, Attempt, AttemptStatus, Job, JobStatus, Worker
 from orchestrator.store.base import OPEN_ATTEMPTS, TIMING_WINDOW, StoreBase, chunks
+from workers.quality import GATE_ERROR_PREFIX
 
 THROUGHPUT_WINDOW_S = 600.0
 RECENT_WINDOW = 10_000
@@ -318,6 +319,44 @@ class ReportsMixin(StoreBase):
                 }
             )
         return out
+
+    def quality(self, batch_id: int | None = None) -> list[dict[str, Any]]:
+        """Each batch with jobs under a quality gate: ``gated`` (such jobs), ``judged`` (those
+        with a verdict), ``passed`` (succeeded: their image reached the gate),
+        ``failed_gate`` (failed because no seed did), ``mean_score`` (of the images kept) and
+        the gates asked for (``min_score_low`` .. ``min_score_high``). Reads gated jobs only,
+        through their partial index: nothing at all for batches without a gate."""
+        failed_gate = (Job.status == JobStatus.FAILED.value) & Job.last_error.startswith(
+            GATE_ERROR_PREFIX, autoescape=True
+        )
+        stmt = (
+            select(
+                Job.batch_id,
+                func.count().label("gated"),
+                func.sum(case((Job.status == JobStatus.SUCCEEDED.value, 1), else_=0)).label(
+                    "passed"
+                ),
+                func.sum(case((failed_gate, 1), else_=0)).label("failed_gate"),
+                func.avg(case((Job.status == JobStatus.SUCCEEDED.value, Job.score))).label(
+                    "mean_score"
+                ),
+                func.min(Job.min_score).label("min_score_low"),
+                func.max(Job.min_score).label("min_score_high"),
+            )
+            .where(Job.min_score.is_not(None))
+            .where(Job.status != JobStatus.LOADING.value)
+            .group_by(Job.batch_id)
+            .order_by(Job.batch_id)
+        )
+        if batch_id is not None:
+            stmt = stmt.where(Job.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        for r in rows:
+            r["passed"] = int(r["passed"] or 0)
+            r["failed_gate"] = int(r["failed_gate"] or 0)
+            r["judged"] = r["passed"] + r["failed_gate"]
+        return rows
 
     def failed_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The most recently failed jobs, newest first."""

@@ -422,7 +422,7 @@ class Coordinator:
 
     def _on_failed(self, claim: Claim, status: str, event: proto.Event) -> None:
         error = event.error or "(no error text)"
-        new = self.store.fail(claim, error, retryable=event.retryable)
+        new = self.store.fail(claim, error, retryable=event.retryable, scores=event.scores)
         logger.warning("job %s failed on %s: %s", claim.job_id, event.worker, error)
         self._missing_since.pop(event.rq_id, None)
         retry_in = backoff_seconds(claim.job["attempt"]) if new == "pending" else None

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from orchestrator.config import WorkerSettings
-from orchestrator.errors import JobInputError, JobInterrupted, TransientError
+from orchestrator.errors import JobInputError, JobInterrupted, QualityGateFailed, TransientError
 from orchestrator.events import JobEvent
 from orchestrator.results import Results
 from orchestrator.store import Claim, JobStore, WorkerIdentity, backoff_seconds
+from workers.quality import make_judge
 from workers.task import PipelineCache, TaskOutput, run_job
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class LocalWorker:
             device=settings.device,
             threads=settings.threads,
             compute_units=settings.compute_units,
+            judge=make_judge(settings.judge),
         )
         self.runner = runner
         self.on_event = on_event
@@ -271,8 +273,11 @@ class LocalWorker:
     ) -> None:
         job_id = claim.job["id"]
         error = f"{type(exc).__name__}: {exc}"
+        tried = exc.scores if isinstance(exc, QualityGateFailed) else None
         status = self._transient(
-            lambda: self.store.fail(claim, error, retryable=not isinstance(exc, JobInputError)),
+            lambda: self.store.fail(
+                claim, error, retryable=not isinstance(exc, JobInputError), scores=tried
+            ),
             "cannot record a failure",
         )
         # INFO: the progress line (or the service log, at INFO) says it once.

@@ -208,6 +208,7 @@ class DashboardApp:
             liveness=st.liveness,
             when=_when,
             backend=st.backend_of,
+            score=st.fmt_score,
         )
         self.env.globals["stage_rows"] = st.STAGE_ROWS
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
@@ -523,6 +524,7 @@ class DashboardApp:
             raise HTTPError("404 Not Found", str(exc)) from exc
         for a in job["attempt_rows"]:
             a["denoise_per_step_s"] = _per_step(a, job["steps"])
+            a["scores"] = json.loads(a.pop("scores_json") or "null")  # [[seed, score], ...]
         job["image_url"] = f"/images/{job['id']}.png" if job["status"] == "succeeded" else None
         job["can_retry"] = job["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
         job["can_cancel"] = job["status"] in [s.value for s in ACTIVE_STATUSES]

@@ -94,3 +94,70 @@ def test_pause_columns_upgrade_and_downgrade_with_data(db_url: str) -> None:
         assert conn.execute(text("SELECT name FROM batches")).scalars().all() == ["old"]
     upgrade(db_url)
     assert current_revision(engine) == head_revision()
+
+
+def test_quality_gate_columns_upgrade_and_downgrade_with_data(db_url: str) -> None:
+    from orchestrator.database import open_engine
+    from orchestrator.store import JobStore
+
+    upgrade(db_url, "0006")
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, name, rows, job_count, duplicates, defaults_json, "
+                "created_at) VALUES (1, 'old', 1, 1, 0, '{}', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, batch_id, line, image_index, fingerprint, status, "
+                "priority, prompt, negative_prompt, seed, steps, guidance_scale, width, "
+                "height, scheduler, model, quantization, tags, output_name, attempts, "
+                "max_attempts, created_at) VALUES (1, 1, 2, 0, 'f', 'succeeded', 0, 'p', '', "
+                "7, 20, 7.5, 64, 64, 'dpmpp_2m', 'tiny', 'fp16', '', '', 1, 3, 0)"
+            )
+        )
+    upgrade(db_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert {"min_score", "quality_tries", "score", "image_seed", "judge"} <= columns
+    assert "scores_json" in {c["name"] for c in inspect(engine).get_columns("attempts")}
+    store = JobStore(open_engine(db_url))
+    old = store.get_job(1)  # a job from before the gate: none, and no verdict
+    assert (old["min_score"], old["score"], old["image_seed"]) == (None, None, None)
+    submit_text(store, "prompt,min_score\ngated,0.5\n")
+    assert store.quality() == [
+        {
+            "batch_id": 2,
+            "gated": 1,
+            "passed": 0,
+            "failed_gate": 0,
+            "judged": 0,
+            "mean_score": None,
+            "min_score_low": 0.5,
+            "min_score_high": 0.5,
+        }
+    ]
+    with store.engine.connect() as conn:
+        plan = " ".join(
+            row[-1]
+            for row in conn.execute(
+                text("EXPLAIN QUERY PLAN SELECT count(*) FROM jobs WHERE min_score IS NOT NULL")
+            )
+        )
+    assert "ix_jobs_gated" in plan  # status reads gated jobs only
+    store.engine.dispose()
+    downgrade(db_url, "0006")
+    engine = create_engine(db_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert not {"min_score", "quality_tries", "score", "image_seed", "judge"} & columns
+    assert "scores_json" not in {c["name"] for c in inspect(engine).get_columns("attempts")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT prompt FROM jobs ORDER BY id")).scalars().all() == [
+            "p",
+            "gated",
+        ]
+        # the count triggers survived: plain ADD and DROP COLUMNs, no table rebuild
+        assert conn.execute(text("SELECT sum(n) FROM job_counts")).scalar() == 2
+    upgrade(db_url)
+    assert current_revision(engine) == head_revision()

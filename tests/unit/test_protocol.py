@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.manifest import COLUMNS, JobSpec
-from orchestrator.models import JOB_FIELDS, PAYLOAD_FIELDS, Job
+from orchestrator.models import GATE_FIELDS, JOB_FIELDS, PAYLOAD_FIELDS, Job
 from orchestrator.transports.coordinator import _worker_row
 from tests.conftest import sample_payload
 from workers.backends import GenerationRequest
@@ -133,6 +133,10 @@ def test_the_job_fields_are_spelled_once() -> None:
     columns = set(Job.__table__.columns.keys())
     assert set(PAYLOAD_FIELDS) <= columns
     assert {f.name for f in dataclasses.fields(JobSpec) if f.name != "extra"} <= columns
-    # what the store sends, with the metadata as an object, plus the dispatch's own fields
+    # what the store sends, with the metadata as an object, plus the dispatch's own fields;
+    # a gated job's payload adds its gate (and only then: see test_quality_gate)
     sent = (set(PAYLOAD_FIELDS) - {"extra_json"}) | {"extra", "attempt", "token"}
-    assert sent == set(proto._PAYLOAD_TYPES)
+    assert sent == set(proto._PAYLOAD_TYPES) | set(proto._GATE_TYPES)
+    assert tuple(proto._GATE_TYPES) == GATE_FIELDS
+    assert {f.name for f in dataclasses.fields(JobSpec)} >= set(GATE_FIELDS)
+    assert set(GATE_FIELDS) <= set(COLUMNS)

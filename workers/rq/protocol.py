@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from orchestrator import faults
+from workers.quality import MAX_JUDGE_NAME, MAX_QUALITY_TRIES
 from workers.task import RESULT_COUNTS, RESULT_TEXT, RESULT_TIMINGS
 
 PREFIX = "orchestrate"
@@ -143,6 +144,28 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
+def _score(value: Any, name: str) -> float:
+    score = _number(value, name)
+    if not 0.0 <= score <= 1.0:
+        raise BadMessage(f"{name} must be from 0 to 1 ({score})")
+    return score
+
+
+SEED_MAX = 2**32 - 1
+
+
+def check_scores(value: Any, name: str) -> list[list[Any]]:
+    """A gated attempt's tries: at most MAX_QUALITY_TRIES ``[seed, score]`` pairs."""
+    if not isinstance(value, list) or len(value) > MAX_QUALITY_TRIES:
+        raise BadMessage(f"{name} must be a list of at most {MAX_QUALITY_TRIES} [seed, score]")
+    out = []
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise BadMessage(f"{name} must hold [seed, score] pairs")
+        out.append([_int(pair[0], f"{name} seed", 0, SEED_MAX), _score(pair[1], f"{name} score")])
+    return out
+
+
 def _hex(value: Any, name: str, length: int | None = None) -> str:
     value = _text(value, name, 128)
     if not _HEX.match(value) or (length is not None and len(value) != length):
@@ -191,6 +214,15 @@ def check_result(value: Any) -> dict[str, Any]:
             _text(k, "result.versions key", 64): _text(v, "result.versions value", 128)
             for k, v in versions.items()
         }
+    # A gated job's verdict: all of it or none of it.
+    quality = [k for k in ("score", "image_seed", "judge", "scores") if value.get(k) is not None]
+    if quality:
+        if len(quality) != 4:
+            raise BadMessage(f"result has {', '.join(quality)} of a quality gate, not all four")
+        out["score"] = _score(value["score"], "result.score")
+        out["image_seed"] = _int(value["image_seed"], "result.image_seed", 0, SEED_MAX)
+        out["judge"] = _text(value["judge"], "result.judge", MAX_JUDGE_NAME)
+        out["scores"] = check_scores(value["scores"], "result.scores")
     return out
 
 
@@ -217,6 +249,7 @@ class Event:
     result: dict[str, Any] = field(default_factory=dict)  # result
     error: str | None = None  # failed, released
     retryable: bool = True  # failed
+    scores: list[list[Any]] | None = None  # failed: a quality gate's tries, none passing
 
     @property
     def owner(self) -> str:
@@ -277,7 +310,10 @@ def decode_event(raw: bytes, secret: bytes | None = None) -> Event:
         retryable = data.get("retryable", True)
         if not isinstance(retryable, bool):
             raise BadMessage("retryable must be true or false")
-        return Event(**common, error=error, retryable=retryable)
+        scores = data.get("scores")
+        if scores is not None:
+            scores = check_scores(scores, "scores")
+        return Event(**common, error=error, retryable=retryable, scores=scores)
     return Event(**common)
 
 
@@ -306,6 +342,8 @@ _PAYLOAD_TYPES: dict[str, type] = {
     "attempt": int,
     "token": str,
 }
+# Fields only a gated job's payload has (``workers.quality.GATE_FIELDS``): both or neither.
+_GATE_TYPES: dict[str, type] = {"min_score": float, "quality_tries": int}
 MAX_EXTRA = 100  # metadata columns a payload may carry
 
 
@@ -316,10 +354,14 @@ def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
         raise BadMessage(f"the payload must be an object, not {type(payload).__name__}")
     check_signature(payload, secret)
     fields = {k: v for k, v in payload.items() if k != "sig"}
-    unknown = sorted(set(fields) - set(_PAYLOAD_TYPES))
-    missing = sorted(set(_PAYLOAD_TYPES) - set(fields))
+    gate = set(_GATE_TYPES) if set(_GATE_TYPES) & set(fields) else set()
+    unknown = sorted(set(fields) - set(_PAYLOAD_TYPES) - gate)
+    missing = sorted((set(_PAYLOAD_TYPES) | gate) - set(fields))
     if unknown or missing:
         raise BadMessage(f"payload fields: unknown {unknown}, missing {missing}")
+    if gate:
+        fields["min_score"] = _score(fields["min_score"], "min_score")
+        _int(fields["quality_tries"], "quality_tries", 1, MAX_QUALITY_TRIES)
     for name, kind in _PAYLOAD_TYPES.items():
         value = fields[name]
         if kind is float:

@@ -46,6 +46,7 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
 from orchestrator import faults
+from orchestrator.errors import QualityGateFailed
 from workers.backends import JobInputError, JobInterrupted
 from workers.rq import protocol as proto
 from workers.task import PipelineCache, TaskOutput, run_job
@@ -445,12 +446,15 @@ class OrchestrateWorker(SimpleWorker):
             raise
         except Exception as exc:
             self.stats.failed += 1
+            # A failed quality gate says what it tried, for the attempt's record.
+            tried = {"scores": exc.scores} if isinstance(exc, QualityGateFailed) else {}
             event = self._event(
                 "failed",
                 rq_id,
                 payload,
                 error=f"{type(exc).__name__}: {exc}",
                 retryable=not isinstance(exc, JobInputError),
+                **tried,
             )
             self._deliver(rq_id, event)
             return "failed"
