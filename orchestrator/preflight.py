@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobInputError
+from workers import families
 from workers.models import expand_path, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
@@ -72,7 +73,7 @@ def _hub_problem(model: str) -> str | None:
 def model_problem(model: str, quantization: str = "fp16", backend: str = "diffusers") -> str | None:
     """Why ``model`` in ``quantization`` cannot be loaded by ``backend`` on this machine, or
     None when it can (as far as can be told without loading it)."""
-    from workers.models import checkpoint_file, is_tiny, local_folder
+    from workers.models import checkpoint_file, is_builtin, local_folder
 
     if backend == "coreml":
         from workers.task import resolve_coreml_folder
@@ -83,10 +84,10 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
             return str(exc)
         return None
 
-    if is_tiny(model):
-        problem = None  # built from code on first use
-    elif local_folder(model) is not None:
-        problem = None
+    if is_builtin(model):
+        problem = None  # shipped with the package, or built from code on first use
+    elif (found := local_folder(model)) is not None:
+        problem = _family_problem(families.folder_reader(found))
     elif checkpoint_file(model) is not None:
         problem = _checkpoint_problem(checkpoint_file(model))  # type: ignore[arg-type]
     elif looks_like_path(model) or expand_path(model).exists():
@@ -98,7 +99,7 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
         else:
             problem = f"not a diffusers folder (no model_index.json in {folder.absolute()})"
     else:
-        problem = _hub_problem(model)
+        problem = _hub_problem(model) or _family_problem(families.hub_cache_reader(model))
     if problem is not None or quantization == "fp16":
         return problem
 
@@ -112,6 +113,16 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
             f"`orchestrate model compress --model {model} --recipe ANALYSIS.json:{quantization} "
             "--format torch`"
         )
+    return None
+
+
+def _family_problem(read: families.Reader) -> str | None:
+    """Why the model whose configs ``read`` reads is of a kind the backend does not run (a
+    hub id not in the cache has none to read: nothing is said)."""
+    try:
+        families.detect(read)
+    except families.UnsupportedModel as exc:
+        return str(exc)
     return None
 
 

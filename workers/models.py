@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
 from workers.tiny import TINY_MODEL_NAME
+from workers.tiny_xl import TINY_XL_MODEL_NAME
 
 SD_NATIVE = (512, 512)
 TINY_NATIVE = (64, 64)
-VAE_SCALE = 8
+
+# The models that come with the tool, by name: built-in family of each.
+BUILTIN_MODELS = {TINY_MODEL_NAME: "tiny", TINY_XL_MODEL_NAME: "tiny-xl"}
 
 
 def is_tiny(model: str) -> bool:
     return model == TINY_MODEL_NAME
+
+
+def is_builtin(model: str) -> bool:
+    """Whether ``model`` names a built-in model (``tiny``, ``tiny-xl``)."""
+    return model in BUILTIN_MODELS
+
+
+def builtin_model(model: str) -> Path | None:
+    """The folder of a built-in model (built on first use), or None when ``model`` names none."""
+    if model == TINY_MODEL_NAME:
+        from workers.tiny import ensure_tiny_model
+
+        return ensure_tiny_model()
+    if model == TINY_XL_MODEL_NAME:
+        from workers.tiny_xl import ensure_tiny_xl_model
+
+        return ensure_tiny_xl_model()
+    return None
 
 
 def expand_path(model: str) -> Path:
@@ -53,10 +73,15 @@ def checkpoint_file(model: str) -> Path | None:
 def native_size(model: str) -> tuple[int, int]:
     """The (width, height) a model was trained at: the size used when a row gives none.
 
-    Read from a local folder's UNet config; a hub id not on disk is taken as Stable Diffusion
-    1.x's 512 px (give width and height in the manifest for other models).
+    Read from the model's configs (``workers.families``: UNet ``sample_size`` x the VAE's
+    scale) for a local folder or a hub id in this machine's Hugging Face cache; a hub id not
+    on disk is taken as Stable Diffusion 1.x's 512 px (give width and height in the manifest
+    for other models). A model of a family this tool does not run still gets its size here:
+    the preflight check refuses it with the reason.
     """
-    if is_tiny(model):
+    from workers import families
+
+    if is_builtin(model):
         return TINY_NATIVE
     checkpoint = checkpoint_file(model)
     if checkpoint is not None:
@@ -68,10 +93,14 @@ def native_size(model: str) -> tuple[int, int]:
             return SD_NATIVE
     folder = local_folder(model)
     if folder is not None:
-        try:
-            config = json.loads((folder / "unet" / "config.json").read_text())
-            side = int(config["sample_size"]) * VAE_SCALE
-            return (side, side)
-        except (OSError, ValueError, KeyError, TypeError):
+        read = families.folder_reader(folder)
+    elif looks_like_path(model):
+        return SD_NATIVE
+    else:
+        read = families.hub_cache_reader(model)
+        if read("model_index.json") is None:
             return SD_NATIVE
-    return SD_NATIVE
+    try:
+        return families.detect(read).native_size
+    except families.UnsupportedModel:
+        return families.native_of(read)

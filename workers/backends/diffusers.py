@@ -1,4 +1,7 @@
-"""The diffusers/PyTorch backend: Stable Diffusion on CPU, CUDA or Apple's MPS.
+"""The diffusers/PyTorch backend: Stable Diffusion 1.x, 2.x and SDXL on CPU, CUDA or Apple's MPS.
+
+The pipeline class comes from the model's family (``workers.families``): read from the model's
+configs before any weights are loaded, so a model of another kind is refused with one line.
 
 Noise comes from a CPU ``torch.Generator`` seeded per job, and torch runs with a fixed thread
 count, so the same job gives the same pixels in any process on the same kind of machine.
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workers import families
 from workers.backends import (
     GenerationRequest,
     GenerationResult,
@@ -24,14 +28,13 @@ from workers.backends import (
 )
 from workers.checkpoints import is_checkpoint_file
 from workers.models import (
+    builtin_model,
     checkpoint_file,
     expand_path,
-    is_tiny,
     local_folder,
     looks_like_path,
 )
 from workers.schedulers import build_scheduler
-from workers.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +73,11 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def model_source(model: str) -> str:
-    """Where ``from_pretrained`` finds a manifest's model: the built-in tiny model's cache
-    folder, a local diffusers folder, a single-file checkpoint, or a hub id."""
-    if is_tiny(model):
-        return str(ensure_tiny_model())
+    """Where ``from_pretrained`` finds a manifest's model: a built-in model's folder (``tiny``,
+    ``tiny-xl``), a local diffusers folder, a single-file checkpoint, or a hub id."""
+    builtin = builtin_model(model)
+    if builtin is not None:
+        return str(builtin)
     folder = local_folder(model)
     if folder is not None:
         return str(folder)
@@ -106,20 +110,46 @@ def _hub_unreachable(text: str) -> bool:
     return any(marker in text.lower() for marker in _UNREACHABLE)
 
 
+def source_family(source: str) -> families.ModelInfo | None:
+    """The family of the model at ``source`` from its configs, before any weights are read:
+    UnsupportedModel (a JobInputError) for a kind this tool does not run; None when there are
+    no configs to read (a single file; a hub id neither cached nor reachable: the load says)."""
+    if is_checkpoint_file(source):
+        return None
+    folder = Path(source)
+    if (folder / "model_index.json").is_file():
+        read = families.folder_reader(folder)
+    elif folder.exists() or looks_like_path(source):
+        return None
+    else:
+        read = families.hub_reader(source)
+        if read("model_index.json") is None:
+            return None
+    try:
+        return families.detect(read)
+    except families.UnsupportedModel as exc:
+        raise families.UnsupportedModel(f"model {source!r}: {exc}") from None
+
+
 def load_pipeline(source: str, dtype: Any) -> Any:
-    """A ``StableDiffusionPipeline`` from a folder or hub id, quietly, without a safety checker."""
+    """The pipeline of the model's family (``StableDiffusionPipeline`` for SD 1.x/2.x,
+    ``StableDiffusionXLPipeline`` for SDXL) from a folder, hub id or single file, quietly,
+    without a safety checker or watermark."""
     import diffusers
     import transformers
-    from diffusers import StableDiffusionPipeline
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if is_checkpoint_file(source) and Path(source).is_file():
         return _load_checkpoint(Path(source), dtype)
+    info = source_family(source)  # refuses an unsupported kind before loading any weights
+    pipeline = info.pipeline if info is not None else families.SD_PIPELINE
+    if pipeline == families.SDXL_PIPELINE:
+        options: dict[str, Any] = {"add_watermarker": False}
+    else:
+        options = {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=dtype, **options)
     except (OSError, ValueError) as exc:
         if not Path(source).exists() and _hub_unreachable(str(exc)):
             # diffusers' advice (pass local_files_only=False, see a stack trace we do not
@@ -129,9 +159,7 @@ def load_pipeline(source: str, dtype: Any) -> Any:
                 "cannot be reached (offline, or HF_HUB_OFFLINE=1): download it where there "
                 f"is a network (`hf download {source}`) or give a local diffusers folder"
             ) from exc
-        raise ModelLoadError(
-            f"cannot load a Stable Diffusion pipeline from {source}: {exc}"
-        ) from exc
+        raise ModelLoadError(f"cannot load a {pipeline} from {source}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -155,7 +183,7 @@ def _load_checkpoint(path: Path, dtype: Any) -> Any:
 
 
 class DiffusersBackend:
-    """A loaded ``StableDiffusionPipeline``, kept for every job that names its model."""
+    """A loaded Stable Diffusion or SDXL pipeline, kept for every job that names its model."""
 
     name = "diffusers"
 
@@ -183,6 +211,15 @@ class DiffusersBackend:
         # A compressed variant is a model folder of its own, found by the pipeline cache.
         pipe = load_pipeline(source or model_source(model), self._torch_dtype)
         self.pipe = pipe.to(self.device)
+        self.info = families.of_pipeline(pipe)
+        self.family = self.info.family.name
+        self._xl = self.info.pipeline == families.SDXL_PIPELINE
+        if self._xl and self.dtype == "fp16" and pipe.vae.config.get("force_upcast", False):
+            # SDXL's VAE overflows in fp16 (its config says so): it decodes in fp32, as the
+            # SDXL pipeline does (kept there, rather than cast back and forth per image).
+            pipe.vae.to(torch.float32)
+        # The model's own scheduler config: its prediction type (v-prediction for SD 2.x 768)
+        # and timestep spacing carry over to every scheduler a job names.
         self._scheduler_config = dict(pipe.scheduler.config)
 
     @functools.cached_property
@@ -197,6 +234,8 @@ class DiffusersBackend:
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
             "platform": platform.platform(),
+            # Not a library version, but as much a cause of different pixels.
+            "model_family": self.family,
         }
 
     def versions(self) -> dict[str, str]:
@@ -215,13 +254,7 @@ class DiffusersBackend:
         with torch.inference_mode():
             # 2. Text encoding
             t0 = time.perf_counter()
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
-                request.prompt,
-                self.device,
-                1,
-                do_cfg,
-                request.negative_prompt or None,
-            )
+            embeddings = self._encode(request, do_cfg)
             self._sync()
             t1 = time.perf_counter()
 
@@ -236,9 +269,10 @@ class DiffusersBackend:
                     raise JobInterrupted(f"stopped after step {len(step_ends)}")
                 return kwargs
 
+            # SDXL's size/crop conditioning is left to the pipeline: original_size and
+            # target_size default to (height, width), the crop to (0, 0).
             latents = pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
+                **embeddings,
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance_scale,
                 height=request.height,
@@ -250,9 +284,7 @@ class DiffusersBackend:
             t2 = time.perf_counter()
 
             # 4. VAE decode
-            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[
-                0
-            ]
+            decoded = self._decode(latents)
             image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
             t3 = time.perf_counter()
 
@@ -265,6 +297,46 @@ class DiffusersBackend:
             unet_evaluations=len(step_ends) * (2 if do_cfg else 1),
             step_times=[round(e - s, 6) for s, e in zip(starts, step_ends, strict=True)],
         )
+
+    def _encode(self, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
+        """The prompt's embeddings as the pipeline's keyword arguments. SDXL's pipeline runs
+        the prompt through both its text encoders (the second gives the pooled embedding); an
+        empty negative prompt is its zeros, as SDXL was trained."""
+        negative = request.negative_prompt or None
+        if self._xl:
+            prompt, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+                prompt=request.prompt,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=do_cfg,
+                negative_prompt=negative,
+            )
+            return {
+                "prompt_embeds": prompt,
+                "negative_prompt_embeds": negative_embeds,
+                "pooled_prompt_embeds": pooled,
+                "negative_pooled_prompt_embeds": negative_pooled,
+            }
+        prompt, negative_embeds = self.pipe.encode_prompt(
+            request.prompt, self.device, 1, do_cfg, negative
+        )
+        return {"prompt_embeds": prompt, "negative_prompt_embeds": negative_embeds}
+
+    def _decode(self, latents: Any) -> Any:
+        """Latents to an image tensor, as the family's pipeline decodes them (SDXL: in the
+        VAE's dtype, unscaled by its latents' mean and spread when its config gives them)."""
+        vae = self.pipe.vae
+        config = vae.config
+        if self._xl:
+            latents = latents.to(vae.dtype)
+            mean, std = config.get("latents_mean"), config.get("latents_std")
+            if mean is not None and std is not None:
+                shape = (1, len(mean), 1, 1)
+                mean_t = latents.new_tensor(mean).view(shape)
+                std_t = latents.new_tensor(std).view(shape)
+                latents = latents * std_t / config.scaling_factor + mean_t
+                return vae.decode(latents, return_dict=False)[0]
+        return vae.decode(latents / config.scaling_factor, return_dict=False)[0]
 
     def _sync(self) -> None:
         import torch

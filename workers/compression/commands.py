@@ -21,9 +21,20 @@ FORMATS = ("torch", "coreml")
 def _pipeline(model: str) -> Any:
     import torch
 
-    from workers.backends.diffusers import load_pipeline, model_source
+    from workers.backends.diffusers import load_pipeline, model_source, source_family
 
-    return load_pipeline(model_source(model), torch.float32)
+    source = model_source(model)
+    info = source_family(source)
+    if info is not None and info.pipeline != "StableDiffusionPipeline":
+        # The probes, the Core ML conversion and the single-file layout are Stable
+        # Diffusion's (one text encoder, no added embeddings); uniform 8/6/4-bit variants
+        # in a manifest work for every family.
+        raise CompressionError(
+            f"model {model!r} is {info.family.title} (family {info.family.name}); "
+            "`orchestrate model` analyze, compress, convert and export-checkpoint take "
+            "Stable Diffusion 1.x and 2.x models only"
+        )
+    return load_pipeline(source, torch.float32)
 
 
 def analyze_model(

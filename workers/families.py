@@ -1,0 +1,243 @@
+"""Model families the diffusers backend runs, told from a model's configuration files.
+
+A diffusers model folder says what it is: ``model_index.json`` names its pipeline class
+(``_class_name``), the scheduler's config its ``prediction_type``, the UNet's its latent
+``sample_size``, text width (``cross_attention_dim``) and, for SDXL, ``addition_embed_type =
+"text_time"`` (pooled text embeddings and size/crop "time ids" added to the timestep), and the
+VAE's its downsampling (``block_out_channels``: one level fewer than blocks). From these:
+
+========  ============================  =====================================================
+family    pipeline                      told by
+========  ============================  =====================================================
+sd1       StableDiffusionPipeline       768-wide text (CLIP ViT-L); native 512
+sd2       StableDiffusionPipeline       1024-wide text (OpenCLIP ViT-H) or v-prediction;
+                                        native 768 (v-prediction, sample_size 96) or 512
+sdxl      StableDiffusionXLPipeline     two text encoders, ``text_time`` UNet; native 1024
+tiny      StableDiffusionPipeline       toy width (< 256): the built-in ``tiny`` and its
+                                        variants; native 64
+tiny-xl   StableDiffusionXLPipeline     toy width: the built-in ``tiny-xl``; native 64
+========  ============================  =====================================================
+
+The native size is read from the configs when they are there (UNet ``sample_size`` x the VAE's
+scale), the family's usual one when not. Any other pipeline class (Stable Diffusion 3, Flux,
+an img2img, inpainting or refiner-only pipeline, ...) is refused with one line.
+
+No torch here: the manifest validator and preflight read configs, nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import JobInputError
+
+SD_PIPELINE = "StableDiffusionPipeline"
+SDXL_PIPELINE = "StableDiffusionXLPipeline"
+PIPELINES = (SD_PIPELINE, SDXL_PIPELINE)
+
+# Narrower text than any real family's (768, 1024, 2048): the built-in toy models.
+TOY_TEXT_WIDTH = 256
+SD2_TEXT_WIDTH = 1024
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline: str  # the diffusers pipeline class that runs it
+    native: int  # side in pixels when the configs do not say
+    title: str
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("sd1", SD_PIPELINE, 512, "Stable Diffusion 1.x"),
+        Family("sd2", SD_PIPELINE, 512, "Stable Diffusion 2.x"),
+        Family("sdxl", SDXL_PIPELINE, 1024, "SDXL base"),
+        Family("tiny", SD_PIPELINE, 64, "the built-in tiny Stable Diffusion"),
+        Family("tiny-xl", SDXL_PIPELINE, 64, "the built-in tiny SDXL"),
+    )
+}
+SUPPORTED = (
+    "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL base (StableDiffusionXLPipeline)"
+)
+
+
+class UnsupportedModel(JobInputError):
+    """The model is of a family this tool does not run; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model's configs say about it."""
+
+    family: Family
+    pipeline: str  # pipeline class to load it with
+    prediction_type: str  # epsilon, v_prediction or sample
+    sample_size: int | None  # latent side, when the UNet config gives it
+    vae_scale: int  # image side / latent side
+    native_size: tuple[int, int]  # (width, height)
+
+
+Reader = Callable[[str], Mapping[str, Any] | None]
+"""Reads one of a model's JSON files by its path in the model (``unet/config.json``); None
+when it is not there or not JSON."""
+
+
+def folder_reader(folder: Path) -> Reader:
+    def read(name: str) -> Mapping[str, Any] | None:
+        return _json_file(folder / name)
+
+    return read
+
+
+def hub_cache_reader(repo_id: str) -> Reader:
+    """Reads a hub model's files from this machine's Hugging Face cache only: no network."""
+
+    def read(name: str) -> Mapping[str, Any] | None:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            found = try_to_load_from_cache(repo_id, name)
+        except Exception:  # not a valid repo id, unreadable cache
+            return None
+        return _json_file(Path(found)) if isinstance(found, str) else None
+
+    return read
+
+
+def hub_reader(repo_id: str) -> Reader:
+    """Reads a hub model's files from the cache, downloading each small JSON file when the hub
+    can be reached (what ``from_pretrained`` is about to do anyway)."""
+
+    def read(name: str) -> Mapping[str, Any] | None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return _json_file(Path(hf_hub_download(repo_id, name)))
+        except Exception:  # offline, no such file or repo: the load says what is wrong
+            return None
+
+    return read
+
+
+def _json_file(path: Path) -> Mapping[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _width(unet: Mapping[str, Any]) -> int | None:
+    value = unet.get("cross_attention_dim")
+    if isinstance(value, list | tuple):  # one per block in some configs
+        value = value[0] if value else None
+    return int(value) if isinstance(value, int | float) else None
+
+
+def vae_scale(vae: Mapping[str, Any] | None) -> int:
+    """Image side over latent side: 2 per VAE level after the first (8 when unknown)."""
+    blocks = (vae or {}).get("block_out_channels")
+    if isinstance(blocks, list | tuple) and blocks:
+        return int(2 ** (len(blocks) - 1))
+    return 8
+
+
+def pipeline_class(read: Reader) -> str | None:
+    """The pipeline class ``model_index.json`` names; None when there is none to read."""
+    index = read("model_index.json")
+    name = (index or {}).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def refusal(class_name: str) -> str:
+    """The one line that refuses a pipeline class."""
+    return (
+        f"its model_index.json names {class_name}, a kind of model this tool does not run; "
+        f"it runs {SUPPORTED}"
+    )
+
+
+def classify(
+    class_name: str | None,
+    unet: Mapping[str, Any] | None,
+    scheduler: Mapping[str, Any] | None,
+    vae: Mapping[str, Any] | None,
+) -> ModelInfo:
+    """The family of a model from its configs (any may be missing: a folder without a class
+    name is taken as Stable Diffusion, as it always was here). UnsupportedModel when the
+    class is not one this tool runs, or the UNet is not the one the class needs."""
+    pipeline = class_name or SD_PIPELINE
+    if pipeline not in PIPELINES:
+        raise UnsupportedModel(refusal(pipeline))
+    unet = unet or {}
+    text_time = unet.get("addition_embed_type") == "text_time"
+    if unet and text_time != (pipeline == SDXL_PIPELINE):
+        raise UnsupportedModel(
+            f"its model_index.json names {pipeline} but its UNet "
+            + ("takes" if text_time else "lacks")
+            + " SDXL's added text/time embeddings (addition_embed_type "
+            + f"{unet.get('addition_embed_type')!r}); it runs {SUPPORTED}"
+        )
+    prediction = str((scheduler or {}).get("prediction_type") or "epsilon")
+    width = _width(unet)
+    toy = width is not None and width < TOY_TEXT_WIDTH
+    if pipeline == SDXL_PIPELINE:
+        family = FAMILIES["tiny-xl" if toy else "sdxl"]
+    elif width == SD2_TEXT_WIDTH or prediction == "v_prediction":
+        family = FAMILIES["sd2"]
+    else:
+        family = FAMILIES["tiny" if toy else "sd1"]
+    sample_size = _sample_size(unet)
+    scale = vae_scale(vae)
+    if sample_size is not None:
+        side = sample_size * scale
+    elif family.name == "sd2" and prediction == "v_prediction":
+        side = 768  # SD 2.x 768-v; its 512 base predicts noise
+    else:
+        side = family.native
+    return ModelInfo(family, pipeline, prediction, sample_size, scale, (side, side))
+
+
+def _sample_size(unet: Mapping[str, Any] | None) -> int | None:
+    value = (unet or {}).get("sample_size")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def native_of(read: Reader) -> tuple[int, int]:
+    """The native size the configs give, whatever the family (512 when they do not say)."""
+    sample_size = _sample_size(read("unet/config.json"))
+    if sample_size is None:
+        return (512, 512)
+    side = sample_size * vae_scale(read("vae/config.json"))
+    return (side, side)
+
+
+def detect(read: Reader) -> ModelInfo:
+    """The family of the model whose files ``read`` reads (see ``classify``)."""
+    return classify(
+        pipeline_class(read),
+        read("unet/config.json"),
+        read("scheduler/scheduler_config.json"),
+        read("vae/config.json"),
+    )
+
+
+def detect_folder(folder: Path) -> ModelInfo:
+    return detect(folder_reader(folder))
+
+
+def of_pipeline(pipe: Any) -> ModelInfo:
+    """The family of a loaded pipeline, from its components' configs (a single-file
+    checkpoint has no folder to read)."""
+    return classify(
+        type(pipe).__name__,
+        dict(pipe.unet.config),
+        dict(pipe.scheduler.config),
+        dict(pipe.vae.config),
+    )
