@@ -189,10 +189,12 @@ def classify(
     toy = width is not None and width < TOY_TEXT_WIDTH
     if pipeline == SDXL_PIPELINE:
         family = FAMILIES["tiny-xl" if toy else "sdxl"]
+    elif toy:  # the built-in tiny (trained with v-prediction) and models of its size
+        family = FAMILIES["tiny"]
     elif width == SD2_TEXT_WIDTH or prediction == "v_prediction":
         family = FAMILIES["sd2"]
     else:
-        family = FAMILIES["tiny" if toy else "sd1"]
+        family = FAMILIES["sd1"]
     sample_size = _sample_size(unet)
     scale = vae_scale(vae)
     if sample_size is not None:

@@ -48,12 +48,13 @@ from orchestrator.cli import (  # noqa: E402  (they register on main)
     dataset,
     distributed,
     jobs,
+    judge,
     local,
     model,
     presets,
 )
 
-_ = (control, dashboard, dataset, distributed, jobs, local, model, presets)
+_ = (control, dashboard, dataset, distributed, jobs, judge, local, model, presets)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

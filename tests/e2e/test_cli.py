@@ -27,6 +27,25 @@ def test_example_manifest_end_to_end(cli: Cli, tmp_path: Path) -> None:
     assert len(pngs) == 11
     assert not list((tmp_path / "output").rglob("*.tmp"))
 
+    # README command 1's last step: the judge reads each image's prompt from its PNG
+    judged = cli.json("judge", "output/1")
+    assert judged["judged"] == 11 and len(judged["images"]) == 11
+    assert all(0 <= row["score"] <= 1 for row in judged["images"])
+    assert judged["adherence"] >= 0.4, judged  # chance is about 0.25; see README
+    # as text; against a prompt the images do not show, under the bar: exit 1
+    wrong = cli(
+        "judge",
+        "output/1",
+        "--prompt",
+        "three black triangles on a white background",
+        "--min-adherence",
+        "0.9",
+        check=1,
+    )
+    assert wrong.stdout.startswith("output/1/") and "adherence 0." in wrong.stdout
+    other = cli("judge", "output/1", "--prompt", "a lighthouse at dawn").stdout
+    assert "not in the scenes world" in other and "no image judged" in other
+
     status = cli.json("status")
     assert status["counts"]["succeeded"] == 11 and status["total"] == 11
     assert status["timings"]["n"] == 11
@@ -42,7 +61,7 @@ def test_example_manifest_end_to_end(cli: Cli, tmp_path: Path) -> None:
 
     meta = read_png_metadata((tmp_path / "output" / "1" / "000003.png").read_bytes())
     assert meta["parameters"].startswith(
-        'a red fox, in the snow, "cinematic" lighting\nNegative prompt: low quality, watermark\n'
+        "two small yellow squares on a black background\n"
         "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 64x64"
     )
 

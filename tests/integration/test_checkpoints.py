@@ -37,14 +37,16 @@ def test_the_file_is_in_the_original_layout(checkpoint: Path) -> None:
 
     with safe_open(str(checkpoint), framework="pt") as fh:
         keys = list(fh.keys())
-        attn = fh.get_tensor(VAE_PREFIX + "encoder.mid.attn_1.q.weight")
+        proj_in = fh.get_tensor(UNET_PREFIX + "input_blocks.1.1.proj_in.weight")
     assert family(checkpoint) == "tiny"
     assert {k.split(".", 1)[0] for k in keys} == {"model", "first_stage_model", "cond_stage_model"}
     assert UNET_PREFIX + "input_blocks.0.0.weight" in keys
     assert UNET_PREFIX + "output_blocks.5.1.proj_out.weight" in keys
     assert VAE_PREFIX + "decoder.up.0.block.1.conv2.weight" in keys
     assert CLIP_PREFIX + "text_model.embeddings.position_embedding.weight" in keys
-    assert attn.ndim == 4  # 1x1 convolutions, as in the original
+    assert proj_in.ndim == 4  # 1x1 convolutions, as in SD 1.x
+    # the built-in model's VAE is convolutional only (no mid-block attention), and says so
+    assert not any(k.startswith(VAE_PREFIX + "encoder.mid.attn_1") for k in keys)
 
 
 def test_a_job_on_the_checkpoint_makes_the_same_pixels_as_the_folder(checkpoint: Path) -> None:
