@@ -122,9 +122,13 @@ def source_family(source: str) -> families.ModelInfo | None:
     elif folder.exists() or looks_like_path(source):
         return None
     else:
-        read = families.hub_reader(source)
+        read = families.hub_cache_reader(source)
         if read("model_index.json") is None:
-            return None
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                return None  # offline and not cached: the load says what to fetch
+            read = families.hub_reader(source)
+            if read("model_index.json") is None:
+                return None
     try:
         return families.detect(read)
     except families.UnsupportedModel as exc:
