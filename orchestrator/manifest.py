@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import re
-import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from orchestrator.expansion import (
     split_list,
 )
 from orchestrator.models import GATE_FIELDS, JOB_FIELDS
+from orchestrator.output import check_output_dir, check_output_name
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
 from workers.quality import DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
 from workers.schedulers import SCHEDULER_NAMES
@@ -54,19 +54,6 @@ MAX_PROMPT_CHARS = 10_000
 MAX_EXTRA = 100  # metadata entries of a job (meta_*, var_*, preset): the RQ payload's limit
 MAX_PROMPT_TEXT = 2_000_000_000  # characters of prompt text one submit may expand to
 MAX_JOBS = 1_000_000  # jobs one submit may expand to (a few hundred MB while validated)
-MAX_OUTPUT_NAME = 120
-MAX_OUTPUT_DIR = 200
-OUTPUT_NAME_FIELDS = (
-    "seed",
-    "index",
-    "line",
-    "steps",
-    "scheduler",
-    "width",
-    "height",
-    "guidance_scale",
-    "quantization",
-)
 EXTRA_PREFIX = "meta_"
 
 # The manifest's columns: a job's own fields and its quality gate, then how a row expands and
@@ -205,67 +192,6 @@ def derived_seed(prompt: str, negative_prompt: str) -> int:
     """The seed for a row that gives none: stable, so resubmitting finds the same jobs."""
     digest = hashlib.sha256(f"{prompt}\x00{negative_prompt}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
-
-
-_OUTPUT_NAME_OK = re.compile(r"[\w\-. {}]+")
-MAX_NAME_BYTES = 150  # a rendered file or folder name, in UTF-8 (filesystems allow 255)
-
-
-def _check_output_name(value: str) -> str | None:
-    if len(value) > MAX_OUTPUT_NAME:
-        return f"must be at most {MAX_OUTPUT_NAME} characters"
-    if not _OUTPUT_NAME_OK.fullmatch(value) or ".." in value or value.startswith("."):
-        return (
-            "must be a plain file name (letters, digits, space, '_', '-', '.', {fields}); "
-            "no '/', '\\', '..' or leading '.'"
-        )
-    return _check_template(value)
-
-
-_OUTPUT_DIR_PART = re.compile(r"[\w\-. {}]+")
-
-
-def _check_output_dir(value: str) -> str | None:
-    """A folder under the output directory: relative parts of safe characters, never '..'."""
-    if len(value) > MAX_OUTPUT_DIR:
-        return f"must be at most {MAX_OUTPUT_DIR} characters"
-    parts = value.split("/")
-    if value.startswith(("/", "~")) or "\\" in value or ":" in value:
-        return "must be a folder relative to the output directory (no leading '/' or '~')"
-    for part in parts:
-        if (
-            not part
-            or part in (".", "..")
-            or part.startswith(".")
-            or not _OUTPUT_DIR_PART.fullmatch(part)
-        ):
-            return (
-                "must be folder names (letters, digits, space, '_', '-', '.', {fields}) joined "
-                "by '/'; no '..', no empty or hidden parts"
-            )
-    return _check_template(value)
-
-
-def _check_template(value: str) -> str | None:
-    """Fields are plain names of OUTPUT_NAME_FIELDS: no conversion, format spec, index or
-    attribute, no stray brace; and every part, rendered with the widest values, fits a
-    filesystem's name limit."""
-    try:
-        parsed = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        return f"is not a valid template ({exc}); fields look like {{seed}}"
-    for _literal, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if name not in OUTPUT_NAME_FIELDS or spec or conversion:
-            return f"unknown field {{{name}}}; known: " + ", ".join(
-                "{" + f + "}" for f in OUTPUT_NAME_FIELDS
-            )
-    widest = dict.fromkeys(OUTPUT_NAME_FIELDS, "x" * 20)
-    for part in value.split("/"):
-        if len(part.format(**widest).encode()) > MAX_NAME_BYTES:
-            return f"makes a name longer than {MAX_NAME_BYTES} bytes"
-    return None
 
 
 class _RowFailed(Exception):
@@ -670,12 +596,12 @@ def parse_manifest(
         tags = ",".join(t.strip() for t in re.split(r"[;,]", cell("tags")) if t.strip())
         output_name = cell("output_name").strip()
         if output_name:
-            problem = _check_output_name(output_name)
+            problem = check_output_name(output_name)
             if problem:
                 row.fail("output_name", output_name, problem)
         output_dir = cell("output_dir").strip().rstrip("/")
         if output_dir:
-            problem = _check_output_dir(output_dir)
+            problem = check_output_dir(output_dir)
             if problem:
                 row.fail("output_dir", output_dir, problem)
         if not row.ok:

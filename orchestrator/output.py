@@ -5,9 +5,87 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import string
 import tempfile
 from pathlib import Path
 from typing import Any
+
+# What a manifest's output_name / output_dir may say, checked at submit.
+MAX_OUTPUT_NAME = 120
+MAX_OUTPUT_DIR = 200
+OUTPUT_NAME_FIELDS = (
+    "seed",
+    "index",
+    "line",
+    "steps",
+    "scheduler",
+    "width",
+    "height",
+    "guidance_scale",
+    "quantization",
+)
+
+_OUTPUT_NAME_OK = re.compile(r"[\w\-. {}]+")
+MAX_NAME_BYTES = 150  # a rendered file or folder name, in UTF-8 (filesystems allow 255)
+
+
+def check_output_name(value: str) -> str | None:
+    """A manifest's ``output_name``: a plain file-name template (None when it is fine)."""
+    if len(value) > MAX_OUTPUT_NAME:
+        return f"must be at most {MAX_OUTPUT_NAME} characters"
+    if not _OUTPUT_NAME_OK.fullmatch(value) or ".." in value or value.startswith("."):
+        return (
+            "must be a plain file name (letters, digits, space, '_', '-', '.', {fields}); "
+            "no '/', '\\', '..' or leading '.'"
+        )
+    return check_template(value)
+
+
+_OUTPUT_DIR_PART = re.compile(r"[\w\-. {}]+")
+
+
+def check_output_dir(value: str) -> str | None:
+    """A folder under the output directory: relative parts of safe characters, never '..'."""
+    if len(value) > MAX_OUTPUT_DIR:
+        return f"must be at most {MAX_OUTPUT_DIR} characters"
+    parts = value.split("/")
+    if value.startswith(("/", "~")) or "\\" in value or ":" in value:
+        return "must be a folder relative to the output directory (no leading '/' or '~')"
+    for part in parts:
+        if (
+            not part
+            or part in (".", "..")
+            or part.startswith(".")
+            or not _OUTPUT_DIR_PART.fullmatch(part)
+        ):
+            return (
+                "must be folder names (letters, digits, space, '_', '-', '.', {fields}) joined "
+                "by '/'; no '..', no empty or hidden parts"
+            )
+    return check_template(value)
+
+
+def check_template(value: str) -> str | None:
+    """Fields are plain names of OUTPUT_NAME_FIELDS: no conversion, format spec, index or
+    attribute, no stray brace; and every part, rendered with the widest values, fits a
+    filesystem's name limit."""
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return f"is not a valid template ({exc}); fields look like {{seed}}"
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in OUTPUT_NAME_FIELDS or spec or conversion:
+            return f"unknown field {{{name}}}; known: " + ", ".join(
+                "{" + f + "}" for f in OUTPUT_NAME_FIELDS
+            )
+    widest = dict.fromkeys(OUTPUT_NAME_FIELDS, "x" * 20)
+    for part in value.split("/"):
+        if len(part.format(**widest).encode()) > MAX_NAME_BYTES:
+            return f"makes a name longer than {MAX_NAME_BYTES} bytes"
+    return None
+
 
 _UNSAFE = re.compile(r"[^\w\-. ]+")
 _UMASK = os.umask(0)
