@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_OUTPUT = "./output"
 DEFAULT_LEASE_SECONDS = 30.0
@@ -32,3 +33,5 @@ class WorkerSettings:
     backend: str = "diffusers"
     compute_units: str = "CPU_AND_NE"
     judge: str | None = None  # --judge: a command that scores gated jobs' images (None: built in)
+    batch_size: int | str = 1  # --batch-size: jobs per pipeline call, or "auto" (workers.batching)
+    tuning: Any = None  # workers.tuning.Tuning (--compile, --channels-last, --low-memory)

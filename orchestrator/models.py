@@ -207,7 +207,11 @@ class Attempt(Base):
     backend: Mapped[str | None] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(32))
     dtype: Mapped[str | None] = mapped_column(String(16))
+    # Device tuning switches the worker ran with (workers.tuning; "" for none).
+    tuning: Mapped[str | None] = mapped_column(String(64))
     torch_threads: Mapped[int | None] = mapped_column(Integer)
+    # Images made in the same pipeline call as this one (1: alone); NULL before migration 0008.
+    batch_size: Mapped[int | None] = mapped_column(Integer)
     versions_json: Mapped[str | None] = mapped_column(Text)
     queue_wait_s: Mapped[float | None] = mapped_column(Float)
     load_s: Mapped[float | None] = mapped_column(Float)

@@ -36,15 +36,17 @@ class Reproduction:
     max_abs_diff: int | None  # None when the sizes differ
     png: bytes  # the regenerated PNG, with its own metadata
     differences: list[str] = field(default_factory=list)  # run settings that differ
+    note: str | None = None  # e.g. a cross-backend comparison, said before the figures
 
     def summary(self) -> str:
-        """One line for the user."""
+        """One line for the user (two with a note)."""
+        head = f"{self.note}\n" if self.note else ""
         if self.identical:
-            return f"{self.path}: reproduced, pixels identical"
+            return f"{head}{self.path}: reproduced, pixels identical"
         if not self.same_size:
-            return f"{self.path}: differs: the regenerated image has another size"
+            return f"{head}{self.path}: differs: the regenerated image has another size"
         return (
-            f"{self.path}: differs: PSNR {self.psnr_db:.2f} dB, "
+            f"{head}{self.path}: differs: PSNR {self.psnr_db:.2f} dB, "
             f"max abs pixel difference {self.max_abs_diff}"
         )
 
@@ -110,19 +112,19 @@ def reproduce_image(
     """
     from workers.backends import JobInputError
     from workers.backends.diffusers import ModelLoadError
-    from workers.task import PipelineCache, run_job
+    from workers.task import run_job
 
     path = Path(path)
     original, job, run = read_recorded(path)
     # The recorded count, never today's default: the count changes the pixels.
     threads = int(run.get("torch_threads") or UNRECORDED_THREADS)
-    cache = PipelineCache(device=device or run.get("device") or "auto", threads=threads)
+    cache, note = _cache_for(run, device, threads)
     try:
         out = run_job(dict(job), cache)
     except (JobInputError, ModelLoadError) as exc:
         raise UsageError(f"{path}: cannot regenerate: {exc}") from exc
     identical, same_size, psnr, max_abs = compare_pixels(original, out.png)
-    here = {k: out.result.get(k) for k in ("backend", "device", "dtype", "torch_threads")}
+    here = {k: out.result.get(k) for k in ("backend", "device", "dtype", "tuning", "torch_threads")}
     here["versions"] = out.result.get("versions") or {}
     result = Reproduction(
         path=path,
@@ -135,6 +137,7 @@ def reproduce_image(
         max_abs_diff=max_abs,
         png=out.png,
         differences=_differences(run, here),
+        note=note,
     )
     if write_copy:
         try:
@@ -146,6 +149,38 @@ def reproduce_image(
     return result
 
 
+def _cache_for(run: dict[str, Any], device: str | None, threads: int) -> tuple[Any, str | None]:
+    """The pipeline cache that regenerates an image made as ``run`` says, and a note when the
+    regeneration cannot run the way the original did.
+
+    A Core ML image (its "device" is a compute-units name) regenerates with Core ML on macOS;
+    elsewhere with the diffusers backend, which is then a comparison across backends (other
+    kernels, other precision): close, never identical, and said so."""
+    import sys
+
+    from workers.backends.diffusers import pick_device
+    from workers.task import PipelineCache
+    from workers.tuning import Tuning
+
+    if run.get("backend") == "coreml":
+        units = str(run.get("device") or "CPU_AND_NE")
+        if sys.platform == "darwin" and device is None:
+            return PipelineCache(backend="coreml", compute_units=units, threads=threads), None
+        note = (
+            f"made with Core ML ({units}); regenerated with the diffusers backend on "
+            f"{device or 'this machine'}: a cross-backend comparison, so expect a PSNR, "
+            "not identical pixels"
+        )
+        return PipelineCache(device=device or "auto", threads=threads), note
+    where = device or run.get("device") or "auto"
+    try:
+        # The recorded tuning (it may change the pixels), less what this device cannot do.
+        tuning = Tuning.parse(run.get("tuning")).for_device(pick_device(where))
+    except Exception:
+        tuning = Tuning()  # the device is not here: the load below says so in one line
+    return PipelineCache(device=where, threads=threads, tuning=tuning), None
+
+
 def reproduced_path(path: Path) -> Path:
     """Where ``--compare`` puts the regenerated image: ``<name>.reproduced.png`` beside it."""
     return path.with_name(f"{path.stem}.reproduced.png")
@@ -155,7 +190,7 @@ def _differences(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:
     """Run settings that differ between the original and the regeneration: the usual causes
     of different pixels."""
     out = []
-    for key in ("backend", "device", "dtype", "torch_threads"):
+    for key in ("backend", "device", "dtype", "tuning", "torch_threads"):
         if key in recorded and recorded[key] != here.get(key):
             out.append(f"{key}: {recorded[key]} -> {here.get(key)}")
     old, new = recorded.get("versions") or {}, here.get("versions") or {}

@@ -9,13 +9,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config import DEFAULT_THREADS
 from workers import memory
-from workers.backends import BACKENDS, GenerationRequest, JobInputError, JobInterrupted
+from workers.backends import (
+    BACKENDS,
+    BATCH_FIELDS,
+    GenerationRequest,
+    GenerationResult,
+    JobInputError,
+    JobInterrupted,
+)
 from workers.metadata import a1111_parameters, encode_png
 from workers.quality import (
     DEFAULT_QUALITY_TRIES,
@@ -25,10 +32,23 @@ from workers.quality import (
     gate_failure,
     make_judge,
 )
+from workers.tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobInputError", "JobInterrupted", "PipelineCache", "TaskOutput", "run_job"]
+__all__ = [
+    "BatchRunner",
+    "JobInputError",
+    "JobInterrupted",
+    "Outcome",
+    "PipelineCache",
+    "Runner",
+    "TaskOutput",
+    "batch_key",
+    "run_job",
+    "run_jobs",
+    "sequential",
+]
 
 # Fields of a payload that belong to one try of a job, not to the job: kept out of the PNG.
 _DISPATCH_FIELDS = ("attempt", "attempts", "token", "sig")
@@ -37,8 +57,8 @@ REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest))
 
 
 # What a job's result reports, by type: the run (text), counts, and seconds (peak MB last).
-RESULT_TEXT = ("backend", "device", "dtype")
-RESULT_COUNTS = ("torch_threads", "unet_evaluations", "width", "height")
+RESULT_TEXT = ("backend", "device", "dtype", "tuning")
+RESULT_COUNTS = ("torch_threads", "unet_evaluations", "width", "height", "batch_size")
 RESULT_TIMINGS = (
     "load_s",
     "text_encode_s",
@@ -67,6 +87,7 @@ class PipelineCache:
         threads: int = DEFAULT_THREADS,
         compute_units: str = "CPU_AND_NE",
         judge: Judge | None = None,
+        tuning: Tuning | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -74,6 +95,7 @@ class PipelineCache:
         self.device = device
         self.threads = threads
         self.compute_units = compute_units
+        self.tuning = tuning or Tuning()
         self.current: Any = None
         # What scores a gated job's images here (``--judge``): the worker's setting, never
         # the job's. Kept with the pipeline, as every job of this worker uses it.
@@ -109,6 +131,7 @@ class PipelineCache:
             quantization=quantization,
             device=self.device,
             threads=self.threads,
+            tuning=self.tuning,
         )
         load_s = time.perf_counter() - t0
         logger.info(
@@ -194,8 +217,7 @@ def run_job(
     for seed in seeds:
         if tried and should_stop is not None and should_stop():
             raise JobInterrupted("stopped between the quality gate's tries")
-        request = GenerationRequest(**{**{k: job[k] for k in REQUEST_FIELDS}, "seed": seed})
-        gen = backend.generate(request, should_stop)
+        gen = backend.generate(dataclasses.replace(_request(job), seed=seed), should_stop)
         if judge is None:
             break
         t_judge = time.perf_counter()
@@ -208,6 +230,40 @@ def run_job(
     peak = memory.peak_mb(backend.device) if measured else None
 
     # 3. PNG with A1111 parameters and our JSON
+
+    quality: dict[str, Any] = {}
+    quality_meta: dict[str, Any] = {}
+    if judge is not None:
+        quality = {
+            "score": tried[-1][1],
+            "image_seed": seed,
+            "judge": judge.name,
+            "scores": [[s, v] for s, v in tried],
+        }
+        quality_meta = {
+            **quality,
+            "job_seed": job["seed"],
+            "min_score": min_score,
+            "quality_tries": tries,
+            "judge_s": judge_s,
+        }
+    return _package(job, backend, gen, seed, load_s, peak, t_start, quality, quality_meta)
+
+
+def _package(
+    job: dict[str, Any],
+    backend: Any,
+    gen: GenerationResult,
+    seed: int,
+    load_s: float,
+    peak: float | None,
+    t_start: float,
+    quality: dict[str, Any] | None = None,
+    quality_meta: dict[str, Any] | None = None,
+) -> TaskOutput:
+    """The PNG (A1111 parameters and our JSON) and the result of one generated image.
+    ``t_start``: when this job's share of the work began (a batch's start, moved on by the
+    shares of the jobs before it)."""
     t_enc = time.perf_counter()
     timings = {
         "load_s": load_s,
@@ -219,6 +275,7 @@ def run_job(
         "backend": backend.name,
         "device": backend.device,
         "dtype": backend.dtype,
+        "tuning": getattr(backend, "tuning_label", ""),
         "torch_threads": backend.threads,
         "versions": backend.versions(),
     }
@@ -226,31 +283,24 @@ def run_job(
     # and with the seed that made this image: a gated job's PNG regenerates without its gate.
     image_job = {k: job[k] for k in job if k not in _DISPATCH_FIELDS and k not in GATE_FIELDS}
     image_job["seed"] = seed
-    parameters = a1111_parameters(
-        image_job,
-        {"Backend": f"{backend.name} {backend.device} {backend.dtype}", "Threads": backend.threads},
-    )
+    extra: dict[str, Any] = {
+        "Backend": f"{backend.name} {backend.device} {backend.dtype}",
+        "Threads": backend.threads,
+    }
+    if run_info["tuning"]:
+        extra["Tuning"] = run_info["tuning"]
+    if gen.batch_size > 1:
+        extra["Batch size"] = gen.batch_size
+    parameters = a1111_parameters(image_job, extra)
     meta: dict[str, Any] = {
         "job": image_job,
-        "run": run_info,
-        "timings": {**timings, "step_times": gen.step_times},
+        "run": {**run_info, "batch_size": gen.batch_size},
+        # Above batch size 1 the stage times are the batch's, shared out equally.
+        "timings": {**timings, "step_times": gen.step_times, "shared": gen.batch_size > 1},
         "unet_evaluations": gen.unet_evaluations,
     }
-    quality: dict[str, Any] = {}
-    if judge is not None:
-        quality = {
-            "score": tried[-1][1],
-            "image_seed": seed,
-            "judge": judge.name,
-            "scores": [[s, v] for s, v in tried],
-        }
-        meta["quality"] = {
-            **quality,
-            "job_seed": job["seed"],
-            "min_score": min_score,
-            "quality_tries": tries,
-            "judge_s": judge_s,
-        }
+    if quality_meta:
+        meta["quality"] = quality_meta
     png = encode_png(gen.image, parameters, meta)
     t_end = time.perf_counter()
 
@@ -263,6 +313,108 @@ def run_job(
         "unet_evaluations": gen.unet_evaluations,
         "width": gen.image.width,
         "height": gen.image.height,
-        **quality,
+        "batch_size": gen.batch_size,
+        **(quality or {}),
     }
     return TaskOutput(png=png, result=result)
+
+
+# -- micro-batches -----------------------------------------------------------------------------
+
+Outcome = TaskOutput | Exception  # an image, or why not (JobInterrupted: not finished)
+# How a transport runs one job, and several at once (both replaceable in tests).
+Runner = Callable[[dict[str, Any], "PipelineCache", Callable[[], bool]], TaskOutput]
+BatchRunner = Callable[[list[dict[str, Any]], "PipelineCache", Callable[[], bool]], list[Outcome]]
+
+
+def batch_key(job: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Jobs with equal keys may share one pipeline call: same model variant, size, steps,
+    scheduler and guidance (prompts, negative prompts and seeds may differ). None: the job
+    runs alone (a quality gate scores and retries its seeds one at a time)."""
+    if job.get("min_score") is not None:
+        return None
+    return (
+        job["model"],
+        job.get("quantization", "fp16"),
+        *(job[f] for f in BATCH_FIELDS),
+    )
+
+
+def run_jobs(
+    jobs: Sequence[dict[str, Any]],
+    cache: PipelineCache,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    reraise: tuple[type[BaseException], ...] = (),
+) -> list[Outcome]:
+    """The outcome of each of several jobs with one ``batch_key``, made in one pipeline call.
+
+    Never raises for a job: each gets its TaskOutput, its error, or JobInterrupted when a
+    stop came first. When the shared call fails, the jobs run again one by one, so a bad job
+    fails only itself. ``reraise``: exceptions that end the whole call (RQ's job timeout)."""
+    if len(jobs) == 1 or batch_key(jobs[0]) is None:
+        return _one_by_one(jobs, cache, should_stop, reraise)
+    if any(batch_key(j) != batch_key(jobs[0]) for j in jobs):
+        raise ValueError("run_jobs was given jobs that cannot share a pipeline call")
+    t_start = time.perf_counter()
+    n = len(jobs)
+    try:
+        backend, load_s = cache.get(jobs[0]["model"], jobs[0].get("quantization", "fp16"))
+        measured = memory.reset_peak(backend.device)
+        gens = backend.generate_batch([_request(j) for j in jobs], should_stop)
+        peak = memory.peak_mb(backend.device) if measured else None
+    except reraise:
+        raise
+    except JobInterrupted as exc:
+        return [exc for _ in jobs]
+    except Exception as exc:
+        logger.warning("a batch of %d jobs failed (%s); running them one by one", n, exc)
+        return _one_by_one(jobs, cache, should_stop, reraise)
+    share = (time.perf_counter() - t_start) / n
+    outcomes: list[Outcome] = []
+    for job, gen in zip(jobs, gens, strict=True):
+        try:
+            # total_s: this job's share of the load and the call, then its own PNG encoding.
+            start = time.perf_counter() - share
+            outcomes.append(_package(job, backend, gen, job["seed"], load_s / n, peak, start))
+        except Exception as exc:  # its PNG could not be made: this job alone fails
+            outcomes.append(exc)
+    return outcomes
+
+
+def _request(job: dict[str, Any]) -> GenerationRequest:
+    return GenerationRequest(**{k: job[k] for k in REQUEST_FIELDS})
+
+
+def _one_by_one(
+    jobs: Sequence[dict[str, Any]],
+    cache: PipelineCache,
+    should_stop: Callable[[], bool] | None,
+    reraise: tuple[type[BaseException], ...],
+) -> list[Outcome]:
+    return sequential(lambda j, c, s: run_job(j, c, should_stop=s), reraise)(
+        list(jobs), cache, should_stop or (lambda: False)
+    )
+
+
+def sequential(runner: Runner, reraise: tuple[type[BaseException], ...] = ()) -> BatchRunner:
+    """A batch runner that runs each job alone through ``runner`` (after a failed shared
+    call, and for tests' stand-in runners)."""
+
+    def run(
+        jobs: list[dict[str, Any]], cache: PipelineCache, should_stop: Callable[[], bool]
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for job in jobs:
+            if outcomes and should_stop():
+                outcomes.append(JobInterrupted("stopped before this job of the batch"))
+                continue
+            try:
+                outcomes.append(runner(job, cache, should_stop))
+            except reraise:
+                raise
+            except Exception as exc:  # JobInterrupted included: the caller tells them apart
+                outcomes.append(exc)
+        return outcomes
+
+    return run

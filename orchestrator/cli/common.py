@@ -233,6 +233,58 @@ def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def tuning_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Device tuning switches (``workers.tuning``), each recorded with every image."""
+    opts = [
+        option(
+            "--compile",
+            "compile_unet",
+            is_flag=True,
+            help="torch.compile the UNet (CUDA only; the first image of each size pays the "
+            "compile).",
+        ),
+        option(
+            "--channels-last",
+            is_flag=True,
+            help="The UNet in channels-last memory layout (faster convolutions on most GPUs).",
+        ),
+        option(
+            "--low-memory",
+            is_flag=True,
+            help="Attention a slice at a time and the VAE in tiles: for small Macs and GPUs, "
+            "and large sizes.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def tuning_from(kw: dict[str, Any], device: str) -> Any:
+    """The tuning the flags ask for, refused at start when ``device`` cannot run it."""
+    from workers.backends.diffusers import pick_device
+    from workers.tuning import Tuning
+
+    tuning = Tuning(
+        compile=bool(kw.get("compile_unet")),
+        channels_last=bool(kw.get("channels_last")),
+        low_memory=bool(kw.get("low_memory")),
+    )
+    if tuning.label:
+        if kw.get("backend", "diffusers") != "diffusers":
+            raise UsageError(
+                "--compile, --channels-last and --low-memory are for --backend diffusers"
+            )
+        try:
+            resolved = pick_device(device)
+        except Exception as exc:
+            raise UsageError(str(exc)) from None
+        problem = tuning.problem(resolved)
+        if problem is not None:
+            raise UsageError(problem)
+    return tuning
+
+
 def judge_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Which judge scores the images of jobs with a quality gate, on this worker."""
     return option(
@@ -256,6 +308,32 @@ def judge_from(command: str | None) -> Any:
     return make_judge(command)
 
 
+class BatchSize(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        from workers.batching import parse_batch_size
+
+        try:
+            return parse_batch_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def batch_size_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How many compatible jobs run in one pipeline call (``workers.batching``)."""
+    return option(
+        "--batch-size",
+        type=BatchSize(),
+        metavar="N|auto",
+        default="1",
+        help="Jobs of one model, size, steps, scheduler and guidance run together in one "
+        "pipeline call, each with its own seed, image and record; 'auto' sizes the batch "
+        "from the device's free memory (1 on the CPU, where each image is bit-identical to "
+        "its lone run and batching saves little).",
+    )(f)
+
+
 def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         option(
@@ -266,7 +344,9 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds a claimed job stays ours without renewal.",
         ),
         runtime_options,
+        tuning_options,
         judge_option,
+        batch_size_option,
         option(
             "--max-jobs", type=click.IntRange(1), default=None, help="Exit after this many jobs."
         ),

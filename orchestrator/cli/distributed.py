@@ -12,6 +12,7 @@ from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
     backend_options,
+    batch_size_option,
     configure_logging,
     hook_options,
     judge_from,
@@ -21,6 +22,8 @@ from orchestrator.cli.common import (
     patiently,
     redis_option,
     require_backend,
+    tuning_from,
+    tuning_options,
 )
 from orchestrator.config import DEFAULT_THREADS
 from orchestrator.errors import OrchestratorError
@@ -165,7 +168,9 @@ def backend_decorators(f: Any) -> Any:
     "gives the job to another worker.",
 )
 @backend_decorators
+@tuning_options
 @judge_option
+@batch_size_option
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -181,6 +186,8 @@ def worker(
     backend: str,
     compute_units: str,
     judge: str | None,
+    batch_size: int | str,
+    **tuning_flags: bool,
 ) -> None:
     """An RQ worker: takes jobs from Redis, keeps its model loaded, never opens the database."""
     from workers.rq.worker import run_worker
@@ -199,12 +206,14 @@ def worker(
                 threads=threads,
                 compute_units=compute_units,
                 judge=scorer,
+                tuning=tuning_from({**tuning_flags, "backend": backend}, device),
             ),
             model=model,
             burst=burst,
             burst_idle=burst_idle,
             max_jobs=max_jobs,
             name=name,
+            batch_size=batch_size,
             heartbeat_interval=heartbeat,
             heartbeat_ttl=max(1, round(3 * heartbeat)),
             logging_level="DEBUG" if verbose > 1 else "INFO",

@@ -28,6 +28,8 @@ from orchestrator.cli.common import (
     require_backend,
     runtime_options,
     submit_manifest,
+    tuning_from,
+    tuning_options,
     worker_options,
 )
 from orchestrator.config import (
@@ -219,6 +221,8 @@ def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSet
         backend=kw["backend"],
         compute_units=kw["compute_units"],
         judge=kw.get("judge"),
+        batch_size=kw.get("batch_size", 1),
+        tuning=tuning_from(kw, kw["device"]),
         **extra,
     )
 
@@ -296,6 +300,7 @@ def work(
 )
 @image_options
 @runtime_options
+@tuning_options
 @judge_option
 @option(
     "-o",
@@ -358,6 +363,7 @@ def generate(
         device=kw["device"],
         threads=kw["threads"],
         compute_units=kw["compute_units"],
+        tuning=tuning_from(kw, kw["device"]),
     )
 
     def on_term(signum: int, _frame: Any) -> None:

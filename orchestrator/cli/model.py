@@ -232,6 +232,13 @@ def export_checkpoint_cmd(model_name: str, out: str) -> None:
     default=None,
     help="Latent side (image side / 8) [default: the model's].",
 )
+@option(
+    "--precision",
+    type=click.Choice(["fp16", "fp32"]),
+    default="fp16",
+    help="Weights and compute: fp16 (what Apple ships, for the Neural Engine) or fp32 (the "
+    "torch model's own numbers, to check a conversion).",
+)
 @_usage
 def convert_cmd(
     model_name: str,
@@ -240,6 +247,7 @@ def convert_cmd(
     bits: str | None,
     recipe_spec: str | None,
     latent_size: int | None,
+    precision: str,
 ) -> None:
     """Export a model to Core ML .mlpackages (runs on Linux; prediction needs macOS)."""
     from workers.compression.commands import convert_model
@@ -251,6 +259,7 @@ def convert_cmd(
         bits=int(bits) if bits else None,
         recipe_spec=recipe_spec,
         latent_size=latent_size,
+        precision=precision,
     )
     click.echo(json.dumps(r, indent=2))
 

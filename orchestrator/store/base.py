@@ -36,7 +36,7 @@ TIMING_COLUMNS = ("queue_wait_s", *RESULT_TIMINGS)
 # The stage timings an exported image carries.
 EXPORT_TIMINGS = ("text_encode_s", "denoise_s", "decode_s", "total_s")
 # What a worker reports; the queue wait is the store's own measure, set at claim time.
-RESULT_COLUMNS = (*RESULT_TEXT, "torch_threads", *RESULT_TIMINGS)
+RESULT_COLUMNS = (*RESULT_TEXT, "torch_threads", "batch_size", *RESULT_TIMINGS)
 _CHUNK = 500  # ids per IN (...) list
 CHUNK_ROWS = 5000  # rows per write transaction of a bulk change (about 0.1 s here)
 TIMING_WINDOW = 1000

@@ -40,6 +40,7 @@ from orchestrator.store.base import (
     chunks,
 )
 from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_runs, queue_runs
+from workers.backends import BATCH_FIELDS
 from workers.quality import QUALITY_RESULT_FIELDS
 
 
@@ -136,6 +137,50 @@ class LeasesMixin(StoreBase):
             if row is None:
                 return None
             return self._open_attempt(conn, row, worker, owner, now)
+
+    # Jobs that may share the first claim's pipeline call (``workers.task.batch_key``): the
+    # same model variant, size, steps, scheduler and guidance, no quality gate, and the same
+    # priority (a batch never pulls lower-priority work ahead of other jobs), oldest first.
+    _COMPANIONS_SQL = text(
+        f"""SELECT id FROM jobs
+             WHERE status = 'pending' AND model = :model AND quantization = :quantization
+               AND {" AND ".join(f"{c} = :{c}" for c in BATCH_FIELDS)}
+               AND min_score IS NULL AND id != :first
+               AND priority = (SELECT priority FROM jobs WHERE id = :first)
+               AND (not_before IS NULL OR not_before <= :now)
+               AND {BATCH_RUNS_SQL}
+             ORDER BY id LIMIT :limit"""
+    )
+
+    def claim_companions(
+        self, first: Claim, worker: WorkerIdentity, *, lease_seconds: float, limit: int
+    ) -> list[Claim]:
+        """Up to ``limit`` more pending jobs that can share ``first``'s pipeline call, each
+        taken under its own lease and attempt, in one write transaction (so a pause
+        committed before it stops them as it stops a claim)."""
+        job = first.job
+        if limit <= 0 or job.get("min_score") is not None:
+            return []
+        now = time.time()
+        params = {
+            "model": job["model"],
+            "quantization": job.get("quantization", "fp16"),
+            **{c: job[c] for c in BATCH_FIELDS},
+            "first": job["id"],
+            "now": now,
+            "limit": limit,
+            "expires": now + lease_seconds,
+        }
+        claims: list[Claim] = []
+        with self._tx(write=True) as conn:
+            for (job_id,) in conn.execute(self._COMPANIONS_SQL, params).all():
+                owner = f"{worker.name}/{secrets.token_hex(4)}"
+                row = conn.execute(
+                    self._TAKE_ID_SQL, {**params, "owner": owner, "id": job_id}
+                ).first()
+                if row is not None:
+                    claims.append(self._open_attempt(conn, row, worker, owner, now))
+        return claims
 
     def _open_attempt(
         self, conn: Connection, row: Any, worker: WorkerIdentity, owner: str, now: float

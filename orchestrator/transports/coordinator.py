@@ -52,7 +52,7 @@ IMAGE_CHUNK = 1 << 20  # bytes per GETRANGE when streaming an image out of Redis
 @dataclass(frozen=True)
 class CoordinatorSettings:
     output_dir: Path
-    window: int | None = None  # fixed number of jobs in Redis; None: per_worker x live workers
+    window: int | None = None  # jobs in Redis; None: per_worker x the live workers' batch sizes
     per_worker: int = 2
     min_window: int = 2
     lost_after: float = 5.0
@@ -90,6 +90,8 @@ class Coordinator:
         self.host = socket.gethostname()
         self.holder = f"{self.host}:{os.getpid()}/{secrets.token_hex(4)}"
         self.live_workers = 0
+        # What the live workers run at once: the sum of their batch sizes (1 each by default).
+        self.live_capacity = 0
         self.processed = 0
         self.dead_letters = 0
         # Soft state only, rebuilt harmlessly: when each dispatch was first seen unaccounted
@@ -261,7 +263,7 @@ class Coordinator:
         s = self.settings
         if s.window is not None:
             return s.window
-        return max(s.min_window, s.per_worker * self.live_workers)
+        return max(s.min_window, s.per_worker * self.live_capacity)
 
     def _dispatch(self, in_flight: int | None = None) -> int:
         from rq import Queue
@@ -620,6 +622,7 @@ class Coordinator:
         """Copy the workers' status hashes into the workers table; a field that is not what
         it should be is left out (and the worker named once in the dead letters)."""
         rows = []
+        capacity = 0
         for key in self.redis.scan_iter(match=proto.WORKER_KEY + "*", count=500):
             raw = self.redis.hgetall(key)
             h = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
@@ -627,6 +630,8 @@ class Coordinator:
             if not name:
                 continue
             row, bad = _worker_row(h)
+            if row["state"] != "stopped":
+                capacity += _batch_size(h.get("batch_size"))
             if bad and name not in self._bad_workers:
                 self._bad_workers.add(name)
                 self.store.add_dead_letters(
@@ -634,7 +639,18 @@ class Coordinator:
                 )
             rows.append(row)
         self.live_workers = sum(1 for r in rows if r["state"] != "stopped")
+        self.live_capacity = capacity
         self.store.upsert_workers(rows)
+
+
+def _batch_size(value: str | None) -> int:
+    """A worker's published batch size (an older worker publishes none: 1)."""
+    from workers.batching import MAX_BATCH
+
+    try:
+        return min(MAX_BATCH, max(1, int(value or 1)))
+    except ValueError:
+        return 1
 
 
 def _worker_row(h: dict[str, str]) -> tuple[dict[str, Any], list[str]]:

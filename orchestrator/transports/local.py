@@ -30,12 +30,21 @@ from orchestrator.errors import JobInputError, JobInterrupted, QualityGateFailed
 from orchestrator.events import JobEvent
 from orchestrator.results import Results
 from orchestrator.store import Claim, JobStore, WorkerIdentity, backoff_seconds
+from workers.batching import batch_limit
 from workers.quality import make_judge
-from workers.task import PipelineCache, TaskOutput, run_job
+from workers.task import (
+    BatchRunner,
+    Outcome,
+    PipelineCache,
+    Runner,
+    TaskOutput,
+    run_job,
+    run_jobs,
+    sequential,
+)
 
 logger = logging.getLogger(__name__)
 
-Runner = Callable[[dict[str, Any], PipelineCache, Callable[[], bool]], TaskOutput]
 T = TypeVar("T")
 
 # A worker whose last successful renewal is older than this share of its lease stops its job.
@@ -47,6 +56,12 @@ def default_runner(
     job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
 ) -> TaskOutput:
     return run_job(job, cache, should_stop=should_stop)
+
+
+def default_batch_runner(
+    jobs: list[dict[str, Any]], cache: PipelineCache, should_stop: Callable[[], bool]
+) -> list[Outcome]:
+    return run_jobs(jobs, cache, should_stop=should_stop)
 
 
 def worker_identity() -> WorkerIdentity:
@@ -110,6 +125,7 @@ class LocalWorker:
         *,
         cache: PipelineCache | None = None,
         runner: Runner = default_runner,
+        batch_runner: BatchRunner | None = None,
         on_event: Callable[[JobEvent], None] | None = None,
     ) -> None:
         self.store = store
@@ -121,8 +137,12 @@ class LocalWorker:
             threads=settings.threads,
             compute_units=settings.compute_units,
             judge=make_judge(settings.judge),
+            tuning=settings.tuning,
         )
         self.runner = runner
+        if batch_runner is None:
+            batch_runner = default_batch_runner if runner is default_runner else sequential(runner)
+        self.batch_runner = batch_runner
         self.on_event = on_event
         self.identity = worker_identity()
         self.stats = WorkerStats()
@@ -174,10 +194,11 @@ class LocalWorker:
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
                 self._stop.wait(s.poll_seconds if not self._paused else s.pause_seconds)
                 continue
+            claims = [claim, *self._companions(claim, done)]
             self._report("busy", claim.job["id"])
-            self._work(claim)
+            self._work(claims)
             self._report("idle")
-            done += 1
+            done += len(claims)
         self._housekeeping()
         self._report("stopped")
         logger.info(
@@ -225,28 +246,53 @@ class LocalWorker:
 
     # -- one job -------------------------------------------------------------------------------
 
-    def _work(self, claim: Claim) -> None:
-        job = claim.job
-        keeper = _LeaseKeeper(self.store, claim, self.settings.lease_seconds)
-        keeper.start()
-        t0 = time.perf_counter()
-        log_extra = {"job_id": job["id"], "attempt": claim.attempt_id}
+    def _companions(self, first: Claim, done: int) -> list[Claim]:
+        """More jobs to run in ``first``'s pipeline call, up to the batch size (and within
+        ``--max-jobs``). A database too busy to give them is no reason to wait: the first
+        job runs alone."""
+        s = self.settings
+        limit = batch_limit(s.batch_size, self.cache.current, first.job) - 1
+        if s.max_jobs is not None:
+            limit = min(limit, s.max_jobs - done - 1)
+        if limit <= 0:
+            return []
         try:
-            try:
-                output = self.runner(
-                    job, self.cache, lambda: self._abort.is_set() or keeper.lost or keeper.fenced
-                )
-            except JobInterrupted as exc:
-                self._interrupted(claim, keeper, exc, time.perf_counter() - t0)
-                return
-            except Exception as exc:
-                self._failed(claim, exc, time.perf_counter() - t0, log_extra)
-                return
-            # The lease stays renewed while the image is written and recorded: a full disk
-            # may hold us here for a while, and the job is still ours.
-            self._deliver(claim, keeper, output, t0, log_extra)
+            return self.store.claim_companions(
+                first, self.identity, lease_seconds=s.lease_seconds, limit=limit
+            )
+        except TransientError as exc:
+            logger.warning("job %s runs alone: %s", first.job["id"], exc)
+            return []
+
+    def _work(self, claims: list[Claim]) -> None:
+        """Run claimed jobs in one pipeline call (one job: alone), then record each on its
+        own: an image, a failure or a release, each under its own lease."""
+        keepers = [_LeaseKeeper(self.store, c, self.settings.lease_seconds) for c in claims]
+        for keeper in keepers:
+            keeper.start()
+        t0 = time.perf_counter()
+
+        def should_stop() -> bool:
+            # A batch goes on while any of its jobs is still ours; the others' images are
+            # dropped at delivery, fenced by their leases.
+            return self._abort.is_set() or all(k.lost or k.fenced for k in keepers)
+
+        try:
+            outcomes = self.batch_runner([c.job for c in claims], self.cache, should_stop)
+            for claim, keeper, outcome in zip(claims, keepers, outcomes, strict=True):
+                seconds = time.perf_counter() - t0
+                log_extra = {"job_id": claim.job["id"], "attempt": claim.attempt_id}
+                if isinstance(outcome, JobInterrupted):
+                    self._interrupted(claim, keeper, outcome, seconds)
+                elif isinstance(outcome, Exception):
+                    self._failed(claim, outcome, seconds, log_extra)
+                else:
+                    # The lease stays renewed while the image is written and recorded: a
+                    # full disk may hold us here for a while, and the job is still ours.
+                    self._deliver(claim, keeper, outcome, t0, log_extra)
         finally:
-            keeper.stop()
+            for keeper in keepers:
+                keeper.stop()
 
     def _interrupted(
         self, claim: Claim, keeper: _LeaseKeeper, exc: Exception, seconds: float

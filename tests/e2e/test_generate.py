@@ -155,3 +155,9 @@ def test_run_refuses_models_it_cannot_load_and_submit_warns(cli: Cli, tmp_path: 
     assert rows[3] == ("someone/not-cached", "failed", 3)
     assert "failed, retrying in 2s," in ran.stderr and "failed, retrying in 4s," in ran.stderr
     assert ran.stderr.count("retrying") == 2
+
+
+def test_compile_on_the_cpu_is_refused_in_one_line(cli: Cli) -> None:
+    proc = cli("generate", "a red circle", "--compile", "--device", "cpu", check=2)
+    assert "--compile needs a CUDA device, not cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr

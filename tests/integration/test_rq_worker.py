@@ -93,3 +93,40 @@ def test_return_values_are_plain_json() -> None:
     }
     with pytest.raises(TypeError):
         plain_json({"a": object()})
+
+
+def test_a_worker_takes_only_compatible_vetted_jobs_into_its_batch(
+    store: JobStore, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``take_companions``: compatible jobs leave the queue with their heartbeat started in
+    one step; another kind of job, and a foreign one, stay queued for the normal path."""
+    from workers.rq.batches import take_companions
+    from workers.rq.worker import OrchestrateWorker, vet
+    from workers.task import PipelineCache
+
+    submit_text(store, "prompt,seed,steps\na,1,4\nb,2,5\nc,3,4\nd,4,4\ne,5,4\n")
+    conn = proto.connect(redis_server.url)
+    settings = CoordinatorSettings(output_dir=tmp_path / "out", window=10)
+    coord = Coordinator(store, conn, settings)
+    coord.acquire()
+    assert coord._dispatch() == 5
+    name = proto.queue_for("tiny")
+    q = Queue(name, connection=conn, serializer=JSONSerializer)
+    foreign = q.enqueue("os.system", "true", at_front=False)
+    ids = [i.decode() for i in conn.lrange(q.key, 0, -1)]
+    first = Job.fetch(ids[0], connection=conn, serializer=JSONSerializer)
+    conn.lrem(q.key, 1, first.id)
+    payload = vet(first, None)
+    worker = OrchestrateWorker(connection=conn, cache=PipelineCache(), name="batcher")
+
+    taken = take_companions(worker, q, payload, limit=2)
+
+    assert [p["id"] for _, p in taken] == [3, 4]  # job 2 has other steps; job 5 is over the limit
+    for job, _ in taken:
+        assert conn.get(proto.heartbeat_key(job.id)) == b"batcher"
+    left = [i.decode() for i in conn.lrange(q.key, 0, -1)]
+    assert left == [ids[1], ids[4], foreign.id]
+    # With room for more: job 5 only; the other kind of job and the foreign one stay.
+    rest = take_companions(worker, q, payload, limit=4)
+    assert [p["id"] for _, p in rest] == [5]
+    assert [i.decode() for i in conn.lrange(q.key, 0, -1)] == [ids[1], foreign.id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +13,7 @@ BACKENDS = ("diffusers", "coreml")
 
 __all__ = [
     "BACKENDS",
+    "BATCH_FIELDS",
     "Backend",
     "GenerationRequest",
     "GenerationResult",
@@ -19,6 +21,7 @@ __all__ = [
     "JobInputError",
     "JobInterrupted",
     "ModelLoadError",
+    "batch_key",
 ]
 
 
@@ -44,6 +47,17 @@ class GenerationResult:
     decode_s: float
     unet_evaluations: int
     step_times: list[float] = field(default_factory=list)
+    # Images made in the same pipeline call; above 1 the times above are the batch's shared out.
+    batch_size: int = 1
+
+
+# What must be equal for requests to share one pipeline call (prompts, negative prompts and
+# seeds may differ).
+BATCH_FIELDS = ("steps", "guidance_scale", "width", "height", "scheduler")
+
+
+def batch_key(request: GenerationRequest) -> tuple[Any, ...]:
+    return tuple(getattr(request, f) for f in BATCH_FIELDS)
 
 
 class Backend(Protocol):
@@ -54,5 +68,9 @@ class Backend(Protocol):
     threads: int
 
     def generate(self, request: GenerationRequest, should_stop: Any = None) -> GenerationResult: ...
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], should_stop: Any = None
+    ) -> list[GenerationResult]: ...
 
     def versions(self) -> dict[str, str]: ...

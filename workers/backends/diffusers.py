@@ -9,12 +9,13 @@ count, so the same job gives the same pixels in any process on the same kind of 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from workers.backends import (
     JobInputError,
     JobInterrupted,
     ModelLoadError,
+    batch_key,
 )
 from workers.checkpoints import is_checkpoint_file
 from workers.models import (
@@ -35,6 +37,8 @@ from workers.models import (
     looks_like_path,
 )
 from workers.schedulers import build_scheduler
+from workers.tuning import Tuning
+from workers.tuning import apply as apply_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +203,11 @@ class DiffusersBackend:
         quantization: str = "fp16",
         device: str = "auto",
         threads: int = 2,
+        tuning: Tuning | None = None,
+        pipeline: Any = None,
     ) -> None:
+        """``pipeline``: one already built (benchmarks build random-weight SD 1.5 and SDXL
+        architectures in memory) instead of loading ``source`` or ``model``."""
         import torch
 
         self.model = model
@@ -209,11 +217,20 @@ class DiffusersBackend:
         # record it: reproduce uses the recorded count, never the current default).
         torch.set_num_threads(threads)
         self.device = pick_device(device)
+        self.tuning = tuning or Tuning()
+        problem = self.tuning.problem(self.device)
+        if problem is not None:
+            raise JobInputError(problem)
+        self.tuning_label = self.tuning.label
         # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.
         self._torch_dtype = torch.float32 if self.device == "cpu" else torch.float16
         self.dtype = "fp32" if self._torch_dtype == torch.float32 else "fp16"
         # A compressed variant is a model folder of its own, found by the pipeline cache.
-        pipe = load_pipeline(source or model_source(model), self._torch_dtype)
+        if pipeline is None:
+            pipe = load_pipeline(source or model_source(model), self._torch_dtype)
+        else:
+            pipe = pipeline.to(dtype=self._torch_dtype)
+            pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         self.info = families.of_pipeline(pipe)
         self.family = self.info.family.name
@@ -225,6 +242,7 @@ class DiffusersBackend:
         # The model's own scheduler config: its prediction type (v-prediction for SD 2.x 768)
         # and timestep spacing carry over to every scheduler a job names.
         self._scheduler_config = dict(pipe.scheduler.config)
+        apply_tuning(pipe, self.tuning)
 
     @functools.cached_property
     def _versions(self) -> dict[str, str]:
@@ -248,17 +266,36 @@ class DiffusersBackend:
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
     ) -> GenerationResult:
+        return self.generate_batch([request], should_stop)[0]
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], should_stop: Callable[[], bool] | None = None
+    ) -> list[GenerationResult]:
+        """The images of several compatible requests (``batch_key`` equal: prompts, negative
+        prompts and seeds may differ) in one pipeline call: each image's noise comes from its
+        own CPU generator, so each is the image its request gets alone (bit for bit on the
+        CPU, tests/unit/test_batching.py). Stage times are the batch's, shared out equally."""
         import torch
 
+        if not requests:
+            return []
+        first = requests[0]
+        if any(batch_key(r) != batch_key(first) for r in requests):
+            raise ValueError("a batch mixes sizes, steps, schedulers or guidance scales")
         pipe = self.pipe
-        do_cfg = request.guidance_scale > 1.0
-        # 1. A fresh scheduler of the job's kind (schedulers keep per-run state).
-        pipe.scheduler = build_scheduler(request.scheduler, self._scheduler_config)
+        n = len(requests)
+        do_cfg = first.guidance_scale > 1.0
+        # 1. A fresh scheduler of the batch's kind (schedulers keep per-run state).
+        pipe.scheduler = build_scheduler(first.scheduler, self._scheduler_config)
 
         with torch.inference_mode():
-            # 2. Text encoding
+            # 2. Text encoding, prompt by prompt (the text encoder's cost is small), stacked.
             t0 = time.perf_counter()
-            embeddings = self._encode(request, do_cfg)
+            parts = [self._encode(r, do_cfg) for r in requests]
+            embeddings = {
+                k: None if parts[0][k] is None else torch.cat([p[k] for p in parts])
+                for k in parts[0]
+            }
             self._sync()
             t1 = time.perf_counter()
 
@@ -275,32 +312,97 @@ class DiffusersBackend:
 
             # SDXL's size/crop conditioning is left to the pipeline: original_size and
             # target_size default to (height, width), the crop to (0, 0).
-            latents = pipe(
-                **embeddings,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                height=request.height,
-                width=request.width,
-                generator=torch.Generator("cpu").manual_seed(request.seed),
-                output_type="latent",
-                callback_on_step_end=on_step_end,
-            ).images
+            with self._unet_layout(n, do_cfg):
+                latents = pipe(
+                    **embeddings,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance_scale,
+                    height=first.height,
+                    width=first.width,
+                    generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).images
             t2 = time.perf_counter()
 
-            # 4. VAE decode
-            decoded = self._decode(latents)
-            image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+            # 4. VAE decode, image by image: a batched decode would not save the CPU anything
+            # and is not bit-identical to the lone image's.
+            images = [
+                pipe.image_processor.postprocess(
+                    self._decode(latents[i : i + 1]), output_type="pil"
+                )[0]
+                for i in range(n)
+            ]
             t3 = time.perf_counter()
 
         starts = [t1, *step_ends[:-1]]
-        return GenerationResult(
-            image=image,
-            text_encode_s=t1 - t0,
-            denoise_s=t2 - t1,
-            decode_s=t3 - t2,
-            unet_evaluations=len(step_ends) * (2 if do_cfg else 1),
-            step_times=[round(e - s, 6) for s, e in zip(starts, step_ends, strict=True)],
-        )
+        step_times = [round((e - s) / n, 6) for s, e in zip(starts, step_ends, strict=True)]
+        return [
+            GenerationResult(
+                image=image,
+                text_encode_s=(t1 - t0) / n,
+                denoise_s=(t2 - t1) / n,
+                decode_s=(t3 - t2) / n,
+                unet_evaluations=len(step_ends) * (2 if do_cfg else 1),
+                step_times=step_times,
+                batch_size=n,
+            )
+            for image in images
+        ]
+
+    @property
+    def fused_batches(self) -> bool:
+        """Whether a batch's UNet evaluations run as one call. On the CPU they do not: MKL and
+        oneDNN pick other kernels for other batch sizes (a matrix-vector product for one row),
+        so a fused batch of 4 differs from the lone images by up to 1/255 in pixels (5e-7 in the
+        first layer's activations); each image's pair of guidance halves runs as the lone job's
+        call does, and the images are bit-identical (batching pays little on a CPU anyway,
+        benchmarks/throughput.py). On CUDA and MPS the batch is fused: that is the speed-up, and
+        fp16 kernels differ by batch size there too (a stated PSNR, not bit-identity)."""
+        return self.device != "cpu"
+
+    @contextlib.contextmanager
+    def _unet_layout(self, n: int, do_cfg: bool) -> Iterator[None]:
+        """Within a batch of ``n`` images on an unfused device, the UNet evaluates image by
+        image: the pipeline's batch is [negatives..., prompts...] (with guidance), and image
+        i's call gets rows (i, n + i), exactly the two rows its lone job's call has."""
+        if n == 1 or self.fused_batches:
+            yield
+            return
+        import torch
+
+        unet = self.pipe.unet
+        forward = unet.forward
+        halves = 2 if do_cfg else 1
+
+        def per_image(sample: Any, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+            rows = sample.shape[0]
+
+            def part(value: Any, i: int) -> Any:
+                if isinstance(value, dict):
+                    return {k: part(v, i) for k, v in value.items()}
+                if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == rows:
+                    return value[[i + k * n for k in range(halves)]]
+                return value
+
+            kwargs["return_dict"] = False
+            outs = [
+                forward(
+                    part(sample, i),
+                    part(timestep, i),
+                    *(part(a, i) for a in args),
+                    **{k: part(v, i) for k, v in kwargs.items()},
+                )[0]
+                for i in range(n)
+            ]
+            merged = torch.cat([out[k : k + 1] for k in range(halves) for out in outs])
+            return (merged,)
+
+        unet.forward = per_image
+        try:
+            yield
+        finally:
+            del unet.forward  # back to the class's method
 
     def _encode(self, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
         """The prompt's embeddings as the pipeline's keyword arguments. SDXL's pipeline runs

@@ -24,6 +24,7 @@ hazards RQ's own issues describe and for an unattended night:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -48,12 +49,22 @@ from rq.worker import WorkerStatus
 from orchestrator import faults
 from orchestrator.errors import QualityGateFailed
 from workers.backends import JobInputError, JobInterrupted
+from workers.batching import batch_limit
 from workers.rq import protocol as proto
-from workers.task import PipelineCache, TaskOutput, run_job
+from workers.rq.batches import take_companions
+from workers.task import (
+    BatchRunner,
+    Outcome,
+    PipelineCache,
+    Runner,
+    TaskOutput,
+    run_job,
+    run_jobs,
+    sequential,
+)
 
 logger = logging.getLogger(__name__)
 
-Runner = Callable[[dict[str, Any], PipelineCache, Callable[[], bool]], TaskOutput]
 DELIVER_FOR_S = 3600.0  # how long a finished result waits for Redis before it is dropped
 CANCEL_CHECK_S = 0.5  # at most this often a job asks Redis whether it was cancelled
 
@@ -62,6 +73,23 @@ def default_runner(
     job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
 ) -> TaskOutput:
     return run_job(job, cache, should_stop=should_stop)
+
+
+def default_batch_runner(
+    jobs: list[dict[str, Any]], cache: PipelineCache, should_stop: Callable[[], bool]
+) -> list[Outcome]:
+    # RQ's job timeout ends the whole call: it must not be taken for one job's failure.
+    return run_jobs(jobs, cache, should_stop=should_stop, reraise=(JobTimeoutException,))
+
+
+@dataclass
+class _Member:
+    """One job of the batch a worker runs: RQ's job, its queue and execution, its payload."""
+
+    job: Job
+    queue: Queue
+    execution: Any
+    payload: dict[str, Any]
 
 
 @dataclass
@@ -131,6 +159,8 @@ class OrchestrateWorker(SimpleWorker):
         name: str | None = None,
         model: str | None = None,
         runner: Runner = default_runner,
+        batch_runner: BatchRunner | None = None,
+        batch_size: int | str = 1,
         heartbeat_interval: float = 5.0,
         heartbeat_ttl: int = 15,
         block_seconds: int = 2,
@@ -149,6 +179,17 @@ class OrchestrateWorker(SimpleWorker):
         self.cache = cache
         self.preferred_model = model
         self.runner = runner
+        if batch_runner is None:
+            batch_runner = (
+                default_batch_runner
+                if runner is default_runner
+                else sequential(runner, (JobTimeoutException,))
+            )
+        self.batch_runner = batch_runner
+        self.batch_size = batch_size
+        self.batch_capacity = 1 if batch_size == "auto" else int(batch_size)  # published
+        self._jobs_left: int | None = None  # under --max-jobs
+        self._performed = 0  # jobs the last execute_job ran (a batch: more than one)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.block_seconds = block_seconds
@@ -216,6 +257,7 @@ class OrchestrateWorker(SimpleWorker):
         self.subscribe()
         self._install_signal_handlers()
         completed = 0
+        self._jobs_left = max_jobs
         held: tuple[Job, Queue] | None = None  # dequeued, but Redis failed before it ran
         try:
             while not self._stop_requested:
@@ -232,9 +274,12 @@ class OrchestrateWorker(SimpleWorker):
                     if not self.connection.exists(job.key):
                         held = None  # Redis lost it meanwhile: the coordinator dispatches again
                         continue
+                    self._performed = 1
                     self.execute_job(job, queue)
                     held = None
-                    completed += 1
+                    completed += self._performed
+                    if max_jobs is not None:
+                        self._jobs_left = max_jobs - completed
                     if max_jobs is not None and completed >= max_jobs:
                         logger.info("finished %d jobs, quitting", completed)
                         break
@@ -352,28 +397,55 @@ class OrchestrateWorker(SimpleWorker):
         except proto.BadMessage as exc:
             self._refuse(job, queue, str(exc))
             return False
-        # RQ's bookkeeping: out of the intermediate queue, into the started registry.
-        self._until_redis(lambda: self.prepare_job_execution(job, True))
-        job.started_at = _now()
-        keeper = _Heartbeat(self, job, execution)
-        keeper.start()
-        outcome = "failed"
+        members = [_Member(job, queue, execution, payload), *self._companions(queue, payload)]
+        self._performed = len(members)
+        for i, m in enumerate(members):
+            # RQ's bookkeeping: into the started registry (the dequeued job also out of the
+            # intermediate queue; a companion was taken straight out of its queue).
+            self._until_redis(functools.partial(self.prepare_job_execution, m.job, i == 0))
+            m.job.started_at = _now()
+        keepers = [_Heartbeat(self, m.job, m.execution) for m in members]
+        for keeper in keepers:
+            keeper.start()
+        outcomes = ["failed"] * len(members)
         try:
-            with self.death_penalty_class(
-                job.timeout or self.queue_class.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id
-            ):
-                outcome = self.run_payload(job.id, payload)
+            timeout = sum(m.job.timeout or self.queue_class.DEFAULT_TIMEOUT for m in members)
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                outcomes = self.run_payloads([(m.job.id, m.payload) for m in members])
         except JobTimeoutException:
-            self._deliver(
-                job.id,
-                self._event("failed", job.id, payload, error="timed out", retryable=True),
-            )
+            for m in members:
+                self._deliver(
+                    m.job.id,
+                    self._event("failed", m.job.id, m.payload, error="timed out", retryable=True),
+                )
         finally:
-            keeper.stop()
+            for keeper in keepers:
+                keeper.stop()
             self._current = None
-        job.ended_at = _now()
-        self._bookkeep(job, queue, execution, outcome)
-        return outcome == "succeeded"
+        for m, outcome in zip(members, outcomes, strict=True):
+            m.job.ended_at = _now()
+            self._bookkeep(m.job, m.queue, m.execution, outcome)
+        return outcomes[0] == "succeeded"
+
+    def _companions(self, queue: Queue, payload: dict[str, Any]) -> list[_Member]:
+        """Jobs of ``queue`` to run with ``payload``'s in one pipeline call (workers.rq.batches),
+        up to the batch size and within --max-jobs. Redis failing here is no reason to wait:
+        the first job runs with what was taken (a job taken but not started stops
+        heartbeating, and the coordinator dispatches it again)."""
+        limit = batch_limit(self.batch_size, self.cache.current, payload)
+        self.batch_capacity = max(self.batch_capacity, limit)
+        limit -= 1
+        if self._jobs_left is not None:
+            limit = min(limit, self._jobs_left - 1)
+        if limit <= 0:
+            return []
+        members: list[_Member] = []
+        try:
+            for job, companion in take_companions(self, queue, payload, limit):
+                members.append(_Member(job, queue, self.prepare_execution(job), companion))
+        except _redis_errors() as exc:
+            logger.warning("could not take more jobs into a batch: %s", exc)
+        return members
 
     def _bookkeep(self, job: Job, queue: Queue, execution: Any, outcome: str) -> None:
         """RQ's own records of the job (``rq info``, its registries). Best effort: what
@@ -415,45 +487,70 @@ class OrchestrateWorker(SimpleWorker):
     def run_payload(self, rq_id: str, payload: dict[str, Any]) -> str:
         """Generate a checked payload's image and deliver the outcome to the coordinator:
         ``succeeded``, ``failed`` or ``released``."""
-        self._current = payload
+        return self.run_payloads([(rq_id, payload)])[0]
+
+    def run_payloads(self, members: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Generate the images of checked payloads in one pipeline call and deliver each
+        outcome on its own: ``succeeded``, ``failed`` or ``released``, in order."""
+        self._current = members[0][1]
         conn = self.connection
         attempts = iter(range(3))
-        self._until_redis(
-            lambda: conn.rpush(proto.EVENTS_KEY, self._event("started", rq_id, payload)),
-            give_up=lambda: next(attempts, None) is None,  # a result counts without it
-        )
-        last_check = [0.0, False]
+
+        def started() -> None:
+            with conn.pipeline(transaction=False) as p:
+                for rq_id, payload in members:
+                    p.rpush(proto.EVENTS_KEY, self._event("started", rq_id, payload))
+                p.execute()
+
+        # A result counts without its "started": give up after a few tries.
+        self._until_redis(started, give_up=lambda: next(attempts, None) is None)
+        cancelled: set[str] = set()
+        last_check = [0.0]
 
         def should_stop() -> bool:
+            """A shutdown's second signal, or every job of the call cancelled."""
             if self.abort.is_set():
                 return True
             now = time.monotonic()
             if now - last_check[0] >= CANCEL_CHECK_S:
                 last_check[0] = now
                 try:
-                    last_check[1] = conn.exists(proto.cancel_key(rq_id)) > 0
+                    with conn.pipeline(transaction=False) as p:
+                        for rq_id, _ in members:
+                            p.exists(proto.cancel_key(rq_id))
+                        flags = p.execute()
                 except _redis_errors():
-                    last_check[1] = False  # Redis away: go on; the result waits for it
-            return bool(last_check[1])
+                    flags = []  # Redis away: go on; the results wait for it
+                cancelled.update(r for (r, _), f in zip(members, flags, strict=False) if f)
+            return len(cancelled) == len(members)
 
         t0 = time.perf_counter()
-        try:
-            out = self.runner(payload, self.cache, should_stop)
-        except JobInterrupted as exc:
-            self._deliver(rq_id, self._event("released", rq_id, payload, error=str(exc)))
+        outcomes = self.batch_runner([p for _, p in members], self.cache, should_stop)
+        busy = (time.perf_counter() - t0) / len(members)
+        return [
+            self._report(rq_id, payload, out, rq_id in cancelled, busy)
+            for (rq_id, payload), out in zip(members, outcomes, strict=True)
+        ]
+
+    def _report(
+        self, rq_id: str, payload: dict[str, Any], out: Outcome, cancelled: bool, busy: float
+    ) -> str:
+        """Deliver one job's outcome; what it was."""
+        if cancelled and isinstance(out, TaskOutput):
+            out = JobInterrupted("cancelled while the rest of its batch ran")
+        if isinstance(out, JobInterrupted):
+            self._deliver(rq_id, self._event("released", rq_id, payload, error=str(out)))
             return "released"
-        except JobTimeoutException:
-            raise
-        except Exception as exc:
+        if isinstance(out, Exception):
             self.stats.failed += 1
             # A failed quality gate says what it tried, for the attempt's record.
-            tried = {"scores": exc.scores} if isinstance(exc, QualityGateFailed) else {}
+            tried = {"scores": out.scores} if isinstance(out, QualityGateFailed) else {}
             event = self._event(
                 "failed",
                 rq_id,
                 payload,
-                error=f"{type(exc).__name__}: {exc}",
-                retryable=not isinstance(exc, JobInputError),
+                error=f"{type(out).__name__}: {out}",
+                retryable=not isinstance(out, JobInputError),
                 **tried,
             )
             self._deliver(rq_id, event)
@@ -467,7 +564,7 @@ class OrchestrateWorker(SimpleWorker):
         if not self._deliver(rq_id, event, png=out.png):
             return "failed"
         self.stats.done += 1
-        self.stats.busy_s += time.perf_counter() - t0
+        self.stats.busy_s += busy
         return "succeeded"
 
     def _event(self, kind: str, rq_id: str, payload: dict[str, Any], **fields: Any) -> bytes:
@@ -538,6 +635,8 @@ class OrchestrateWorker(SimpleWorker):
             "busy_s": self.stats.busy_s,
             "started_at": self.stats.started_at,
             "last_seen": time.time(),
+            # How many jobs it runs at once: the coordinator keeps that many in flight for it.
+            "batch_size": self.batch_capacity,
         }
         key = proto.WORKER_KEY + self.name
         with self.connection.pipeline() as p:
@@ -630,6 +729,7 @@ def run_worker(
     max_jobs: int | None = None,
     name: str | None = None,
     runner: Runner = default_runner,
+    batch_size: int | str = 1,
     heartbeat_interval: float = 5.0,
     heartbeat_ttl: int = 15,
     logging_level: str = "INFO",
@@ -649,6 +749,7 @@ def run_worker(
             name=name,
             model=model,
             runner=runner,
+            batch_size=batch_size,
             heartbeat_interval=heartbeat_interval,
             heartbeat_ttl=heartbeat_ttl,
             secret=secret if secret is not None else proto.secret_from_env(),

@@ -1,0 +1,136 @@
+"""Micro-batching end to end, in both transports, as a user runs it: a manifest mixing the two
+built-in models (tiny and tiny-xl) run with ``--batch-size 3`` makes, job for job, the pixels
+its unbatched run makes, each job exactly once; and a worker killed mid-batch loses none."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import Cli, write
+from tests.e2e.test_crashes import query, wait_for_running
+from tests.e2e.test_distributed import exactly_once, stop
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+MIXED = (
+    "prompt,seed,model,steps,num_images\n"
+    "a red circle on a blue background,1,tiny,6,3\n"
+    "two small yellow squares on a green background,10,tiny-xl,6,3\n"
+    "a white triangle at the top left on a black background,20,tiny,6,2\n"
+)
+
+
+def pixels_by_job(db: Path) -> dict[int, str]:
+    out = {}
+    for job_id, path in query(db, "SELECT id, output_path FROM jobs ORDER BY id"):
+        out[job_id] = hashlib.sha256(np.asarray(Image.open(path)).tobytes()).hexdigest()
+    return out
+
+
+def batch_sizes(db: Path) -> list[int]:
+    rows = query(db, "SELECT batch_size FROM attempts WHERE status = 'succeeded' ORDER BY job_id")
+    return [n for (n,) in rows]
+
+
+def unbatched(cli: Cli, tmp_path: Path) -> dict[int, str]:
+    """The manifest's images run alone, in a database and folder of their own."""
+    cli("--db", "alone.db", "--output", "alone", "run", "mixed.csv", timeout=600)
+    return pixels_by_job(tmp_path / "alone.db")
+
+
+def test_local_batches_make_the_unbatched_images_once_each(cli: Cli, tmp_path: Path) -> None:
+    write(tmp_path / "mixed.csv", MIXED)
+    cli("run", "mixed.csv", "--batch-size", "3", timeout=600)
+    db = tmp_path / "orchestrate.db"
+    exactly_once(db, 8)
+    assert batch_sizes(db) == [3, 3, 3, 3, 3, 3, 2, 2]
+    assert pixels_by_job(db) == unbatched(cli, tmp_path)
+
+
+def test_rq_batches_make_the_unbatched_images_once_each(
+    cli: Cli, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    write(tmp_path / "mixed.csv", MIXED)
+    cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
+    cli("submit", "mixed.csv")
+    worker = cli.popen("worker", "--name", "mac", "--batch-size", "3", log="w.log")
+    try:
+        cli("coordinator", "--until-done", timeout=600)
+    finally:
+        stop(worker)
+    db = tmp_path / "orchestrate.db"
+    exactly_once(db, 8)
+    sizes = batch_sizes(db)
+    assert max(sizes) > 1, f"no job shared a call: {sizes}"  # how jobs meet depends on timing
+    assert pixels_by_job(db) == unbatched(cli, tmp_path)
+
+
+SLOW_JOBS = "prompt,seed,steps,width,height,num_images\na slow one,1,12,192,192,6\n"
+
+
+def test_sigkill_mid_batch_then_another_worker_finishes_all_exactly_once(
+    cli: Cli, tmp_path: Path
+) -> None:
+    write(tmp_path / "slow.csv", SLOW_JOBS)
+    cli("submit", "slow.csv")
+    db = tmp_path / "orchestrate.db"
+    victim = cli.popen("work", "--local", "--burst", "--lease", "2", "--batch-size", "3")
+    wait_for_running(db)
+    deadline = time.monotonic() + 60
+    while len(query(db, "SELECT id FROM jobs WHERE status = 'running'")) < 3:
+        assert time.monotonic() < deadline, "the batch of three never started"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed = query(db, "SELECT id FROM jobs WHERE status = 'running' ORDER BY id")
+    assert len(killed) == 3  # the whole batch left behind, leases still held
+
+    cli("work", "--local", "--burst", "--lease", "2", "--batch-size", "3", timeout=600)
+
+    exactly_once(db, 6)
+    lost = query(db, "SELECT job_id FROM attempts WHERE status = 'lost' ORDER BY job_id")
+    assert lost == killed
+    assert len(list((tmp_path / "output" / "1").glob("*.png"))) == 6
+
+
+def test_rq_worker_sigkilled_mid_batch_loses_no_job(
+    cli: Cli, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    write(tmp_path / "slow.csv", SLOW_JOBS)
+    cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
+    cli("submit", "slow.csv")
+    db = tmp_path / "orchestrate.db"
+    coord = cli.popen("coordinator", "--until-done", "--lost-after", "1", log="coord.log")
+    victim = cli.popen(
+        "worker", "--name", "victim", "--heartbeat", "0.5", "--batch-size", "3", log="victim.log"
+    )
+    try:
+        wait_for_running(db, timeout=120)
+        deadline = time.monotonic() + 60
+        while len(query(db, "SELECT id FROM jobs WHERE status = 'running'")) < 3:
+            assert time.monotonic() < deadline, "the batch of three never started"
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        killed = query(db, "SELECT id FROM jobs WHERE status = 'running' ORDER BY id")
+        rescuer = cli.popen("worker", "--name", "rescuer", "--heartbeat", "0.5", log="rescuer.log")
+        try:
+            assert coord.wait(300) == 0, (tmp_path / "coord.log").read_text()
+        finally:
+            stop(rescuer)
+        exactly_once(db, 6)
+        lost = query(
+            db, "SELECT job_id, worker FROM attempts WHERE status = 'lost' ORDER BY job_id"
+        )
+        assert lost == [(j, "victim") for (j,) in killed]
+        assert len(killed) >= 3
+    finally:
+        stop(coord, victim)

@@ -1,0 +1,65 @@
+"""Device tuning a user switches on per worker: ``--compile``, ``--channels-last``,
+``--low-memory``. Each is recorded with the attempt (``attempts.tuning``) and in the PNG (A1111
+``Tuning:`` and our JSON), and ``reproduce`` applies what an image records: any of them may
+change the pixels, so none is on by default.
+
+- ``compile``: ``torch.compile`` of the UNet, CUDA only (on the CPU the inductor's compile takes
+  minutes per shape and seldom pays for 20 steps; on MPS it is not supported well enough). The
+  first image of each shape pays the compile.
+- ``channels_last``: the UNet's weights and activations in NHWC, which cuDNN's convolutions
+  prefer.
+- ``low_memory``: attention computed a slice of heads at a time and the VAE decoding in tiles:
+  what lets SDXL fit a 16 GB Mac or a 1024 px image fit a small GPU, for some speed.
+
+fp16 on CUDA and MPS (fp32 on the CPU) and PyTorch's SDPA attention are not switches: they
+are the default, and the dtype is recorded with every image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+_LABELS = {"compile": "compile", "channels_last": "channels-last", "low_memory": "low-memory"}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    compile: bool = False
+    channels_last: bool = False
+    low_memory: bool = False
+
+    @property
+    def label(self) -> str:
+        """As recorded: the switches that are on, comma-separated ("" for none)."""
+        return ",".join(text for name, text in _LABELS.items() if getattr(self, name))
+
+    @classmethod
+    def parse(cls, label: str | None) -> Tuning:
+        """The tuning a recorded label names (unknown names are ignored: a newer worker's)."""
+        on = {part.strip() for part in (label or "").split(",")}
+        return cls(**{name: text in on for name, text in _LABELS.items()})
+
+    def problem(self, device: str) -> str | None:
+        """Why this tuning cannot run on ``device`` (None when it can)."""
+        if self.compile and device != "cuda":
+            return f"--compile needs a CUDA device, not {device}"
+        return None
+
+    def for_device(self, device: str) -> Tuning:
+        """This tuning less what ``device`` cannot do (reproducing a CUDA image elsewhere)."""
+        return self if device == "cuda" else dataclasses.replace(self, compile=False)
+
+
+def apply(pipe: Any, tuning: Tuning) -> None:
+    """Switch ``tuning`` on in a loaded diffusers pipeline."""
+    import torch
+
+    if tuning.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if tuning.low_memory:
+        pipe.enable_attention_slicing()
+        pipe.vae.enable_tiling()
+    if tuning.compile:
+        pipe.unet = torch.compile(pipe.unet, fullgraph=False)
