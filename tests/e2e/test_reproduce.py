@@ -144,3 +144,32 @@ def test_compare_pixels_reports_psnr_and_size_changes() -> None:
     assert (identical, same_size, max_abs) == (False, True, 10)
     assert psnr == pytest.approx(10 * math.log10(255**2 * 192 / 100))
     assert compare_pixels(png(a), png(np.zeros((8, 16, 3)))) == (False, False, None, None)
+
+
+def test_a_core_ml_image_off_macos_is_a_stated_cross_backend_comparison(
+    cli: Cli, tmp_path: Path, generated: Path
+) -> None:
+    """An image whose metadata says Core ML made it (device = its compute units) regenerates
+    with the diffusers backend off macOS, says so, and never hands CPU_AND_NE to torch."""
+    from workers.metadata import JSON_KEY
+
+    with Image.open(generated) as img:
+        text = dict(img.text)  # type: ignore[attr-defined]
+        pixels = np.asarray(img.convert("RGB")).copy()
+    meta = json.loads(text[JSON_KEY])
+    meta["run"].update(backend="coreml", device="CPU_AND_NE", dtype="fp16")
+    text[JSON_KEY] = json.dumps(meta)
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    Image.fromarray(pixels).save(tmp_path / "coreml.png", pnginfo=info)
+
+    proc = cli("reproduce", "coreml.png", check=None)
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (
+        "made with Core ML (CPU_AND_NE); regenerated with the diffusers backend on this "
+        "machine: a cross-backend comparison, so expect a PSNR, not identical pixels"
+    )
+    # (these pixels were in fact made by the diffusers backend here, so they match)
+    assert lines[1] == "coreml.png: reproduced, pixels identical"

@@ -13,11 +13,12 @@ has not been run by this project's CI (no Mac in it).
 
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,31 @@ def model_paths(folder: Path) -> dict[str, Path]:
         else:
             raise JobInputError(f"{folder} has no {name}.mlmodelc or {name}.mlpackage")
     return paths
+
+
+_SPEC_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType
+_SCHEMA_DTYPES = {"Float32": np.float32, "Float16": np.float16, "Int32": np.int32}
+
+
+def declared_inputs(path: Path) -> dict[str, Any]:
+    """Each input of a model and the dtype it declares, read from the model itself (never
+    assumed: Apple's packages take fp16, ours fp32 or fp16 by their precision). A package's
+    spec is read with coremltools (any OS); a compiled ``.mlmodelc`` says it in its
+    ``metadata.json``."""
+    if path.suffix == ".mlmodelc":
+        meta = json.loads((path / "metadata.json").read_text())
+        entry = meta[0] if isinstance(meta, list) else meta
+        return {
+            i["name"]: _SCHEMA_DTYPES.get(i.get("dataType", "Float32"), np.float32)
+            for i in entry.get("inputSchema", [])
+        }
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    return {
+        i.name: _SPEC_DTYPES.get(i.type.multiArrayType.dataType, np.float32)
+        for i in spec.description.input
+    }
 
 
 def unet_inputs(latents: np.ndarray, timestep: float, hidden: np.ndarray) -> dict[str, np.ndarray]:
@@ -95,9 +121,9 @@ class CoreMLBackend:
         self.threads = 0
         self.layout = json.loads((folder / LAYOUT).read_text())
         units = getattr(ct.ComputeUnit, compute_units)
-        self.models = {
-            name: self._load(ct, path, units) for name, path in model_paths(folder).items()
-        }
+        paths = model_paths(folder)
+        self.models = {name: self._load(ct, path, units) for name, path in paths.items()}
+        self.input_types = {name: declared_inputs(path) for name, path in paths.items()}
         self.tokenizer = CLIPTokenizer.from_pretrained(
             folder / "tokenizer", model_max_length=SEQ_LEN
         )
@@ -116,12 +142,26 @@ class CoreMLBackend:
 
         return {"coremltools": coremltools.__version__, "macos": platform.mac_ver()[0]}
 
+    def _predict(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One model's prediction, each input cast to the dtype the model declares."""
+        types = self.input_types[name]
+        return self.models[name].predict(
+            {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in inputs.items()}
+        )
+
     def _encode(self, text: str) -> np.ndarray:
         ids = self.tokenizer(
             text, padding="max_length", max_length=SEQ_LEN, truncation=True, return_tensors="np"
         ).input_ids
-        out = self.models[TEXT_ENCODER].predict({"input_ids": ids.astype(np.float32)})
+        out = self._predict(TEXT_ENCODER, {"input_ids": ids.astype(np.float32)})
         return np.asarray(out["last_hidden_state"], dtype=np.float32)
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], should_stop: Callable[[], bool] | None = None
+    ) -> list[GenerationResult]:
+        """Image by image: a converted UNet has a fixed batch of 2 (guidance's two halves), as
+        in Apple's own pipeline, which refuses batches; the jobs still share the loaded model."""
+        return [self.generate(r, should_stop) for r in requests]
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
@@ -148,20 +188,25 @@ class CoreMLBackend:
         shape = self.layout["inputs"][UNET]["sample"][1:]
         g = torch.Generator("cpu").manual_seed(request.seed)
         latents = torch.randn((1, *shape), generator=g) * scheduler.init_noise_sigma
+        # Ancestral and SDE steps draw fresh noise: from the job's generator, as diffusers'
+        # pipelines pass it (never torch's global RNG, which made euler_a irreproducible).
+        step_kwargs = (
+            {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        )
         step_ends = []
         for t in scheduler.timesteps:
             x = scheduler.scale_model_input(latents, t).numpy()
-            out = self.models[UNET].predict(unet_inputs(x, float(t), hidden))["noise_pred"]
+            out = self._predict(UNET, unet_inputs(x, float(t), hidden))["noise_pred"]
             uncond, cond = np.split(np.asarray(out, dtype=np.float32), 2)
             noise = torch.from_numpy(uncond + request.guidance_scale * (cond - uncond))
-            latents = scheduler.step(noise, t, latents).prev_sample
+            latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
             step_ends.append(time.perf_counter())
             if should_stop is not None and should_stop():
                 raise JobInterrupted(f"stopped after step {len(step_ends)}")
         t2 = time.perf_counter()
         # 3. VAE decode
         z = (latents / self.layout["vae_scaling_factor"]).numpy().astype(np.float32)
-        image = np.asarray(self.models[VAE_DECODER].predict({"z": z})["image"], dtype=np.float32)[0]
+        image = np.asarray(self._predict(VAE_DECODER, {"z": z})["image"], dtype=np.float32)[0]
         pixels = ((image.transpose(1, 2, 0) / 2 + 0.5).clip(0, 1) * 255).round().astype(np.uint8)
         t3 = time.perf_counter()
         starts = [t1, *step_ends[:-1]]

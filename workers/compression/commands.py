@@ -180,8 +180,11 @@ def convert_model(
     bits: int | None = None,
     recipe_spec: str | None = None,
     latent_size: int | None = None,
+    precision: str = "fp16",
 ) -> dict[str, Any]:
     """Export to Core ML; with ``bits``/``recipe_spec`` the UNet is palettized too."""
+    if precision != "fp16" and (bits is not None or recipe_spec is not None):
+        raise CompressionError("palettized packages are fp16: drop --precision fp32")
     if bits is not None or recipe_spec is not None:
         return compress_model(
             model, out, fmt="coreml", recipe_spec=recipe_spec, bits=bits, attention=attention
@@ -190,7 +193,12 @@ def convert_model(
 
     t0 = time.perf_counter()
     layout = convert_pipeline(
-        _pipeline(model), out, model_version=model, attention=attention, latent_size=latent_size
+        _pipeline(model),
+        out,
+        model_version=model,
+        attention=attention,
+        latent_size=latent_size,
+        precision=precision,
     )
     registry.register(
         model, "fp16", "coreml", out, unet_mb=package_megabytes(out / f"{UNET}.mlpackage")
@@ -198,6 +206,7 @@ def convert_model(
     return {
         "path": str(out),
         "attention": attention,
+        "precision": precision,
         "inputs": layout["inputs"],
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -24,6 +24,7 @@ from workers.compression.palettize import KEEP
 logger = logging.getLogger(__name__)
 
 ATTENTIONS = ("original", "split_einsum")
+PRECISIONS = ("fp16", "fp32")
 LAYOUT = "orchestrate-coreml.json"
 TEXT_ENCODER, UNET, VAE_DECODER = "TextEncoder", "Unet", "VAEDecoder"
 SEQ_LEN = 77
@@ -131,13 +132,18 @@ def convert_pipeline(
     model_version: str,
     attention: str = "original",
     latent_size: int | None = None,
+    precision: str = "fp16",
 ) -> dict[str, Any]:
-    """Export the three models and the tokenizer/scheduler files into ``out`` (atomically)."""
+    """Export the three models and the tokenizer/scheduler files into ``out`` (atomically).
+    ``precision``: the packages' weights and compute, fp16 (what Apple ships and the Neural
+    Engine runs) or fp32 (the torch model's own numbers: for checking a conversion)."""
     import torch
 
     ct = _quiet_coremltools()
     if attention not in ATTENTIONS:
         raise CompressionError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
+    if precision not in PRECISIONS:
+        raise CompressionError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     pipe = pipe.to(torch.float32)
     if attention == "split_einsum":
         pipe.unet.set_attn_processor(SplitEinsumAttnProcessor())
@@ -169,7 +175,7 @@ def convert_pipeline(
             # they rewrite; for fixed shapes these are expected, and they bury real problems.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                mlmodel = _trace_and_convert(ct, module, example, shapes[name], outputs)
+                mlmodel = _trace_and_convert(ct, module, example, shapes[name], outputs, precision)
             mlmodel.short_description = f"{name} of {model_version} (orchestrate)"
             mlmodel.save(str(tmp / f"{name}.mlpackage"))
         _write_resources(pipe, tmp)
@@ -178,6 +184,7 @@ def convert_pipeline(
             "attention": attention,
             "inputs": shapes,
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+            "precision": precision,
             "palettization": None,
         }
         (tmp / LAYOUT).write_text(json.dumps(layout, indent=2))
@@ -190,7 +197,12 @@ def convert_pipeline(
 
 
 def _trace_and_convert(
-    ct: Any, module: Any, example: list[Any], shapes: dict[str, list[int]], outputs: list[str]
+    ct: Any,
+    module: Any,
+    example: list[Any],
+    shapes: dict[str, list[int]],
+    outputs: list[str],
+    precision: str = "fp16",
 ) -> Any:
     import torch
 
@@ -202,7 +214,7 @@ def _trace_and_convert(
         minimum_deployment_target=ct.target.macOS13,
         inputs=[ct.TensorType(name=n, shape=s) for n, s in shapes.items()],
         outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs],
-        compute_precision=ct.precision.FLOAT16,
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
         skip_model_load=True,
     )
 

@@ -1,0 +1,130 @@
+"""A stand-in for coremltools' ``MLModel``, for tests on machines without Core ML (Linux).
+
+``MLModel.predict`` needs macOS. This class reads what a converted package itself says, its
+spec (input names, shapes and dtypes, output names) and its weights (decompressed when
+palettized), puts those weights into a torch module of the same architecture, and evaluates
+that module in fp32 with the package's declared layouts. An input whose name, shape or dtype
+the spec does not declare is refused, as Core ML refuses it. It is used only in tests: the
+product never pretends to run Core ML off macOS.
+
+What it cannot show: Core ML's own kernels, fp16 activations on the GPU or Neural Engine, and
+the compute-unit split; a Mac run confirms those (README, "Core ML on a Mac").
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType values
+
+
+def package_consts(path: Path) -> dict[str, np.ndarray]:
+    """Every constant tensor of a package's program, palettized ones decompressed, by name."""
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.models import utils as model_utils
+
+    model = cto.decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))
+    prog = model_utils._convert_model_spec_to_pymil_prog(
+        model, model.get_spec().specificationVersion, milproto_load.load
+    )
+    found: dict[str, np.ndarray] = {}
+
+    def walk(block: Any) -> None:
+        for op in block.operations:
+            for inner in op.blocks:
+                walk(inner)
+            if op.op_type == "const" and isinstance(getattr(op.val, "val", None), np.ndarray):
+                found[op.name] = op.val.val
+
+    for function in prog.functions.values():
+        walk(function)
+    return found
+
+
+def _const_name(parameter: str) -> str:
+    return re.sub(r"\W", "_", parameter)
+
+
+class StandInModel:
+    """``predict`` like a loaded Core ML model, through torch, with the package's own spec and
+    weights. ``module``: a torch module of the package's architecture (its parameter names
+    are the converter's const names, as coremltools keeps the module paths)."""
+
+    def __init__(self, path: Path, module: Any) -> None:
+        import coremltools as ct
+        import torch
+
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        self.path = path
+        self.inputs = {
+            i.name: (tuple(i.type.multiArrayType.shape), _DTYPES[i.type.multiArrayType.dataType])
+            for i in spec.description.input
+        }
+        self.outputs = [o.name for o in spec.description.output]
+        consts = package_consts(path)
+        self.loaded: list[str] = []
+        self.missing: list[str] = []
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                base = _const_name(name)
+                value = consts.get(base, consts.get(f"{base}_to_fp16"))
+                if value is not None and tuple(value.shape) == tuple(param.shape):
+                    param.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+                    self.loaded.append(name)
+                else:
+                    self.missing.append(name)
+        self.module = module.eval()
+
+    def predict(self, data: dict[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
+        if set(data) != set(self.inputs):
+            raise ValueError(
+                f"{self.path.name}: inputs {sorted(data)} are not the declared {sorted(self.inputs)}"
+            )
+        args = []
+        for name, (shape, dtype) in self.inputs.items():
+            value = data[name]
+            if not isinstance(value, np.ndarray) or value.dtype != dtype:
+                got = getattr(value, "dtype", type(value).__name__)
+                raise ValueError(
+                    f"{self.path.name}: input {name!r} is {got}, declared {np.dtype(dtype)}"
+                )
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"{self.path.name}: input {name!r} has shape {value.shape}, declared {shape}"
+                )
+            args.append(torch.from_numpy(value.astype(np.float32)))
+        with torch.inference_mode():
+            out = self.module(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return {
+            n: o.detach().numpy().astype(np.float32) for n, o in zip(self.outputs, out, strict=True)
+        }
+
+
+def install(monkeypatch: Any, source_pipe: Any) -> dict[str, StandInModel]:
+    """Make ``CoreMLBackend`` load stand-ins (architecture from ``source_pipe``, weights and
+    spec from each package) and run off macOS. Returns the stand-ins it made, by package."""
+    import copy
+
+    from workers.backends import coreml
+    from workers.compression.coreml import TEXT_ENCODER, UNET, VAE_DECODER, _wrappers
+
+    made: dict[str, StandInModel] = {}
+
+    def load(_ct: Any, path: Path, _units: Any) -> StandInModel:
+        text, unet, vae = _wrappers(copy.deepcopy(source_pipe))
+        module = {TEXT_ENCODER: text, UNET: unet, VAE_DECODER: vae}[path.stem]
+        made[path.stem] = StandInModel(path, module)
+        return made[path.stem]
+
+    monkeypatch.setattr(coreml, "check_platform", lambda: None)
+    monkeypatch.setattr(coreml.CoreMLBackend, "_load", staticmethod(load))
+    return made
