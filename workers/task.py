@@ -45,6 +45,8 @@ __all__ = [
     "Runner",
     "TaskOutput",
     "batch_key",
+    "batch_runner_for",
+    "default_runner",
     "run_job",
     "run_jobs",
     "sequential",
@@ -395,6 +397,21 @@ def _one_by_one(
     return sequential(lambda j, c, s: run_job(j, c, should_stop=s), reraise)(
         list(jobs), cache, should_stop or (lambda: False)
     )
+
+
+def default_runner(
+    job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
+) -> TaskOutput:
+    """How both transports run one job (tests replace it with stand-ins)."""
+    return run_job(job, cache, should_stop=should_stop)
+
+
+def batch_runner_for(runner: Runner, reraise: tuple[type[BaseException], ...] = ()) -> BatchRunner:
+    """How a transport runs a batch: ``run_jobs`` (one pipeline call) for the real runner,
+    job by job through a stand-in runner. ``reraise``: exceptions that end the whole call."""
+    if runner is default_runner:
+        return lambda jobs, cache, stop: run_jobs(jobs, cache, should_stop=stop, reraise=reraise)
+    return sequential(runner, reraise)
 
 
 def sequential(runner: Runner, reraise: tuple[type[BaseException], ...] = ()) -> BatchRunner:

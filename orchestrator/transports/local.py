@@ -34,13 +34,11 @@ from workers.batching import batch_limit
 from workers.quality import make_judge
 from workers.task import (
     BatchRunner,
-    Outcome,
     PipelineCache,
     Runner,
     TaskOutput,
-    run_job,
-    run_jobs,
-    sequential,
+    batch_runner_for,
+    default_runner,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,18 +48,6 @@ T = TypeVar("T")
 # A worker whose last successful renewal is older than this share of its lease stops its job.
 FENCE_FRACTION = 0.75
 HOUSEKEEPING_EVERY_S = 60.0  # recover unpublished results and sweep staged files when idle
-
-
-def default_runner(
-    job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
-) -> TaskOutput:
-    return run_job(job, cache, should_stop=should_stop)
-
-
-def default_batch_runner(
-    jobs: list[dict[str, Any]], cache: PipelineCache, should_stop: Callable[[], bool]
-) -> list[Outcome]:
-    return run_jobs(jobs, cache, should_stop=should_stop)
 
 
 def worker_identity() -> WorkerIdentity:
@@ -141,7 +127,7 @@ class LocalWorker:
         )
         self.runner = runner
         if batch_runner is None:
-            batch_runner = default_batch_runner if runner is default_runner else sequential(runner)
+            batch_runner = batch_runner_for(runner)
         self.batch_runner = batch_runner
         self.on_event = on_event
         self.identity = worker_identity()

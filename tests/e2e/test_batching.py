@@ -73,6 +73,14 @@ def test_rq_batches_make_the_unbatched_images_once_each(
     assert pixels_by_job(db) == unbatched(cli, tmp_path)
 
 
+def wait_for_batch(db: Path, n: int, timeout: float = 120) -> None:
+    """Until ``n`` jobs run at once (one batch), on a slow machine too."""
+    deadline = time.monotonic() + timeout
+    while len(query(db, "SELECT id FROM jobs WHERE status = 'running'")) < n:
+        assert time.monotonic() < deadline, f"a batch of {n} never started"
+        time.sleep(0.05)
+
+
 SLOW_JOBS = "prompt,seed,steps,width,height,num_images\na slow one,1,12,192,192,6\n"
 
 
@@ -84,10 +92,7 @@ def test_sigkill_mid_batch_then_another_worker_finishes_all_exactly_once(
     db = tmp_path / "orchestrate.db"
     victim = cli.popen("work", "--local", "--burst", "--lease", "2", "--batch-size", "3")
     wait_for_running(db)
-    deadline = time.monotonic() + 60
-    while len(query(db, "SELECT id FROM jobs WHERE status = 'running'")) < 3:
-        assert time.monotonic() < deadline, "the batch of three never started"
-        time.sleep(0.05)
+    wait_for_batch(db, 3)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     killed = query(db, "SELECT id FROM jobs WHERE status = 'running' ORDER BY id")
@@ -114,10 +119,7 @@ def test_rq_worker_sigkilled_mid_batch_loses_no_job(
     )
     try:
         wait_for_running(db, timeout=120)
-        deadline = time.monotonic() + 60
-        while len(query(db, "SELECT id FROM jobs WHERE status = 'running'")) < 3:
-            assert time.monotonic() < deadline, "the batch of three never started"
-            time.sleep(0.05)
+        wait_for_batch(db, 3)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         killed = query(db, "SELECT id FROM jobs WHERE status = 'running' ORDER BY id")

@@ -58,28 +58,14 @@ from workers.task import (
     PipelineCache,
     Runner,
     TaskOutput,
-    run_job,
-    run_jobs,
-    sequential,
+    batch_runner_for,
+    default_runner,
 )
 
 logger = logging.getLogger(__name__)
 
 DELIVER_FOR_S = 3600.0  # how long a finished result waits for Redis before it is dropped
 CANCEL_CHECK_S = 0.5  # at most this often a job asks Redis whether it was cancelled
-
-
-def default_runner(
-    job: dict[str, Any], cache: PipelineCache, should_stop: Callable[[], bool]
-) -> TaskOutput:
-    return run_job(job, cache, should_stop=should_stop)
-
-
-def default_batch_runner(
-    jobs: list[dict[str, Any]], cache: PipelineCache, should_stop: Callable[[], bool]
-) -> list[Outcome]:
-    # RQ's job timeout ends the whole call: it must not be taken for one job's failure.
-    return run_jobs(jobs, cache, should_stop=should_stop, reraise=(JobTimeoutException,))
 
 
 @dataclass
@@ -180,11 +166,8 @@ class OrchestrateWorker(SimpleWorker):
         self.preferred_model = model
         self.runner = runner
         if batch_runner is None:
-            batch_runner = (
-                default_batch_runner
-                if runner is default_runner
-                else sequential(runner, (JobTimeoutException,))
-            )
+            # RQ's job timeout ends the whole call: never one job's failure.
+            batch_runner = batch_runner_for(runner, (JobTimeoutException,))
         self.batch_runner = batch_runner
         self.batch_size = batch_size
         self.batch_capacity = 1 if batch_size == "auto" else int(batch_size)  # published
