@@ -60,6 +60,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from _architectures import sd15_pipeline
 from _common import RESULTS, ROOT, save
 
 sys.path.insert(0, str(ROOT))
@@ -410,48 +411,6 @@ def main() -> None:
             "warning": warning,
             "random_weights": random_weights,
         },
-    )
-
-
-def sd15_pipeline(tiny: Any) -> Any:
-    """SD 1.5's UNet and text encoder shapes with random weights (no download), and the tiny
-    model's tokenizer, VAE and scheduler."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet: Any = UNet2DConditionModel(
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tiny.tokenizer),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=2,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=len(tiny.tokenizer) - 2,
-            eos_token_id=len(tiny.tokenizer) - 1,
-            pad_token_id=len(tiny.tokenizer) - 1,
-        )
-    )
-    return StableDiffusionPipeline(
-        unet=unet.eval(),
-        vae=tiny.vae,
-        text_encoder=text.eval(),
-        tokenizer=tiny.tokenizer,
-        scheduler=tiny.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
 
 

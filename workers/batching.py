@@ -4,9 +4,9 @@ A batch is jobs with one ``workers.task.batch_key`` (model variant, size, steps,
 guidance); each keeps its own seed, prompt, attempt, PNG and exactly-once recording.
 
 ``auto`` is 1 on the CPU: there the UNet evaluates image by image inside a batch, so that each
-image is bit-identical to its lone run (``DiffusersBackend.fused_batches``), and a batch saves
-nothing but a little overhead (benchmarks/throughput.py); 1 with Core ML too, whose converted
-UNet has a fixed batch. On CUDA and MPS it is what the free device memory holds of the
+image is bit-identical to its lone run (``DiffusersBackend.fused_batches``), which saves little
+(benchmarks/throughput.py); ``--fused-batches`` with an explicit size is the user's trade of
+identity for speed. 1 with Core ML too, whose converted UNet has a fixed batch. On CUDA and MPS it is what the free device memory holds of the
 batch's activations, by an estimate (below), between 1 and ``MAX_BATCH``.
 """
 

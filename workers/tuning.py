@@ -10,6 +10,11 @@ change the pixels, so none is on by default.
   prefer.
 - ``low_memory``: attention computed a slice of heads at a time and the VAE decoding in tiles:
   what lets SDXL fit a 16 GB Mac or a 1024 px image fit a small GPU, for some speed.
+- ``fused_batches``: on the CPU, a batch's UNet evaluations as one call (on CUDA and MPS they
+  always are). Without it each image of a CPU batch is byte-identical to its lone run; with it
+  small models run several times faster (benchmarks/throughput.py), and each image differs
+  from its lone run by up to a level or so in a few pixels (other kernels for other batch
+  sizes), so ``reproduce`` reports a PSNR for a batched image instead of identity.
 
 fp16 on CUDA and MPS (fp32 on the CPU) and PyTorch's SDPA attention are not switches: they
 are the default, and the dtype is recorded with every image.
@@ -21,7 +26,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-_LABELS = {"compile": "compile", "channels_last": "channels-last", "low_memory": "low-memory"}
+_LABELS = {
+    "compile": "compile",
+    "channels_last": "channels-last",
+    "low_memory": "low-memory",
+    "fused_batches": "fused-batches",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class Tuning:
     compile: bool = False
     channels_last: bool = False
     low_memory: bool = False
+    fused_batches: bool = False
 
     @property
     def label(self) -> str:

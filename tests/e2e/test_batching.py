@@ -40,23 +40,33 @@ def batch_sizes(db: Path) -> list[int]:
     return [n for (n,) in rows]
 
 
-def unbatched(cli: Cli, tmp_path: Path) -> dict[int, str]:
-    """The manifest's images run alone, in a database and folder of their own."""
-    cli("--db", "alone.db", "--output", "alone", "run", "mixed.csv", timeout=600)
-    return pixels_by_job(tmp_path / "alone.db")
+@pytest.fixture(scope="module")
+def unbatched(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict[int, str]:
+    """The manifest's images run alone (once for the module), by job id."""
+    import os
+
+    home = tmp_path_factory.mktemp("alone")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}
+    env["ORCHESTRATE_CACHE"] = str(model_cache)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    write(home / "mixed.csv", MIXED)
+    Cli(home, env)("run", "mixed.csv", timeout=600)
+    return pixels_by_job(home / "orchestrate.db")
 
 
-def test_local_batches_make_the_unbatched_images_once_each(cli: Cli, tmp_path: Path) -> None:
+def test_local_batches_make_the_unbatched_images_once_each(
+    cli: Cli, tmp_path: Path, unbatched: dict[int, str]
+) -> None:
     write(tmp_path / "mixed.csv", MIXED)
     cli("run", "mixed.csv", "--batch-size", "3", timeout=600)
     db = tmp_path / "orchestrate.db"
     exactly_once(db, 8)
     assert batch_sizes(db) == [3, 3, 3, 3, 3, 3, 2, 2]
-    assert pixels_by_job(db) == unbatched(cli, tmp_path)
+    assert pixels_by_job(db) == unbatched
 
 
 def test_rq_batches_make_the_unbatched_images_once_each(
-    cli: Cli, tmp_path: Path, redis_server: RedisServer
+    cli: Cli, tmp_path: Path, redis_server: RedisServer, unbatched: dict[int, str]
 ) -> None:
     write(tmp_path / "mixed.csv", MIXED)
     cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
@@ -70,7 +80,7 @@ def test_rq_batches_make_the_unbatched_images_once_each(
     exactly_once(db, 8)
     sizes = batch_sizes(db)
     assert max(sizes) > 1, f"no job shared a call: {sizes}"  # how jobs meet depends on timing
-    assert pixels_by_job(db) == unbatched(cli, tmp_path)
+    assert pixels_by_job(db) == unbatched
 
 
 def wait_for_batch(db: Path, n: int, timeout: float = 120) -> None:

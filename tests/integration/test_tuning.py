@@ -41,3 +41,26 @@ def test_a_tuned_image_records_its_tuning_and_reproduces(tmp_path: Path) -> None
     plain = run_job(dict(sample_job(steps=4)), PipelineCache(threads=2))
     assert plain.result["tuning"] == ""
     assert "Tuning:" not in Image.open(io.BytesIO(plain.png)).info["parameters"]
+
+
+def test_fused_cpu_batches_are_a_recorded_choice_close_to_the_lone_images() -> None:
+    """``--fused-batches``: one UNet call for the whole batch on the CPU. Not byte-identical to
+    the lone images (other kernels for other batch sizes), but within a level or two."""
+    import numpy as np
+
+    from workers.backends import GenerationRequest
+
+    exact, _ = PipelineCache(threads=2).get("tiny")
+    fused, _ = PipelineCache(threads=2, tuning=Tuning(fused_batches=True)).get("tiny")
+    assert not exact.fused_batches and fused.fused_batches
+    assert fused.tuning_label == "fused-batches"
+    requests = [
+        GenerationRequest(
+            f"a {c} circle on a black background", "", 5 + i, 6, 7.5, 64, 64, "dpmpp_2m"
+        )
+        for i, c in enumerate(("red", "green", "blue"))
+    ]
+    alone = [np.asarray(exact.generate(r).image).astype(int) for r in requests]
+    together = [np.asarray(g.image).astype(int) for g in fused.generate_batch(requests)]
+    for a, b in zip(alone, together, strict=True):
+        assert np.abs(a - b).max() <= 4

@@ -356,10 +356,10 @@ class DiffusersBackend:
         oneDNN pick other kernels for other batch sizes (a matrix-vector product for one row),
         so a fused batch of 4 differs from the lone images by up to 1/255 in pixels (5e-7 in the
         first layer's activations); each image's pair of guidance halves runs as the lone job's
-        call does, and the images are bit-identical (batching pays little on a CPU anyway,
-        benchmarks/throughput.py). On CUDA and MPS the batch is fused: that is the speed-up, and
-        fp16 kernels differ by batch size there too (a stated PSNR, not bit-identity)."""
-        return self.device != "cpu"
+        call does, and the images are bit-identical; ``--fused-batches`` trades that for speed
+        (benchmarks/throughput.py). On CUDA and MPS the batch is fused: that is the speed-up,
+        and fp16 kernels differ by batch size there too (a stated PSNR, not bit-identity)."""
+        return self.device != "cpu" or self.tuning.fused_batches
 
     @contextlib.contextmanager
     def _unet_layout(self, n: int, do_cfg: bool) -> Iterator[None]:
