@@ -131,3 +131,13 @@ def test_the_stand_in_refuses_what_the_package_does_not_declare(
     # Every convolution and linear weight came from the package (decompressed); only norm
     # parameters, which the converter folds into other ops, keep the torch values.
     assert model.loaded and all("norm" in name for name in model.missing)
+
+
+def test_compiling_off_macos_says_what_to_run_on_the_mac(folders: dict[str, Path]) -> None:
+    from workers.compression.coreml import compile_packages
+
+    result = compile_packages(folders["fp16"])
+    assert result["compiled"] == []
+    assert result["compile"].startswith("compiling to .mlmodelc needs macOS: on the Mac, in ")
+    assert "xcrun coremlcompiler compile Unet.mlpackage ." in result["compile"]
+    assert not list(folders["fp16"].glob("*.mlmodelc*"))

@@ -118,6 +118,7 @@ def compress_model(
     """Apply a recipe (or uniform ``bits``) and register the variant under ``name``."""
     from workers.compression.coreml import (
         UNET,
+        compile_packages,
         convert_pipeline,
         load_package_weights,
         package_megabytes,
@@ -158,6 +159,7 @@ def compress_model(
             "estimated_mb": sizes["palettized_mb"],
             "psnr_db": _probe_psnr(pipe, reference),
             "palettized_layers": len(coreml_bits),
+            **compile_packages(out),
         }
     info["seconds"] = round(time.perf_counter() - t0, 1)
     registry.register(
@@ -189,7 +191,12 @@ def convert_model(
         return compress_model(
             model, out, fmt="coreml", recipe_spec=recipe_spec, bits=bits, attention=attention
         )
-    from workers.compression.coreml import UNET, convert_pipeline, package_megabytes
+    from workers.compression.coreml import (
+        UNET,
+        compile_packages,
+        convert_pipeline,
+        package_megabytes,
+    )
 
     t0 = time.perf_counter()
     layout = convert_pipeline(
@@ -208,6 +215,7 @@ def convert_model(
         "attention": attention,
         "precision": precision,
         "inputs": layout["inputs"],
+        **compile_packages(out),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
