@@ -45,7 +45,7 @@ class TrainConfig:
     seed: int = 20261201
     threads: int = 2
     size: int = 64
-    vae_steps: int = 4000  # 2,000 left the VAE blurring colours and shapes (see training.json)
+    vae_steps: int = 2000
     vae_batch: int = 64
     vae_crop: int = 32  # the VAE is convolutional (no mid-block attention): train on crops
     vae_lr: float = 2e-3
