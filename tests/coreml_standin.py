@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType values
+from workers.backends.coreml import SPEC_DTYPES as _DTYPES  # the backend's own reading
 
 
 def package_consts(path: Path) -> dict[str, np.ndarray]:

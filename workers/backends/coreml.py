@@ -52,7 +52,7 @@ def model_paths(folder: Path) -> dict[str, Path]:
     return paths
 
 
-_SPEC_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType
+SPEC_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType
 _SCHEMA_DTYPES = {"Float32": np.float32, "Float16": np.float16, "Int32": np.int32}
 
 
@@ -72,7 +72,7 @@ def declared_inputs(path: Path) -> dict[str, Any]:
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     return {
-        i.name: _SPEC_DTYPES.get(i.type.multiArrayType.dataType, np.float32)
+        i.name: SPEC_DTYPES.get(i.type.multiArrayType.dataType, np.float32)
         for i in spec.description.input
     }
 
