@@ -115,13 +115,12 @@ def install(monkeypatch: Any, source_pipe: Any) -> dict[str, StandInModel]:
     import copy
 
     from workers.backends import coreml
-    from workers.compression.coreml import TEXT_ENCODER, UNET, VAE_DECODER, _wrappers
+    from workers.compression.coreml import _wrappers
 
     made: dict[str, StandInModel] = {}
 
     def load(_ct: Any, path: Path, _units: Any) -> StandInModel:
-        text, unet, vae = _wrappers(copy.deepcopy(source_pipe))
-        module = {TEXT_ENCODER: text, UNET: unet, VAE_DECODER: vae}[path.stem]
+        module, _outputs = _wrappers(copy.deepcopy(source_pipe))[path.stem]
         made[path.stem] = StandInModel(path, module)
         return made[path.stem]
 

@@ -116,10 +116,10 @@ def test_the_backend_sends_each_input_in_the_dtype_the_package_declares(
 def test_the_stand_in_refuses_what_the_package_does_not_declare(
     tiny: object, folders: dict[str, Path]
 ) -> None:
-    from workers.compression.coreml import _wrappers
+    from workers.compression.coreml import VAE_DECODER, _wrappers
 
     path = folders["fp16"] / "VAEDecoder.mlpackage"
-    model = StandInModel(path, _wrappers(tiny.pipe)[2])  # type: ignore[attr-defined]
+    model = StandInModel(path, _wrappers(tiny.pipe)[VAE_DECODER][0])  # type: ignore[attr-defined]
     z = np.zeros((1, 4, 8, 8), dtype=np.float16)
     assert model.predict({"z": z})["image"].shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="declared float16"):
@@ -141,3 +141,65 @@ def test_compiling_off_macos_says_what_to_run_on_the_mac(folders: dict[str, Path
     assert result["compile"].startswith("compiling to .mlmodelc needs macOS: on the Mac, in ")
     assert "xcrun coremlcompiler compile Unet.mlpackage ." in result["compile"]
     assert not list(folders["fp16"].glob("*.mlmodelc*"))
+
+
+# -- SDXL: two text encoders, time_ids and text_embeds, as Apple's SDXL packages take them ----
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, object, Path]]:
+    """tiny-xl through the diffusers backend, and the Core ML backend on its fp32 conversion."""
+    from workers.backends.coreml import CoreMLBackend
+    from workers.compression.coreml import convert_pipeline
+
+    diffusers, _ = PipelineCache(device="cpu", threads=2).get("tiny-xl")
+    folder = tmp_path_factory.mktemp("coreml") / "tiny-xl-fp32"
+    convert_pipeline(diffusers.pipe, folder, model_version="tiny-xl", precision="fp32")  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp, diffusers.pipe)  # type: ignore[attr-defined]
+        yield diffusers, CoreMLBackend("tiny-xl", folder, compute_units="CPU_ONLY"), folder
+
+
+def test_an_sdxl_folder_has_apples_packages_and_inputs(
+    tiny_xl: tuple[object, object, Path],
+) -> None:
+    from workers.backends.coreml import declared_inputs
+
+    _, _, folder = tiny_xl
+    assert {p.name for p in folder.glob("*.mlpackage")} == {
+        "TextEncoder.mlpackage",
+        "TextEncoder2.mlpackage",
+        "Unet.mlpackage",
+        "VAEDecoder.mlpackage",
+    }
+    assert (folder / "tokenizer_2").is_dir()
+    assert list(declared_inputs(folder / "Unet.mlpackage")) == [
+        "sample",
+        "timestep",
+        "encoder_hidden_states",
+        "time_ids",
+        "text_embeds",
+    ]
+    # SDXL's VAE is marked force_upcast: its decoder computes in fp32 even in fp16 folders
+    assert set(declared_inputs(folder / "VAEDecoder.mlpackage").values()) == {np.float32}
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "negative"),
+    [("euler", ""), ("dpmpp_2m", ""), ("euler_a", "a blue square"), ("ddim", "a blue square")],
+)
+def test_an_fp32_sdxl_package_makes_the_diffusers_image_bit_for_bit(
+    scheduler: str, negative: str, tiny_xl: tuple[object, object, Path]
+) -> None:
+    diffusers, coreml, _ = tiny_xl
+    req = GenerationRequest(
+        prompt="a red circle on a blue background",
+        negative_prompt=negative,  # empty: SDXL's zeros; else its encoding, by both encoders
+        seed=5,
+        steps=6,
+        guidance_scale=5.0,
+        width=64,
+        height=64,
+        scheduler=scheduler,
+    )
+    assert np.array_equal(pixels(coreml, req), pixels(diffusers, req))

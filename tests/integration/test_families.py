@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import CompressionError, JobInputError
+from orchestrator.errors import JobInputError
 from tests.conftest import sample_job
 from tests.e2e.conftest import Cli
 from workers import families
@@ -141,19 +141,6 @@ def test_uniform_variants_work_for_tiny_xl(cache: PipelineCache) -> None:
     a, b = pixels(fp.png).astype(int), pixels(eight.png).astype(int)
     assert a.shape == b.shape and not np.array_equal(a, b)
     assert np.abs(a - b).mean() < 2  # palettized to 8 bits: close, not equal (seeds: ~40)
-
-
-def test_model_commands_refuse_sdxl_in_one_line() -> None:
-    from workers.compression.commands import export_checkpoint_file
-
-    with pytest.raises(CompressionError) as info:
-        export_checkpoint_file("tiny-xl", Path("never-written.safetensors"))
-    assert str(info.value) == (
-        "model 'tiny-xl' is the built-in tiny SDXL (family tiny-xl); `orchestrate model` "
-        "analyze, compress, convert and export-checkpoint take Stable Diffusion 1.x and 2.x "
-        "models only"
-    )
-    assert not Path("never-written.safetensors").exists()
 
 
 # -- SD 2.x: v-prediction --------------------------------------------------------------------

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from workers.backends import GenerationRequest, GenerationResult, JobInputError, JobInterrupted
-from workers.compression.coreml import LAYOUT, SEQ_LEN, TEXT_ENCODER, UNET, VAE_DECODER
+from workers.compression.coreml import (
+    LAYOUT,
+    SEQ_LEN,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    UNET,
+    VAE_DECODER,
+)
 
 COMPUTE_UNITS = ("CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY")
 NEEDS_MACOS = (
@@ -39,15 +46,16 @@ class CoreMLUnavailable(JobInputError):
 
 
 def model_paths(folder: Path) -> dict[str, Path]:
-    """Each model of a converted folder: the compiled ``.mlmodelc`` if present, else the package."""
+    """Each model of a converted folder: the compiled ``.mlmodelc`` if present, else the
+    package. SDXL's folders have a second text encoder (``TextEncoder2``)."""
     paths = {}
-    for name in (TEXT_ENCODER, UNET, VAE_DECODER):
+    for name in (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER):
         compiled, package = folder / f"{name}.mlmodelc", folder / f"{name}.mlpackage"
         if compiled.exists():
             paths[name] = compiled
         elif package.exists():
             paths[name] = package
-        else:
+        elif name != TEXT_ENCODER_2:
             raise JobInputError(f"{folder} has no {name}.mlmodelc or {name}.mlpackage")
     return paths
 
@@ -77,9 +85,15 @@ def declared_inputs(path: Path) -> dict[str, Any]:
     }
 
 
-def unet_inputs(latents: np.ndarray, timestep: float, hidden: np.ndarray) -> dict[str, np.ndarray]:
+def unet_inputs(
+    latents: np.ndarray,
+    timestep: float,
+    hidden: np.ndarray,
+    added: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """The UNet's inputs in Apple's layout: a guided batch of two, and the text embeddings as
-    (B, C, 1, 77) instead of diffusers' (B, 77, C)."""
+    (B, C, 1, 77) instead of diffusers' (B, 77, C); SDXL's ``time_ids`` and ``text_embeds``
+    (``added``) as they are."""
     sample = np.concatenate([latents, latents]).astype(np.float32)
     return {
         "sample": sample,
@@ -87,7 +101,14 @@ def unet_inputs(latents: np.ndarray, timestep: float, hidden: np.ndarray) -> dic
         "encoder_hidden_states": np.ascontiguousarray(
             hidden.transpose(0, 2, 1)[:, :, None, :]
         ).astype(np.float32),
+        **(added or {}),
     }
+
+
+def time_ids(width: int, height: int) -> np.ndarray:
+    """SDXL's size conditioning for both guidance halves, as its pipeline defaults it:
+    original size and target size the image's own, crop at (0, 0)."""
+    return np.array([[height, width, 0, 0, height, width]] * 2, dtype=np.float32)
 
 
 def check_platform() -> None:
@@ -124,9 +145,17 @@ class CoreMLBackend:
         paths = model_paths(folder)
         self.models = {name: self._load(ct, path, units) for name, path in paths.items()}
         self.input_types = {name: declared_inputs(path) for name, path in paths.items()}
-        self.tokenizer = CLIPTokenizer.from_pretrained(
-            folder / "tokenizer", model_max_length=SEQ_LEN
-        )
+        # SDXL (read from the UNet's own inputs): two encoders, each with its tokenizer
+        self.xl = "text_embeds" in self.input_types[UNET]
+        if self.xl and TEXT_ENCODER_2 not in paths:
+            raise JobInputError(
+                f"{folder}: an SDXL UNet needs {TEXT_ENCODER_2}.mlpackage beside it"
+            )
+        self.encoders = [TEXT_ENCODER, *([TEXT_ENCODER_2] if self.xl else [])]
+        self.tokenizers = [
+            CLIPTokenizer.from_pretrained(folder / sub, model_max_length=SEQ_LEN)
+            for sub in ("tokenizer", "tokenizer_2")[: len(self.encoders)]
+        ]
         self.scheduler_config = json.loads(
             (folder / "scheduler" / "scheduler_config.json").read_text()
         )
@@ -149,12 +178,42 @@ class CoreMLBackend:
             {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in inputs.items()}
         )
 
-    def _encode(self, text: str) -> np.ndarray:
-        ids = self.tokenizer(
-            text, padding="max_length", max_length=SEQ_LEN, truncation=True, return_tensors="np"
-        ).input_ids
-        out = self._predict(TEXT_ENCODER, {"input_ids": ids.astype(np.float32)})
-        return np.asarray(out["last_hidden_state"], dtype=np.float32)
+    def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """A prompt's context for the UNet and the last encoder's pooled output (which SDXL's
+        UNet takes): SD's encoder's last hidden state; SDXL's two penultimate hidden states,
+        concatenated, and the second encoder's projected pooled output (as the SDXL pipeline
+        encodes)."""
+        hidden, pooled = [], np.zeros(0, dtype=np.float32)
+        for name, tokenizer in zip(self.encoders, self.tokenizers, strict=True):
+            ids = tokenizer(
+                text, padding="max_length", max_length=SEQ_LEN, truncation=True, return_tensors="np"
+            ).input_ids
+            out = self._predict(name, {"input_ids": ids.astype(np.float32)})
+            hidden.append(np.asarray(out["hidden_embeds" if self.xl else "last_hidden_state"]))
+            pooled = np.asarray(out["pooled_outputs"], dtype=np.float32)
+        return np.concatenate(hidden, axis=-1).astype(np.float32), pooled
+
+    def _encode_pair(
+        self, request: GenerationRequest
+    ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """The guided pair's context (negative first, as diffusers batches it) and SDXL's
+        added inputs. SDXL with an empty negative prompt: zeros where its config says so."""
+        cond, pooled = self._encode(request.prompt)
+        if (
+            self.xl
+            and not request.negative_prompt
+            and self.layout.get("force_zeros_for_empty_prompt", True)
+        ):
+            uncond, uncond_pooled = np.zeros_like(cond), np.zeros_like(pooled)
+        else:
+            uncond, uncond_pooled = self._encode(request.negative_prompt)
+        hidden = np.concatenate([uncond, cond])
+        if not self.xl:
+            return hidden, None
+        return hidden, {
+            "time_ids": time_ids(request.width, request.height),
+            "text_embeds": np.concatenate([uncond_pooled, pooled]),
+        }
 
     def generate_batch(
         self, requests: Sequence[GenerationRequest], should_stop: Callable[[], bool] | None = None
@@ -178,9 +237,7 @@ class CoreMLBackend:
             )
         # 1. Text encoding (negative prompt first, as diffusers batches it)
         t0 = time.perf_counter()
-        hidden = np.concatenate(
-            [self._encode(request.negative_prompt), self._encode(request.prompt)]
-        )
+        hidden, added = self._encode_pair(request)
         t1 = time.perf_counter()
         # 2. Denoising: diffusers' scheduler, CPU noise from the job's seed
         scheduler = build_scheduler(request.scheduler, self.scheduler_config)
@@ -196,7 +253,7 @@ class CoreMLBackend:
         step_ends = []
         for t in scheduler.timesteps:
             x = scheduler.scale_model_input(latents, t).numpy()
-            out = self._predict(UNET, unet_inputs(x, float(t), hidden))["noise_pred"]
+            out = self._predict(UNET, unet_inputs(x, float(t), hidden, added))["noise_pred"]
             uncond, cond = np.split(np.asarray(out, dtype=np.float32), 2)
             noise = torch.from_numpy(uncond + request.guidance_scale * (cond - uncond))
             latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample

@@ -59,6 +59,32 @@ class ProbeConfig:
     threads: int = 2
 
 
+def guided_conditioning(
+    pipe: Any, prompts: tuple[str, ...], side: int
+) -> tuple[Any, dict[str, Any] | None]:
+    """The UNet's conditioning for ``prompts`` with classifier-free guidance, unconditional
+    half first: the text context, and for SDXL the added embeddings (pooled text and the size
+    ``time_ids`` of a ``side``-pixel image). The negative prompt is empty: SD encodes "";
+    SDXL's pipeline gives zeros where its config says so, as generation does."""
+    import torch
+
+    n = len(prompts)
+    with torch.inference_mode():
+        if getattr(pipe, "text_encoder_2", None) is None:
+            cond, uncond = pipe.encode_prompt(list(prompts), "cpu", 1, True, [""] * n)
+            return torch.cat([uncond, cond]).float(), None
+        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+            prompt=list(prompts),
+            device="cpu",
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            negative_prompt=None,
+        )
+    ids = torch.tensor([[side, side, 0, 0, side, side]] * (2 * n), dtype=torch.float32)
+    added = {"text_embeds": torch.cat([uncond_pooled, pooled]).float(), "time_ids": ids}
+    return torch.cat([uncond, cond]).float(), added
+
+
 class Probe:
     """A UNet and fixed inputs; ``run()`` gives the guided noise prediction for each prompt."""
 
@@ -70,12 +96,8 @@ class Probe:
         torch.set_num_threads(config.threads)
         self.unet = pipe.unet.to(torch.float32).eval()
         self.config = config
-        with torch.inference_mode():
-            cond, uncond = pipe.encode_prompt(
-                list(config.prompts), "cpu", 1, True, [""] * len(config.prompts)
-            )
-        self.embeddings = torch.cat([uncond, cond]).float()
         size = config.latent_size or int(self.unet.config.sample_size)
+        self.embeddings, self.added = guided_conditioning(pipe, config.prompts, size * 8)
         g = torch.Generator("cpu").manual_seed(config.seed)
         channels = int(self.unet.config.in_channels)
         self.latents = torch.randn((len(config.prompts), channels, size, size), generator=g)
@@ -88,7 +110,12 @@ class Probe:
 
         with torch.inference_mode():
             x = torch.cat([self.latents, self.latents])
-            out = self.unet(x, self.timestep, encoder_hidden_states=self.embeddings).sample
+            out = self.unet(
+                x,
+                self.timestep,
+                encoder_hidden_states=self.embeddings,
+                added_cond_kwargs=self.added,
+            ).sample
             uncond, cond = out.chunk(2)
             guided = uncond + self.config.guidance_scale * (cond - uncond)
         return guided.numpy().copy()

@@ -14,25 +14,26 @@ from workers.compression import registry
 from workers.compression.analysis import AnalysisPlan, Probe, ProbeConfig, analyze
 from workers.compression.palettize import NBITS, mean, psnr, uniform_recipe
 from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
+from workers.families import PIPELINES, SD_PIPELINE
 
 FORMATS = ("torch", "coreml")
 
 
-def _pipeline(model: str) -> Any:
+def _pipeline(model: str, *, families: tuple[str, ...] = PIPELINES) -> Any:
+    """``model`` loaded in fp32 for the model commands, refused in one line when its pipeline
+    is not one of ``families``: SD 1.x/2.x and SDXL for analyze, recipe, compress and convert
+    (Apple's Core ML layouts for both); the single-file export is SD 1.x/2.x's layout only."""
     import torch
 
     from workers.backends.diffusers import load_pipeline, model_source, source_family
 
     source = model_source(model)
     info = source_family(source)
-    if info is not None and info.pipeline != "StableDiffusionPipeline":
-        # The probes, the Core ML conversion and the single-file layout are Stable
-        # Diffusion's (one text encoder, no added embeddings); uniform 8/6/4-bit variants
-        # in a manifest work for every family.
+    if info is not None and info.pipeline not in families:
+        which = "SD 1.x and 2.x" if families == (SD_PIPELINE,) else "SD 1.x, 2.x and SDXL"
         raise CompressionError(
-            f"model {model!r} is {info.family.title} (family {info.family.name}); "
-            "`orchestrate model` analyze, compress, convert and export-checkpoint take "
-            "Stable Diffusion 1.x and 2.x models only"
+            f"model {model!r} is {info.family.title} (family {info.family.name}); this "
+            f"`orchestrate model` command takes {which} models only"
         )
     return load_pipeline(source, torch.float32)
 
@@ -232,7 +233,7 @@ def export_checkpoint_file(model: str, out: Path) -> dict[str, Any]:
     if out.suffix.lower() != ".safetensors":
         raise ValueError(f"--out must name a .safetensors file, not {out}")
     started = time.perf_counter()
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, families=(SD_PIPELINE,))
     family = family_of(pipe)
     path = export_checkpoint(pipe, out, family)
     return {

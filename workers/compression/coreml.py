@@ -1,7 +1,7 @@
-"""Core ML export and palettization: text encoder, UNet and VAE decoder to ``.mlpackage``
-(mlprogram, fp16), in a folder the Core ML backend loads and Apple's Swift ``StableDiffusion``
-package can use once compiled (``TextEncoder``, ``Unet``, ``VAEDecoder``, ``vocab.json``,
-``merges.txt``). Conversion and palettization run on Linux; only prediction needs macOS.
+"""Core ML export and palettization: text encoder(s), UNet and VAE decoder to ``.mlpackage``
+(mlprogram, fp16; SD 1.x/2.x and SDXL in Apple's layouts), in a folder the Core ML backend
+loads and Apple's Swift ``StableDiffusion`` package can use once compiled (``TextEncoder``,
+``TextEncoder2`` for SDXL, ``Unet``, ``VAEDecoder``, ``vocab.json``, ``merges.txt``). Conversion and palettization run on Linux; only prediction needs macOS.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 ATTENTIONS = ("original", "split_einsum")
 PRECISIONS = ("fp16", "fp32")
 LAYOUT = "orchestrate-coreml.json"
-TEXT_ENCODER, UNET, VAE_DECODER = "TextEncoder", "Unet", "VAEDecoder"
+TEXT_ENCODER, TEXT_ENCODER_2 = "TextEncoder", "TextEncoder2"
+UNET, VAE_DECODER = "Unet", "VAEDecoder"
 SEQ_LEN = 77
 
 
@@ -69,18 +70,46 @@ class SplitEinsumAttnProcessor:
         return attn.to_out[1](out)
 
 
-def _wrappers(pipe: Any) -> tuple[Any, Any, Any]:
+def is_xl(pipe: Any) -> bool:
+    """Whether a pipeline is SDXL's: a second text encoder and the UNet's added embeddings."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def _pooled_width(encoder: Any) -> int:
+    """The width of an encoder's pooled output: its projection's when it has one (SDXL's
+    second encoder, whose projected ``text_embeds`` the UNet takes), else its hidden size."""
+    config = encoder.config
+    return (
+        int(getattr(config, "projection_dim", 0) or 0)
+        if hasattr(encoder, "text_projection")
+        else int(config.hidden_size)
+    )
+
+
+def _wrappers(pipe: Any) -> dict[str, tuple[Any, list[str]]]:
+    """Each package's torch module, in Apple's layouts, and its output names. SD: TextEncoder
+    (last hidden state, pooled), Unet, VAEDecoder. SDXL, as Apple converts it: TextEncoder and
+    TextEncoder2 giving their penultimate hidden states (``hidden_embeds``; the UNet's context
+    is the two, concatenated) and pooled outputs (the second's projected ``text_embeds`` is the
+    UNet's pooled input), and a Unet that also takes ``time_ids`` and ``text_embeds``."""
     import torch
     from torch import nn
 
+    xl = is_xl(pipe)
+
     class TextEncoder(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, encoder: Any) -> None:
             super().__init__()
-            self.text_encoder = pipe.text_encoder
+            self.text_encoder = encoder
 
         def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = self.text_encoder(input_ids.to(torch.int64), return_dict=False)
-            return out[0], out[1]
+            ids = input_ids.to(torch.int64)
+            if not xl:
+                out = self.text_encoder(ids, return_dict=False)
+                return out[0], out[1]
+            out = self.text_encoder(ids, output_hidden_states=True)
+            pooled = out.text_embeds if "text_embeds" in out else out.pooler_output
+            return out.hidden_states[-2], pooled
 
     class Unet(nn.Module):
         """The UNet with Apple's input layout: encoder_hidden_states as (B, C, 1, 77)."""
@@ -90,10 +119,16 @@ def _wrappers(pipe: Any) -> tuple[Any, Any, Any]:
             self.unet = pipe.unet
 
         def forward(
-            self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+            self,
+            sample: torch.Tensor,
+            timestep: torch.Tensor,
+            encoder_hidden_states: torch.Tensor,
+            *added: torch.Tensor,
         ) -> tuple[torch.Tensor]:
             states = encoder_hidden_states.squeeze(2).transpose(1, 2)
-            return (self.unet(sample, timestep, states, return_dict=False)[0],)
+            extra = {"time_ids": added[0], "text_embeds": added[1]} if added else None
+            out = self.unet(sample, timestep, states, added_cond_kwargs=extra, return_dict=False)
+            return (out[0],)
 
     class VAEDecoder(nn.Module):
         def __init__(self) -> None:
@@ -104,7 +139,15 @@ def _wrappers(pipe: Any) -> tuple[Any, Any, Any]:
         def forward(self, z: torch.Tensor) -> torch.Tensor:
             return self.decoder(self.post_quant_conv(z))
 
-    return TextEncoder().eval(), Unet().eval(), VAEDecoder().eval()
+    text_outputs = ["hidden_embeds" if xl else "last_hidden_state", "pooled_outputs"]
+    modules: dict[str, tuple[Any, list[str]]] = {
+        TEXT_ENCODER: (TextEncoder(pipe.text_encoder).eval(), text_outputs)
+    }
+    if xl:
+        modules[TEXT_ENCODER_2] = (TextEncoder(pipe.text_encoder_2).eval(), text_outputs)
+    modules[UNET] = (Unet().eval(), ["noise_pred"])
+    modules[VAE_DECODER] = (VAEDecoder().eval(), ["image"])
+    return modules
 
 
 def input_shapes(
@@ -113,16 +156,29 @@ def input_shapes(
     """The fixed input shapes of each package (batch 2: classifier-free guidance)."""
     side = latent_size or int(pipe.unet.config.sample_size)
     channels = int(pipe.unet.config.in_channels)
-    hidden = int(pipe.text_encoder.config.hidden_size)
-    return {
-        TEXT_ENCODER: {"input_ids": [1, SEQ_LEN]},
-        UNET: {
-            "sample": [batch, channels, side, side],
-            "timestep": [batch],
-            "encoder_hidden_states": [batch, hidden, 1, SEQ_LEN],
-        },
-        VAE_DECODER: {"z": [1, int(pipe.vae.config.latent_channels), side, side]},
+    encoders = [pipe.text_encoder, *([pipe.text_encoder_2] if is_xl(pipe) else [])]
+    hidden = sum(int(e.config.hidden_size) for e in encoders)
+    shapes = {TEXT_ENCODER: {"input_ids": [1, SEQ_LEN]}}
+    if is_xl(pipe):
+        shapes[TEXT_ENCODER_2] = {"input_ids": [1, SEQ_LEN]}
+    shapes[UNET] = {
+        "sample": [batch, channels, side, side],
+        "timestep": [batch],
+        "encoder_hidden_states": [batch, hidden, 1, SEQ_LEN],
     }
+    if is_xl(pipe):
+        shapes[UNET]["time_ids"] = [batch, 6]  # original size, crop top-left, target size
+        shapes[UNET]["text_embeds"] = [batch, _pooled_width(pipe.text_encoder_2)]
+    shapes[VAE_DECODER] = {"z": [1, int(pipe.vae.config.latent_channels), side, side]}
+    return shapes
+
+
+def vae_precision(pipe: Any, precision: str) -> str:
+    """SDXL's VAE overflows in fp16 (its config's ``force_upcast`` says so, and the SDXL
+    pipeline decodes in fp32): its decoder package computes in fp32 whatever the rest uses."""
+    if is_xl(pipe) and pipe.vae.config.get("force_upcast", False):
+        return "fp32"
+    return precision
 
 
 def convert_pipeline(
@@ -134,7 +190,8 @@ def convert_pipeline(
     latent_size: int | None = None,
     precision: str = "fp16",
 ) -> dict[str, Any]:
-    """Export the three models and the tokenizer/scheduler files into ``out`` (atomically).
+    """Export the models (SD: three; SDXL: four, with the second text encoder) and the
+    tokenizer/scheduler files into ``out`` (atomically).
     ``precision``: the packages' weights and compute, fp16 (what Apple ships and the Neural
     Engine runs) or fp32 (the torch model's own numbers: for checking a conversion)."""
     import torch
@@ -148,34 +205,33 @@ def convert_pipeline(
     if attention == "split_einsum":
         pipe.unet.set_attn_processor(SplitEinsumAttnProcessor())
     shapes = input_shapes(pipe, latent_size)
-    text_encoder, unet, vae_decoder = _wrappers(pipe)
-    specs = {
-        TEXT_ENCODER: (text_encoder, ["last_hidden_state", "pooled_outputs"]),
-        UNET: (unet, ["noise_pred"]),
-        VAE_DECODER: (vae_decoder, ["image"]),
-    }
+    side = int(shapes[UNET]["sample"][-1]) * 8
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for name, (module, outputs) in specs.items():
+        for name, (module, outputs) in _wrappers(pipe).items():
             g = torch.Generator().manual_seed(0)
             example = []
             for inp, shape in shapes[name].items():
                 if inp == "input_ids":
-                    example.append(
-                        torch.randint(
-                            0, int(pipe.text_encoder.config.vocab_size), shape, generator=g
-                        ).float()
-                    )
+                    vocab = int(module.text_encoder.config.vocab_size)
+                    example.append(torch.randint(0, vocab, shape, generator=g).float())
                 elif inp == "timestep":
                     example.append(torch.full(shape, 500.0))
+                elif inp == "time_ids":
+                    example.append(
+                        torch.tensor([[side, side, 0, 0, side, side]] * shape[0]).float()
+                    )
                 else:
                     example.append(torch.randn(shape, generator=g))
+            package_precision = vae_precision(pipe, precision) if name == VAE_DECODER else precision
             # Tracing and conversion warn about every Python branch they freeze and every op
             # they rewrite; for fixed shapes these are expected, and they bury real problems.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                mlmodel = _trace_and_convert(ct, module, example, shapes[name], outputs, precision)
+                mlmodel = _trace_and_convert(
+                    ct, module, example, shapes[name], outputs, package_precision
+                )
             mlmodel.short_description = f"{name} of {model_version} (orchestrate)"
             mlmodel.save(str(tmp / f"{name}.mlpackage"))
         _write_resources(pipe, tmp)
@@ -185,6 +241,13 @@ def convert_pipeline(
             "inputs": shapes,
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
             "precision": precision,
+            "vae_precision": vae_precision(pipe, precision),
+            "family": "sdxl" if is_xl(pipe) else "sd",
+            # SDXL: an empty negative prompt is zeros, not the encoding of "" (its pipeline's
+            # config says which; SDXL base was trained so)
+            "force_zeros_for_empty_prompt": bool(
+                is_xl(pipe) and pipe.config.get("force_zeros_for_empty_prompt", True)
+            ),
             "palettization": None,
         }
         (tmp / LAYOUT).write_text(json.dumps(layout, indent=2))
@@ -224,6 +287,8 @@ def _write_resources(pipe: Any, folder: Path) -> None:
     package, and the diffusers folders the Python backend loads."""
     tok = pipe.tokenizer
     tok.save_pretrained(folder / "tokenizer")
+    if is_xl(pipe):  # its own padding token, for SDXL base
+        pipe.tokenizer_2.save_pretrained(folder / "tokenizer_2")
     pipe.scheduler.save_pretrained(folder / "scheduler")
     vocab = tok.get_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
