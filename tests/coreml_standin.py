@@ -13,13 +13,16 @@ the compute-unit split; a Mac run confirms those (README, "Core ML on a Mac").
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workers.backends.coreml import SPEC_DTYPES as _DTYPES  # the backend's own reading
+from tests.apple_layout import COMPILED_FROM, role_modules, role_of
+from workers.backends.coreml_folder import SPEC_DTYPES as _DTYPES  # the backend's own reading
+from workers.backends.coreml_folder import model_inputs
 
 
 def package_consts(path: Path) -> dict[str, np.ndarray]:
@@ -60,14 +63,26 @@ class StandInModel:
         import coremltools as ct
         import torch
 
-        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
         self.path = path
-        self.inputs = {
-            i.name: (tuple(i.type.multiArrayType.shape), _DTYPES[i.type.multiArrayType.dataType])
-            for i in spec.description.input
-        }
-        self.outputs = [o.name for o in spec.description.output]
-        consts = package_consts(path)
+        if path.suffix == ".mlmodelc":
+            # A compiled model says what it takes in its metadata.json (read as the backend
+            # reads it); its weights are the package it was made from (tests/apple_layout.py).
+            meta = json.loads((path / "metadata.json").read_text())[0]
+            self.inputs = {name: (d.shape, d.dtype) for name, d in model_inputs(path).items()}
+            self.outputs = [o["name"] for o in meta["outputSchema"]]
+            package = COMPILED_FROM[path]
+        else:
+            spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+            self.inputs = {
+                i.name: (
+                    tuple(i.type.multiArrayType.shape),
+                    _DTYPES[i.type.multiArrayType.dataType],
+                )
+                for i in spec.description.input
+            }
+            self.outputs = [o.name for o in spec.description.output]
+            package = path
+        consts = package_consts(package)
         self.loaded: list[str] = []
         self.missing: list[str] = []
         with torch.no_grad():
@@ -115,12 +130,12 @@ def install(monkeypatch: Any, source_pipe: Any) -> dict[str, StandInModel]:
     import copy
 
     from workers.backends import coreml
-    from workers.compression.coreml import _wrappers
 
     made: dict[str, StandInModel] = {}
 
     def load(_ct: Any, path: Path, _units: Any) -> StandInModel:
-        module, _outputs = _wrappers(copy.deepcopy(source_pipe))[path.stem]
+        # the architecture by the model's role (our names or Apple's, UNet chunks included)
+        module = role_modules(copy.deepcopy(source_pipe))[role_of(path)]
         made[path.stem] = StandInModel(path, module)
         return made[path.stem]
 

@@ -172,13 +172,14 @@ def resolve_coreml_folder(model: str, quantization: str) -> Any:
     or ``model`` itself when it names such a folder."""
     from pathlib import Path
 
+    from workers.backends.coreml_folder import is_coreml_folder
     from workers.compression import registry
 
     found = registry.lookup(model, quantization, "coreml")
     if found is not None:
         return found
-    if quantization == "fp16" and (Path(model).expanduser() / "Unet.mlpackage").exists():
-        return Path(model).expanduser()
+    if quantization == "fp16" and is_coreml_folder(Path(model).expanduser()):
+        return Path(model).expanduser()  # ours, or Apple's (Swift resources or packages)
     raise JobInputError(
         f"no Core ML variant {quantization!r} of model {model!r} on this worker; make one with "
         f"`orchestrate model convert --model {model} --out DIR` (with --bits or --recipe to compress)"

@@ -1,20 +1,22 @@
-"""The Core ML backend (macOS only): a folder from ``orchestrate model convert|compress``.
+"""The Core ML backend (macOS only): a folder from ``orchestrate model convert|compress``, or
+Apple's own (its Swift resources, compiled, the UNet whole or in two chunks; or its Python
+converter's packages), read by ``workers.backends.coreml_folder``.
 
-Text encoder, UNet and VAE decoder run as Core ML models (compiled ``.mlmodelc`` where present,
+Text encoder(s), UNet and VAE decoder run as Core ML models (compiled ``.mlmodelc`` where present,
 which load in seconds; otherwise ``.mlpackage``, which Core ML specialises on first load, for
 minutes on a real model); the denoising loop is the same diffusers scheduler stepping as the
 diffusers backend, with the same CPU noise. On any other system it refuses: Core ML prediction
 exists only on macOS, and nothing here pretends otherwise.
 
-What runs on Linux, and is tested there: finding the models, the input layouts, the refusal.
-The prediction path below is written against coremltools' documented ``MLModel.predict`` and
-has not been run by this project's CI (no Mac in it).
+What runs on Linux, and is tested there: finding the models, the input layouts, the refusal,
+and ``generate()`` itself against a stand-in for ``MLModel`` that evaluates each package's own
+spec and weights through torch (tests/coreml_standin.py); Core ML's own kernels are what only
+a Mac run confirms.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import platform
 import sys
 import time
@@ -25,14 +27,10 @@ from typing import Any
 import numpy as np
 
 from workers.backends import GenerationRequest, GenerationResult, JobInputError, JobInterrupted
-from workers.compression.coreml import (
-    LAYOUT,
-    SEQ_LEN,
-    TEXT_ENCODER,
-    TEXT_ENCODER_2,
-    UNET,
-    VAE_DECODER,
-)
+from workers.backends.coreml_folder import SPEC_DTYPES, declared_inputs, read_folder
+from workers.compression.coreml import SEQ_LEN, TEXT_ENCODER, TEXT_ENCODER_2, VAE_DECODER
+
+__all__ = ["SPEC_DTYPES", "CoreMLBackend", "declared_inputs"]
 
 COMPUTE_UNITS = ("CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY")
 NEEDS_MACOS = (
@@ -43,46 +41,6 @@ NEEDS_MACOS = (
 
 class CoreMLUnavailable(JobInputError):
     """Core ML prediction is not possible on this machine."""
-
-
-def model_paths(folder: Path) -> dict[str, Path]:
-    """Each model of a converted folder: the compiled ``.mlmodelc`` if present, else the
-    package. SDXL's folders have a second text encoder (``TextEncoder2``)."""
-    paths = {}
-    for name in (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER):
-        compiled, package = folder / f"{name}.mlmodelc", folder / f"{name}.mlpackage"
-        if compiled.exists():
-            paths[name] = compiled
-        elif package.exists():
-            paths[name] = package
-        elif name != TEXT_ENCODER_2:
-            raise JobInputError(f"{folder} has no {name}.mlmodelc or {name}.mlpackage")
-    return paths
-
-
-SPEC_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType
-_SCHEMA_DTYPES = {"Float32": np.float32, "Float16": np.float16, "Int32": np.int32}
-
-
-def declared_inputs(path: Path) -> dict[str, Any]:
-    """Each input of a model and the dtype it declares, read from the model itself (never
-    assumed: Apple's packages take fp16, ours fp32 or fp16 by their precision). A package's
-    spec is read with coremltools (any OS); a compiled ``.mlmodelc`` says it in its
-    ``metadata.json``."""
-    if path.suffix == ".mlmodelc":
-        meta = json.loads((path / "metadata.json").read_text())
-        entry = meta[0] if isinstance(meta, list) else meta
-        return {
-            i["name"]: _SCHEMA_DTYPES.get(i.get("dataType", "Float32"), np.float32)
-            for i in entry.get("inputSchema", [])
-        }
-    import coremltools as ct
-
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    return {
-        i.name: SPEC_DTYPES.get(i.type.multiArrayType.dataType, np.float32)
-        for i in spec.description.input
-    }
 
 
 def unet_inputs(
@@ -129,7 +87,6 @@ class CoreMLBackend:
     ) -> None:
         check_platform()
         import coremltools as ct
-        from transformers import CLIPTokenizer
 
         if compute_units not in COMPUTE_UNITS:
             raise JobInputError(
@@ -140,25 +97,20 @@ class CoreMLBackend:
         self.device = compute_units
         self.dtype = "fp16"
         self.threads = 0
-        self.layout = json.loads((folder / LAYOUT).read_text())
+        # Ours, Apple's Swift resources or Apple's Python packages: names, chunks, family
+        self.folder = read_folder(folder)
+        self.xl = self.folder.xl
         units = getattr(ct.ComputeUnit, compute_units)
-        paths = model_paths(folder)
-        self.models = {name: self._load(ct, path, units) for name, path in paths.items()}
-        self.input_types = {name: declared_inputs(path) for name, path in paths.items()}
-        # SDXL (read from the UNet's own inputs): two encoders, each with its tokenizer
-        self.xl = "text_embeds" in self.input_types[UNET]
-        if self.xl and TEXT_ENCODER_2 not in paths:
-            raise JobInputError(
-                f"{folder}: an SDXL UNet needs {TEXT_ENCODER_2}.mlpackage beside it"
-            )
+        self.models = {
+            name: self._load(ct, path, units) for name, path in self.folder.paths.items()
+        }
+        self.input_types = {
+            name: {k: d.dtype for k, d in declared.items()}
+            for name, declared in self.folder.inputs.items()
+        }
         self.encoders = [TEXT_ENCODER, *([TEXT_ENCODER_2] if self.xl else [])]
-        self.tokenizers = [
-            CLIPTokenizer.from_pretrained(folder / sub, model_max_length=SEQ_LEN)
-            for sub in ("tokenizer", "tokenizer_2")[: len(self.encoders)]
-        ]
-        self.scheduler_config = json.loads(
-            (folder / "scheduler" / "scheduler_config.json").read_text()
-        )
+        self.tokenizers = self.folder.tokenizers(SEQ_LEN)
+        self.scheduler_config = self.folder.scheduler_config
 
     @staticmethod
     def _load(ct: Any, path: Path, units: Any) -> Any:
@@ -177,6 +129,22 @@ class CoreMLBackend:
         return self.models[name].predict(
             {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in inputs.items()}
         )
+
+    def _unet(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The guided noise prediction: the UNet whole, or its chunks in turn, each given what
+        it declares from the UNet's inputs and the earlier chunks' outputs (as Apple's Swift
+        pipeline chains UnetChunk1 and UnetChunk2)."""
+        available = dict(inputs)
+        out: dict[str, Any] = {}
+        for part in self.folder.unet_parts:
+            declared = self.input_types[part]
+            missing = sorted(set(declared) - set(available))
+            if missing:
+                raise JobInputError(f"{part} needs inputs {missing} that nothing before it gives")
+            out = self._predict(part, {k: available[k] for k in declared})
+            available.update(out)
+        noise = out["noise_pred"] if "noise_pred" in out else next(iter(out.values()))
+        return np.asarray(noise, dtype=np.float32)
 
     def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """A prompt's context for the UNet and the last encoder's pooled output (which SDXL's
@@ -199,11 +167,7 @@ class CoreMLBackend:
         """The guided pair's context (negative first, as diffusers batches it) and SDXL's
         added inputs. SDXL with an empty negative prompt: zeros where its config says so."""
         cond, pooled = self._encode(request.prompt)
-        if (
-            self.xl
-            and not request.negative_prompt
-            and self.layout.get("force_zeros_for_empty_prompt", True)
-        ):
+        if self.xl and not request.negative_prompt and self.folder.force_zeros_for_empty_prompt:
             uncond, uncond_pooled = np.zeros_like(cond), np.zeros_like(pooled)
         else:
             uncond, uncond_pooled = self._encode(request.negative_prompt)
@@ -230,10 +194,11 @@ class CoreMLBackend:
 
         from workers.schedulers import build_scheduler
 
-        side = self.layout["inputs"][UNET]["sample"][-1] * 8
-        if (request.width, request.height) != (side, side):
+        height, width = (d * 8 for d in self.folder.sample_shape[-2:])
+        if (request.width, request.height) != (width, height):
             raise JobInputError(
-                f"this Core ML model was converted for {side}x{side}, not {request.width}x{request.height}"
+                f"this Core ML model was converted for {width}x{height}, "
+                f"not {request.width}x{request.height}"
             )
         # 1. Text encoding (negative prompt first, as diffusers batches it)
         t0 = time.perf_counter()
@@ -242,7 +207,7 @@ class CoreMLBackend:
         # 2. Denoising: diffusers' scheduler, CPU noise from the job's seed
         scheduler = build_scheduler(request.scheduler, self.scheduler_config)
         scheduler.set_timesteps(request.steps)
-        shape = self.layout["inputs"][UNET]["sample"][1:]
+        shape = self.folder.sample_shape[1:]
         g = torch.Generator("cpu").manual_seed(request.seed)
         latents = torch.randn((1, *shape), generator=g) * scheduler.init_noise_sigma
         # Ancestral and SDE steps draw fresh noise: from the job's generator, as diffusers'
@@ -253,7 +218,7 @@ class CoreMLBackend:
         step_ends = []
         for t in scheduler.timesteps:
             x = scheduler.scale_model_input(latents, t).numpy()
-            out = self._predict(UNET, unet_inputs(x, float(t), hidden, added))["noise_pred"]
+            out = self._unet(unet_inputs(x, float(t), hidden, added))
             uncond, cond = np.split(np.asarray(out, dtype=np.float32), 2)
             noise = torch.from_numpy(uncond + request.guidance_scale * (cond - uncond))
             latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
@@ -262,7 +227,7 @@ class CoreMLBackend:
                 raise JobInterrupted(f"stopped after step {len(step_ends)}")
         t2 = time.perf_counter()
         # 3. VAE decode
-        z = (latents / self.layout["vae_scaling_factor"]).numpy().astype(np.float32)
+        z = (latents / self.folder.vae_scaling_factor).numpy().astype(np.float32)
         image = np.asarray(self._predict(VAE_DECODER, {"z": z})["image"], dtype=np.float32)[0]
         pixels = ((image.transpose(1, 2, 0) / 2 + 0.5).clip(0, 1) * 255).round().astype(np.uint8)
         t3 = time.perf_counter()
