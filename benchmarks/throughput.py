@@ -387,9 +387,7 @@ def main() -> None:
         print("program and metadata, which weigh more at toy size):")
         for k, v in packages.items():
             print(f"  {k}: {v['package_mb']:.3f} vs {v['estimate_mb']:.3f}")
-        save(
-            "throughput_sdxl_sizes", {"sdxl_unet": sizes, "tiny_xl_coreml_unet": packages}
-        )
+        save("throughput_sdxl_sizes", {"sdxl_unet": sizes, "tiny_xl_coreml_unet": packages})
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -152,9 +152,9 @@ def recipe_cmd(
 )
 @option(
     "--attention",
-    type=click.Choice(["original", "split_einsum"]),
+    type=click.Choice(["original", "split_einsum", "split_einsum_v2"]),
     default="original",
-    help="Core ML attention form.",
+    help="Core ML attention form (split_einsum_v2: the Neural Engine layout).",
 )
 @_usage
 def compress_cmd(
@@ -215,9 +215,10 @@ def export_checkpoint_cmd(model_name: str, out: str) -> None:
 )
 @option(
     "--attention",
-    type=click.Choice(["original", "split_einsum"]),
+    type=click.Choice(["original", "split_einsum", "split_einsum_v2"]),
     default="original",
-    help="split_einsum: per-head attention, for the Neural Engine.",
+    help="split_einsum: per-head attention; split_einsum_v2: the UNet's transformer blocks "
+    "in the Neural Engine's (B, C, 1, S) layout, for CPU_AND_NE workers.",
 )
 @option(
     "--bits",

@@ -23,7 +23,7 @@ from workers.compression.palettize import KEEP
 
 logger = logging.getLogger(__name__)
 
-ATTENTIONS = ("original", "split_einsum")
+ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
 PRECISIONS = ("fp16", "fp32")
 LAYOUT = "orchestrate-coreml.json"
 TEXT_ENCODER, TEXT_ENCODER_2 = "TextEncoder", "TextEncoder2"
@@ -204,6 +204,10 @@ def convert_pipeline(
     pipe = pipe.to(torch.float32)
     if attention == "split_einsum":
         pipe.unet.set_attn_processor(SplitEinsumAttnProcessor())
+    elif attention == "split_einsum_v2":  # the Neural Engine's (B, C, 1, S) layout, in place
+        from workers.compression.ane import to_neural_engine_layout
+
+        to_neural_engine_layout(pipe.unet)
     shapes = input_shapes(pipe, latent_size)
     side = int(shapes[UNET]["sample"][-1]) * 8
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,152 @@
+"""``--attention split_einsum_v2``: the UNet's transformer blocks in the Neural Engine's
+(B, C, 1, S) layout (workers/compression/ane.py). Its torch form is numerically the diffusers
+UNet, it converts to Core ML with its linear layers as 1x1 convolutions, a mixed-bit recipe
+applies by layer name, and the Core ML backend's images from it match the diffusers ones."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from workers.compression.palettize import psnr
+
+pytestmark = pytest.mark.slow
+
+
+def unet_psnr(pipe: Any, ane: Any, xl: bool) -> float:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    extra = None
+    if xl:
+        extra = {
+            "time_ids": torch.tensor([[64, 64, 0, 0, 64, 64]] * 2).float(),
+            "text_embeds": torch.randn(2, 32, generator=g),
+        }
+    with torch.inference_mode():
+        ref = pipe.unet(sample, torch.tensor([500.0] * 2), context, added_cond_kwargs=extra)
+        out = ane(sample, torch.tensor([500.0] * 2), context, added_cond_kwargs=extra)
+    return psnr(ref.sample.numpy(), out.sample.numpy())
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-xl"])
+def test_the_neural_engine_layout_is_the_diffusers_unet(model: str) -> None:
+    import torch
+
+    from workers.compression.ane import to_neural_engine_layout
+    from workers.task import PipelineCache
+
+    backend, _ = PipelineCache(device="cpu", threads=2).get(model)
+    pipe = backend.pipe  # type: ignore[attr-defined]
+    ane = copy.deepcopy(pipe.unet)
+    replaced = to_neural_engine_layout(ane)
+    assert replaced == (11 if model == "tiny" else 6)
+    quality = unet_psnr(pipe, ane, xl=model == "tiny-xl")
+    print(f"{model}: split_einsum_v2 vs diffusers UNet, fp32: {quality:.1f} dB")
+    assert quality >= 60
+    # the same parameter names (recipes apply by name), linear layers now 1x1 convolutions
+    before = dict(pipe.unet.named_parameters())
+    after = dict(ane.named_parameters())
+    assert set(before) == set(after)
+    q = next(n for n in after if n.endswith("attn2.to_q.weight"))
+    assert after[q].ndim == 4 and after[q].shape[2:] == (1, 1)
+    assert torch.equal(after[q][:, :, 0, 0], before[q])
+    assert not any(
+        isinstance(m, torch.nn.Linear | torch.nn.LayerNorm)
+        for name, m in ane.named_modules()
+        if ".transformer_blocks." in name
+    )
+
+
+def test_queries_chunked_give_the_same_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.compression import ane as ane_module
+    from workers.task import PipelineCache
+
+    backend, _ = PipelineCache(device="cpu", threads=2).get("tiny")
+    pipe = backend.pipe  # type: ignore[attr-defined]
+    monkeypatch.setattr(ane_module, "QUERY_CHUNK", 24)  # 64 queries at 8x8: 3 chunks
+    chunked = copy.deepcopy(pipe.unet)
+    ane_module.to_neural_engine_layout(chunked)
+    assert unet_psnr(pipe, chunked, xl=False) >= 60
+
+
+def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(tmp_path: Path) -> None:
+    import coremltools as ct
+    import torch
+
+    from workers.compression.commands import compress_model
+    from workers.compression.coreml import read_palettization
+
+    info = compress_model(
+        "tiny", tmp_path / "ane", fmt="coreml", bits=4, attention="split_einsum_v2", name="ane4"
+    )
+    layout_bits = read_palettization(tmp_path / "ane" / "Unet.mlpackage")
+    assert info["palettized_layers"] == len(layout_bits) > 0
+    assert any("attn2_to_q" in name for name in layout_bits)
+    assert 10 < info["psnr_db"] < 100
+    spec = ct.models.MLModel(
+        str(tmp_path / "ane" / "Unet.mlpackage"), skip_model_load=True
+    ).get_spec()
+    ops = [
+        op.type
+        for f in spec.mlProgram.functions.values()
+        for op in f.block_specializations[f.opset].operations
+    ]
+    # every linear layer of the transformer blocks is a convolution; the linear ops left are
+    # the time embedding's and the ResNet blocks' projections of it, on (B, C) vectors
+    from workers.backends.diffusers import load_pipeline, model_source
+
+    unet = load_pipeline(model_source("tiny"), torch.float32).unet
+    outside = [
+        n
+        for n, m in unet.named_modules()
+        if type(m).__name__ == "Linear" and ".attentions." not in n
+    ]
+    assert ops.count("linear") == len(outside) == 14
+    assert ops.count("conv") > sum(1 for n in layout_bits if "attn" in n)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS the backend runs Core ML itself")
+def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Path) -> None:
+    from tests.coreml_standin import install
+    from workers.backends import GenerationRequest
+    from workers.backends.coreml import CoreMLBackend
+    from workers.compression.coreml import convert_pipeline
+    from workers.task import PipelineCache
+
+    diffusers, _ = PipelineCache(device="cpu", threads=2).get("tiny")
+    ane_pipe = copy.deepcopy(diffusers.pipe)  # type: ignore[attr-defined]
+    convert_pipeline(
+        ane_pipe,
+        tmp_path / "v2",
+        model_version="tiny",
+        attention="split_einsum_v2",
+        precision="fp32",
+    )
+    req = GenerationRequest(
+        prompt="a green triangle at the top left on a white background",
+        negative_prompt="",
+        seed=2,
+        steps=8,
+        guidance_scale=7.5,
+        width=64,
+        height=64,
+        scheduler="dpmpp_2m",
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp, ane_pipe)  # the stand-in evaluates the package's own (B, C, 1, S) graph
+        coreml = CoreMLBackend("tiny", tmp_path / "v2", compute_units="CPU_AND_NE")
+        got = np.asarray(coreml.generate(req).image).astype(np.float64)
+    want = np.asarray(diffusers.generate(req).image).astype(np.float64)  # type: ignore[attr-defined]
+    mse = float(np.mean((got - want) ** 2))
+    image_psnr = 10 * math.log10(255**2 / mse) if mse else math.inf
+    print(f"split_einsum_v2 fp32 package vs diffusers, DPM++ 8 steps: {image_psnr:.1f} dB")
+    assert image_psnr >= 45
