@@ -54,11 +54,25 @@ def _usage(fn: Any) -> Any:
     help="Recipes to build along decreasing PSNR.",
 )
 @option("--prompts", type=click.IntRange(1, 4), default=4, help="Fixed prompts in the probe batch.")
+@option(
+    "--grouped",
+    default="4g16,2g16",
+    show_default=True,
+    help="Grouped-channel candidates, BITSgGROUP comma-separated (4g16: 4-bit, one lookup table "
+    "per 16 output channels; packages using them need macOS 15 / iOS 18); '' for none.",
+)
 @_usage
 def analyze_cmd(
-    model_name: str, out: str, resume: bool, min_size: float, num_recipes: int, prompts: int
+    model_name: str,
+    out: str,
+    resume: bool,
+    min_size: float,
+    num_recipes: int,
+    prompts: int,
+    grouped: str,
 ) -> None:
-    """Per-layer sensitivity of the UNet to 1/2/4/6/8-bit palettization (hours on a real model)."""
+    """Per-layer sensitivity of the UNet to 1/2/4/6/8-bit and grouped-channel palettization
+    (hours on a real model)."""
     from tqdm import tqdm
 
     from workers.compression.commands import analyze_model
@@ -78,6 +92,7 @@ def analyze_cmd(
             resume=resume,
             num_recipes=num_recipes,
             prompts=prompts,
+            grouped=tuple(g.strip() for g in grouped.split(",") if g.strip()),
             progress=progress,
         )
     finally:
@@ -106,19 +121,26 @@ def analyze_cmd(
     help="Per-layer PSNR floor in dB (Apple's rule).",
 )
 @option("--name", default=None, help="Recipe name [default: recipe_<bits>_bit_mixedpalette].")
+@option(
+    "--grouped/--no-grouped",
+    default=True,
+    help="With --bits: may choose grouped-channel layers the analysis measured (the Core ML "
+    "package then needs macOS 15 / iOS 18); --no-grouped keeps macOS 13.",
+)
 @_usage
 def recipe_cmd(
-    analysis: str, bits: float | None, psnr_floor: float | None, name: str | None
+    analysis: str, bits: float | None, psnr_floor: float | None, name: str | None, grouped: bool
 ) -> None:
-    """Pick per-layer bits from an analysis and save the recipe into it."""
+    """Pick per-layer palettization from an analysis and save the recipe into it."""
     from workers.compression.commands import make_recipe
 
     if (bits is None) == (psnr_floor is None):
         raise UsageError("give exactly one of --bits or --psnr")
-    r = make_recipe(Path(analysis), bits=bits, psnr_floor=psnr_floor, name=name)
+    r = make_recipe(Path(analysis), bits=bits, psnr_floor=psnr_floor, name=name, grouped=grouped)
     predicted = f", predicted {r['predicted_psnr_db']:.1f} dB" if r["predicted_psnr_db"] else ""
     click.echo(
-        f"{r['name']}: {r['avg_bits']:.2f} bits on average{predicted}; layers by bits {r['layers_by_bits']}"
+        f"{r['name']}: {r['avg_bits']:.2f} bits on average{predicted}; layers by bits {r['layers_by_bits']}; "
+        f"Core ML needs {r['minimum_os']}"
     )
     click.echo(f"use it with: --recipe {analysis}:{r['name']}")
 
@@ -133,9 +155,9 @@ def recipe_cmd(
 )
 @option(
     "--bits",
-    type=click.Choice(["1", "2", "4", "6", "8"]),
     default=None,
-    help="Uniform palettization instead of a recipe.",
+    help="Uniform palettization instead of a recipe: 1, 2, 4, 6, 8, or grouped BITSgGROUP "
+    "such as 4g16 (Core ML: macOS 15 / iOS 18).",
 )
 @option(
     "--format",
@@ -174,7 +196,7 @@ def compress_cmd(
         Path(out),
         fmt=fmt,
         recipe_spec=recipe_spec,
-        bits=int(bits) if bits else None,
+        bits=bits,
         name=name,
         attention=attention,
     )
@@ -222,9 +244,9 @@ def export_checkpoint_cmd(model_name: str, out: str) -> None:
 )
 @option(
     "--bits",
-    type=click.Choice(["1", "2", "4", "6", "8"]),
     default=None,
-    help="Also palettize the UNet uniformly.",
+    help="Also palettize the UNet uniformly: 1, 2, 4, 6, 8, or grouped such as 4g16 (the "
+    "folder then needs macOS 15 / iOS 18).",
 )
 @option("--recipe", "recipe_spec", default=None, help="Also palettize the UNet per a recipe.")
 @option(
@@ -257,7 +279,7 @@ def convert_cmd(
         model_name,
         Path(out),
         attention=attention,
-        bits=int(bits) if bits else None,
+        bits=bits,
         recipe_spec=recipe_spec,
         latent_size=latent_size,
         precision=precision,

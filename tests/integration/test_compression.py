@@ -74,6 +74,13 @@ def test_analysis_has_apples_keys_and_fewer_bits_cost_more_psnr(
         values = [mean(run[name]) for name in order]
         assert values[-1] <= values[0] + 0.5, values
         assert all(b <= a + 3.0 for a, b in itertools.pairwise(values)), values
+    # grouped tables (4g16, 2g16 by default) fit better than one table at the same width
+    for n in (4, 2):
+        grouped = mean(mean(result["single_layer"][f"{n}g16"][name]) for name in layers)
+        assert grouped > per_bits[NBITS.index(n)], (n, grouped, per_bits)
+        assert result["cumulative"][f"{n}g16"]["metadata"]["group_size"] == 16
+    assert result["orchestrate"]["grouped"] == ["4g16", "2g16"]
+    assert set(result["orchestrate"]["channels"]) == set(layers)
     assert {"original", "linear_8bit"} <= set(result["baselines"])
     assert all(
         name.startswith("recipe_") and name.endswith("_bit_mixedpalette")
@@ -114,13 +121,46 @@ def test_interrupted_analysis_resumes(
     assert resumed["cumulative"]["6"] == full["cumulative"]["6"]
 
 
+def test_an_analysis_from_before_grouped_palettization_resumes_with_them(
+    analysis: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    path, full = analysis
+    old = json.loads(path.read_text())
+    for stage in ("single_layer", "cumulative"):
+        for key in ("4g16", "2g16"):
+            old[stage].pop(key)
+    for key in ("grouped", "channels"):
+        old["orchestrate"].pop(key)
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(old))
+    # what an analysis without grouped entries still gives
+    assert recipe_for_bits(old, 4.5) == recipe_for_bits(full, 4.5, grouped=False)
+    ticks: list[str] = []
+    plan = AnalysisPlan(
+        model="tiny",
+        out=old_path,
+        min_size=MIN_SIZE,
+        num_recipes=3,
+        probe=ProbeConfig(prompts=ProbeConfig().prompts[:2]),
+    )
+    resumed = analyze(tiny_pipe(), plan, resume=True, progress=lambda d, t, w: ticks.append(w))
+    assert ticks and all(t.startswith(("4g16 ", "2g16 ")) for t in ticks)
+    assert resumed["single_layer"] == full["single_layer"]
+    assert resumed["cumulative"] == full["cumulative"]
+    assert resumed["orchestrate"]["channels"] == full["orchestrate"]["channels"]
+
+
 def test_recipe_for_4_5_bits_averages_4_5(analysis: tuple[Path, dict[str, Any]]) -> None:
     _, result = analysis
     recipe, avg, predicted = recipe_for_bits(result, 4.5)
-    assert 4.25 <= avg <= 4.75
+    assert 4.25 <= avg <= 4.5
     assert set(recipe) == set(result["orchestrate"]["sizes"])
-    assert set(recipe.values()) <= {*NBITS, 16}
+    assert set(recipe.values()) <= {*NBITS, 16, "4g16", "2g16"}
     assert 0 < predicted < 120
+    per_tensor, pt_avg, pt_predicted = recipe_for_bits(result, 4.5, grouped=False)
+    assert set(per_tensor.values()) <= {*NBITS, 16} and 4.25 <= pt_avg <= 4.5
+    # grouped options only add choices: the prediction can only improve
+    assert predicted >= pt_predicted
     _, lower_avg, lower_pred = recipe_for_bits(result, 2.5)
     assert lower_avg < avg and lower_pred < predicted
     strict, strict_avg = recipe_for_psnr(result, 200.0)

@@ -1,12 +1,15 @@
 """Per-layer sensitivity analysis for mixed-bit palettization.
 
-For each candidate layer (Linear/Conv2d weights above a size threshold) and each width in
-{1, 2, 4, 6, 8}, palettize that layer alone and measure the PSNR of a fixed denoising output
-(fixed prompts, seed, latents and timestep; one UNet evaluation with classifier-free
+For each candidate layer (Linear/Conv2d weights above a size threshold) and each
+palettization (per-tensor widths {1, 2, 4, 6, 8} and a few grouped-channel ones, ``4g16`` and
+``2g16`` by default), palettize that layer alone and measure the PSNR of a fixed denoising
+output (fixed prompts, seed, latents and timestep; one UNet evaluation with classifier-free
 guidance) against the unpalettized model; then palettize cumulatively, least harmful first.
 The JSON has the top-level keys of Apple's pre-analysis (``model_version``, ``single_layer``,
-``cumulative``, ``baselines``, ``recipes``) and is written after every layer, so an
-interrupted run resumes where it stopped.
+``cumulative``, ``baselines``, ``recipes``), keyed by ``"4"`` per tensor as Apple's and
+``"4g16"`` grouped, and is written after every layer, so an interrupted run resumes where it
+stopped. A grouped palettization skips layers whose output channels do not split into whole
+groups.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ import numpy as np
 from orchestrator.errors import CompressionError
 from workers.compression.palettize import (
     APPLE_MIN_SIZE,
-    KEEP,
     NBITS,
+    Palette,
     candidate_layers,
     get_weight,
     linear_quantize_array,
     mean,
-    palettize_array,
     psnr,
+    recipe_palettes,
     set_weight,
     weight_modules,
 )
@@ -133,14 +136,25 @@ def _save(results: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+GROUPED = (Palette(4, 16), Palette(2, 16))  # Apple's grouped 4-bit SDXL example, and 2-bit
+
+
 @dataclass
 class AnalysisPlan:
     model: str
     out: Path
     min_size: float = APPLE_MIN_SIZE
-    nbits: tuple[int, ...] = NBITS
+    nbits: tuple[int, ...] = NBITS  # per-tensor widths
+    grouped: tuple[Palette, ...] = GROUPED  # grouped-channel candidates (macOS 15 / iOS 18)
     num_recipes: int = 7
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    @property
+    def palettes(self) -> list[Palette]:
+        for p in self.grouped:
+            if not p.grouped:
+                raise CompressionError(f"AnalysisPlan.grouped: {p.key!r} is not grouped")
+        return [Palette(n) for n in self.nbits] + list(self.grouped)
 
 
 def analyze(
@@ -158,16 +172,22 @@ def analyze(
             f"no Linear/Conv2d weight of this UNet has more than {plan.min_size:g} elements; "
             "lower --min-size (the tiny model's largest weights have ~37k)"
         )
+    palettes = plan.palettes
+    modules = dict(unet.named_modules())
+    channels = {name: int(modules[name].weight.shape[0]) for name in sizes}
+    layers = {p.key: [n for n in sizes if p.fits(channels[n])] for p in palettes}
     probe = Probe(pipe, plan.probe)
     settings = {
         "min_size": plan.min_size,
         "nbits": list(plan.nbits),
+        "grouped": [p.key for p in plan.grouped],
         "probe": {
             **asdict(plan.probe),
             "prompts": list(plan.probe.prompts),
             "timestep": probe.timestep,
         },
         "sizes": sizes,
+        "channels": channels,
     }
     results: dict[str, Any] = {
         "model_version": plan.model,
@@ -184,14 +204,15 @@ def analyze(
                 f"{plan.out} is an analysis of other layers; remove it or pass --no-resume"
             )
         results.update(previous)
-    modules = dict(unet.named_modules())
+        # an analysis from before grouped palettization gains their settings and channels
+        results["orchestrate"] = {**previous["orchestrate"], **settings}
     originals = {name: get_weight(modules[name]) for name in sizes}
     reference = probe.run()
-    total = len(sizes) * len(plan.nbits) * 2
+    total = sum(len(names) for names in layers.values()) * 2
     done = sum(
-        len([k for k in results[stage].get(str(n), {}) if k != "metadata"])
+        len([k for k in results[stage].get(p.key, {}) if k != "metadata"])
         for stage in ("single_layer", "cumulative")
-        for n in plan.nbits
+        for p in palettes
     )
 
     def tick(what: str) -> None:
@@ -200,29 +221,33 @@ def analyze(
         if progress is not None:
             progress(done, total, what)
 
-    for nbits in plan.nbits:
-        key = str(nbits)
+    for palette in palettes:
+        key = palette.key
+        label = key if palette.grouped else f"{key}-bit"
+        meta: dict[str, Any] = {"nbits": palette.bits}
+        if palette.grouped:
+            meta["group_size"] = palette.group_size
         # 1. Each layer alone
         single = results["single_layer"].setdefault(
-            key, {"metadata": {"nbits": nbits, "cumulative": False}}
+            key, {"metadata": {**meta, "cumulative": False}}
         )
         palettized: dict[str, np.ndarray] = {}
-        for name in sizes:
+        for name in layers[key]:
             if name in single:
                 continue
-            palettized[name] = palettize_array(originals[name], nbits)
+            palettized[name] = palette.palettize(originals[name])
             set_weight(modules[name], palettized[name])
             single[name] = probe.psnr_per_prompt(reference)
             set_weight(modules[name], originals[name])
             _save(results, plan.out)
-            tick(f"{nbits}-bit {name}")
+            tick(f"{label} {name}")
         # 2. Cumulatively, least harmful first
-        order = sorted(sizes, key=lambda n: -mean(single[n]))
+        order = sorted(layers[key], key=lambda n: -mean(single[n]))
         cumulative = results["cumulative"].setdefault(
             key,
             {
                 "metadata": {
-                    "nbits": nbits,
+                    **meta,
                     "cumulative": True,
                     "candidates": order,
                     "sizes": [sizes[n] for n in order],
@@ -232,14 +257,13 @@ def analyze(
         for name in order:
             cached = palettized.get(name)
             set_weight(
-                modules[name],
-                cached if cached is not None else palettize_array(originals[name], nbits),
+                modules[name], cached if cached is not None else palette.palettize(originals[name])
             )
             if name in cumulative:
                 continue  # resumed: the weights above are replayed, the PSNR is known
             cumulative[name] = probe.psnr_per_prompt(reference)
             _save(results, plan.out)
-            tick(f"{nbits}-bit cumulative {name}")
+            tick(f"{label} cumulative {name}")
         for name in order:
             set_weight(modules[name], originals[name])
 
@@ -275,14 +299,14 @@ def measure_recipe(
     probe: Probe,
     modules: dict[str, Any],
     originals: dict[str, np.ndarray],
-    recipe: dict[str, int],
+    recipe: dict[str, Any],
     reference: np.ndarray,
 ) -> float:
     """End-to-end PSNR of the probe with ``recipe`` applied (weights restored afterwards)."""
     changed = []
-    for name, bits in recipe.items():
-        if bits != KEEP:
-            set_weight(modules[name], palettize_array(originals[name], bits))
+    for name, palette in recipe_palettes(recipe).items():
+        if not palette.keep:
+            set_weight(modules[name], palette.palettize(originals[name]))
             changed.append(name)
     value = mean(probe.psnr_per_prompt(reference))
     for name in changed:

@@ -34,7 +34,7 @@ def _conv_from_linear(linear: Any) -> Any:
     conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
     with torch.no_grad():
         conv.weight.copy_(linear.weight[:, :, None, None])
-        if linear.bias is not None:
+        if linear.bias is not None and conv.bias is not None:
             conv.bias.copy_(linear.bias)
     return conv
 
@@ -112,7 +112,8 @@ def _modules() -> dict[str, type]:
             self.net = nn.ModuleList([act, drop, _conv_from_linear(out)])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.net[0].proj(x)
+            project: Any = self.net[0].proj
+            y = project(x)
             if self.gated:
                 y, gate = y.chunk(2, dim=1)
                 y = y * nn.functional.gelu(gate)
@@ -158,9 +159,9 @@ def _modules() -> dict[str, type]:
             self,
             hidden_states: torch.Tensor,
             encoder_hidden_states: torch.Tensor | None = None,
-            *_: Any,
+            *_args: Any,
             return_dict: bool = True,
-            **__: Any,
+            **_kwargs: Any,
         ) -> Any:
             b, _, height, width = hidden_states.shape
             residual = hidden_states

@@ -11,8 +11,16 @@ from typing import Any
 
 from orchestrator.errors import CompressionError
 from workers.compression import registry
-from workers.compression.analysis import AnalysisPlan, Probe, ProbeConfig, analyze
-from workers.compression.palettize import NBITS, mean, psnr, uniform_recipe
+from workers.compression.analysis import GROUPED, AnalysisPlan, Probe, ProbeConfig, analyze
+from workers.compression.palettize import (
+    Recipe,
+    mean,
+    parse_palette,
+    psnr,
+    recipe_minimum_os,
+    recipe_palettes,
+    uniform_recipe,
+)
 from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
 from workers.families import PIPELINES, SD_PIPELINE
 
@@ -46,15 +54,37 @@ def analyze_model(
     resume: bool = True,
     num_recipes: int = 7,
     prompts: int = 4,
+    grouped: tuple[str, ...] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
+    """``grouped``: the grouped-channel candidates (``"4g16"``...) besides the per-tensor
+    widths [default: ``analysis.GROUPED``]; ``()`` for none."""
+    palettes = GROUPED if grouped is None else tuple(parse_palette(g, "--grouped") for g in grouped)
+    per_tensor = [p.key for p in palettes if not p.grouped]
+    if per_tensor:
+        raise CompressionError(
+            f"--grouped: {per_tensor[0]!r} is one table per tensor (analyzed anyway); give "
+            "grouped ones such as '4g16'"
+        )
     pipe = _pipeline(model)
     probe = ProbeConfig()
     probe = ProbeConfig(prompts=probe.prompts[:prompts])
     plan = AnalysisPlan(
-        model=model, out=out, min_size=min_size, num_recipes=num_recipes, probe=probe
+        model=model,
+        out=out,
+        min_size=min_size,
+        grouped=palettes,
+        num_recipes=num_recipes,
+        probe=probe,
     )
     return analyze(pipe, plan, resume=resume, progress=progress)
+
+
+def layers_by_palette(recipe: Recipe) -> dict[int | str, int]:
+    """How many layers get each palettization, fewest bits first (``{4: 10, "4g16": 3}``)."""
+    counts = Counter(p.to_json() for p in recipe_palettes(recipe).values())
+    order = sorted(counts, key=lambda v: (parse_palette(v).bits, isinstance(v, str), str(v)))
+    return {v: counts[v] for v in order}
 
 
 def make_recipe(
@@ -63,12 +93,15 @@ def make_recipe(
     bits: float | None = None,
     psnr_floor: float | None = None,
     name: str | None = None,
+    grouped: bool = True,
 ) -> dict[str, Any]:
-    """A recipe for a target average width (``bits``) or a PSNR floor, saved into the analysis."""
+    """A recipe for a target average width (``bits``, lookup tables included) or a PSNR floor,
+    saved into the analysis. ``grouped``: may choose grouped-channel palettization (where the
+    analysis measured it); the package then needs macOS 15 / iOS 18."""
     analysis = json.loads(analysis_path.read_text())
     predicted = None
     if bits is not None:
-        recipe, avg, predicted = recipe_for_bits(analysis, bits)
+        recipe, avg, predicted = recipe_for_bits(analysis, bits, grouped=grouped)
     elif psnr_floor is not None:
         recipe, avg = recipe_for_psnr(analysis, psnr_floor)
     else:
@@ -85,20 +118,23 @@ def make_recipe(
         "name": name,
         "avg_bits": avg,
         "predicted_psnr_db": predicted,
-        "layers_by_bits": dict(sorted(Counter(recipe.values()).items())),
+        "layers_by_bits": layers_by_palette(recipe),
+        "minimum_os": recipe_minimum_os(recipe),
     }
 
 
 def _choose_recipe(
-    pipe: Any, recipe_spec: str | None, bits: int | None
-) -> tuple[str, dict[str, int]]:
+    pipe: Any, recipe_spec: str | None, bits: int | str | None
+) -> tuple[str, Recipe]:
     if recipe_spec:
         return load_recipe(recipe_spec)
     if bits is None:
         raise CompressionError("give --recipe ANALYSIS.json:NAME (or recipe.json) or --bits N")
-    if bits not in NBITS:
-        raise CompressionError(f"--bits must be one of {NBITS}")
-    return f"{bits}bit", uniform_recipe(pipe.unet, bits)
+    palette = parse_palette(bits, "--bits")
+    if palette.keep:
+        raise CompressionError("--bits 16 leaves the model as it is; give 1, 2, 4, 6, 8 or 4g16")
+    name = palette.key if palette.grouped else f"{palette.bits}bit"
+    return name, uniform_recipe(pipe.unet, palette.to_json())
 
 
 def _probe_psnr(pipe: Any, reference: Any) -> float:
@@ -112,11 +148,13 @@ def compress_model(
     *,
     fmt: str,
     recipe_spec: str | None = None,
-    bits: int | None = None,
+    bits: int | str | None = None,
     name: str | None = None,
     attention: str = "original",
 ) -> dict[str, Any]:
-    """Apply a recipe (or uniform ``bits``) and register the variant under ``name``."""
+    """Apply a recipe (or uniform ``bits``: ``4``, or ``"4g16"`` grouped) and register the
+    variant under ``name``. A Core ML folder is converted for the oldest OS the recipe allows
+    (macOS 15 / iOS 18 with any grouped layer)."""
     from workers.compression.coreml import (
         UNET,
         compile_packages,
@@ -143,18 +181,23 @@ def compress_model(
             for k in ("recipe_avg_bits", "unet_avg_bits", "fp16_mb", "palettized_mb", "psnr_db")
         }
     else:
-        convert_pipeline(pipe, out, model_version=model, attention=attention)
+        from workers.compression.palettize import check_groups, unet_average_bits
+        from workers.compression.recipes import average_bits
+
+        check_groups(pipe.unet, recipe_palettes(recipe))  # before the conversion's minutes
+        minimum_os = recipe_minimum_os(recipe)
+        convert_pipeline(pipe, out, model_version=model, attention=attention, minimum_os=minimum_os)
         fp16_mb = package_megabytes(out / f"{UNET}.mlpackage")
         coreml_bits = palettize_unet(out, pipe.unet, recipe)
         load_package_weights(pipe.unet, out / f"{UNET}.mlpackage")
         sizes = unet_megabytes(pipe.unet, recipe)
-        from workers.compression.palettize import unet_average_bits
-        from workers.compression.recipes import average_bits
-
-        numel = {n: m.weight.numel() for n, m in pipe.unet.named_modules() if n in recipe}
+        modules = {n: m for n, m in pipe.unet.named_modules() if n in recipe}
+        numel = {n: m.weight.numel() for n, m in modules.items()}
+        channels = {n: int(m.weight.shape[0]) for n, m in modules.items()}
         info = {
-            "recipe_avg_bits": average_bits(recipe, numel),
+            "recipe_avg_bits": average_bits(recipe, numel, channels),
             "unet_avg_bits": unet_average_bits(pipe.unet, recipe),
+            "minimum_os": minimum_os,
             "fp16_mb": fp16_mb,
             "palettized_mb": package_megabytes(out / f"{UNET}.mlpackage"),
             "estimated_mb": sizes["palettized_mb"],
@@ -171,6 +214,7 @@ def compress_model(
         avg_bits=info["unet_avg_bits"],
         unet_mb=info["palettized_mb"],
         psnr_db=info["psnr_db"],
+        **({"minimum_os": info["minimum_os"]} if "minimum_os" in info else {}),
     )
     return {"variant": variant, "format": fmt, "path": str(out), **info}
 
@@ -180,7 +224,7 @@ def convert_model(
     out: Path,
     *,
     attention: str = "original",
-    bits: int | None = None,
+    bits: int | str | None = None,
     recipe_spec: str | None = None,
     latent_size: int | None = None,
     precision: str = "fp16",

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import CompressionError
-from workers.compression.palettize import KEEP
+from workers.compression.palettize import (
+    GROUPED_OS,
+    PER_TENSOR_OS,
+    Palette,
+    Recipe,
+    check_groups,
+    recipe_minimum_os,
+    recipe_palettes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,9 @@ LAYOUT = "orchestrate-coreml.json"
 TEXT_ENCODER, TEXT_ENCODER_2 = "TextEncoder", "TextEncoder2"
 UNET, VAE_DECODER = "Unet", "VAEDecoder"
 SEQ_LEN = 77
+# Deployment targets a folder is converted for (recorded as the layout's "minimum_os"); the
+# macOS 15 program is the iOS 18 one, the first with grouped-channel lookup tables.
+MINIMUM_OS = (PER_TENSOR_OS, GROUPED_OS)
 
 
 def _quiet_coremltools() -> Any:
@@ -189,11 +200,14 @@ def convert_pipeline(
     attention: str = "original",
     latent_size: int | None = None,
     precision: str = "fp16",
+    minimum_os: str = PER_TENSOR_OS,
 ) -> dict[str, Any]:
     """Export the models (SD: three; SDXL: four, with the second text encoder) and the
     tokenizer/scheduler files into ``out`` (atomically).
     ``precision``: the packages' weights and compute, fp16 (what Apple ships and the Neural
-    Engine runs) or fp32 (the torch model's own numbers: for checking a conversion)."""
+    Engine runs) or fp32 (the torch model's own numbers: for checking a conversion).
+    ``minimum_os``: the deployment target, ``macOS13`` (iOS 16) or ``macOS15`` (iOS 18, which
+    grouped-channel palettization needs; see :func:`workers.compression.palettize.recipe_minimum_os`)."""
     import torch
 
     ct = _quiet_coremltools()
@@ -201,6 +215,8 @@ def convert_pipeline(
         raise CompressionError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     if precision not in PRECISIONS:
         raise CompressionError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if minimum_os not in MINIMUM_OS:
+        raise CompressionError(f"minimum_os must be one of {MINIMUM_OS}, not {minimum_os!r}")
     pipe = pipe.to(torch.float32)
     if attention == "split_einsum":
         pipe.unet.set_attn_processor(SplitEinsumAttnProcessor())
@@ -234,7 +250,7 @@ def convert_pipeline(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mlmodel = _trace_and_convert(
-                    ct, module, example, shapes[name], outputs, package_precision
+                    ct, module, example, shapes[name], outputs, package_precision, minimum_os
                 )
             mlmodel.short_description = f"{name} of {model_version} (orchestrate)"
             mlmodel.save(str(tmp / f"{name}.mlpackage"))
@@ -252,6 +268,7 @@ def convert_pipeline(
             "force_zeros_for_empty_prompt": bool(
                 is_xl(pipe) and pipe.config.get("force_zeros_for_empty_prompt", True)
             ),
+            "minimum_os": minimum_os,
             "palettization": None,
         }
         (tmp / LAYOUT).write_text(json.dumps(layout, indent=2))
@@ -270,6 +287,7 @@ def _trace_and_convert(
     shapes: dict[str, list[int]],
     outputs: list[str],
     precision: str = "fp16",
+    minimum_os: str = PER_TENSOR_OS,
 ) -> Any:
     import torch
 
@@ -278,7 +296,7 @@ def _trace_and_convert(
     return ct.convert(
         traced,
         convert_to="mlprogram",
-        minimum_deployment_target=ct.target.macOS13,
+        minimum_deployment_target=getattr(ct.target, minimum_os),
         inputs=[ct.TensorType(name=n, shape=s) for n, s in shapes.items()],
         outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs],
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
@@ -309,76 +327,149 @@ def coreml_weight_name(torch_module: str) -> str:
     return f"unet_{torch_module.replace('.', '_')}_weight_to_fp16"
 
 
-def match_recipe(recipe: dict[str, int], unet: Any, weights: dict[str, Any]) -> dict[str, int]:
+def match_recipe(recipe: Recipe, unet: Any, weights: dict[str, Any]) -> Recipe:
     """Map a torch recipe onto Core ML weight names: by name first, checked by shape; a layer
     whose name is not found is matched by shape among the unclaimed weights of that shape, in
     model order (robust to renamed paths; never by values, which fine-tunes change)."""
     modules = dict(unet.named_modules())
-    matched: dict[str, int] = {}
+    matched: Recipe = {}
     claimed: set[str] = set()
     pending = []
-    for name, bits in recipe.items():
+    for name, value in recipe.items():
         shape = tuple(modules[name].weight.shape)
         cm = coreml_weight_name(name)
         if cm in weights and tuple(weights[cm].val.shape) == shape:
-            matched[cm] = bits
+            matched[cm] = value
             claimed.add(cm)
         else:
-            pending.append((name, bits, shape))
-    for name, bits, shape in pending:
+            pending.append((name, value, shape))
+    for name, value, shape in pending:
         same = [
             w for w, meta in weights.items() if w not in claimed and tuple(meta.val.shape) == shape
         ]
         if not same:
             raise KeyError(f"no Core ML weight matches torch layer {name!r} (shape {shape})")
-        matched[same[0]] = bits
+        matched[same[0]] = value
         claimed.add(same[0])
     return matched
 
 
-def palettize_unet(folder: Path, unet: Any, recipe: dict[str, int]) -> dict[str, int]:
-    """Palettize ``folder/Unet.mlpackage`` in place per a torch recipe (k-means, per-tensor
-    lookup tables, via coremltools); returns the Core ML weight names and their bits."""
+def palettizer_config(cto: Any, palette: Palette) -> Any:
+    """coremltools' k-means config for one layer: per tensor, or per grouped channel."""
+    if palette.grouped:
+        return cto.OpPalettizerConfig(
+            mode="kmeans",
+            nbits=palette.bits,
+            granularity="per_grouped_channel",
+            group_size=palette.group_size,
+            weight_threshold=1,
+        )
+    return cto.OpPalettizerConfig(mode="kmeans", nbits=palette.bits, weight_threshold=1)
+
+
+def palettize_unet(folder: Path, unet: Any, recipe: Recipe) -> Recipe:
+    """Palettize ``folder/Unet.mlpackage`` in place per a torch recipe (k-means via
+    coremltools: one lookup table per tensor, or per group of output channels for ``"4g16"``
+    values, which need a folder converted for macOS 15); returns the Core ML weight names and
+    their palettization, as read back from the package."""
     ct = _quiet_coremltools()
     import coremltools.optimize.coreml as cto
 
+    # 1. Check the recipe against the folder before the heavy work
+    layout_path = folder / LAYOUT
+    layout = json.loads(layout_path.read_text())
+    palettes = recipe_palettes(recipe)
+    check_groups(unet, palettes)
+    have = layout.get("minimum_os", PER_TENSOR_OS)
+    need = recipe_minimum_os(recipe)
+    if MINIMUM_OS.index(have) < MINIMUM_OS.index(need):
+        first = next(n for n, p in palettes.items() if p.grouped)
+        raise CompressionError(
+            f"{folder} was converted for {have}, but the recipe's grouped palettization (e.g. "
+            f"{first!r}: {palettes[first].key!r}) needs {need} (iOS 18): convert it with "
+            f"minimum_os={need!r}"
+        )
+    # 2. Palettize the matched weights
     path = folder / f"{UNET}.mlpackage"
     model = ct.models.MLModel(str(path), skip_model_load=True)
     weights = cto.get_weights_metadata(model, weight_threshold=1)
-    by_name = match_recipe({n: b for n, b in recipe.items() if b != KEEP}, unet, weights)
+    wanted = {n: p.to_json() for n, p in palettes.items() if not p.keep}
+    by_name = match_recipe(wanted, unet, weights)
     configs = {
-        name: cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=1)
-        for name, bits in by_name.items()
+        name: palettizer_config(cto, palette) for name, palette in recipe_palettes(by_name).items()
     }
     compressed = cto.palettize_weights(model, cto.OptimizationConfig(op_name_configs=configs))
     tmp = folder / f".{UNET}.palettized.mlpackage"
     compressed.save(str(tmp))
+    # 3. coremltools leaves a weight it cannot palettize uncompressed with only a log warning:
+    # read back what the package holds before it replaces the original
+    found = read_palettization(tmp)
+    expected = {  # one group of all the channels is one table for the tensor
+        n: Palette(p.bits).to_json() if p.group_size == weights[n].val.shape[0] else p.to_json()
+        for n, p in recipe_palettes(by_name).items()
+    }
+    if found != expected:
+        shutil.rmtree(tmp, ignore_errors=True)
+        wrong = sorted(n for n in expected if found.get(n) != expected[n])
+        raise CompressionError(
+            f"coremltools palettized {len(wrong)} weights other than asked, e.g. {wrong[0]!r}: "
+            f"asked {expected[wrong[0]]!r}, got {found.get(wrong[0])!r}"
+            if wrong
+            else f"coremltools palettized weights the recipe does not name: {sorted(found)[:3]}"
+        )
     shutil.rmtree(path)
     os.replace(tmp, path)
-    layout_path = folder / LAYOUT
-    layout = json.loads(layout_path.read_text())
     layout["palettization"] = {"recipe": recipe, "coreml_bits": by_name}
+    layout["minimum_os"] = have
     layout_path.write_text(json.dumps(layout, indent=2))
     return by_name
 
 
-def read_palettization(mlpackage: Path) -> dict[str, int]:
-    """Bits of each palettized weight, read back from the package's program:
-    ``constexpr_lut_to_dense`` ops and the length of their lookup tables."""
+def read_palettization(mlpackage: Path) -> Recipe:
+    """Each palettized weight's palettization, read back from the package's program
+    (``constexpr_lut_to_dense`` ops): the int bits for one lookup table per tensor,
+    ``"<bits>g<group size>"`` for tables per group of output channels. In the iOS 16 opset the
+    table is an attribute; in the iOS 18 one an input whose shape is (groups, 1, ..., entries,
+    1)."""
     ct = _quiet_coremltools()
     spec = ct.models.MLModel(str(mlpackage), skip_model_load=True).get_spec()
-    found: dict[str, int] = {}
+    found: Recipe = {}
     for function in spec.mlProgram.functions.values():
         block = function.block_specializations[function.opset]
+        produced = {o.name: o for op in block.operations for o in op.outputs}
         for op in block.operations:
             if op.type != "constexpr_lut_to_dense":
                 continue
+            name = op.outputs[0].name.removesuffix("_palettized")
+            out_shape = _dims(op.outputs[0].type)
             lut = op.attributes.get("lut", None)
-            if lut is None:  # newer opsets pass the table as an input
+            if lut is not None:  # iOS 16 opset: one table per tensor
+                entries = math.prod(_dims(lut.type))
+                found[name] = int(math.log2(entries))
                 continue
-            entries = math.prod(d.constant.size for d in lut.type.tensorType.dimensions)
-            found[op.outputs[0].name.removesuffix("_palettized")] = int(math.log2(entries))
+            arg = op.inputs["lut"].arguments[0]
+            if arg.WhichOneof("binding") == "value":
+                shape = _dims(arg.value.type)
+            else:
+                shape = _dims(produced[arg.name].type)
+            found[name] = _lut_palette(name, shape, out_shape).to_json()
     return found
+
+
+def _dims(value_type: Any) -> list[int]:
+    return [int(d.constant.size) for d in value_type.tensorType.dimensions]
+
+
+def _lut_palette(name: str, lut: list[int], weight: list[int]) -> Palette:
+    """The palettization an iOS 18 lookup table of shape ``lut`` gives a weight of ``weight``."""
+    bits = int(math.log2(lut[-2]))
+    split = [axis for axis, n in enumerate(lut[:-2]) if n > 1]
+    if lut[-1] != 1 or split not in ([], [0]):
+        raise CompressionError(
+            f"{name}: a lookup table of shape {lut} (vector entries or groups along an axis "
+            "other than the output channels) is not a palettization orchestrate writes"
+        )
+    return Palette(bits, weight[0] // lut[0] if split else None)
 
 
 def compile_packages(folder: Path) -> dict[str, Any]:

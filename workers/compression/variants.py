@@ -16,7 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from workers.compression.palettize import KEEP, NBITS, apply_recipe, uniform_recipe
+from workers.compression.palettize import (
+    KEEP,
+    NBITS,
+    Palette,
+    Recipe,
+    apply_recipe,
+    recipe_palettes,
+    uniform_recipe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,22 +32,25 @@ NOTE = "orchestrate_compression.json"
 UNIFORM = {f"{n}bit": n for n in (8, 6, 4)}  # the uniform variants a manifest may name
 
 
-def unet_megabytes(unet: Any, recipe: dict[str, int]) -> dict[str, float]:
-    """UNet size in MB at fp16 and palettized (indices plus fp16 lookup tables)."""
+def unet_megabytes(unet: Any, recipe: Recipe) -> dict[str, float]:
+    """UNet size in MB at fp16 and palettized (indices plus fp16 lookup tables, one per tensor
+    or one per group of output channels)."""
     modules = dict(unet.named_modules())
-    by_weight = {id(modules[n].weight): b for n, b in recipe.items() if n in modules}
+    by_weight = {
+        id(modules[n].weight): b for n, b in recipe_palettes(recipe).items() if n in modules
+    }
     fp16 = palettized = 0.0
     for p in unet.parameters():
         n = p.numel()
         fp16 += n * 2
-        bits = by_weight.get(id(p), KEEP)
-        palettized += n * 2 if bits == KEEP else n * bits / 8 + (2**bits) * 2
+        channels = p.shape[0] if p.dim() else 1
+        palettized += by_weight.get(id(p), Palette(KEEP)).storage_bits(n, channels) / 8
     return {"fp16_mb": fp16 / 1e6, "palettized_mb": palettized / 1e6}
 
 
 def build_torch_variant(
     pipe: Any,
-    recipe: dict[str, int],
+    recipe: Recipe,
     out: Path,
     *,
     source_model: str,
