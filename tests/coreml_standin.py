@@ -43,7 +43,7 @@ def package_consts(path: Path) -> dict[str, np.ndarray]:
             for inner in op.blocks:
                 walk(inner)
             if op.op_type == "const" and isinstance(getattr(op.val, "val", None), np.ndarray):
-                found[op.name] = op.val.val
+                found[op.name.removesuffix("_palettized")] = op.val.val  # decompressed LUTs
 
     for function in prog.functions.values():
         walk(function)

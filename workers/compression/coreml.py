@@ -25,6 +25,7 @@ from workers.compression.palettize import (
     Palette,
     Recipe,
     check_groups,
+    kmeans_lut,
     recipe_minimum_os,
     recipe_palettes,
 )
@@ -327,11 +328,15 @@ def coreml_weight_name(torch_module: str) -> str:
     return f"unet_{torch_module.replace('.', '_')}_weight_to_fp16"
 
 
-def match_recipe(recipe: Recipe, unet: Any, weights: dict[str, Any]) -> Recipe:
+def match_recipe(
+    recipe: Recipe, unet: Any, weights: dict[str, Any], sources: dict[str, str] | None = None
+) -> Recipe:
     """Map a torch recipe onto Core ML weight names: by name first, checked by shape; a layer
     whose name is not found is matched by shape among the unclaimed weights of that shape, in
-    model order (robust to renamed paths; never by values, which fine-tunes change)."""
+    model order (robust to renamed paths; never by values, which fine-tunes change).
+    ``sources``, when given, receives the torch layer of each Core ML weight matched."""
     modules = dict(unet.named_modules())
+    sources = {} if sources is None else sources
     matched: Recipe = {}
     claimed: set[str] = set()
     pending = []
@@ -341,6 +346,7 @@ def match_recipe(recipe: Recipe, unet: Any, weights: dict[str, Any]) -> Recipe:
         if cm in weights and tuple(weights[cm].val.shape) == shape:
             matched[cm] = value
             claimed.add(cm)
+            sources[cm] = name
         else:
             pending.append((name, value, shape))
     for name, value, shape in pending:
@@ -351,11 +357,15 @@ def match_recipe(recipe: Recipe, unet: Any, weights: dict[str, Any]) -> Recipe:
             raise KeyError(f"no Core ML weight matches torch layer {name!r} (shape {shape})")
         matched[same[0]] = value
         claimed.add(same[0])
+        sources[same[0]] = name
     return matched
 
 
-def palettizer_config(cto: Any, palette: Palette) -> Any:
-    """coremltools' k-means config for one layer: per tensor, or per grouped channel."""
+def palettizer_config(cto: Any, palette: Palette, source: Any = None) -> Any:
+    """coremltools' config for one layer. Per tensor with ``source`` (the torch layer's fp32
+    weight): its lookup table and indices are ours (``kmeans_lut`` on those fp32 values, as the
+    torch variant palettizes), so the package holds exactly the torch variant's weights. Per
+    grouped channel: coremltools' k-means per group (its custom mode is per tensor only)."""
     if palette.grouped:
         return cto.OpPalettizerConfig(
             mode="kmeans",
@@ -364,13 +374,26 @@ def palettizer_config(cto: Any, palette: Palette) -> Any:
             group_size=palette.group_size,
             weight_threshold=1,
         )
-    return cto.OpPalettizerConfig(mode="kmeans", nbits=palette.bits, weight_threshold=1)
+    if source is None:
+        return cto.OpPalettizerConfig(mode="kmeans", nbits=palette.bits, weight_threshold=1)
+    values = np.asarray(source, dtype=np.float32)
+
+    def ours(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if tuple(weight.shape) != values.shape:
+            raise CompressionError(
+                f"weight of shape {weight.shape} is not its layer's {values.shape}"
+            )
+        lut, idx = kmeans_lut(values, palette.bits)  # the table in the package's weight dtype
+        return lut.astype(weight.dtype), idx
+
+    return cto.OpPalettizerConfig(mode="custom", lut_function=ours, weight_threshold=1)
 
 
 def palettize_unet(folder: Path, unet: Any, recipe: Recipe) -> Recipe:
-    """Palettize ``folder/Unet.mlpackage`` in place per a torch recipe (k-means via
-    coremltools: one lookup table per tensor, or per group of output channels for ``"4g16"``
-    values, which need a folder converted for macOS 15); returns the Core ML weight names and
+    """Palettize ``folder/Unet.mlpackage`` in place per a torch recipe (one lookup table per
+    tensor, ours, so the package's weights are the torch variant's; or coremltools' k-means per
+    group of output channels for ``"4g16"`` values, which need a folder converted for macOS
+    15); returns the Core ML weight names and
     their palettization, as read back from the package."""
     ct = _quiet_coremltools()
     import coremltools.optimize.coreml as cto
@@ -394,9 +417,14 @@ def palettize_unet(folder: Path, unet: Any, recipe: Recipe) -> Recipe:
     model = ct.models.MLModel(str(path), skip_model_load=True)
     weights = cto.get_weights_metadata(model, weight_threshold=1)
     wanted = {n: p.to_json() for n, p in palettes.items() if not p.keep}
-    by_name = match_recipe(wanted, unet, weights)
+    sources: dict[str, str] = {}
+    by_name = match_recipe(wanted, unet, weights, sources)
+    modules = dict(unet.named_modules())
     configs = {
-        name: palettizer_config(cto, palette) for name, palette in recipe_palettes(by_name).items()
+        name: palettizer_config(
+            cto, palette, modules[sources[name]].weight.detach().float().cpu().numpy()
+        )
+        for name, palette in recipe_palettes(by_name).items()
     }
     compressed = cto.palettize_weights(model, cto.OptimizationConfig(op_name_configs=configs))
     tmp = folder / f".{UNET}.palettized.mlpackage"
