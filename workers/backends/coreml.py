@@ -95,6 +95,23 @@ def check_platform() -> None:
         raise CoreMLUnavailable(NEEDS_MACOS.format(system=platform.system() or sys.platform))
 
 
+def minimum_os_problem(layout: dict[str, Any], mac_version: str) -> str | None:
+    """Why a Mac running ``mac_version`` cannot load a converted folder, or None: a folder
+    with grouped-channel palettization is a macOS 15 program (folders from before the layout
+    recorded ``minimum_os`` are macOS 13 ones)."""
+    needed = str(layout.get("minimum_os", "macOS13"))
+    try:
+        have = int(mac_version.split(".")[0])
+    except ValueError:
+        return None  # an unknown version: let Core ML decide
+    if have < int(needed.removeprefix("macOS")):
+        return (
+            f"this Core ML folder needs {needed} (its UNet uses grouped-channel palettization); "
+            f"this Mac runs macOS {mac_version}: use a per-tensor variant here"
+        )
+    return None
+
+
 class CoreMLBackend:
     name = "coreml"
 
@@ -120,6 +137,9 @@ class CoreMLBackend:
         self.dtype = "fp16"
         self.threads = 0
         self.layout = json.loads((folder / LAYOUT).read_text())
+        problem = minimum_os_problem(self.layout, platform.mac_ver()[0])
+        if problem:
+            raise CoreMLUnavailable(problem)
         units = getattr(ct.ComputeUnit, compute_units)
         paths = model_paths(folder)
         self.models = {name: self._load(ct, path, units) for name, path in paths.items()}
