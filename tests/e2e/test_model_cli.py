@@ -40,3 +40,37 @@ def test_model_commands_explain_bad_input(cli: Cli, tmp_path: Path) -> None:
     assert cli("model", "list").stdout.strip() == (
         "no variants yet: `orchestrate model compress ...` makes one"
     )
+
+
+def test_recipe_may_choose_grouped_layers_and_says_what_os_they_need(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from tests.unit.test_palettize import synthetic_analysis
+
+    (tmp_path / "a.json").write_text(json.dumps(synthetic_analysis()))
+    grouped = cli("model", "recipe", "a.json", "--bits", "4.5", "--name", "g").stdout
+    assert "Core ML needs macOS15" in grouped.splitlines()[0]
+    assert "'4g16'" in grouped or "'2g16'" in grouped
+    plain = cli("model", "recipe", "a.json", "--bits", "4.5", "--no-grouped", "--name", "p")
+    assert "Core ML needs macOS13" in plain.stdout.splitlines()[0]
+    saved = json.loads((tmp_path / "a.json").read_text())["recipes"]
+    assert any(isinstance(v, str) for v in saved["g"].values())
+    assert all(isinstance(v, int) for v in saved["p"].values())
+    bad = cli(
+        "model",
+        "compress",
+        "--model",
+        "tiny",
+        "--bits",
+        "3g16",
+        "--format",
+        "torch",
+        "--out",
+        "v",
+        check=2,
+    )
+    assert bad.stderr.strip() == (
+        "error: --bits: '3g16' is not a palettization; use 1, 2, 4, 6, 8 bits (one lookup table "
+        "per tensor), 16 (keep fp16), or '<bits>g<group size>' such as '4g16' (one lookup table "
+        "per 16 output channels)"
+    )

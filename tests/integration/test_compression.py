@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,7 @@ def test_coreml_palettization_matches_the_recipe_layer_by_layer(
     from workers.compression.palettize import unet_average_bits
 
     _, result = analysis
-    recipe, _, _ = recipe_for_bits(result, 4.5)
+    recipe, _, _ = recipe_for_bits(result, 4.5, grouped=False)  # the folder is for macOS 13
     folder = tmp_path / "c"
     shutil.copytree(coreml_folder, folder)
     pipe = tiny_pipe()
@@ -281,6 +282,154 @@ def test_coreml_palettization_matches_the_recipe_layer_by_layer(
     assert load_package_weights(pipe.unet, folder / "Unet.mlpackage") > len(expected)
     quality = mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True))
     assert 15 < quality < 100
+
+
+def linear_package(path: Path, minimum_os: str) -> Any:
+    """A one-layer Core ML program (a 256 -> 64 Linear whose output channels differ in scale)
+    and its weight, for coremltools' palettization on its own."""
+    import coremltools as ct
+    import torch
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 64, bias=False).eval()
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.05, 3.0, 64)[:, None])
+        traced = torch.jit.trace(layer, torch.zeros(1, 256))
+    with warnings.catch_warnings():  # conversion notes, as in convert_pipeline
+        warnings.simplefilter("ignore")
+        model = ct.convert(
+            traced,
+            convert_to="mlprogram",
+            inputs=[ct.TensorType(name="x", shape=(1, 256))],
+            outputs=[ct.TensorType(name="y")],
+            minimum_deployment_target=getattr(ct.target, minimum_os),
+            skip_model_load=True,
+        )
+    model.save(str(path))
+    return ct.models.MLModel(str(path), skip_model_load=True), layer.weight.detach().numpy()
+
+
+def test_coremltools_grouped_palettization_has_a_table_per_16_channels(tmp_path: Path) -> None:
+    import coremltools.optimize.coreml as cto
+
+    from workers.compression.coreml import palettizer_config, read_palettization
+    from workers.compression.palettize import Palette, palettize_grouped
+
+    model, weight = linear_package(tmp_path / "l.mlpackage", "macOS15")
+    (name,) = cto.get_weights_metadata(model, weight_threshold=1000)
+    config = cto.OptimizationConfig(op_name_configs={name: palettizer_config(cto, Palette(4, 16))})
+    chosen = config.op_name_configs[name]
+    assert (chosen.granularity.name, chosen.group_size) == ("PER_GROUPED_CHANNEL", 16)
+    compressed = cto.palettize_weights(model, config)
+    compressed.save(str(tmp_path / "p.mlpackage"))
+    assert read_palettization(tmp_path / "p.mlpackage") == {name: "4g16"}
+    dense = next(
+        iter(
+            cto.get_weights_metadata(
+                cto.decompress_weights(compressed), weight_threshold=1
+            ).values()
+        )
+    ).val
+    assert dense.shape == weight.shape == (64, 256)
+    assert [len(np.unique(dense[i : i + 16])) for i in range(0, 64, 16)] == [16] * 4
+    assert len(np.unique(dense)) > 16
+    ours = palettize_grouped(weight, 4, 16)
+    assert [len(np.unique(ours[i : i + 16])) for i in range(0, 64, 16)] == [16] * 4
+    # the same granularity: our k-means and coremltools' fit the weight about as well
+    assert psnr(weight, ours) == pytest.approx(psnr(weight, dense), abs=1.0)
+    # a per-tensor table in the same (iOS 18) program reads back as plain bits
+    per_tensor = cto.palettize_weights(
+        model, cto.OptimizationConfig(op_name_configs={name: palettizer_config(cto, Palette(4))})
+    )
+    per_tensor.save(str(tmp_path / "t.mlpackage"))
+    assert read_palettization(tmp_path / "t.mlpackage") == {name: 4}
+
+
+def test_coremltools_refuses_grouped_tables_in_a_macos_13_program(tmp_path: Path) -> None:
+    """Why a grouped recipe's folder is converted for macOS 15 (coremltools 9 refuses)."""
+    import coremltools.optimize.coreml as cto
+
+    from workers.compression.coreml import palettizer_config
+    from workers.compression.palettize import Palette
+
+    model, _ = linear_package(tmp_path / "l.mlpackage", "macOS13")
+    (name,) = cto.get_weights_metadata(model, weight_threshold=1000)
+    config = cto.OptimizationConfig(op_name_configs={name: palettizer_config(cto, Palette(4, 16))})
+    with pytest.raises(ValueError, match="supported since iOS18"):
+        cto.palettize_weights(model, config)
+
+
+def test_grouped_recipe_on_a_macos_13_folder_is_refused_before_palettizing(
+    coreml_folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from workers.compression.coreml import palettize_unet
+    from workers.compression.palettize import uniform_recipe
+
+    folder = tmp_path / "c"
+    shutil.copytree(coreml_folder, folder)
+    pipe = tiny_pipe()
+    recipe = uniform_recipe(pipe.unet, "4g16", MIN_SIZE)
+    first = next(iter(recipe))
+    before = (folder / "Unet.mlpackage" / "Manifest.json").read_bytes()
+    with pytest.raises(CompressionError) as info:
+        palettize_unet(folder, pipe.unet, recipe)
+    assert str(info.value) == (
+        f"{folder} was converted for macOS13, but the recipe's grouped palettization (e.g. "
+        f"{first!r}: '4g16') needs macOS15 (iOS 18): convert it with minimum_os='macOS15'"
+    )
+    assert (folder / "Unet.mlpackage" / "Manifest.json").read_bytes() == before
+
+
+def test_grouped_mixed_recipe_compresses_to_a_macos_15_folder(
+    analysis: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    from workers.compression.analysis import Probe
+    from workers.compression.commands import compress_model
+    from workers.compression.coreml import (
+        coreml_weight_name,
+        load_package_weights,
+        read_palettization,
+    )
+    from workers.compression.palettize import Palette
+    from workers.compression.variants import unet_megabytes
+
+    _, result = analysis
+    recipe, _, _ = recipe_for_bits(result, 4.5)
+    # at least one grouped layer, whatever the analysis preferred
+    name = next(n for n, v in recipe.items() if v != 16)
+    recipe[name] = "4g16"
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    out = tmp_path / "mixed-coreml"
+    info = compress_model(
+        "tiny", out, fmt="coreml", recipe_spec=str(tmp_path / "r.json"), name="g45"
+    )
+    assert info["minimum_os"] == "macOS15"
+    layout = json.loads((out / "orchestrate-coreml.json").read_text())
+    assert layout["minimum_os"] == "macOS15"
+    assert layout["palettization"]["recipe"] == recipe
+    expected = {coreml_weight_name(n): v for n, v in recipe.items() if v != 16}
+    assert read_palettization(out / "Unet.mlpackage") == expected
+    assert layout["palettization"]["coreml_bits"] == expected
+    # the package's size is what the accounting says (indices plus every group's table), plus
+    # the package's own overhead, as large as the fp16 package's over the fp16 weights
+    pipe = tiny_pipe()
+    overhead = info["fp16_mb"] - unet_megabytes(pipe.unet, {})["fp16_mb"]
+    assert 0 < overhead < 1
+    assert info["palettized_mb"] - info["estimated_mb"] == pytest.approx(overhead, abs=0.05)
+    # decompressed into torch: every palettized weight holds its tables' values
+    reference = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2])).run()
+    assert load_package_weights(pipe.unet, out / "Unet.mlpackage") > len(expected)
+    modules = dict(pipe.unet.named_modules())
+    w = modules[name].weight.detach().numpy()
+    group = Palette(4, 16).group_size or 0
+    assert max(len(np.unique(w[i : i + group])) for i in range(0, w.shape[0], group)) <= 16
+    assert len(np.unique(w)) > 16
+    probe = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2]))
+    quality = mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True))
+    assert 15 < quality < 100
+    assert quality == pytest.approx(info["psnr_db"], abs=0.5)
 
 
 def test_split_einsum_attention_matches_the_original() -> None:
@@ -311,6 +460,20 @@ def test_coreml_backend_refuses_off_macos_in_one_sentence() -> None:
         "the Core ML backend needs macOS: Core ML prediction (MLModel.predict) only runs on macOS, "
         "not on Linux; use --backend diffusers here"
     )
+
+
+def test_a_macos_15_folder_is_refused_on_an_older_mac_in_one_sentence() -> None:
+    from workers.backends.coreml import minimum_os_problem
+
+    grouped = {"minimum_os": "macOS15"}
+    assert minimum_os_problem(grouped, "15.1") is None
+    assert minimum_os_problem(grouped, "26.0") is None
+    assert minimum_os_problem(grouped, "14.6.1") == (
+        "this Core ML folder needs macOS15 (its UNet uses grouped-channel palettization); this "
+        "Mac runs macOS 14.6.1: use a per-tensor variant here"
+    )
+    assert minimum_os_problem({}, "13.0") is None  # folders from before minimum_os
+    assert minimum_os_problem({"minimum_os": "macOS13"}, "13.5") is None
 
 
 def test_unet_inputs_use_apples_layout() -> None:

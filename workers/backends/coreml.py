@@ -74,6 +74,23 @@ def check_platform() -> None:
         raise CoreMLUnavailable(NEEDS_MACOS.format(system=platform.system() or sys.platform))
 
 
+def minimum_os_problem(layout: dict[str, Any], mac_version: str) -> str | None:
+    """Why a Mac running ``mac_version`` cannot load a converted folder, or None: a folder
+    with grouped-channel palettization is a macOS 15 program (folders from before the layout
+    recorded ``minimum_os`` are macOS 13 ones)."""
+    needed = str(layout.get("minimum_os", "macOS13"))
+    try:
+        have = int(mac_version.split(".")[0])
+    except ValueError:
+        return None  # an unknown version: let Core ML decide
+    if have < int(needed.removeprefix("macOS")):
+        return (
+            f"this Core ML folder needs {needed} (its UNet uses grouped-channel palettization); "
+            f"this Mac runs macOS {mac_version}: use a per-tensor variant here"
+        )
+    return None
+
+
 class CoreMLBackend:
     name = "coreml"
 
@@ -100,6 +117,9 @@ class CoreMLBackend:
         # Ours, Apple's Swift resources or Apple's Python packages: names, chunks, family
         self.folder = read_folder(folder)
         self.xl = self.folder.xl
+        problem = minimum_os_problem(self.folder.settings, platform.mac_ver()[0])
+        if problem:
+            raise CoreMLUnavailable(problem)
         units = getattr(ct.ComputeUnit, compute_units)
         self.models = {
             name: self._load(ct, path, units) for name, path in self.folder.paths.items()

@@ -149,6 +149,7 @@ class CoreMLFolder:
     vae_scaling_factor: float
     force_zeros_for_empty_prompt: bool
     inputs: dict[str, dict[str, Declared]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # orchestrate-coreml.json, ours only
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -265,4 +266,5 @@ def read_folder(folder: Path) -> CoreMLFolder:
             )
         ),
         inputs=inputs,
+        settings=ours,
     )
