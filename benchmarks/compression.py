@@ -5,6 +5,7 @@ the table users know from Apple's ml-stable-diffusion README.
     python benchmarks/compression.py --no-coreml     # without the Core ML column (faster)
     python benchmarks/compression.py --sd15          # + a UNet with SD 1.5's architecture (random
                                                      #   weights, 860M params): torch, measured
+    python benchmarks/compression.py --ane           # split_einsum_v2 vs the diffusers UNet (fp32)
     python benchmarks/compression.py --sd15 --sd15-coreml   # + its Core ML packages (slow: ~2 min
                                                      #   to convert, ~4 min per palettized variant)
 
@@ -319,8 +320,29 @@ def main() -> None:
     ap.add_argument("--sd15", action="store_true")
     ap.add_argument("--sd15-coreml", action="store_true")
     ap.add_argument("--tiny-min-size", type=float, default=1000)
+    ap.add_argument(
+        "--ane",
+        action="store_true",
+        help="only the split_einsum_v2 equivalence rows (tiny, tiny-xl, SD 1.5 architecture)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.ane:
+        from _ane import rows as ane_rows
+
+        from workers.task import PipelineCache
+
+        cache = PipelineCache(device="cpu", threads=2)
+        tiny_pipe = cache.get("tiny")[0].pipe  # type: ignore[attr-defined]
+        xl_pipe = PipelineCache(device="cpu", threads=2).get("tiny-xl")[0].pipe  # type: ignore[attr-defined]
+        equivalence = ane_rows(tiny_pipe, xl_pipe, sd15=True)
+        for r in equivalence:
+            print(
+                f"{r['model']:10s} latent {r['latent']:3d}  {r['transformers_replaced']:2d} blocks  "
+                f"{r['psnr_db']:6.1f} dB  max |diff| {r['max_abs_diff']:.2e}"
+            )
+        save("compression_ane", {"split_einsum_v2_vs_diffusers_fp32": equivalence})
+        return
     label = "tiny" if args.model == "tiny" else Path(args.model).name[:8]
     prompts = list(HELD_OUT_PROMPTS[: args.prompts])
     # The worker's backend on the CPU (fp32, 2 threads): its pipeline is the one analysed and
