@@ -13,12 +13,17 @@ the compute-unit split; a Mac run confirms those (README, "Core ML on a Mac").
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from tests.apple_layout import COMPILED_FROM, role_modules, role_of
 from workers.backends.coreml_folder import SPEC_DTYPES as _DTYPES  # the backend's own reading
@@ -121,6 +126,37 @@ class StandInModel:
         out = out if isinstance(out, tuple) else (out,)
         return {
             n: o.detach().numpy().astype(np.float32) for n, o in zip(self.outputs, out, strict=True)
+        }
+
+
+OFF_MACOS = pytest.mark.skipif(
+    sys.platform == "darwin", reason="on macOS the Core ML backend runs Core ML itself"
+)
+
+
+def pixels(backend: Any, request: Any) -> np.ndarray:
+    """A backend's image for ``request``, as float64 pixels."""
+    return np.asarray(backend.generate(request).image).astype(np.float64)
+
+
+def image_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two 8-bit images in dB (inf when equal)."""
+    mse = float(np.mean((a - b) ** 2))
+    return 10 * math.log10(255**2 / mse) if mse else math.inf
+
+
+@contextlib.contextmanager
+def backends_on(
+    source_pipe: Any, folders: dict[str, Path], model: str = "tiny"
+) -> Iterator[dict[str, Any]]:
+    """The Core ML backend on each folder, stand-ins installed while the context lasts."""
+    from workers.backends.coreml import CoreMLBackend
+
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp, source_pipe)
+        yield {
+            name: CoreMLBackend(model, folder, compute_units="CPU_ONLY")
+            for name, folder in folders.items()
         }
 
 

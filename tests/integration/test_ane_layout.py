@@ -6,14 +6,12 @@ applies by layer name, and the Core ML backend's images from it match the diffus
 from __future__ import annotations
 
 import copy
-import math
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.coreml_standin import OFF_MACOS, image_psnr, install, pixels
 from workers.compression.palettize import psnr
 
 pytestmark = pytest.mark.slow
@@ -114,9 +112,8 @@ def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(tmp_path: Pat
     assert ops.count("conv") > sum(1 for n in layout_bits if "attn" in n)
 
 
-@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS the backend runs Core ML itself")
+@OFF_MACOS
 def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Path) -> None:
-    from tests.coreml_standin import install
     from workers.backends import GenerationRequest
     from workers.backends.coreml import CoreMLBackend
     from workers.compression.coreml import convert_pipeline
@@ -144,9 +141,8 @@ def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Pat
     with pytest.MonkeyPatch.context() as mp:
         install(mp, ane_pipe)  # the stand-in evaluates the package's own (B, C, 1, S) graph
         coreml = CoreMLBackend("tiny", tmp_path / "v2", compute_units="CPU_AND_NE")
-        got = np.asarray(coreml.generate(req).image).astype(np.float64)
-    want = np.asarray(diffusers.generate(req).image).astype(np.float64)  # type: ignore[attr-defined]
-    mse = float(np.mean((got - want) ** 2))
-    image_psnr = 10 * math.log10(255**2 / mse) if mse else math.inf
-    print(f"split_einsum_v2 fp32 package vs diffusers, DPM++ 8 steps: {image_psnr:.1f} dB")
-    assert image_psnr >= 45
+        got = pixels(coreml, req)
+    want = pixels(diffusers, req)
+    quality = image_psnr(got, want)
+    print(f"split_einsum_v2 fp32 package vs diffusers, DPM++ 8 steps: {quality:.1f} dB")
+    assert quality >= 45

@@ -31,6 +31,17 @@ def tiny_pipe() -> Any:
     return load_pipeline(model_source("tiny"), torch.float32)
 
 
+def tiny_plan(out: Path) -> AnalysisPlan:
+    """The analysis of the tiny model these tests share (two probe prompts, three recipes)."""
+    return AnalysisPlan(
+        model="tiny",
+        out=out,
+        min_size=MIN_SIZE,
+        num_recipes=3,
+        probe=ProbeConfig(prompts=ProbeConfig().prompts[:2]),
+    )
+
+
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("analysis") / "tiny.json"
@@ -105,13 +116,7 @@ def test_interrupted_analysis_resumes(
     resumed_path = tmp_path / "resume.json"
     resumed_path.write_text(json.dumps(partial))
     ticks: list[str] = []
-    plan = AnalysisPlan(
-        model="tiny",
-        out=resumed_path,
-        min_size=MIN_SIZE,
-        num_recipes=3,
-        probe=ProbeConfig(prompts=ProbeConfig().prompts[:2]),
-    )
+    plan = tiny_plan(resumed_path)
     resumed = analyze(
         tiny_pipe(), plan, resume=True, progress=lambda d, t, what: ticks.append(what)
     )
@@ -137,13 +142,7 @@ def test_an_analysis_from_before_grouped_palettization_resumes_with_them(
     # what an analysis without grouped entries still gives
     assert recipe_for_bits(old, 4.5) == recipe_for_bits(full, 4.5, grouped=False)
     ticks: list[str] = []
-    plan = AnalysisPlan(
-        model="tiny",
-        out=old_path,
-        min_size=MIN_SIZE,
-        num_recipes=3,
-        probe=ProbeConfig(prompts=ProbeConfig().prompts[:2]),
-    )
+    plan = tiny_plan(old_path)
     resumed = analyze(tiny_pipe(), plan, resume=True, progress=lambda d, t, w: ticks.append(w))
     assert ticks and all(t.startswith(("4g16 ", "2g16 ")) for t in ticks)
     assert resumed["single_layer"] == full["single_layer"]

@@ -7,9 +7,7 @@ through the real ``CoreMLBackend.generate()`` with the stand-in (tests/coreml_st
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,22 +15,10 @@ import numpy as np
 import pytest
 
 from tests.apple_layout import apple_packages, apple_resources
-from tests.coreml_standin import install
+from tests.coreml_standin import OFF_MACOS, backends_on, image_psnr, pixels
 from workers.backends import GenerationRequest, JobInputError
-from workers.task import PipelineCache
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        sys.platform == "darwin", reason="on macOS the Core ML backend runs Core ML itself"
-    ),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> object:
-    backend, _ = PipelineCache(device="cpu", threads=2).get("tiny")
-    return backend
+pytestmark = [pytest.mark.slow, OFF_MACOS]
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +54,8 @@ def diffusers_files(ours: Path, pipe: object, dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def backends(tiny: object, folders: dict[str, Path]) -> Iterator[dict[str, object]]:
-    from workers.backends.coreml import CoreMLBackend
-
-    with pytest.MonkeyPatch.context() as mp:
-        install(mp, tiny.pipe)  # type: ignore[attr-defined]
-        yield {
-            name: CoreMLBackend("tiny", folder, compute_units="CPU_ONLY")
-            for name, folder in folders.items()
-        }
+    with backends_on(tiny.pipe, folders) as loaded:  # type: ignore[attr-defined]
+        yield loaded
 
 
 def request(scheduler: str = "dpmpp_2m", negative: str = "") -> GenerationRequest:
@@ -89,10 +69,6 @@ def request(scheduler: str = "dpmpp_2m", negative: str = "") -> GenerationReques
         height=64,
         scheduler=scheduler,
     )
-
-
-def pixels(backend: object, req: GenerationRequest) -> np.ndarray:
-    return np.asarray(backend.generate(req).image).astype(np.float64)  # type: ignore[attr-defined]
 
 
 def test_apple_folders_are_read_as_apple_writes_them(
@@ -146,8 +122,7 @@ def test_fp16_apple_folders_make_our_folders_image(backends: dict[str, object]) 
     assert np.array_equal(pixels(backends["packages-fp16"], req), ours)
     # chunks are converted on their own: their boundary tensors pass in fp16, as on the Mac
     chunked = pixels(backends["resources-fp16-chunked"], req)
-    mse = float(np.mean((chunked - ours) ** 2))
-    psnr = 10 * math.log10(255**2 / mse) if mse else math.inf
+    psnr = image_psnr(chunked, ours)
     print(f"fp16 chunked vs whole UNet, Euler a 6 steps: {psnr:.1f} dB")
     assert psnr > 30
 

@@ -5,28 +5,25 @@ activations are what a Mac run confirms (README)."""
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.coreml_standin import StandInModel, install
+from tests.coreml_standin import (
+    OFF_MACOS,
+    StandInModel,
+    backends_on,
+    image_psnr,
+    install,
+    pixels,
+)
 from workers.backends import GenerationRequest
 from workers.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache
 
-pytestmark = pytest.mark.skipif(
-    sys.platform == "darwin", reason="on macOS the Core ML backend runs Core ML itself"
-)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> object:
-    backend, _ = PipelineCache(device="cpu", threads=2).get("tiny")
-    return backend
+pytestmark = OFF_MACOS
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +41,8 @@ def folders(tiny: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 @pytest.fixture(scope="module")
 def backends(tiny: object, folders: dict[str, Path]) -> Iterator[dict[str, object]]:
     """The Core ML backend on each folder, loaded once (stand-ins installed for the module)."""
-    from workers.backends.coreml import CoreMLBackend
-
-    with pytest.MonkeyPatch.context() as mp:
-        install(mp, tiny.pipe)  # type: ignore[attr-defined]
-        yield {
-            precision: CoreMLBackend("tiny", folder, compute_units="CPU_ONLY")
-            for precision, folder in folders.items()
-        }
+    with backends_on(tiny.pipe, folders) as loaded:  # type: ignore[attr-defined]
+        yield loaded
 
 
 def request(scheduler: str, seed: int = 3) -> GenerationRequest:
@@ -65,10 +56,6 @@ def request(scheduler: str, seed: int = 3) -> GenerationRequest:
         height=64,
         scheduler=scheduler,
     )
-
-
-def pixels(backend: object, req: GenerationRequest) -> np.ndarray:
-    return np.asarray(backend.generate(req).image).astype(np.float64)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
@@ -89,8 +76,7 @@ def test_an_fp16_package_is_close_and_reproducible(
     for scheduler in ("dpmpp_2m", "euler_a"):
         got = pixels(backend, request(scheduler))
         assert np.array_equal(got, pixels(backend, request(scheduler)))
-        mse = float(np.mean((got - pixels(tiny, request(scheduler))) ** 2))
-        psnr = 10 * math.log10(255**2 / mse) if mse else math.inf
+        psnr = image_psnr(got, pixels(tiny, request(scheduler)))
         print(f"fp16 package vs diffusers fp32, {scheduler}: {psnr:.1f} dB")
         # fp16 weights and inputs only (the stand-in computes in fp32). Measured at 6 steps:
         # 59.4 dB (DPM++), 29.2 dB (Euler a: its fresh noise each step amplifies differences);
@@ -242,8 +228,7 @@ def test_a_palettized_package_holds_and_draws_the_torch_variants_weights(
     # the stand-in evaluates the package's own (decompressed) weights, every one of them
     assert all("norm" in name for name in made["Unet"].missing)
     want = pixels(torch_variant, request("dpmpp_2m"))
-    mse = float(np.mean((got - want) ** 2))
-    psnr = 10 * math.log10(255**2 / mse) if mse else math.inf
+    psnr = image_psnr(got, want)
     print(f"4-bit package vs the torch 4-bit variant, DPM++ 6 steps: {psnr:.1f} dB")
     # measured 54.8 dB (the unpalettized fp16 package vs fp32: 59.4 dB); a 4-bit variant's
     # image is 18.6 dB from the unpalettized one's, so the tables are the same ones
