@@ -17,6 +17,7 @@ import pytest
 from tests.apple_layout import apple_packages, apple_resources
 from tests.coreml_standin import OFF_MACOS, backends_on, image_psnr, pixels
 from workers.backends import GenerationRequest, JobInputError
+from workers.schedulers import SCHEDULER_NAMES
 
 pytestmark = [pytest.mark.slow, OFF_MACOS]
 
@@ -104,7 +105,7 @@ def test_apple_folders_are_read_as_apple_writes_them(
     } == {"float32"}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "euler_a", "ddim"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fp32_apple_resources_with_a_chunked_unet_make_the_diffusers_image(
     scheduler: str, tiny: object, backends: dict[str, object]
 ) -> None:
