@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 
 from tests.apple_layout import COMPILED_FROM, role_modules, role_of
-from workers.backends.coreml_folder import SPEC_DTYPES as _DTYPES  # the backend's own reading
 from workers.backends.coreml_folder import model_inputs
 
 
@@ -69,22 +68,16 @@ class StandInModel:
         import torch
 
         self.path = path
+        # What the model declares, read as the backend reads it (a package's spec, or a
+        # compiled model's metadata.json); a compiled model's weights are the package it was
+        # made from (tests/apple_layout.py).
+        self.inputs = {name: (d.shape, d.dtype) for name, d in model_inputs(path).items()}
         if path.suffix == ".mlmodelc":
-            # A compiled model says what it takes in its metadata.json (read as the backend
-            # reads it); its weights are the package it was made from (tests/apple_layout.py).
             meta = json.loads((path / "metadata.json").read_text())[0]
-            self.inputs = {name: (d.shape, d.dtype) for name, d in model_inputs(path).items()}
             self.outputs = [o["name"] for o in meta["outputSchema"]]
             package = COMPILED_FROM[path]
         else:
             spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-            self.inputs = {
-                i.name: (
-                    tuple(i.type.multiArrayType.shape),
-                    _DTYPES[i.type.multiArrayType.dataType],
-                )
-                for i in spec.description.input
-            }
             self.outputs = [o.name for o in spec.description.output]
             package = path
         consts = package_consts(package)

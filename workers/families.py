@@ -243,3 +243,11 @@ def of_pipeline(pipe: Any) -> ModelInfo:
         dict(pipe.scheduler.config),
         dict(pipe.vae.config),
     )
+
+
+def sdxl_time_ids(width: int, height: int, rows: int = 2) -> Any:
+    """SDXL's size conditioning as its pipeline defaults it, one row per UNet batch row
+    (numpy, float32): original size and target size the image's own, crop at (0, 0)."""
+    import numpy as np
+
+    return np.array([[height, width, 0, 0, height, width]] * rows, dtype=np.float32)

@@ -29,6 +29,7 @@ import numpy as np
 from workers.backends import GenerationRequest, GenerationResult, JobInputError, JobInterrupted
 from workers.backends.coreml_folder import SPEC_DTYPES, declared_inputs, read_folder
 from workers.compression.coreml import SEQ_LEN, TEXT_ENCODER, TEXT_ENCODER_2, VAE_DECODER
+from workers.families import sdxl_time_ids
 
 __all__ = ["SPEC_DTYPES", "CoreMLBackend", "declared_inputs"]
 
@@ -61,12 +62,6 @@ def unet_inputs(
         ).astype(np.float32),
         **(added or {}),
     }
-
-
-def time_ids(width: int, height: int) -> np.ndarray:
-    """SDXL's size conditioning for both guidance halves, as its pipeline defaults it:
-    original size and target size the image's own, crop at (0, 0)."""
-    return np.array([[height, width, 0, 0, height, width]] * 2, dtype=np.float32)
 
 
 def check_platform() -> None:
@@ -195,7 +190,7 @@ class CoreMLBackend:
         if not self.xl:
             return hidden, None
         return hidden, {
-            "time_ids": time_ids(request.width, request.height),
+            "time_ids": sdxl_time_ids(request.width, request.height),
             "text_embeds": np.concatenate([uncond_pooled, pooled]),
         }
 

@@ -237,7 +237,7 @@ def read_folder(folder: Path) -> CoreMLFolder:
     else:
         raise JobInputError(f"{folder} has {names[UNET_CHUNKS[0]]} without {names[UNET_CHUNKS[1]]}")
     inputs = {role: model_inputs(path) for role, path in paths.items()}
-    xl = "text_embeds" in inputs[parts[0]] or any("text_embeds" in inputs[p] for p in parts)
+    xl = any("text_embeds" in inputs[p] for p in parts)
     if xl and TEXT_ENCODER_2 not in paths:
         raise JobInputError(f"{folder}: an SDXL UNet needs {names[TEXT_ENCODER_2]} beside it")
     if "sample" not in inputs[parts[0]]:

@@ -71,6 +71,8 @@ def guided_conditioning(
     SDXL's pipeline gives zeros where its config says so, as generation does."""
     import torch
 
+    from workers.families import sdxl_time_ids
+
     n = len(prompts)
     with torch.inference_mode():
         if getattr(pipe, "text_encoder_2", None) is None:
@@ -83,7 +85,7 @@ def guided_conditioning(
             do_classifier_free_guidance=True,
             negative_prompt=None,
         )
-    ids = torch.tensor([[side, side, 0, 0, side, side]] * (2 * n), dtype=torch.float32)
+    ids = torch.from_numpy(sdxl_time_ids(side, side, 2 * n))
     added = {"text_embeds": torch.cat([uncond_pooled, pooled]).float(), "time_ids": ids}
     return torch.cat([uncond, cond]).float(), added
 

@@ -211,6 +211,8 @@ def convert_pipeline(
     grouped-channel palettization needs; see :func:`workers.compression.palettize.recipe_minimum_os`)."""
     import torch
 
+    from workers.families import sdxl_time_ids
+
     ct = _quiet_coremltools()
     if attention not in ATTENTIONS:
         raise CompressionError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
@@ -240,9 +242,7 @@ def convert_pipeline(
                 elif inp == "timestep":
                     example.append(torch.full(shape, 500.0))
                 elif inp == "time_ids":
-                    example.append(
-                        torch.tensor([[side, side, 0, 0, side, side]] * shape[0]).float()
-                    )
+                    example.append(torch.from_numpy(sdxl_time_ids(side, side, shape[0])))
                 else:
                     example.append(torch.randn(shape, generator=g))
             package_precision = vae_precision(pipe, precision) if name == VAE_DECODER else precision
