@@ -4,6 +4,8 @@
     .venv/bin/python scripts/train_tiny.py                  # the shipped model, into workers/assets/tiny
     .venv/bin/python scripts/train_tiny.py --out DIR        # elsewhere
     .venv/bin/python scripts/train_tiny.py --scale 0.05     # a short smoke run (5% of the steps)
+    .venv/bin/python scripts/train_tiny.py --out DIR --set vae_select_every=500 \
+        --set min_snr_gamma=null --set 'unet_channels=[32,64,64]'   # another recipe (JSON values)
 
 It draws its own dataset (``workers/scenes.py``), trains the VAE, then the UNet with the text
 encoder (``workers/training.py``), prints the losses and times, and writes the folder with
@@ -14,6 +16,7 @@ and CPU it writes the same weights, bit for bit: compare ``sha256sum DIR/*/*.saf
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +24,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +40,24 @@ from workers.tiny import SHIPPED_TINY  # noqa: E402
 from workers.training import TrainConfig, train  # noqa: E402
 
 
+def overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` options as TrainConfig fields (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "threads"}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in names:
+            ap.error(
+                f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            ap.error(f"--set {item!r}: {text!r} is not a JSON value (write null, 500, [32,64])")
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=SHIPPED_TINY, help="folder to write (replaced)")
@@ -43,10 +65,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=TrainConfig.threads)
     ap.add_argument("--scale", type=float, default=1.0, help="scale the step counts (smoke runs)")
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one TrainConfig field (VALUE in JSON: 500, null, [32,64,64]); repeatable",
+    )
+    ap.add_argument(
         "--sheet", type=Path, help="also save the held-out images as one PNG (a contact sheet)"
     )
     args = ap.parse_args()
-    config = TrainConfig(seed=args.seed, threads=args.threads)
+    config = TrainConfig(seed=args.seed, threads=args.threads, **overrides(ap, args.set))
     if args.scale != 1.0:
         config = config.scaled(args.scale)
 

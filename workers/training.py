@@ -50,6 +50,10 @@ class TrainConfig:
     vae_crop: int = 32  # the VAE is convolutional (no mid-block attention): train on crops
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
+    # Keep the VAE checkpoint whose reconstructions the judge reads best (0: keep the last):
+    # its fidelity moves around during training, and it bounds what the UNet can draw.
+    vae_select_every: int = 0
+    vae_select_scenes: int = 120
     scenes: int = 30_000  # distinct rendered scenes the UNet phase draws from
     unet_steps: int = 3000
     unet_batch: int = 64
@@ -57,7 +61,8 @@ class TrainConfig:
     text_lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.998
-    min_snr_gamma: float = 5.0
+    # Min-SNR loss weights (None: the plain v-prediction loss, every noise level weighted 1)
+    min_snr_gamma: float | None = 5.0
     vae_channels: tuple[int, ...] = (16, 16, 32, 32)
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = 32
@@ -76,6 +81,7 @@ class TrainConfig:
 class TrainReport:
     config: dict[str, Any]
     vae_losses: list[tuple[int, float]] = field(default_factory=list)
+    vae_checkpoints: list[tuple[int, float]] = field(default_factory=list)
     unet_losses: list[tuple[int, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     latent_scaling_factor: float = 0.0
@@ -220,8 +226,8 @@ def build_components(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]
         layers_per_block=2,
         # Cross-attention at both resolutions (SD 1.x has it in three of its four levels), with
         # heads of 16 channels: 8 heads of 4 channels learned to read the prompt too slowly.
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * len(config.unet_channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(config.unet_channels),
         cross_attention_dim=config.text_hidden,
         attention_head_dim=tuple(c // 16 for c in config.unet_channels),
         norm_num_groups=32,
@@ -277,13 +283,40 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def reconstruction_adherence(vae: Any, images: np.ndarray, prompts: Sequence[str]) -> float:
+    """The judge's adherence on the VAE's round trips of ``images`` (their prompts given): how
+    much of each scene survives encoding and decoding, the ceiling of what the UNet can draw."""
+    import torch
+    from PIL import Image
+
+    from workers.judge import adherence, judge
+
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(to_tensor(images)).latent_dist.mean).sample
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    verdicts = [
+        judge(Image.fromarray(p), prompt) for p, prompt in zip(pixels, prompts, strict=True)
+    ]
+    return adherence(v for v in verdicts if v is not None)
+
+
 def train_vae(
     vae: Any, config: TrainConfig, rng: np.random.Generator, progress: Progress
-) -> list[tuple[int, float]]:
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """Train the VAE; returns the MSE per step and, when ``config.vae_select_every`` is set, the
+    reconstruction adherence of each checkpoint scored (the best one is kept in ``vae``)."""
     import torch
 
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     losses: list[tuple[int, float]] = []
+    scores: list[tuple[int, float]] = []
+    best: tuple[float, dict[str, Any]] | None = None
+    if config.vae_select_every:
+        # Validation scenes from their own stream, so selecting leaves the training draws as
+        # they are (and never the held-out prompts)
+        val_images, val_prompts = draw_scenes(
+            np.random.default_rng(config.seed + 1), config.vae_select_scenes, config.size
+        )
     vae.train()
     for step in range(config.vae_steps):
         images, _ = draw_scenes(rng, config.vae_batch, config.size)
@@ -300,8 +333,20 @@ def train_vae(
         opt.step()
         losses.append((step, float(mse.detach())))
         progress("vae", step, config.vae_steps, losses[-1][1])
+        done = step + 1
+        if config.vae_select_every and (
+            done % config.vae_select_every == 0 or done == config.vae_steps
+        ):
+            vae.eval()
+            score = reconstruction_adherence(vae, val_images, val_prompts)
+            vae.train()
+            scores.append((done, score))
+            if best is None or score > best[0]:
+                best = (score, copy.deepcopy(vae.state_dict()))
+    if best is not None:
+        vae.load_state_dict(best[1])
     vae.eval()
-    return losses
+    return losses, scores
 
 
 def encode_scenes(vae: Any, images: np.ndarray, batch: int = 256) -> tuple[Any, Any]:
@@ -387,7 +432,10 @@ def train_unet(
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         target = ddpm.get_velocity(latents, noise, t)
         per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
-        loss = (per_sample * _min_snr_weights(ddpm, t, config.min_snr_gamma)).mean()
+        if config.min_snr_gamma is None:
+            loss = per_sample.mean()
+        else:
+            loss = (per_sample * _min_snr_weights(ddpm, t, config.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
@@ -426,7 +474,7 @@ def train(destination: Path, config: TrainConfig, progress: Progress | None = No
     components = build_components(config, tok_dir)
     say: Progress = progress or (lambda *_: None)
     t0 = time.perf_counter()
-    report.vae_losses = train_vae(components["vae"], config, rng, say)
+    report.vae_losses, report.vae_checkpoints = train_vae(components["vae"], config, rng, say)
     t1 = time.perf_counter()
     unet, text_encoder, report.unet_losses, scale = train_unet(components, config, rng, say)
     t2 = time.perf_counter()
@@ -474,5 +522,6 @@ def summary(report: TrainReport) -> dict[str, Any]:
         "seconds": {k: round(v, 1) for k, v in report.seconds.items()},
         "latent_scaling_factor": report.latent_scaling_factor,
         "vae_mse_per_100_steps": windows(report.vae_losses),
+        "vae_checkpoint_adherence": [[step, round(v, 4)] for step, v in report.vae_checkpoints],
         "unet_loss_per_100_steps": windows(report.unet_losses),
     }

@@ -71,3 +71,75 @@ def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path:
     other = train(tmp_path / "c", TrainConfig(**{**config.__dict__, "seed": config.seed + 1}))
     assert other.unet_losses != losses[0]
     assert _digests(tmp_path / "c") != _digests(tmp_path / "a")
+
+
+def test_vae_selection_keeps_the_checkpoint_the_judge_reads_best(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torch
+
+    from workers import training
+
+    config = TrainConfig(
+        vae_steps=4, vae_batch=2, warmup=1, threads=1, vae_select_every=1, vae_select_scenes=2
+    )
+    vae = training.build_components(config, tmp_path / "tok")["vae"]
+    snapshots: list[dict[str, torch.Tensor]] = []
+    scores = iter([0.2, 0.9, 0.5, 0.9])  # the second checkpoint is best (a tie keeps the first)
+
+    def score(model: object, images: np.ndarray, prompts: list[str]) -> float:
+        assert len(images) == len(prompts) == 2
+        snapshots.append({k: v.clone() for k, v in vae.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(training, "reconstruction_adherence", score)
+    losses, checkpoints = training.train_vae(vae, config, np.random.default_rng(0), lambda *_: None)
+    assert [s for s, _ in checkpoints] == [1, 2, 3, 4] and len(losses) == 4
+    kept = vae.state_dict()
+    assert all(torch.equal(kept[k], snapshots[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], snapshots[3][k]) for k in kept)
+
+
+def test_reconstruction_adherence_of_a_lossless_round_trip_is_the_judges_own() -> None:
+    import torch
+
+    from workers.training import reconstruction_adherence
+
+    class Lossless:  # encodes an image as itself
+        def encode(self, x: torch.Tensor) -> object:
+            return type("Out", (), {"latent_dist": type("D", (), {"mean": x})()})()
+
+        def decode(self, z: torch.Tensor) -> object:
+            return type("Out", (), {"sample": z})()
+
+    images, prompts = draw_scenes(np.random.default_rng(5), 40, 64)
+    score = reconstruction_adherence(Lossless(), images, prompts)
+    assert score > 0.95  # clean renders: the judge reads (nearly) all of them
+    shuffled = reconstruction_adherence(Lossless(), images[::-1].copy(), prompts)
+    assert shuffled < score - 0.2  # the score is about the prompt, not the image alone
+
+
+def test_the_unet_has_one_cross_attention_level_per_channel_count(tmp_path: Path) -> None:
+    from workers.training import build_components
+
+    unet = build_components(TrainConfig(unet_channels=(32, 64, 64)), tmp_path)["unet"]
+    assert [type(b).__name__ for b in unet.down_blocks] == ["CrossAttnDownBlock2D"] * 3
+    assert unet.config.attention_head_dim == (2, 4, 4)  # heads of 16 channels
+
+
+def test_the_training_script_takes_config_fields_as_json_values() -> None:
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_tiny.py"
+    spec = importlib.util.spec_from_file_location("train_tiny", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ap = argparse.ArgumentParser()
+    got = script.overrides(ap, ["min_snr_gamma=null", "unet_channels=[32,64,64]", "vae_steps=10"])
+    assert got == {"min_snr_gamma": None, "unet_channels": (32, 64, 64), "vae_steps": 10}
+    TrainConfig(**got)
+    for bad in ("seed=3", "nothing=1", "vae_steps", "vae_steps=ten"):
+        with pytest.raises(SystemExit):
+            script.overrides(ap, [bad])
