@@ -13,6 +13,8 @@ The spec is ``;``-separated rules:
   call.
 - ``record=PATH``: append every Redis call site to PATH (one per line), so a test can list
   them and then fail each in turn.
+- ``fired=PATH``: append the name of every rule that fires to PATH (one per line, before its
+  action), so a test injecting several faults at once knows which it reached.
 """
 
 from __future__ import annotations
@@ -29,16 +31,20 @@ _lock = threading.Lock()
 _hits: Counter[str] = Counter()
 _rules: dict[str, tuple[str, int]] | None = None
 _record: str | None = None
+_fired: str | None = None
 
 
 def _load() -> dict[str, tuple[str, int]]:
-    global _rules, _record
+    global _rules, _record, _fired
     if _rules is None:
         rules: dict[str, tuple[str, int]] = {}
         for part in filter(None, (p.strip() for p in os.environ.get(_ENV, "").split(";"))):
             name, _, action = part.partition("=")
             if name == "record":
                 _record = action
+                continue
+            if name == "fired":
+                _fired = action
                 continue
             action, _, nth = action.partition("@")
             rules[name] = (action, int(nth or 1))
@@ -55,16 +61,19 @@ def active() -> bool:
 
 def configure(spec: str | None) -> None:
     """Set (or with None clear) this process's rules, as if ORCHESTRATE_FAULTS said so."""
-    global _rules, _record
+    global _rules, _record, _fired
     if spec:
         os.environ[_ENV] = spec
     else:
         os.environ.pop(_ENV, None)
-    _rules, _record = None, None
+    _rules, _record, _fired = None, None, None
     _hits.clear()
 
 
 def _fire(action: str, name: str) -> None:
+    if _fired:
+        with _lock, open(_fired, "a") as fh:
+            fh.write(name + "\n")
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "exit":

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import workers  # noqa: F401  (first: passive OpenMP waits, before any test module imports torch)
 from orchestrator.database import database_url, open_engine
 from orchestrator.manifest import Defaults, parse_manifest
 from orchestrator.store import JobStore, WorkerIdentity

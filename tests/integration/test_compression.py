@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,12 +214,8 @@ def test_torch_variant_runs_through_the_job_path_close_to_fp16(
 
 
 @pytest.fixture(scope="module")
-def coreml_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.compression.coreml import convert_pipeline
-
-    out = tmp_path_factory.mktemp("coreml") / "tiny-coreml"
-    convert_pipeline(tiny_pipe(), out, model_version="tiny")
-    return out
+def coreml_folder(tiny_coreml: Callable[[str], Path]) -> Path:
+    return tiny_coreml("fp16")
 
 
 def test_converted_folder_layout_and_input_shapes(coreml_folder: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +23,18 @@ pytestmark = [pytest.mark.slow, OFF_MACOS]
 
 
 @pytest.fixture(scope="module")
-def folders(tiny: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def folders(
+    tiny: object, tiny_coreml: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Our fp32 and fp16 conversions of tiny, and Apple-layout folders made from them. The
     tiny model is v-prediction with its own latent scale: its scheduler config and VAE config
     go beside Apple's files, as a user of such a model puts them (Apple's folders default to
     SD's epsilon schedule and 0.18215)."""
-    from workers.compression.coreml import convert_pipeline
-
     root = tmp_path_factory.mktemp("apple")
     pipe = tiny.pipe  # type: ignore[attr-defined]
     out = {}
     for precision in ("fp32", "fp16"):
-        ours = root / f"ours-{precision}"
-        convert_pipeline(pipe, ours, model_version="tiny", precision=precision)
-        out[f"ours-{precision}"] = ours
+        ours = out[f"ours-{precision}"] = tiny_coreml(precision)
         for chunked in (False, True):
             name = f"resources-{precision}{'-chunked' if chunked else ''}"
             out[name] = apple_resources(

@@ -5,7 +5,7 @@ activations are what a Mac run confirms (README)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,8 @@ pytestmark = OFF_MACOS
 
 
 @pytest.fixture(scope="module")
-def folders(tiny: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from workers.compression.coreml import convert_pipeline
-
-    out = {}
-    for precision in ("fp32", "fp16"):
-        folder = tmp_path_factory.mktemp("coreml") / f"tiny-{precision}"
-        convert_pipeline(tiny.pipe, folder, model_version="tiny", precision=precision)  # type: ignore[attr-defined]
-        out[precision] = folder
-    return out
+def folders(tiny_coreml: Callable[[str], Path]) -> dict[str, Path]:
+    return {precision: tiny_coreml(precision) for precision in ("fp32", "fp16")}
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,10 @@ def analysis(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     from workers.compression.commands import analyze_model
 
     out = tmp_path_factory.mktemp("analysis") / "tiny-xl.json"
-    return out, analyze_model("tiny-xl", out, min_size=MIN_SIZE, num_recipes=3, prompts=2)
+    # per-tensor widths only: grouped candidates are analysed on tiny (test_compression.py)
+    return out, analyze_model(
+        "tiny-xl", out, min_size=MIN_SIZE, num_recipes=3, prompts=2, grouped=()
+    )
 
 
 def test_sdxl_analysis_ranks_its_unet_layers_and_makes_recipes(

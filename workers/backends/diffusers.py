@@ -47,13 +47,6 @@ for _var, _value in (
     ("TRANSFORMERS_VERBOSITY", "error"),
     ("DIFFUSERS_VERBOSITY", "error"),
     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-    # OpenMP threads that wait by spinning (libgomp's default) take the cores from each other
-    # and from every other process: on a busy machine a 2-thread 64 px image took 28 s instead
-    # of 1 s (issue 12, benchmarks/threads.py). Passive waits do not fall off that cliff and do
-    # not change the pixels. libgomp reads this once, when torch is first imported, which in
-    # every command happens below, after this line (tests/integration/test_threads.py); a value
-    # the user set is kept.
-    ("OMP_WAIT_POLICY", "PASSIVE"),
 ):
     os.environ.setdefault(_var, _value)
 
