@@ -64,6 +64,8 @@ class TrainConfig:
     # Min-SNR loss weights (None: the plain v-prediction loss, every noise level weighted 1)
     min_snr_gamma: float | None = 5.0
     vae_channels: tuple[int, ...] = (16, 16, 32, 32)
+    vae_layers: int = 1  # resnet layers per VAE block
+    latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = 32
 
@@ -212,16 +214,16 @@ def build_components(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]
         down_block_types=("DownEncoderBlock2D",) * len(config.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(config.vae_channels),
         block_out_channels=config.vae_channels,
-        layers_per_block=1,
-        latent_channels=4,
+        layers_per_block=config.vae_layers,
+        latent_channels=config.latent_channels,
         norm_num_groups=8,
         sample_size=config.size,
         mid_block_add_attention=False,
     )
     unet = UNet2DConditionModel(
         sample_size=latent,
-        in_channels=4,
-        out_channels=4,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
         block_out_channels=config.unet_channels,
         layers_per_block=2,
         # Cross-attention at both resolutions (SD 1.x has it in three of its four levels), with
