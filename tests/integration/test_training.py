@@ -127,6 +127,21 @@ def test_the_unet_has_one_cross_attention_level_per_channel_count(tmp_path: Path
     assert unet.config.attention_head_dim == (2, 4, 4)  # heads of 16 channels
 
 
+def test_the_unet_denoises_as_many_latent_channels_as_the_vae_makes(tmp_path: Path) -> None:
+    import torch
+
+    from workers.training import build_components
+
+    parts = build_components(TrainConfig(latent_channels=8, vae_layers=2), tmp_path)
+    vae, unet = parts["vae"], parts["unet"]
+    assert all(len(block.resnets) == 2 for block in vae.encoder.down_blocks)
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+        assert latents.shape == (1, 8, 8, 8)
+        out = unet(latents, 10, encoder_hidden_states=torch.zeros(1, 77, 32)).sample
+    assert out.shape == latents.shape
+
+
 def test_the_training_script_takes_config_fields_as_json_values() -> None:
     import argparse
     import importlib.util
