@@ -70,10 +70,14 @@ def configure(spec: str | None) -> None:
     _hits.clear()
 
 
+def _append(path: str, line: str) -> None:
+    with _lock, open(path, "a") as fh:
+        fh.write(line + "\n")
+
+
 def _fire(action: str, name: str) -> None:
     if _fired:
-        with _lock, open(_fired, "a") as fh:
-            fh.write(name + "\n")
+        _append(_fired, name)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "exit":
@@ -126,8 +130,7 @@ def _redis_fault(command: str) -> None:
     site = _site(command)
     _load()
     if _record:
-        with _lock, open(_record, "a") as fh:
-            fh.write(site + "\n")
+        _append(_record, site)
     for name in (f"redis:{site}", "redis:*"):
         action = _count(name)
         if action is not None:

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -29,12 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Passive OpenMP waits, as every orchestrate command sets before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from tqdm import tqdm  # noqa: E402
 
-from workers.evaluation import contact_sheet, evaluate  # noqa: E402
+from workers.evaluation import contact_sheet, evaluate  # noqa: E402  (first: passive OpenMP waits)
 from workers.task import PipelineCache  # noqa: E402
 from workers.tiny import SHIPPED_TINY  # noqa: E402
 from workers.training import TrainConfig, train  # noqa: E402
