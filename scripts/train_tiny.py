@@ -71,7 +71,10 @@ def main() -> None:
         "--sheet", type=Path, help="also save the held-out images as one PNG (a contact sheet)"
     )
     args = ap.parse_args()
-    config = TrainConfig(seed=args.seed, threads=args.threads, **overrides(ap, args.set))
+    try:
+        config = TrainConfig(seed=args.seed, threads=args.threads, **overrides(ap, args.set))
+    except ValueError as e:
+        ap.error(str(e))
     if args.scale != 1.0:
         config = config.scaled(args.scale)
 

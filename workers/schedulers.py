@@ -51,6 +51,7 @@ _BASE_KEYS = (
     "steps_offset",
     "clip_sample",
     "set_alpha_to_one",
+    "rescale_betas_zero_snr",
 )
 
 
@@ -63,4 +64,15 @@ def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     config = {k: v for k, v in base_config.items() if k in _BASE_KEYS}
     config.setdefault("steps_offset", 1)
     config.update(dict(info.options))
+    if config.get("rescale_betas_zero_snr") and not _accepts(cls, "rescale_betas_zero_snr"):
+        # A model trained on zero-terminal-SNR betas needs them in every sampler; one without
+        # the option (PNDM) gets the rescaled betas themselves, as DDPM computes them.
+        config["trained_betas"] = diffusers.DDPMScheduler.from_config(config).betas.tolist()
+        del config["rescale_betas_zero_snr"]
     return cls.from_config(config)
+
+
+def _accepts(cls: Any, option: str) -> bool:
+    import inspect
+
+    return option in inspect.signature(cls.__init__).parameters

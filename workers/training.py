@@ -63,11 +63,24 @@ class TrainConfig:
     ema_decay: float = 0.998
     # Min-SNR loss weights (None: the plain v-prediction loss, every noise level weighted 1)
     min_snr_gamma: float | None = 5.0
+    # Zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    # Flawed"): SD 1.x's schedule leaves a trace of the image at t=999, so the model learns to
+    # read the layout from its input noise, and at inference (pure noise) the seed, not the
+    # prompt, places the shapes. Rescaled betas make the last step pure noise (needs v-prediction
+    # and the plain loss: min-SNR weights are 0 there).
+    zero_terminal_snr: bool = False
     vae_channels: tuple[int, ...] = (16, 16, 32, 32)
     vae_layers: int = 1  # resnet layers per VAE block
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        if self.zero_terminal_snr and self.min_snr_gamma is not None:
+            raise ValueError(
+                "zero_terminal_snr needs min_snr_gamma=None: min-SNR weights are 0 at the last "
+                "step, where the model must learn to draw from the prompt alone"
+            )
 
     def scaled(self, factor: float) -> TrainConfig:
         """The same run with its step counts and scene count scaled (for tests and smoke runs)."""
@@ -251,7 +264,7 @@ def build_components(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer}
 
 
-def noise_scheduler() -> Any:
+def noise_scheduler(zero_terminal_snr: bool = False) -> Any:
     from diffusers import DPMSolverMultistepScheduler
 
     # The inference default, with SD 1.x's training schedule (the pipeline's own config).
@@ -264,6 +277,7 @@ def noise_scheduler() -> Any:
         algorithm_type="dpmsolver++",
         solver_order=2,
         prediction_type=PREDICTION,
+        rescale_betas_zero_snr=zero_terminal_snr,
     )
     # What SD 1.x's scheduler config says for the other samplers built from this one: DDIM
     # must not clip its estimate of the clean latents to [-1, 1] (latents exceed it).
@@ -399,6 +413,7 @@ def train_unet(
         beta_schedule="scaled_linear",
         num_train_timesteps=1000,
         prediction_type=PREDICTION,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
     )
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     for p in (*ema_unet.parameters(), *ema_text.parameters()):
@@ -489,7 +504,7 @@ def train(destination: Path, config: TrainConfig, progress: Progress | None = No
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=components["tokenizer"],
-        scheduler=noise_scheduler(),
+        scheduler=noise_scheduler(config.zero_terminal_snr),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -73,6 +73,41 @@ def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path:
     assert _digests(tmp_path / "c") != _digests(tmp_path / "a")
 
 
+@pytest.mark.slow
+def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(tmp_path: Path) -> None:
+    """Trained on rescaled betas (the last step pure noise), the saved model says so, and the
+    worker's samplers build that schedule from it (not SD 1.x's, which leaves a trace of the
+    image at t=999 that pure-noise inference lacks)."""
+    from diffusers import StableDiffusionPipeline
+
+    from workers.schedulers import SCHEDULER_NAMES, build_scheduler
+
+    config = TrainConfig(
+        vae_steps=1,
+        vae_batch=2,
+        scenes=64,
+        unet_steps=2,
+        unet_batch=2,
+        warmup=1,
+        threads=1,
+        min_snr_gamma=None,
+        zero_terminal_snr=True,
+    )
+    train(tmp_path / "z", config)
+    scheduler_config = dict(
+        StableDiffusionPipeline.from_pretrained(tmp_path / "z").scheduler.config
+    )
+    assert scheduler_config["rescale_betas_zero_snr"] is True
+    for name in SCHEDULER_NAMES:
+        assert float(build_scheduler(name, scheduler_config).alphas_cumprod[-1]) < 1e-6, name
+
+
+def test_zero_terminal_snr_refuses_min_snr_weights() -> None:
+    with pytest.raises(ValueError, match="min_snr_gamma=None"):
+        TrainConfig(zero_terminal_snr=True)
+    TrainConfig(zero_terminal_snr=True, min_snr_gamma=None)
+
+
 def test_vae_selection_keeps_the_checkpoint_the_judge_reads_best(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -38,3 +38,21 @@ def test_every_scheduler_sets_the_requested_steps(name: str) -> None:
     s.set_timesteps(20)
     assert len(s.timesteps) in (20, 21)  # PLMS repeats one timestep
     assert "skip_prk_steps" not in s.config or name == "pndm"
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_every_scheduler_keeps_a_zero_terminal_snr_schedule(name: str) -> None:
+    """A model trained on rescaled betas (last step pure noise) gets them in every sampler,
+    including one without the option (PNDM takes the betas themselves)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    config = {**SD_CONFIG, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+    expected = DDPMScheduler.from_config(config).alphas_cumprod
+    plain = build_scheduler(name, SD_CONFIG).alphas_cumprod
+    s = build_scheduler(name, config)
+    # Samplers that take the option keep the last alpha_bar off zero (2**-24) to stay finite.
+    assert torch.allclose(s.alphas_cumprod[:-1], expected[:-1])
+    assert float(s.alphas_cumprod[-1]) < 1e-6 < float(plain[-1])
+    s.set_timesteps(20)
+    assert len(s.timesteps) in (20, 21)
