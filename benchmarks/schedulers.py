@@ -157,6 +157,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(HELD_OUT_PROMPTS))
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--name", default="schedulers", help="results file: benchmarks/results/NAME.json"
+    )
     args = ap.parse_args()
     prompts = list(HELD_OUT_PROMPTS[: args.prompts])
     assert all(parse_prompt(p) is not None for p in prompts)
@@ -241,7 +244,7 @@ def main() -> None:
         side_by_side(random_weights, rows)
 
     save(
-        "schedulers",
+        args.name,
         {
             "model": args.model,
             "size": args.size,
