@@ -66,8 +66,13 @@ def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     config.update(dict(info.options))
     if config.get("rescale_betas_zero_snr") and not _accepts(cls, "rescale_betas_zero_snr"):
         # A model trained on zero-terminal-SNR betas needs them in every sampler; one without
-        # the option (PNDM) gets the rescaled betas themselves, as DDPM computes them.
-        config["trained_betas"] = diffusers.DDPMScheduler.from_config(config).betas.tolist()
+        # the option (PNDM) gets the rescaled betas themselves, the last one kept short of 1
+        # so that alpha_bar ends at 2**-24, as the samplers with the option do (0 makes NaNs
+        # at t=999, where linspace and trailing spacings start).
+        betas = diffusers.DDPMScheduler.from_config(config).betas.double()
+        alpha_bar = (1 - betas).cumprod(0)
+        betas[-1] = 1 - 2**-24 / alpha_bar[-2]
+        config["trained_betas"] = betas.tolist()
         del config["rescale_betas_zero_snr"]
     return cls.from_config(config)
 

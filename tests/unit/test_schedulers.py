@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from workers.schedulers import SCHEDULER_NAMES, build_scheduler
@@ -47,12 +49,26 @@ def test_every_scheduler_keeps_a_zero_terminal_snr_schedule(name: str) -> None:
     import torch
     from diffusers import DDPMScheduler
 
-    config = {**SD_CONFIG, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+    config = {
+        **SD_CONFIG,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "linspace",  # what our trained models say: the first step is t=999
+    }
     expected = DDPMScheduler.from_config(config).alphas_cumprod
     plain = build_scheduler(name, SD_CONFIG).alphas_cumprod
     s = build_scheduler(name, config)
-    # Samplers that take the option keep the last alpha_bar off zero (2**-24) to stay finite.
+    # The last alpha_bar is 0 (DDIM, which never divides by it) or 2**-24 (the others).
     assert torch.allclose(s.alphas_cumprod[:-1], expected[:-1])
     assert float(s.alphas_cumprod[-1]) < 1e-6 < float(plain[-1])
     s.set_timesteps(20)
-    assert len(s.timesteps) in (20, 21)
+    assert len(s.timesteps) in (20, 21) and int(s.timesteps[0]) == 999
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator) * s.init_noise_sigma
+    takes_generator = "generator" in inspect.signature(s.step).parameters
+    for t in s.timesteps[:3]:  # the first steps read alpha_bar at t=999
+        model_input = s.scale_model_input(sample, t)
+        output = torch.randn(model_input.shape, generator=generator)
+        extra = {"generator": generator} if takes_generator else {}
+        sample = s.step(output, t, sample, **extra).prev_sample
+        assert torch.isfinite(sample).all(), (name, int(t))
