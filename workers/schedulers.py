@@ -6,6 +6,7 @@ Only the builder imports diffusers, so the manifest validator can use the names 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,4 @@ def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
 
 
 def _accepts(cls: Any, option: str) -> bool:
-    import inspect
-
     return option in inspect.signature(cls.__init__).parameters
