@@ -126,6 +126,9 @@ def reproduce_image(
     identical, same_size, psnr, max_abs = compare_pixels(original, out.png)
     here = {k: out.result.get(k) for k in ("backend", "device", "dtype", "tuning", "torch_threads")}
     here["versions"] = out.result.get("versions") or {}
+    changed = _model_changed(job, run, here)
+    if changed:
+        note = f"{note}\n{changed}" if note else changed
     result = Reproduction(
         path=path,
         job=job,
@@ -184,6 +187,21 @@ def _cache_for(run: dict[str, Any], device: str | None, threads: int) -> tuple[A
 def reproduced_path(path: Path) -> Path:
     """Where ``--compare`` puts the regenerated image: ``<name>.reproduced.png`` beside it."""
     return path.with_name(f"{path.stem}.reproduced.png")
+
+
+def _model_changed(
+    job: dict[str, Any], recorded: dict[str, Any], here: dict[str, Any]
+) -> str | None:
+    """A sentence when the model's files are not those that made the image (a model retrained
+    or replaced under the same name or path): then no setting can give the same pixels."""
+    old = (recorded.get("versions") or {}).get("model_fingerprint")
+    new = (here.get("versions") or {}).get("model_fingerprint")
+    if not old or not new or old == new:
+        return None  # images from before fingerprints, or nothing on disk to read: unknown
+    return (
+        f"the model {job['model']!r} here is not the one that made this image (its files' "
+        f"fingerprint was {old}, is {new}): expect other pixels"
+    )
 
 
 def _differences(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from workers.tiny import TINY_MODEL_NAME
 from workers.tiny_xl import TINY_XL_MODEL_NAME
@@ -104,3 +105,81 @@ def native_size(model: str) -> tuple[int, int]:
         return families.detect(read).native_size
     except families.UnsupportedModel:
         return families.native_of(read)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprint: which model files made an image
+
+_SAMPLE = 1 << 20  # bytes read at each of a large file's start, middle and end
+_NOT_MODEL = {"training.json", "readme.md", "license", "license.md", "license.txt"}
+_IMAGES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+
+
+def _model_files(folder: Path) -> list[Path]:
+    """The files a model folder is made of (diffusers components, Core ML packages, tokenizer
+    files), sorted; hidden files, documentation, images and our ``training.json`` left out."""
+    files = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if len(rel.parts) == 1 and (
+            path.name.lower() in _NOT_MODEL or path.suffix.lower() in _IMAGES
+        ):
+            continue
+        files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _digest_file(digest: Any, path: Path, name: str) -> None:
+    size = path.stat().st_size
+    digest.update(f"{name}\0{size}\0".encode())
+    with path.open("rb") as f:
+        if size <= 3 * _SAMPLE:
+            digest.update(f.read())
+            return
+        for offset in (0, (size - _SAMPLE) // 2, size - _SAMPLE):
+            f.seek(offset)
+            digest.update(f.read(_SAMPLE))
+
+
+def _hub_snapshot(model: str) -> Path | None:
+    """The local snapshot folder of a hub id in this machine's Hugging Face cache, if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "model_index.json")
+    except Exception:  # not a valid repo id, no cache: no snapshot here
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def model_fingerprint(source: str) -> str | None:
+    """A short fingerprint of the files a model is loaded from (a folder, a single file, or a
+    hub id's cached snapshot), recorded with every image so that ``reproduce`` can tell when
+    the model under a name is not the one that made it (the built-in ``tiny`` is retrained
+    from time to time). Each file counts by its path in the model, its size and its bytes:
+    whole up to 3 MB (configs, tokenizers), else 1 MB at its start, middle and end, so it
+    costs milliseconds, not a read of gigabytes. Two trainings differ in nearly every byte; a
+    deliberate edit of a few weights in the middle of a large file could go unseen. Not
+    A1111's "Model hash" (a sha256 of the whole file). None when there is nothing on disk to
+    read."""
+    import hashlib
+
+    path = expand_path(source)
+    if path.is_file():
+        files = [(path.name, path)]
+    else:
+        folder = path if path.is_dir() else _hub_snapshot(source)
+        if folder is None:
+            return None
+        files = [(p.relative_to(folder).as_posix(), p) for p in _model_files(folder)]
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    try:
+        for name, p in files:
+            _digest_file(digest, p, name)
+    except OSError:
+        return None  # unreadable now: the load says why, if it matters
+    return digest.hexdigest()[:16]

@@ -173,3 +173,32 @@ def test_a_core_ml_image_off_macos_is_a_stated_cross_backend_comparison(
     )
     # (these pixels were in fact made by the diffusers backend here, so they match)
     assert lines[1] == "coreml.png: reproduced, pixels identical"
+
+
+def test_a_model_changed_since_the_image_is_said_with_its_fingerprints(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A model retrained or replaced under the same path: reproduce says that the model's files
+    are not those that made the image, not only that the pixels differ."""
+    from safetensors.torch import load_file, save_file
+
+    from workers.tiny import ensure_tiny_model
+
+    model = tmp_path / "my-model"
+    shutil.copytree(ensure_tiny_model(), model)
+    proc = cli(
+        "generate", "a red circle on a blue background", "--steps", "4", "--model", str(model)
+    )
+    image = Path(proc.stdout.strip().splitlines()[-1])
+    recorded = read_png_metadata(image.read_bytes())["meta"]["run"]["versions"]
+    assert len(recorded["model_fingerprint"]) == 16
+
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v * 1.01 for k, v in tensors.items()}, weights)
+    proc = cli("reproduce", str(image), check=1)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"the model {str(model)!r} here is not the one that made this image")
+    assert f"fingerprint was {recorded['model_fingerprint']}, is " in lines[0]
+    assert lines[1].startswith(f"{image}: differs: PSNR ")
+    assert "model_fingerprint: " in lines[2]

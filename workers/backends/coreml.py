@@ -30,6 +30,7 @@ from workers.backends import GenerationRequest, GenerationResult, JobInputError,
 from workers.backends.coreml_folder import SPEC_DTYPES, declared_inputs, read_folder
 from workers.compression.coreml import SEQ_LEN, TEXT_ENCODER, TEXT_ENCODER_2, VAE_DECODER
 from workers.families import sdxl_time_ids
+from workers.models import model_fingerprint
 
 __all__ = ["SPEC_DTYPES", "CoreMLBackend", "declared_inputs"]
 
@@ -111,6 +112,7 @@ class CoreMLBackend:
         self.threads = 0
         # Ours, Apple's Swift resources or Apple's Python packages: names, chunks, family
         self.folder = read_folder(folder)
+        self.fingerprint = model_fingerprint(str(folder))
         self.xl = self.folder.xl
         problem = minimum_os_problem(self.folder.settings, platform.mac_ver()[0])
         if problem:
@@ -136,7 +138,11 @@ class CoreMLBackend:
     def versions(self) -> dict[str, str]:
         import coremltools
 
-        return {"coremltools": coremltools.__version__, "macos": platform.mac_ver()[0]}
+        return {
+            "coremltools": coremltools.__version__,
+            "macos": platform.mac_ver()[0],
+            **({"model_fingerprint": self.fingerprint} if self.fingerprint else {}),
+        }
 
     def _predict(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         """One model's prediction, each input cast to the dtype the model declares."""

@@ -35,6 +35,7 @@ from workers.models import (
     expand_path,
     local_folder,
     looks_like_path,
+    model_fingerprint,
 )
 from workers.schedulers import build_scheduler
 from workers.tuning import Tuning
@@ -219,8 +220,11 @@ class DiffusersBackend:
         self._torch_dtype = torch.float32 if self.device == "cpu" else torch.float16
         self.dtype = "fp32" if self._torch_dtype == torch.float32 else "fp16"
         # A compressed variant is a model folder of its own, found by the pipeline cache.
+        self.fingerprint: str | None = None
         if pipeline is None:
-            pipe = load_pipeline(source or model_source(model), self._torch_dtype)
+            where = source or model_source(model)
+            pipe = load_pipeline(where, self._torch_dtype)
+            self.fingerprint = model_fingerprint(where)
         else:
             pipe = pipeline.to(dtype=self._torch_dtype)
             pipe.set_progress_bar_config(disable=True)
@@ -249,8 +253,9 @@ class DiffusersBackend:
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
             "platform": platform.platform(),
-            # Not a library version, but as much a cause of different pixels.
+            # Not library versions, but as much causes of different pixels.
             "model_family": self.family,
+            **({"model_fingerprint": self.fingerprint} if self.fingerprint else {}),
         }
 
     def versions(self) -> dict[str, str]:
