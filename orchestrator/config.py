@@ -15,6 +15,9 @@ DEFAULT_MAX_ATTEMPTS = 3
 # the cliff on a busy machine came from OpenMP's spinning waits, not from the count, and the
 # workers now wait passively (workers/backends/diffusers.py); see benchmarks/threads.py.
 DEFAULT_THREADS = 2
+# The built-in tiny models' operations are too small for a second thread: with passive waits,
+# 2 threads made a 64 px image 5.2x slower than 1 (benchmarks/drift.py; issue 11).
+TINY_THREADS = 1
 # The count for an image whose metadata records none: the default of the releases that made it.
 # Never DEFAULT_THREADS: a new default must not change how old images are regenerated.
 UNRECORDED_THREADS = 2
@@ -24,7 +27,7 @@ UNRECORDED_THREADS = 2
 class WorkerSettings:
     output_dir: Path
     lease_seconds: float = DEFAULT_LEASE_SECONDS
-    threads: int = DEFAULT_THREADS
+    threads: int | None = None  # None: per model (workers.task.threads_for)
     device: str = "auto"
     poll_seconds: float = 1.0
     pause_seconds: float = 5.0  # between tries while the disk or the database is full or busy

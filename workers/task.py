@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config import DEFAULT_THREADS
+from orchestrator.config import DEFAULT_THREADS, TINY_THREADS
 from workers import memory
 from workers.backends import (
     BACKENDS,
@@ -78,6 +78,17 @@ class TaskOutput:
     result: dict[str, Any]  # plain JSON types only
 
 
+def threads_for(model: str, requested: int | None = None) -> int:
+    """The torch thread count a model runs with: ``requested`` (``--threads``) when given,
+    else 1 for the built-in tiny models and 2 for any other (fixed, never the core count: the
+    count changes the pixels, and every image records it)."""
+    from workers.models import is_builtin
+
+    if requested is not None:
+        return requested
+    return TINY_THREADS if is_builtin(model) else DEFAULT_THREADS
+
+
 class PipelineCache:
     """Holds the loaded pipeline of one model; loading another replaces it (one fits in memory)."""
 
@@ -86,7 +97,7 @@ class PipelineCache:
         *,
         backend: str = "diffusers",
         device: str = "auto",
-        threads: int = DEFAULT_THREADS,
+        threads: int | None = None,
         compute_units: str = "CPU_AND_NE",
         judge: Judge | None = None,
         tuning: Tuning | None = None,
@@ -132,7 +143,7 @@ class PipelineCache:
             source=source,
             quantization=quantization,
             device=self.device,
-            threads=self.threads,
+            threads=threads_for(model, self.threads),
             tuning=self.tuning,
         )
         load_s = time.perf_counter() - t0

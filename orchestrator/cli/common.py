@@ -16,7 +16,6 @@ import click
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_THREADS,
 )
 from orchestrator.errors import ManifestError, TransientError, UsageError
 from orchestrator.manifest import (
@@ -216,9 +215,10 @@ def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
         option(
             "--threads",
             type=click.IntRange(1, 256),
-            default=DEFAULT_THREADS,
+            default=None,
             help="Torch CPU threads, recorded with each image (the count changes the pixels; "
-            "`reproduce` uses the recorded one).",
+            "`reproduce` uses the recorded one) [default: 1 for the built-in tiny models, "
+            "whose operations are too small for a second thread; 2 for others].",
         ),
         option(
             "--device",

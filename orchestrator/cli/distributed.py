@@ -25,7 +25,6 @@ from orchestrator.cli.common import (
     tuning_from,
     tuning_options,
 )
-from orchestrator.config import DEFAULT_THREADS
 from orchestrator.errors import OrchestratorError
 from orchestrator.hooks import Hooks
 
@@ -144,9 +143,10 @@ def backend_decorators(f: Any) -> Any:
 @option(
     "--threads",
     type=click.IntRange(1, 256),
-    default=DEFAULT_THREADS,
+    default=None,
     help="Torch CPU threads, recorded with each image (the count changes the pixels; "
-    "`reproduce` uses the recorded one).",
+    "`reproduce` uses the recorded one) [default: 1 for the built-in tiny models, whose "
+    "operations are too small for a second thread; 2 for others].",
 )
 @option(
     "--device",
@@ -179,7 +179,7 @@ def worker(
     burst_idle: int,
     model: str | None,
     name: str | None,
-    threads: int,
+    threads: int | None,
     device: str,
     max_jobs: int | None,
     heartbeat: float,

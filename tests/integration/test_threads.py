@@ -48,6 +48,17 @@ def test_thread_count_changes_pixels_and_reproduce_uses_the_recorded_one(
         assert result.differences == []
 
 
+def test_the_default_count_is_per_model_and_recorded(torch_threads: None) -> None:
+    from workers.task import threads_for
+
+    assert (threads_for("tiny"), threads_for("tiny-xl")) == (1, 1)  # too small for two
+    assert threads_for("/models/stable-diffusion-v1-5") == 2
+    assert threads_for("runwayml/stable-diffusion-v1-5") == 2
+    assert threads_for("tiny", 3) == 3  # --threads wins
+    out = run_job(dict(JOB), PipelineCache(device="cpu"))
+    assert out.result["torch_threads"] == 1
+
+
 def omp_environment(tmp_path: Path, **env: str) -> str:
     """libgomp's settings as a worker process's torch sees them: ``orchestrate generate``
     with ``OMP_DISPLAY_ENV=VERBOSE`` (printed when torch loads libgomp)."""
