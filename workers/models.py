@@ -166,20 +166,18 @@ def model_fingerprint(source: str) -> str | None:
     read."""
     import hashlib
 
-    path = expand_path(source)
-    if path.is_file():
-        files = [(path.name, path)]
-    else:
-        folder = path if path.is_dir() else _hub_snapshot(source)
-        if folder is None:
-            return None
-        files = [(p.relative_to(folder).as_posix(), p) for p in _model_files(folder)]
-    if not files:
-        return None
     digest = hashlib.sha256()
     try:
+        path = expand_path(source)
+        if path.is_file():
+            files = [(path.name, path)]
+        else:
+            folder = path if path.is_dir() else _hub_snapshot(source)
+            if folder is None:
+                return None
+            files = [(p.relative_to(folder).as_posix(), p) for p in _model_files(folder)]
         for name, p in files:
             _digest_file(digest, p, name)
     except OSError:
         return None  # unreadable now: the load says why, if it matters
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:16] if files else None
