@@ -381,22 +381,21 @@ def grouped_recipes_from(
     return out
 
 
-def earlier_sd15_grouped() -> dict[str, Any]:
-    """A run without ``--sd15`` keeps the SD 1.5 grouped rows of the results it replaces: they
-    measure a UNet with its own random weights (a guided UNet evaluation, no VAE, no judge),
-    which no change of the tiny model moves; they say when they were measured."""
+def keep_earlier_sd15(grouped: dict[str, Any]) -> dict[str, Any]:
+    """``grouped`` with the SD 1.5 grouped rows of the results it replaces (a run without
+    ``--sd15``): they measure a UNet with its own random weights (a guided UNet evaluation, no
+    VAE, no judge), which no change of the tiny model moves; they say when they were measured."""
     path = RESULTS / "compression.json"
-    if not path.is_file():
-        return {}
-    earlier = json.loads(path.read_text()).get("grouped") or {}
+    earlier = json.loads(path.read_text()).get("grouped") or {} if path.is_file() else {}
     rows = [r for r in earlier.get("rows", []) if r.get("model") == "sd15"]
     if not rows:
-        return {}
+        return grouped
     return {
+        **grouped,
         "sd15_targets": earlier.get("sd15_targets"),
         "sd15_proxy_options": earlier.get("sd15_proxy_options"),
         "sd15_rows_measured": earlier.get("sd15_rows_measured") or earlier.get("machine"),
-        "rows": rows,
+        "rows": [*grouped["rows"], *rows],
     }
 
 
@@ -554,10 +553,7 @@ def main() -> None:
         "rows": grouped_rows,
     }
     if not args.sd15:
-        earlier = earlier_sd15_grouped()
-        if earlier:
-            rows_before = earlier.pop("rows")
-            grouped = {**grouped, **earlier, "rows": [*grouped_rows, *rows_before]}
+        grouped = keep_earlier_sd15(grouped)
     if args.grouped_only:
         existing = json.loads((RESULTS / "compression.json").read_text())
         existing.pop("machine", None)

@@ -209,17 +209,23 @@ def hook_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def threads_option() -> Callable[[Any], Any]:
+    """``--threads``: None unless given, so that each model gets its own default
+    (``workers.task.threads_for``)."""
+    return option(
+        "--threads",
+        type=click.IntRange(1, 256),
+        default=None,
+        help="Torch CPU threads, recorded with each image (the count changes the pixels; "
+        "`reproduce` uses the recorded one) [default: 1 for the built-in tiny models, "
+        "whose operations are too small for a second thread; 2 for others].",
+    )
+
+
 def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """How a pipeline runs here: threads, device, backend."""
     opts = [
-        option(
-            "--threads",
-            type=click.IntRange(1, 256),
-            default=None,
-            help="Torch CPU threads, recorded with each image (the count changes the pixels; "
-            "`reproduce` uses the recorded one) [default: 1 for the built-in tiny models, "
-            "whose operations are too small for a second thread; 2 for others].",
-        ),
+        threads_option(),
         option(
             "--device",
             type=click.Choice(["auto", "cpu", "cuda", "mps"]),

@@ -22,6 +22,7 @@ from orchestrator.cli.common import (
     patiently,
     redis_option,
     require_backend,
+    threads_option,
     tuning_from,
     tuning_options,
 )
@@ -140,14 +141,7 @@ def backend_decorators(f: Any) -> Any:
 )
 @option("--model", default=None, help="Load this model at start and prefer its jobs.")
 @option("--name", default=None, help="Worker name [default: host.pid.random].")
-@option(
-    "--threads",
-    type=click.IntRange(1, 256),
-    default=None,
-    help="Torch CPU threads, recorded with each image (the count changes the pixels; "
-    "`reproduce` uses the recorded one) [default: 1 for the built-in tiny models, whose "
-    "operations are too small for a second thread; 2 for others].",
-)
+@threads_option()
 @option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),
