@@ -4,11 +4,11 @@ The model is Stable Diffusion's architecture at toy size (diffusers ``Autoencode
 ``UNet2DConditionModel``, a transformers ``CLIPTextModel`` with a CLIP BPE tokenizer), trained in
 two phases on the synthetic world of ``workers.scenes``:
 
-1. the VAE learns to reconstruct 64 px scenes (MSE plus a small KL term), so an image is 8x its
-   latent as in Stable Diffusion;
+1. the VAE learns to reconstruct 64 px scenes (MSE plus a small KL term); each of its levels
+   after the first halves the side (SD's four make an image 8x its latent);
 2. the UNet and the text encoder learn to denoise the VAE's latents of those scenes, conditioned
-   on their prompts (epsilon prediction, the 1000-step scaled-linear schedule of SD 1.x, min-SNR
-   loss weights, 10% empty prompts so classifier-free guidance works, an EMA of the weights).
+   on their prompts (v-prediction on SD 1.x's 1000-step scaled-linear schedule rescaled to zero
+   terminal SNR, 10% empty prompts so classifier-free guidance works, an EMA of the weights).
 
 Everything is drawn from one seed, so a run is deterministic given its seed, torch version,
 thread count and CPU; the prompts of ``workers.judge.HELD_OUT_PROMPTS`` are never trained on.
@@ -69,19 +69,39 @@ class TrainConfig:
     # prompt, places the shapes. Rescaled betas make the last step pure noise (needs v-prediction
     # and the plain loss: min-SNR weights are 0 there).
     zero_terminal_snr: bool = True
+    # One VAE level per entry; each level after the first halves the side, so three levels make
+    # a 16x16 latent of a 64 px image (x4) and four make SD's x8.
     vae_channels: tuple[int, ...] = (32, 32, 64, 64)
     vae_layers: int = 1  # resnet layers per VAE block
     latent_channels: int = 8
     unet_channels: tuple[int, ...] = (32, 64)
+    # Which UNet levels have cross-attention to the prompt (None: every level, as SD 1.x has in
+    # three of its four); a level without it is SD's plain DownBlock2D / UpBlock2D.
+    unet_attention: tuple[bool, ...] | None = None
+    unet_layers: int = 2  # resnet (+ attention) layers per UNet down block
     text_hidden: int = 32
 
     def __post_init__(self) -> None:
+        if self.unet_attention is not None and len(self.unet_attention) != len(self.unet_channels):
+            raise ValueError(
+                f"unet_attention has {len(self.unet_attention)} entries and unet_channels "
+                f"{len(self.unet_channels)}: give one true/false per UNet level"
+            )
+        if self.size % self.vae_factor:
+            raise ValueError(
+                f"size {self.size} is not a multiple of the VAE's factor {self.vae_factor}"
+            )
         if self.zero_terminal_snr and self.min_snr_gamma is not None:
             raise ValueError(
                 "zero_terminal_snr needs min_snr_gamma=None: min-SNR weights are 0 at the last "
                 "step, where the model must learn to draw from the prompt alone (min-SNR "
                 "weights need zero_terminal_snr=false)"
             )
+
+    @property
+    def vae_factor(self) -> int:
+        """Image side / latent side."""
+        return int(2 ** (len(self.vae_channels) - 1))
 
     def scaled(self, factor: float) -> TrainConfig:
         """The same run with its step counts and scene count scaled (for tests and smoke runs)."""
@@ -221,7 +241,8 @@ def build_components(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]
     if len(tokenizer) != vocab_size:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {vocab_size}")
     torch.manual_seed(config.seed)
-    latent = config.size // 8
+    latent = config.size // config.vae_factor
+    attention = config.unet_attention or (True,) * len(config.unet_channels)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -239,11 +260,12 @@ def build_components(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
         block_out_channels=config.unet_channels,
-        layers_per_block=2,
-        # Cross-attention at both resolutions (SD 1.x has it in three of its four levels), with
-        # heads of 16 channels: 8 heads of 4 channels learned to read the prompt too slowly.
-        down_block_types=("CrossAttnDownBlock2D",) * len(config.unet_channels),
-        up_block_types=("CrossAttnUpBlock2D",) * len(config.unet_channels),
+        layers_per_block=config.unet_layers,
+        # Heads of 16 channels: 8 heads of 4 channels learned to read the prompt too slowly.
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple(
+            "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)
+        ),
         cross_attention_dim=config.text_hidden,
         attention_head_dim=tuple(c // 16 for c in config.unet_channels),
         norm_num_groups=32,

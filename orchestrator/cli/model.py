@@ -253,7 +253,7 @@ def export_checkpoint_cmd(model_name: str, out: str) -> None:
     "--latent-size",
     type=click.IntRange(4, 256),
     default=None,
-    help="Latent side (image side / 8) [default: the model's].",
+    help="Latent side (image side / the VAE's factor: 8 for SD) [default: the model's].",
 )
 @option(
     "--precision",

@@ -174,7 +174,7 @@ def test_sdxls_second_tokenizer_pads_with_an_exclamation_mark_from_vocab_files(
 
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(folders["ours-fp16"] / f, tmp_path / f)
-    info = CoreMLFolder(tmp_path, "apple-resources", {}, ["Unet"], True, {}, 0.13025, True)
+    info = CoreMLFolder(tmp_path, "apple-resources", {}, ["Unet"], True, {}, 0.13025, 8, True)
     first, second = info.tokenizers(77)
     assert first.pad_token == "<|endoftext|>" and second.pad_token == "!"
     json.dumps(info.scheduler_config)  # plain data

@@ -227,3 +227,49 @@ def test_a_palettized_package_holds_and_draws_the_torch_variants_weights(
     # measured 54.8 dB (the unpalettized fp16 package vs fp32: 59.4 dB); a 4-bit variant's
     # image is 18.6 dB from the unpalettized one's, so the tables are the same ones
     assert psnr > 40
+
+
+def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: Path) -> None:
+    """Nothing assumes SD's x8: a three-level VAE (16x16 latent for 64 px) converts to
+    packages of its own latent size, the folder says its scale, and the Core ML backend draws
+    the diffusers image from it."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    from workers.backends.coreml import CoreMLBackend
+    from workers.backends.diffusers import DiffusersBackend
+    from workers.compression.coreml import convert_pipeline
+    from workers.training import TrainConfig, build_components, noise_scheduler
+
+    config = TrainConfig(
+        vae_channels=(32, 32, 64),
+        unet_channels=(32, 64, 64),
+        unet_attention=(False, True, True),
+        unet_layers=1,
+    )
+    parts = build_components(config, tmp_path / "tokenizer")
+    pipe = StableDiffusionPipeline(
+        unet=parts["unet"].eval(),
+        vae=parts["vae"].eval(),
+        text_encoder=parts["text_encoder"].eval(),
+        tokenizer=parts["tokenizer"],
+        scheduler=noise_scheduler(zero_terminal_snr=True),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    assert pipe.vae_scale_factor == 4
+    folder = tmp_path / "x4-fp32"
+    convert_pipeline(pipe, folder, model_version="x4", precision="fp32")
+    layout = json.loads((folder / "orchestrate-coreml.json").read_text())
+    assert layout["vae_scale_factor"] == 4
+    assert layout["inputs"]["Unet"]["sample"][-2:] == [16, 16]
+    diffusers = DiffusersBackend("x4", device="cpu", threads=2, pipeline=pipe)
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp, pipe)
+        coreml = CoreMLBackend("x4", folder, compute_units="CPU_ONLY")
+        assert coreml.folder.vae_scale == 4
+        got = pixels(coreml, request("dpmpp_2m"))
+    assert got.shape == (64, 64, 3)
+    assert np.array_equal(got, pixels(diffusers, request("dpmpp_2m")))

@@ -64,7 +64,7 @@ def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path:
     assert len(_digests(tmp_path / "a")) == 3  # vae, unet, text encoder
     assert losses[0] == losses[1] and len(losses[0]) == 3
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "a")
-    assert pipe.vae_scale_factor == 8
+    assert pipe.vae_scale_factor == config.vae_factor == 8  # four VAE levels by default
     assert pipe.vae.config.scaling_factor == pytest.approx(report.latent_scaling_factor)
     assert (tmp_path / "a" / "training.json").is_file()
     # another seed is another model
@@ -161,6 +161,49 @@ def test_the_unet_has_one_cross_attention_level_per_channel_count(tmp_path: Path
     unet = build_components(TrainConfig(unet_channels=(32, 64, 64)), tmp_path)["unet"]
     assert [type(b).__name__ for b in unet.down_blocks] == ["CrossAttnDownBlock2D"] * 3
     assert unet.config.attention_head_dim == (2, 4, 4)  # heads of 16 channels
+
+
+def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_skip_attention_there(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from workers.training import build_components
+
+    config = TrainConfig(
+        vae_channels=(32, 32, 64),
+        unet_channels=(32, 64, 64),
+        unet_attention=(False, True, True),
+        unet_layers=1,
+    )
+    assert config.vae_factor == 4
+    parts = build_components(config, tmp_path)
+    vae, unet = parts["vae"], parts["unet"]
+    assert [type(b).__name__ for b in unet.down_blocks] == [
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+    ]
+    assert [type(b).__name__ for b in unet.up_blocks] == [
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    assert all(len(b.resnets) == 1 for b in unet.down_blocks)
+    assert unet.config.sample_size == 16
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+        assert latents.shape == (1, 8, 16, 16)
+        out = unet(latents, 10, encoder_hidden_states=torch.zeros(1, 77, 32)).sample
+        assert out.shape == latents.shape
+        assert vae.decode(latents).sample.shape == (1, 3, 64, 64)
+
+
+def test_a_recipe_that_does_not_fit_together_is_refused() -> None:
+    with pytest.raises(ValueError, match="unet_attention has 1 entries and unet_channels 2"):
+        TrainConfig(unet_attention=(True,))
+    with pytest.raises(ValueError, match="size 60 is not a multiple of the VAE's factor 8"):
+        TrainConfig(size=60)
 
 
 def test_the_unet_denoises_as_many_latent_channels_as_the_vae_makes(tmp_path: Path) -> None:

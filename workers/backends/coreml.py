@@ -215,7 +215,7 @@ class CoreMLBackend:
 
         from workers.schedulers import build_scheduler
 
-        height, width = (d * 8 for d in self.folder.sample_shape[-2:])
+        height, width = (d * self.folder.vae_scale for d in self.folder.sample_shape[-2:])
         if (request.width, request.height) != (width, height):
             raise JobInputError(
                 f"this Core ML model was converted for {width}x{height}, "

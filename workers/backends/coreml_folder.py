@@ -37,6 +37,7 @@ from workers.compression.coreml import (
     UNET,
     VAE_DECODER,
 )
+from workers.families import vae_scale
 
 SPEC_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType
 _SCHEMA_DTYPES = {"Float32": np.float32, "Float16": np.float16, "Int32": np.int32}
@@ -147,6 +148,7 @@ class CoreMLFolder:
     xl: bool
     scheduler_config: dict[str, Any]
     vae_scaling_factor: float
+    vae_scale: int  # image side / latent side
     force_zeros_for_empty_prompt: bool
     inputs: dict[str, dict[str, Declared]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # orchestrate-coreml.json, ours only
@@ -259,6 +261,7 @@ def read_folder(folder: Path) -> CoreMLFolder:
         vae_scaling_factor=float(
             ours.get("vae_scaling_factor", vae.get("scaling_factor", VAE_SCALE[family]))
         ),
+        vae_scale=int(ours.get("vae_scale_factor", vae_scale(vae))),
         force_zeros_for_empty_prompt=bool(
             ours.get(
                 "force_zeros_for_empty_prompt",

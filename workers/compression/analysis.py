@@ -102,7 +102,9 @@ class Probe:
         self.unet = pipe.unet.to(torch.float32).eval()
         self.config = config
         size = config.latent_size or int(self.unet.config.sample_size)
-        self.embeddings, self.added = guided_conditioning(pipe, config.prompts, size * 8)
+        self.embeddings, self.added = guided_conditioning(
+            pipe, config.prompts, size * int(pipe.vae_scale_factor)
+        )
         g = torch.Generator("cpu").manual_seed(config.seed)
         channels = int(self.unet.config.in_channels)
         self.latents = torch.randn((len(config.prompts), channels, size, size), generator=g)

@@ -228,7 +228,7 @@ def convert_pipeline(
 
         to_neural_engine_layout(pipe.unet)
     shapes = input_shapes(pipe, latent_size)
-    side = int(shapes[UNET]["sample"][-1]) * 8
+    side = int(shapes[UNET]["sample"][-1]) * int(pipe.vae_scale_factor)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -261,6 +261,7 @@ def convert_pipeline(
             "attention": attention,
             "inputs": shapes,
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+            "vae_scale_factor": int(pipe.vae_scale_factor),  # image side / latent side
             "precision": precision,
             "vae_precision": vae_precision(pipe, precision),
             "family": "sdxl" if is_xl(pipe) else "sd",
