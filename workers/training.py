@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.families import vae_scale
 from workers.scenes import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, render, sample_scene
 
 PROMPT_DROPOUT = 0.1  # share of training prompts replaced by "" (the unconditional prompt)
@@ -101,7 +102,7 @@ class TrainConfig:
     @property
     def vae_factor(self) -> int:
         """Image side / latent side."""
-        return int(2 ** (len(self.vae_channels) - 1))
+        return vae_scale({"block_out_channels": self.vae_channels})
 
     def scaled(self, factor: float) -> TrainConfig:
         """The same run with its step counts and scene count scaled (for tests and smoke runs)."""
@@ -490,12 +491,27 @@ def train_unet(
     return ema_unet.eval(), ema_text.eval(), losses, scale
 
 
+def assemble(components: dict[str, Any], zero_terminal_snr: bool) -> Any:
+    """A ``StableDiffusionPipeline`` of ``build_components``'s parts (or trained ones)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        unet=components["unet"],
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"],
+        scheduler=noise_scheduler(zero_terminal_snr),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def train(destination: Path, config: TrainConfig, progress: Progress | None = None) -> TrainReport:
     """Train the whole model and save it as a diffusers folder at ``destination``."""
     import diffusers
     import torch
     import transformers
-    from diffusers import StableDiffusionPipeline
 
     from workers.tiny import write_clip_vocabulary
 
@@ -520,19 +536,11 @@ def train(destination: Path, config: TrainConfig, progress: Progress | None = No
     t2 = time.perf_counter()
     report.seconds = {"vae": t1 - t0, "unet": t2 - t1, "total": t2 - t0}
     report.latent_scaling_factor = scale
-    vae = components["vae"]
-    vae.register_to_config(scaling_factor=scale)
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=components["tokenizer"],
-        scheduler=noise_scheduler(config.zero_terminal_snr),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    components["vae"].register_to_config(scaling_factor=scale)
+    pipe = assemble(
+        {**components, "unet": unet, "text_encoder": text_encoder}, config.zero_terminal_snr
     )
-    pipe.save_pretrained(destination, safe_serialization=True)  # type: ignore[attr-defined]
+    pipe.save_pretrained(destination, safe_serialization=True)
     write_clip_vocabulary(tok_dir, learn_merges(vocabulary_words()))
     (destination / "training.json").write_text(json.dumps(summary(report), indent=1) + "\n")
     return report

@@ -235,12 +235,10 @@ def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: 
     the diffusers image from it."""
     import json
 
-    from diffusers import StableDiffusionPipeline
-
     from workers.backends.coreml import CoreMLBackend
     from workers.backends.diffusers import DiffusersBackend
     from workers.compression.coreml import convert_pipeline
-    from workers.training import TrainConfig, build_components, noise_scheduler
+    from workers.training import TrainConfig, assemble, build_components
 
     config = TrainConfig(
         vae_channels=(32, 32, 64),
@@ -249,16 +247,9 @@ def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: 
         unet_layers=1,
     )
     parts = build_components(config, tmp_path / "tokenizer")
-    pipe = StableDiffusionPipeline(
-        unet=parts["unet"].eval(),
-        vae=parts["vae"].eval(),
-        text_encoder=parts["text_encoder"].eval(),
-        tokenizer=parts["tokenizer"],
-        scheduler=noise_scheduler(zero_terminal_snr=True),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name].eval()
+    pipe = assemble(parts, zero_terminal_snr=True)
     assert pipe.vae_scale_factor == 4
     folder = tmp_path / "x4-fp32"
     convert_pipeline(pipe, folder, model_version="x4", precision="fp32")
