@@ -65,10 +65,13 @@ def _pairs(table: tuple[tuple[str, str], ...], ours: str, theirs: str) -> list[t
 
 def unet_prefixes(config: Any) -> list[tuple[str, str]]:
     """(diffusers prefix, original prefix) for every layer of a UNet2DConditionModel of the
-    SD 1.x/2.x shape: down blocks of ``layers_per_block`` resnets (and attentions), a middle
-    block, up blocks of ``layers_per_block + 1``."""
+    SD 1.x/2.x shape: down blocks of ``layers_per_block`` resnets (and attentions; one count, or
+    one per level), a middle block, up blocks of one more. The original numbers its input and
+    output blocks in one sequence each, a down- or upsampler taking a slot of its own (input)
+    or riding on its level's last block (output)."""
     levels = len(config.block_out_channels)
-    per = config.layers_per_block
+    per = _as_list(config.layers_per_block)
+    per = per * levels if len(per) == 1 else per
     pairs = [
         ("time_embedding.linear_1.", "time_embed.0."),
         ("time_embedding.linear_2.", "time_embed.2."),
@@ -76,27 +79,33 @@ def unet_prefixes(config: Any) -> list[tuple[str, str]]:
         ("conv_norm_out.", "out.0."),
         ("conv_out.", "out.2."),
     ]
+    i = 1
     for b in range(levels):
-        for j in range(per):
-            i = 1 + b * (per + 1) + j
+        for j in range(per[b]):
             pairs += _pairs(_UNET_RESNET, f"down_blocks.{b}.resnets.{j}.", f"input_blocks.{i}.0.")
             pairs.append((f"down_blocks.{b}.attentions.{j}.", f"input_blocks.{i}.1."))
+            i += 1
         if b < levels - 1:
-            i = (b + 1) * (per + 1)
             pairs.append((f"down_blocks.{b}.downsamplers.0.conv.", f"input_blocks.{i}.0.op."))
+            i += 1
     pairs += _pairs(_UNET_RESNET, "mid_block.resnets.0.", "middle_block.0.")
     pairs.append(("mid_block.attentions.0.", "middle_block.1."))
     pairs += _pairs(_UNET_RESNET, "mid_block.resnets.1.", "middle_block.2.")
+    i = 0
     for b, kind in enumerate(config.up_block_types):
         attention = kind.startswith("CrossAttn")
-        for j in range(per + 1):
-            i = b * (per + 1) + j
-            pairs += _pairs(_UNET_RESNET, f"up_blocks.{b}.resnets.{j}.", f"output_blocks.{i}.0.")
-            pairs.append((f"up_blocks.{b}.attentions.{j}.", f"output_blocks.{i}.1."))
+        n = per[levels - 1 - b] + 1
+        for j in range(n):
+            pairs += _pairs(
+                _UNET_RESNET, f"up_blocks.{b}.resnets.{j}.", f"output_blocks.{i + j}.0."
+            )
+            pairs.append((f"up_blocks.{b}.attentions.{j}.", f"output_blocks.{i + j}.1."))
         if b < levels - 1:
-            i = b * (per + 1) + per
             slot = 2 if attention else 1
-            pairs.append((f"up_blocks.{b}.upsamplers.0.conv.", f"output_blocks.{i}.{slot}.conv."))
+            pairs.append(
+                (f"up_blocks.{b}.upsamplers.0.conv.", f"output_blocks.{i + n - 1}.{slot}.conv.")
+            )
+        i += n
     return pairs
 
 

@@ -79,7 +79,8 @@ class TrainConfig:
     # Which UNet levels have cross-attention to the prompt (None: every level, as SD 1.x has in
     # three of its four); a level without it is SD's plain DownBlock2D / UpBlock2D.
     unet_attention: tuple[bool, ...] | None = None
-    unet_layers: int = 2  # resnet (+ attention) layers per UNet down block
+    # Resnet (+ attention) layers per UNet down block: one number, or one per level.
+    unet_layers: int | tuple[int, ...] = 2
     text_hidden: int = 32
 
     def __post_init__(self) -> None:
@@ -87,6 +88,11 @@ class TrainConfig:
             raise ValueError(
                 f"unet_attention has {len(self.unet_attention)} entries and unet_channels "
                 f"{len(self.unet_channels)}: give one true/false per UNet level"
+            )
+        if isinstance(self.unet_layers, tuple) and len(self.unet_layers) != len(self.unet_channels):
+            raise ValueError(
+                f"unet_layers has {len(self.unet_layers)} entries and unet_channels "
+                f"{len(self.unet_channels)}: give one number, or one per UNet level"
             )
         if self.size % self.vae_factor:
             raise ValueError(

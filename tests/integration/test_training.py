@@ -163,7 +163,7 @@ def test_the_unet_has_one_cross_attention_level_per_channel_count(tmp_path: Path
     assert unet.config.attention_head_dim == (2, 4, 4)  # heads of 16 channels
 
 
-def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_skip_attention_there(
+def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_vary_its_levels(
     tmp_path: Path,
 ) -> None:
     import torch
@@ -174,7 +174,7 @@ def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_skip_attention_
         vae_channels=(32, 32, 64),
         unet_channels=(32, 64, 64),
         unet_attention=(False, True, True),
-        unet_layers=1,
+        unet_layers=(1, 2, 2),
     )
     assert config.vae_factor == 4
     parts = build_components(config, tmp_path)
@@ -189,7 +189,8 @@ def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_skip_attention_
         "CrossAttnUpBlock2D",
         "UpBlock2D",
     ]
-    assert all(len(b.resnets) == 1 for b in unet.down_blocks)
+    assert [len(b.resnets) for b in unet.down_blocks] == [1, 2, 2]
+    assert [len(b.resnets) for b in unet.up_blocks] == [3, 3, 2]
     assert unet.config.sample_size == 16
     with torch.no_grad():
         latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
@@ -202,6 +203,8 @@ def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_skip_attention_
 def test_a_recipe_that_does_not_fit_together_is_refused() -> None:
     with pytest.raises(ValueError, match="unet_attention has 1 entries and unet_channels 2"):
         TrainConfig(unet_attention=(True,))
+    with pytest.raises(ValueError, match="unet_layers has 3 entries and unet_channels 2"):
+        TrainConfig(unet_layers=(1, 2, 2))
     with pytest.raises(ValueError, match="size 60 is not a multiple of the VAE's factor 8"):
         TrainConfig(size=60)
 
