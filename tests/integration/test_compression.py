@@ -131,6 +131,42 @@ def test_interrupted_analysis_resumes(
     assert resumed["cumulative"]["6"] == full["cumulative"]["6"]
 
 
+@pytest.mark.parametrize("every_s", [0.0, 1e9])
+def test_ctrl_c_keeps_every_measurement_and_saves_are_spaced_in_time(
+    every_s: float,
+    analysis: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.compression import analysis as analysis_module
+
+    _, full = analysis
+    writes: list[Path] = []
+    real = analysis_module._save
+    monkeypatch.setattr(analysis_module, "_save", lambda r, p: (writes.append(p), real(r, p)))
+    monkeypatch.setattr(analysis_module, "SAVE_EVERY_S", every_s)
+
+    def stop(done: int, total: int, what: str) -> None:
+        if done == 7:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "stopped.json"
+    with pytest.raises(KeyboardInterrupt):
+        analyze(tiny_pipe(), tiny_plan(out), resume=False, progress=stop)
+    partial = json.loads(out.read_text())
+    measured = {
+        (key, name): psnrs
+        for key, run in partial["single_layer"].items()
+        for name, psnrs in run.items()
+        if name != "metadata"
+    }
+    assert len(measured) == 7  # each one made before the interrupt, as the full run made it
+    assert all(full["single_layer"][key][name] == v for (key, name), v in measured.items())
+    assert not partial["recipes"] and not partial["baselines"]
+    # saved after every measurement when asked to, else once, on the way out
+    assert len(writes) == (7 if every_s == 0 else 1)
+
+
 def test_an_analysis_from_before_grouped_palettization_resumes_with_them(
     analysis: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
