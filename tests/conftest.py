@@ -16,36 +16,6 @@ from tests.redis_server import RedisServer
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The modules that take longest (summed test time of a `--durations` run, most first: the Core
-# ML conversions and analyses, the chaos rounds, the multi-process end-to-end runs). xdist's
-# loadscope hands out whole modules, by default those with the most tests first, which left
-# these few-test, long modules for last: one process ran them while the other sat idle.
-# Longest first (with ``--no-loadscope-reorder``) lets the short ones fill in at the end.
-LONGEST_FIRST = (
-    "integration/test_sdxl_compression.py",
-    "integration/test_coreml_standin.py",
-    "integration/test_ane_layout.py",
-    "chaos/test_chaos.py",
-    "integration/test_compression.py",
-    "integration/test_coreml_apple_layout.py",
-    "e2e/test_distributed.py",
-    "e2e/test_faults.py",
-    "e2e/test_generate.py",
-    "e2e/test_batching.py",
-    "e2e/test_crashes.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-
-    def key(item: pytest.Item) -> int:
-        name = item.path.relative_to(REPO / "tests").as_posix()
-        return rank.get(name, len(rank))
-
-    items.sort(key=key)  # stable: each module's own order is kept
-
-
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One tiny-model cache for the whole session, outside the user's home."""
