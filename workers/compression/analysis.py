@@ -148,29 +148,24 @@ SAVE_EVERY_S = 10.0
 
 
 class _Checkpoint:
-    """The analysis JSON on disk: ``changed`` after each measurement (saved when the last save is
-    ``every_s`` old), ``save`` when the run stops."""
+    """The analysis JSON on disk: ``changed`` after each measurement (saved once the last save
+    is ``SAVE_EVERY_S`` old), ``save`` when the run stops."""
 
-    def __init__(
-        self, path: Path, every_s: float | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path, self.clock = path, clock
-        self.every_s = SAVE_EVERY_S if every_s is None else every_s
-        self.last = clock()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = time.monotonic()
         self.dirty = False
-        self.saves = 0
 
     def changed(self, results: dict[str, Any]) -> None:
         self.dirty = True
-        if self.clock() - self.last >= self.every_s:
+        if time.monotonic() - self.last >= SAVE_EVERY_S:
             self.save(results)
 
     def save(self, results: dict[str, Any]) -> None:
         if self.dirty:
             _save(results, self.path)
-            self.saves += 1
             self.dirty = False
-        self.last = self.clock()
+        self.last = time.monotonic()
 
 
 GROUPED = (Palette(4, 16), Palette(2, 16))  # Apple's grouped 4-bit SDXL example, and 2-bit
