@@ -139,7 +139,7 @@ def build_tiny_xl_model(destination: Path) -> None:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipe.save_pretrained(destination, safe_serialization=True)  # type: ignore[attr-defined]
+    pipe.save_pretrained(destination, safe_serialization=True)
     # save_pretrained writes tokenizer.json only; keep the plain files tooling reads.
     for name in ("tokenizer", "tokenizer_2"):
         write_clip_vocabulary(destination / name)
