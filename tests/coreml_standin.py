@@ -27,41 +27,7 @@ import pytest
 
 from tests.apple_layout import COMPILED_FROM, role_modules, role_of
 from workers.backends.coreml_folder import model_inputs
-
-
-def package_consts(path: Path) -> dict[str, np.ndarray]:
-    """Every constant tensor of a package's program, palettized ones decompressed, by name.
-
-    The program is read once and each ``constexpr_*`` op (a lookup table and its indices)
-    is decompressed where it stands, as coremltools' ``decompress_weights`` does op by op;
-    that function also runs the program through coremltools' passes and back to a spec (13x
-    the time on tiny's UNet) to hand back a model we would only read again. The float weights
-    are the same, bit for bit; the tables and indices of palettized weights are here too."""
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto import load as milproto_load
-    from coremltools.models import utils as model_utils
-
-    model = ct.models.MLModel(str(path), skip_model_load=True)
-    prog = model_utils._convert_model_spec_to_pymil_prog(
-        model, model.get_spec().specificationVersion, milproto_load.load
-    )
-    found: dict[str, np.ndarray] = {}
-
-    def walk(block: Any) -> None:
-        for op in block.operations:
-            for inner in op.blocks:
-                walk(inner)
-            if op.op_type == "const" and isinstance(getattr(op.val, "val", None), np.ndarray):
-                found[op.name.removesuffix("_palettized")] = op.val.val
-            elif op.op_type.startswith("constexpr_"):
-                values = op.materialized_val_inference()
-                values = values if isinstance(values, list | tuple) else [values]
-                for var, value in zip(op.outputs, values, strict=True):
-                    found[var.name.removesuffix("_palettized")] = np.asarray(value)
-
-    for function in prog.functions.values():
-        walk(function)
-    return found
+from workers.compression.coreml import package_weights
 
 
 def _const_name(parameter: str) -> str:
@@ -90,7 +56,7 @@ class StandInModel:
             spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
             self.outputs = [o.name for o in spec.description.output]
             package = path
-        consts = package_consts(package)
+        consts = package_weights(package)
         self.loaded: list[str] = []
         self.missing: list[str] = []
         with torch.no_grad():

@@ -330,7 +330,10 @@ def coreml_weight_name(torch_module: str) -> str:
 
 
 def match_recipe(
-    recipe: Recipe, unet: Any, weights: dict[str, Any], sources: dict[str, str] | None = None
+    recipe: Recipe,
+    unet: Any,
+    weights: dict[str, np.ndarray],
+    sources: dict[str, str] | None = None,
 ) -> Recipe:
     """Map a torch recipe onto Core ML weight names: by name first, checked by shape; a layer
     whose name is not found is matched by shape among the unclaimed weights of that shape, in
@@ -344,7 +347,7 @@ def match_recipe(
     for name, value in recipe.items():
         shape = tuple(modules[name].weight.shape)
         cm = coreml_weight_name(name)
-        if cm in weights and tuple(weights[cm].val.shape) == shape:
+        if cm in weights and tuple(weights[cm].shape) == shape:
             matched[cm] = value
             claimed.add(cm)
             sources[cm] = name
@@ -352,7 +355,7 @@ def match_recipe(
             pending.append((name, value, shape))
     for name, value, shape in pending:
         same = [
-            w for w, meta in weights.items() if w not in claimed and tuple(meta.val.shape) == shape
+            w for w, value in weights.items() if w not in claimed and tuple(value.shape) == shape
         ]
         if not same:
             raise KeyError(f"no Core ML weight matches torch layer {name!r} (shape {shape})")
@@ -416,7 +419,7 @@ def palettize_unet(folder: Path, unet: Any, recipe: Recipe) -> Recipe:
     # 2. Palettize the matched weights
     path = folder / f"{UNET}.mlpackage"
     model = ct.models.MLModel(str(path), skip_model_load=True)
-    weights = cto.get_weights_metadata(model, weight_threshold=1)
+    weights = package_weights(path)
     wanted = {n: p.to_json() for n, p in palettes.items() if not p.keep}
     sources: dict[str, str] = {}
     by_name = match_recipe(wanted, unet, weights, sources)
@@ -434,7 +437,7 @@ def palettize_unet(folder: Path, unet: Any, recipe: Recipe) -> Recipe:
     # read back what the package holds before it replaces the original
     found = read_palettization(tmp)
     expected = {  # one group of all the channels is one table for the tensor
-        n: Palette(p.bits).to_json() if p.group_size == weights[n].val.shape[0] else p.to_json()
+        n: Palette(p.bits).to_json() if p.group_size == weights[n].shape[0] else p.to_json()
         for n, p in recipe_palettes(by_name).items()
     }
     if found != expected:
@@ -533,21 +536,50 @@ def package_megabytes(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
+def package_weights(mlpackage: Path) -> dict[str, np.ndarray]:
+    """Every float constant of a package's program, by name in program order; a palettized
+    weight decompressed, under its own name (the ``..._palettized`` suffix dropped). Reads the
+    program once and decompresses each ``constexpr_*`` op where it stands: coremltools'
+    ``decompress_weights`` does that too, but then runs the whole program through its passes
+    and back to a spec (13x the time on tiny's UNet) to hand back a model, and
+    ``get_weights_metadata`` reads that model again."""
+    ct = _quiet_coremltools()
+    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.models import utils as model_utils
+
+    model = ct.models.MLModel(str(mlpackage), skip_model_load=True)
+    prog = model_utils._convert_model_spec_to_pymil_prog(
+        model, model.get_spec().specificationVersion, milproto_load.load
+    )
+    found: dict[str, np.ndarray] = {}
+    parts: set[str] = set()  # a lookup table's and its indices' consts: not weights
+
+    def walk(block: Any) -> None:
+        for op in block.operations:
+            for inner in op.blocks:
+                walk(inner)
+            if op.op_type == "const":
+                value = getattr(op.val, "val", None)
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    found[op.outputs[0].name] = value
+            elif op.op_type.startswith("constexpr_"):
+                parts.update(v.name for v in op.inputs.values() if hasattr(v, "name"))
+                values = op.materialized_val_inference()
+                values = values if isinstance(values, list | tuple) else [values]
+                for var, value in zip(op.outputs, values, strict=True):
+                    found[var.name.removesuffix("_palettized")] = np.asarray(value)
+
+    for function in prog.functions.values():
+        walk(function)
+    return {name: value for name, value in found.items() if name not in parts}
+
+
 def load_package_weights(unet: Any, mlpackage: Path) -> int:
     """Put a (palettized) package's weights, decompressed, into a torch UNet: to measure a
     compressed package's quality on machines that cannot run Core ML. Returns how many."""
     import torch
 
-    ct = _quiet_coremltools()
-    import coremltools.optimize.coreml as cto
-
-    model = ct.models.MLModel(str(mlpackage), skip_model_load=True)
-    dense = {
-        name.removesuffix("_palettized"): meta.val
-        for name, meta in cto.get_weights_metadata(
-            cto.decompress_weights(model), weight_threshold=1
-        ).items()
-    }
+    dense = package_weights(mlpackage)
     loaded = 0
     for name, module in unet.named_modules():
         weight = getattr(module, "weight", None)
