@@ -355,7 +355,7 @@ def match_recipe(
             pending.append((name, value, shape))
     for name, value, shape in pending:
         same = [
-            w for w, value in weights.items() if w not in claimed and tuple(value.shape) == shape
+            w for w, array in weights.items() if w not in claimed and tuple(array.shape) == shape
         ]
         if not same:
             raise KeyError(f"no Core ML weight matches torch layer {name!r} (shape {shape})")
