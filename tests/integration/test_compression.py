@@ -347,7 +347,7 @@ def linear_package(path: Path, minimum_os: str) -> Any:
 def test_coremltools_grouped_palettization_has_a_table_per_16_channels(tmp_path: Path) -> None:
     import coremltools.optimize.coreml as cto
 
-    from workers.compression.coreml import palettizer_config, read_palettization
+    from workers.compression.coreml import package_weights, palettizer_config, read_palettization
     from workers.compression.palettize import Palette, palettize_grouped
 
     model, weight = linear_package(tmp_path / "l.mlpackage", "macOS15")
@@ -378,6 +378,19 @@ def test_coremltools_grouped_palettization_has_a_table_per_16_channels(tmp_path:
     )
     per_tensor.save(str(tmp_path / "t.mlpackage"))
     assert read_palettization(tmp_path / "t.mlpackage") == {name: 4}
+    # package_weights reads each table where it stands: coremltools' decompressed weights, bit
+    # for bit, under the weights' own names, and nothing of the tables and indices themselves
+    for package, reference in (("p", compressed), ("t", per_tensor)):
+        read = package_weights(tmp_path / f"{package}.mlpackage")
+        want = {
+            k.removesuffix("_palettized"): meta.val
+            for k, meta in cto.get_weights_metadata(
+                cto.decompress_weights(reference), weight_threshold=1
+            ).items()
+        }
+        assert name in read and list(read) == list(want)  # the weight and the linear's bias
+        for k, value in want.items():
+            assert read[k].dtype == value.dtype and np.array_equal(read[k], value)
 
 
 def test_coremltools_refuses_grouped_tables_in_a_macos_13_program(tmp_path: Path) -> None:
