@@ -70,6 +70,13 @@ class TrainConfig:
     # prompt, places the shapes. Rescaled betas make the last step pure noise (needs v-prediction
     # and the plain loss: min-SNR weights are 0 there).
     zero_terminal_snr: bool = True
+    # Divide every step's signal-to-noise ratio by this (1: SD 1.x's schedule as it is).
+    # Resolution-dependent shift (Hoogeboom et al. 2023, "simple diffusion"; SD 3's shifted
+    # schedule): a latent with 4x the pixels of another keeps a scene's layout readable at 4x
+    # less SNR, so at the same schedule it spends fewer of its steps where only the prompt can
+    # place a shape. A 16x16 latent (x4 VAE) shifted by 4 sees the 8x8 one's layout noise.
+    # Training and every sampler then use the shifted betas (``trained_betas`` in the folder).
+    snr_shift: float = 1.0
     # One VAE level per entry; each level after the first halves the side, so three levels make
     # a 16x16 latent of a 64 px image (x4) and four make SD's x8.
     vae_channels: tuple[int, ...] = (32, 32, 64, 64)
@@ -98,6 +105,8 @@ class TrainConfig:
             raise ValueError(
                 f"size {self.size} is not a multiple of the VAE's factor {self.vae_factor}"
             )
+        if self.snr_shift <= 0:
+            raise ValueError(f"snr_shift must be positive, not {self.snr_shift}")
         if self.zero_terminal_snr and self.min_snr_gamma is not None:
             raise ValueError(
                 "zero_terminal_snr needs min_snr_gamma=None: min-SNR weights are 0 at the last "
@@ -294,20 +303,53 @@ def build_components(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer}
 
 
-def noise_scheduler(zero_terminal_snr: bool = False) -> Any:
+# SD 1.x's training schedule, which every scheduler here starts from
+_SD_SCHEDULE: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+}
+
+
+def shifted_betas(zero_terminal_snr: bool, snr_shift: float) -> list[float] | None:
+    """SD 1.x's betas (rescaled to zero terminal SNR when asked) with every step's SNR divided
+    by ``snr_shift``; None for a shift of 1 (the named schedule is then the whole story).
+    alpha_bar' = alpha_bar / (alpha_bar + shift (1 - alpha_bar)) is the SNR/shift step, and a
+    zero terminal SNR ends at alpha_bar = 2**-24, as diffusers' samplers with the rescale
+    option end it (0 makes NaNs at t=999)."""
+    if snr_shift == 1:
+        return None
+    from diffusers import DDPMScheduler
+
+    base: Any = DDPMScheduler(**_SD_SCHEDULE, rescale_betas_zero_snr=zero_terminal_snr)
+    alpha_bar = base.alphas_cumprod.double()
+    shifted = alpha_bar / (alpha_bar + snr_shift * (1 - alpha_bar))
+    if zero_terminal_snr:
+        shifted[-1] = 2**-24
+    previous = shifted.new_ones(len(shifted))
+    previous[1:] = shifted[:-1]
+    return (1 - shifted / previous).tolist()
+
+
+def _schedule(zero_terminal_snr: bool, betas: list[float] | None) -> dict[str, Any]:
+    """Scheduler keyword arguments for the training schedule (shifted betas, when given, carry
+    the zero terminal SNR themselves)."""
+    if betas is None:
+        return {**_SD_SCHEDULE, "rescale_betas_zero_snr": zero_terminal_snr}
+    return {**_SD_SCHEDULE, "trained_betas": betas, "rescale_betas_zero_snr": False}
+
+
+def noise_scheduler(zero_terminal_snr: bool = False, betas: list[float] | None = None) -> Any:
     from diffusers import DPMSolverMultistepScheduler
 
-    # The inference default, with SD 1.x's training schedule (the pipeline's own config).
+    # The inference default, with the model's training schedule (the pipeline's own config).
     scheduler: Any = DPMSolverMultistepScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
+        **_schedule(zero_terminal_snr, betas),
         steps_offset=1,
         algorithm_type="dpmsolver++",
         solver_order=2,
         prediction_type=PREDICTION,
-        rescale_betas_zero_snr=zero_terminal_snr,
     )
     # What SD 1.x's scheduler config says for the other samplers built from this one: DDIM
     # must not clip its estimate of the clean latents to [-1, 1] (latents exceed it).
@@ -438,12 +480,10 @@ def train_unet(
     empty = token_ids[-1:]
     token_ids = token_ids[:-1]
     ddpm: Any = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
+        **_schedule(
+            config.zero_terminal_snr, shifted_betas(config.zero_terminal_snr, config.snr_shift)
+        ),
         prediction_type=PREDICTION,
-        rescale_betas_zero_snr=config.zero_terminal_snr,
     )
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     for p in (*ema_unet.parameters(), *ema_text.parameters()):
@@ -497,7 +537,9 @@ def train_unet(
     return ema_unet.eval(), ema_text.eval(), losses, scale
 
 
-def assemble(components: dict[str, Any], zero_terminal_snr: bool) -> Any:
+def assemble(
+    components: dict[str, Any], zero_terminal_snr: bool, betas: list[float] | None = None
+) -> Any:
     """A ``StableDiffusionPipeline`` of ``build_components``'s parts (or trained ones)."""
     from diffusers import StableDiffusionPipeline
 
@@ -506,7 +548,7 @@ def assemble(components: dict[str, Any], zero_terminal_snr: bool) -> Any:
         vae=components["vae"],
         text_encoder=components["text_encoder"],
         tokenizer=components["tokenizer"],
-        scheduler=noise_scheduler(zero_terminal_snr),
+        scheduler=noise_scheduler(zero_terminal_snr, betas),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -544,7 +586,9 @@ def train(destination: Path, config: TrainConfig, progress: Progress | None = No
     report.latent_scaling_factor = scale
     components["vae"].register_to_config(scaling_factor=scale)
     pipe = assemble(
-        {**components, "unet": unet, "text_encoder": text_encoder}, config.zero_terminal_snr
+        {**components, "unet": unet, "text_encoder": text_encoder},
+        config.zero_terminal_snr,
+        shifted_betas(config.zero_terminal_snr, config.snr_shift),
     )
     pipe.save_pretrained(destination, safe_serialization=True)
     write_clip_vocabulary(tok_dir, learn_merges(vocabulary_words()))

@@ -16,7 +16,14 @@ from transformers import CLIPTokenizer
 from workers.judge import HELD_OUT_PROMPTS
 from workers.scenes import parse_prompt
 from workers.tiny import write_clip_vocabulary
-from workers.training import TrainConfig, draw_scenes, learn_merges, train, vocabulary_words
+from workers.training import (
+    TrainConfig,
+    draw_scenes,
+    learn_merges,
+    shifted_betas,
+    train,
+    vocabulary_words,
+)
 
 
 def test_learned_merges_make_every_word_of_the_world_one_token(tmp_path: Path) -> None:
@@ -74,10 +81,14 @@ def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path:
 
 
 @pytest.mark.slow
-def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(tmp_path: Path) -> None:
+@pytest.mark.parametrize("snr_shift", [1.0, 4.0])
+def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
+    tmp_path: Path, snr_shift: float
+) -> None:
     """Trained on rescaled betas (the last step pure noise), the saved model says so, and the
     worker's samplers build that schedule from it (not SD 1.x's, which leaves a trace of the
-    image at t=999 that pure-noise inference lacks)."""
+    image at t=999 that pure-noise inference lacks); a shifted schedule travels as its betas."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from workers.schedulers import SCHEDULER_NAMES, build_scheduler
@@ -92,14 +103,50 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(tmp_path:
         threads=1,
         min_snr_gamma=None,
         zero_terminal_snr=True,
+        snr_shift=snr_shift,
     )
     train(tmp_path / "z", config)
     scheduler_config = dict(
         StableDiffusionPipeline.from_pretrained(tmp_path / "z").scheduler.config
     )
-    assert scheduler_config["rescale_betas_zero_snr"] is True
+    expected = shifted_betas(True, snr_shift)
+    if expected is None:
+        assert scheduler_config["rescale_betas_zero_snr"] is True
+        assert scheduler_config["trained_betas"] is None
+    else:
+        assert scheduler_config["rescale_betas_zero_snr"] is False
+        assert scheduler_config["trained_betas"] == pytest.approx(expected)
     for name in SCHEDULER_NAMES:
-        assert float(build_scheduler(name, scheduler_config).alphas_cumprod[-1]) < 1e-6, name
+        alpha_bar = build_scheduler(name, scheduler_config).alphas_cumprod
+        assert float(alpha_bar[-1]) < 1e-6, name
+        if expected is not None:
+            want = torch.tensor(expected, dtype=torch.float64).neg().add(1).cumprod(0)
+            assert torch.allclose(alpha_bar.double(), want, rtol=1e-5), name
+
+
+def test_a_shifted_schedule_divides_every_steps_snr_and_ends_in_pure_noise() -> None:
+    import torch
+    from diffusers import DDPMScheduler
+
+    assert shifted_betas(True, 1.0) is None  # no shift: the named schedule says it all
+    for zero_terminal_snr in (True, False):
+        base = DDPMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            rescale_betas_zero_snr=zero_terminal_snr,
+        ).alphas_cumprod.double()
+        betas = shifted_betas(zero_terminal_snr, 4.0)
+        assert betas is not None and len(betas) == 1000
+        alpha_bar = torch.tensor(betas, dtype=torch.float64).neg().add(1).cumprod(0)
+        snr, base_snr = alpha_bar / (1 - alpha_bar), base / (1 - base)
+        assert torch.allclose(snr[:-1], base_snr[:-1] / 4, rtol=1e-9)
+        if zero_terminal_snr:
+            assert float(alpha_bar[-1]) == pytest.approx(2**-24)
+        else:
+            assert float(snr[-1]) == pytest.approx(float(base_snr[-1]) / 4)
+    with pytest.raises(ValueError, match="snr_shift must be positive"):
+        TrainConfig(snr_shift=0)
 
 
 def test_zero_terminal_snr_refuses_min_snr_weights() -> None:
