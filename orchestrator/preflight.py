@@ -109,7 +109,8 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
         return None  # a uniform variant: built from the model on first use
     if registry.lookup(model, quantization, "torch") is None:
         return (
-            f"no compressed variant {quantization!r} of it on this machine; make it with "
+            f"no compressed variant {quantization!r} of it on this machine"
+            f"{registry.stale_note(model, quantization, 'torch')}; make it with "
             f"`orchestrate model compress --model {model} --recipe ANALYSIS.json:{quantization} "
             "--format torch`"
         )

@@ -171,7 +171,8 @@ def resolve_variant(model: str, quantization: str) -> str | None:
     found = registry.lookup(model, quantization, "torch")
     if found is None:
         raise JobInputError(
-            f"no compressed variant {quantization!r} of model {model!r} on this worker; make it with "
+            f"no compressed variant {quantization!r} of model {model!r} on this worker"
+            f"{registry.stale_note(model, quantization, 'torch')}; make it with "
             f"`orchestrate model compress --model {model} --recipe ANALYSIS.json:{quantization} "
             "--format torch`"
         )
@@ -192,7 +193,8 @@ def resolve_coreml_folder(model: str, quantization: str) -> Any:
     if quantization == "fp16" and is_coreml_folder(Path(model).expanduser()):
         return Path(model).expanduser()  # ours, or Apple's (Swift resources or packages)
     raise JobInputError(
-        f"no Core ML variant {quantization!r} of model {model!r} on this worker; make one with "
+        f"no Core ML variant {quantization!r} of model {model!r} on this worker"
+        f"{registry.stale_note(model, quantization, 'coreml')}; make one with "
         f"`orchestrate model convert --model {model} --out DIR` (with --bits or --recipe to compress)"
     )
 
