@@ -59,13 +59,17 @@ def test_the_default_count_is_per_model_and_recorded(torch_threads: None) -> Non
     assert out.result["torch_threads"] == 1
 
 
-def omp_environment(tmp_path: Path, **env: str) -> str:
-    """libgomp's settings as a worker process's torch sees them: ``orchestrate generate``
-    with ``OMP_DISPLAY_ENV=VERBOSE`` (printed when torch loads libgomp)."""
+GENERATE = [ORCHESTRATE, "generate", "--prompt", "a fox", "--steps", "1", "--output-path", "out"]
+
+
+def omp_environment(tmp_path: Path, command: list[str] = GENERATE, **env: str) -> str:
+    """libgomp's settings as ``command``'s torch sees them (by default a worker process's:
+    ``orchestrate generate``), with ``OMP_DISPLAY_ENV=VERBOSE`` (printed when torch loads
+    libgomp)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
     base.pop("PYTEST_CURRENT_TEST", None)
     proc = subprocess.run(
-        [ORCHESTRATE, "generate", "--prompt", "a fox", "--steps", "1", "--output-path", "out"],
+        command,
         cwd=tmp_path,
         env={**base, "OMP_DISPLAY_ENV": "VERBOSE", **env},
         capture_output=True,
@@ -91,20 +95,8 @@ def test_the_training_script_spins_unless_told_otherwise(tmp_path: Path) -> None
     x4 UNet step 1.7x slower); the script's own top level decides it, before torch loads."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "train_tiny.py"
     code = f"import runpy; runpy.run_path({str(script)!r}, run_name='imported'); import torch"
-
-    def shown(**env: str) -> str:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env={**base, "OMP_DISPLAY_ENV": "VERBOSE", **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stderr
-
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in shown()
-    assert "GOMP_SPINCOUNT = '0'" not in shown()
-    assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown(OMP_WAIT_POLICY="PASSIVE")
+    command = [sys.executable, "-c", code]
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in omp_environment(tmp_path, command)
+    assert "GOMP_SPINCOUNT = '0'" not in omp_environment(tmp_path, command)
+    shown = omp_environment(tmp_path, command, OMP_WAIT_POLICY="PASSIVE")
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown
