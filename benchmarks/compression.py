@@ -27,7 +27,8 @@ Columns and what they measure:
   the images of the held-out prompts (``workers.judge``; image i with seed 1000 + i), made with
   the palettized UNet (palettized in place in the worker's own backend, the weights
   ``orchestrate model compress --format torch`` would save) at 64 px, 20 DPM-Solver++ steps,
-  guidance 7.5, CPU fp32, 2 threads. It measures whether the compressed model still draws what
+  guidance 7.5, CPU fp32, the model's default thread count (``--threads``; 1 for the built-in
+  tiny models). It measures whether the compressed model still draws what
   is asked, as the judge reads it; the unquantized row is its baseline, and differences of a few
   hundredths are within the noise of 60 prompts ("vs fp16": the difference and its paired 95%
   interval). Not applicable to the SD 1.5 UNet (random weights, real prompts: no judge), shown
@@ -429,6 +430,9 @@ def main() -> None:
         help="held-out prompts for adherence (0: leave adherence out)",
     )
     ap.add_argument("--no-coreml", action="store_true", help="leave out the Core ML column")
+    ap.add_argument(
+        "--threads", type=int, help="torch threads (default: the model's, as a worker's)"
+    )
     ap.add_argument("--sd15", action="store_true")
     ap.add_argument("--sd15-coreml", action="store_true")
     ap.add_argument("--tiny-min-size", type=float, default=1000)
@@ -444,7 +448,10 @@ def main() -> None:
         "existing results JSON, whose other figures are kept",
     )
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    from workers.task import threads_for
+
+    threads = threads_for(args.model, args.threads)
+    torch.set_num_threads(threads)
     if args.ane:
         from _ane import rows as ane_rows
 
@@ -463,9 +470,9 @@ def main() -> None:
         return
     label = "tiny" if args.model == "tiny" else Path(args.model).name[:8]
     prompts = list(HELD_OUT_PROMPTS[: args.prompts])
-    # The worker's backend on the CPU (fp32, 2 threads): its pipeline is the one analysed and
+    # The worker's backend on the CPU (fp32, the model's threads): its pipeline is the one analysed and
     # palettized in place, so each variant's images are made by the palettized UNet.
-    backend = DiffusersBackend(args.model, device="cpu", threads=2)
+    backend = DiffusersBackend(args.model, device="cpu", threads=threads)
     pipe = backend.pipe
     rows: list[dict[str, Any]] = []
     grouped_rows: list[dict[str, Any]] = []
@@ -532,7 +539,7 @@ def main() -> None:
             grouped_rows += sd15_grouped_rows(sd, sd15_cfg, sd15_coreml)
     print(
         f"\nmodel {args.model}; adherence and image PSNR: {len(prompts)} held-out prompts, "
-        f"{ADHERENCE_STEPS} {ADHERENCE_SCHEDULER} steps, 64 px, CPU fp32, 2 threads; "
+        f"{ADHERENCE_STEPS} {ADHERENCE_SCHEDULER} steps, 64 px, CPU fp32, {threads} threads; "
         f"PSNR dB: one guided UNet evaluation vs the unquantized UNet"
     )
     if rows:
@@ -583,7 +590,7 @@ def main() -> None:
                 "guidance_scale": 7.5,
                 "device": "cpu",
                 "dtype": "fp32",
-                "threads": 2,
+                "threads": threads,
             },
             "probe_prompts": list(cfg.prompts),
             "mixed_targets": list(MIXED_TARGETS),

@@ -1,14 +1,14 @@
 """Samplers on the same model, prompts and seeds: prompt adherence, closeness to a converged
 image, UNet evaluations and seconds per image.
 
-    python benchmarks/schedulers.py [--model tiny] [--prompts 60] [--size 64] [--threads 2]
+    python benchmarks/schedulers.py [--model tiny] [--prompts 60] [--size 64] [--threads N]
 
 Rows: DPM-Solver++ (2M) at 10/15/20/25 steps, its Karras-sigma form at 20, PNDM (PLMS) at 50,
 Euler and Euler ancestral at 20, DDIM at 20 and 50, and the reference itself: DPM-Solver++ (2M)
 at 100 steps. Every row generates the held-out prompts of ``workers.judge`` (never trained on;
 the first ``--prompts`` of the 60), image ``i`` with seed 1000 + i, guidance 7.5, through the
 worker's own backend (``workers.evaluation.evaluate``, the same call that gives the training
-script's held-out figure), on the CPU in fp32 with ``--threads`` torch threads.
+script's held-out figure), on the CPU in fp32 with ``--threads`` torch threads (default: the model's, 1 for tiny).
 
 What each figure measures:
 
@@ -156,13 +156,18 @@ def main() -> None:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--prompts", type=int, default=len(HELD_OUT_PROMPTS))
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, help="torch threads (default: the model's, as a worker's)"
+    )
     ap.add_argument(
         "--name", default="schedulers", help="results file: benchmarks/results/NAME.json"
     )
     args = ap.parse_args()
     prompts = list(HELD_OUT_PROMPTS[: args.prompts])
     assert all(parse_prompt(p) is not None for p in prompts)
+    from workers.task import threads_for
+
+    args.threads = threads_for(args.model, args.threads)
     backend, _ = PipelineCache(device="cpu", threads=args.threads).get(args.model)
 
     t_start = time.perf_counter()

@@ -275,7 +275,7 @@ def test_converted_folder_layout_and_input_shapes(coreml_folder: Path) -> None:
     spec = ct.models.MLModel(str(coreml_folder / "Unet.mlpackage"), skip_model_load=True).get_spec()
     shapes = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
     assert shapes == {
-        "sample": [2, 8, 8, 8],  # tiny: 8 latent channels
+        "sample": [2, 8, 16, 16],  # tiny: 8 latent channels, x4 (a 16x16 latent of 64 px)
         "timestep": [2],
         "encoder_hidden_states": [2, 32, 1, 77],
     }

@@ -94,7 +94,7 @@ def test_apple_folders_are_read_as_apple_writes_them(
     # dtypes and shapes from the compiled models' metadata.json
     unet = resources.inputs["UnetChunk1"]
     assert {k: (np.dtype(d.dtype).name, d.shape) for k, d in unet.items()} == {
-        "sample": ("float16", (2, 8, 8, 8)),  # tiny: 8 latent channels
+        "sample": ("float16", (2, 8, 16, 16)),  # tiny: 8 latent channels, x4
         "timestep": ("float16", (2,)),
         "encoder_hidden_states": ("float16", (2, 32, 1, 77)),
     }

@@ -100,12 +100,13 @@ def test_the_stand_in_refuses_what_the_package_does_not_declare(
     path = folders["fp16"] / "VAEDecoder.mlpackage"
     model = StandInModel(path, _wrappers(tiny.pipe)[VAE_DECODER][0])  # type: ignore[attr-defined]
     channels = tiny.pipe.vae.config.latent_channels  # type: ignore[attr-defined]
-    z = np.zeros((1, channels, 8, 8), dtype=np.float16)
+    side = 64 // tiny.pipe.vae_scale_factor  # type: ignore[attr-defined]
+    z = np.zeros((1, channels, side, side), dtype=np.float16)
     assert model.predict({"z": z})["image"].shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="declared float16"):
         model.predict({"z": z.astype(np.float32)})
     with pytest.raises(ValueError, match="declared"):
-        model.predict({"z": np.zeros((2, channels, 8, 8), dtype=np.float16)})
+        model.predict({"z": np.zeros((2, channels, side, side), dtype=np.float16)})
     with pytest.raises(ValueError, match="not the declared"):
         model.predict({"z": z, "extra": z})
     # Every convolution and linear weight came from the package (decompressed); only norm

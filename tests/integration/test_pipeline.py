@@ -50,7 +50,7 @@ def test_tiny_model_is_a_real_loadable_sd_folder() -> None:
     path = ensure_tiny_model()
     assert path == SHIPPED_TINY
     pipe = StableDiffusionPipeline.from_pretrained(path)
-    assert pipe.vae_scale_factor == 8  # SD's x8: width and height mean what they mean for SD
+    assert pipe.vae_scale_factor == 4  # x4: a 16x16 latent of a 64 px image
     # Apple's Core ML resources read the plain tokenizer files, and the words of the scenes
     # world are single tokens in them
     assert (path / "tokenizer" / "vocab.json").is_file()

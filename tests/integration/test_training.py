@@ -71,7 +71,7 @@ def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path:
     assert len(_digests(tmp_path / "a")) == 3  # vae, unet, text encoder
     assert losses[0] == losses[1] and len(losses[0]) == 3
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "a")
-    assert pipe.vae_scale_factor == config.vae_factor == 8  # four VAE levels by default
+    assert pipe.vae_scale_factor == config.vae_factor == 4  # three VAE levels by default
     assert pipe.vae.config.scaling_factor == pytest.approx(report.latent_scaling_factor)
     assert (tmp_path / "a" / "training.json").is_file()
     # another seed is another model
@@ -205,7 +205,8 @@ def test_reconstruction_adherence_of_a_lossless_round_trip_is_the_judges_own() -
 def test_the_unet_has_one_cross_attention_level_per_channel_count(tmp_path: Path) -> None:
     from workers.training import build_components
 
-    unet = build_components(TrainConfig(unet_channels=(32, 64, 64)), tmp_path)["unet"]
+    config = TrainConfig(unet_channels=(32, 64, 64), unet_attention=None, unet_layers=2)
+    unet = build_components(config, tmp_path)["unet"]
     assert [type(b).__name__ for b in unet.down_blocks] == ["CrossAttnDownBlock2D"] * 3
     assert unet.config.attention_head_dim == (2, 4, 4)  # heads of 16 channels
 
@@ -248,12 +249,14 @@ def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_vary_its_levels
 
 
 def test_a_recipe_that_does_not_fit_together_is_refused() -> None:
-    with pytest.raises(ValueError, match="unet_attention has 1 entries and unet_channels 2"):
+    with pytest.raises(ValueError, match="unet_attention has 1 entries and unet_channels 4"):
         TrainConfig(unet_attention=(True,))
-    with pytest.raises(ValueError, match="unet_layers has 3 entries and unet_channels 2"):
+    with pytest.raises(ValueError, match="unet_layers has 3 entries and unet_channels 4"):
         TrainConfig(unet_layers=(1, 2, 2))
+    with pytest.raises(ValueError, match="size 62 is not a multiple of the VAE's factor 4"):
+        TrainConfig(size=62)
     with pytest.raises(ValueError, match="size 60 is not a multiple of the VAE's factor 8"):
-        TrainConfig(size=60)
+        TrainConfig(size=60, vae_channels=(32, 32, 64, 64))
 
 
 def test_the_unet_denoises_as_many_latent_channels_as_the_vae_makes(tmp_path: Path) -> None:
@@ -266,7 +269,7 @@ def test_the_unet_denoises_as_many_latent_channels_as_the_vae_makes(tmp_path: Pa
     assert all(len(block.resnets) == 2 for block in vae.encoder.down_blocks)
     with torch.no_grad():
         latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
-        assert latents.shape == (1, 8, 8, 8)
+        assert latents.shape == (1, 8, 16, 16)
         out = unet(latents, 10, encoder_hidden_states=torch.zeros(1, 77, 32)).sample
     assert out.shape == latents.shape
 
@@ -281,8 +284,15 @@ def test_the_training_script_takes_config_fields_as_json_values() -> None:
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     ap = argparse.ArgumentParser()
-    got = script.overrides(ap, ["min_snr_gamma=null", "unet_channels=[32,64,64]", "vae_steps=10"])
-    assert got == {"min_snr_gamma": None, "unet_channels": (32, 64, 64), "vae_steps": 10}
+    got = script.overrides(
+        ap, ["min_snr_gamma=null", "unet_channels=[32,64,64,96]", "vae_steps=10", "snr_shift=2"]
+    )
+    assert got == {
+        "min_snr_gamma": None,
+        "unet_channels": (32, 64, 64, 96),
+        "vae_steps": 10,
+        "snr_shift": 2,
+    }
     TrainConfig(**got)
     for bad in ("seed=3", "nothing=1", "vae_steps", "vae_steps=ten"):
         with pytest.raises(SystemExit):
