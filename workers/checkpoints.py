@@ -2,11 +2,11 @@
 A1111 users keep them (``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.transformer.*``).
 
-Loading goes through diffusers' ``from_single_file`` with the configuration of the family,
-offline: the built-in tiny model's own folder for a checkpoint of the tiny family (marked in
-the file's metadata), else the configuration diffusers infers from the weights (Stable
-Diffusion 1.x: ``stable-diffusion-v1-5/stable-diffusion-v1-5``), which must then be in this
-machine's Hugging Face cache. ``export_checkpoint`` writes a pipeline in this layout (our
+Loading is offline. A checkpoint of the tiny family (marked in the file's metadata) loads
+through our own mapping into a pipeline of the built-in tiny folder's configuration; any other
+through diffusers' ``from_single_file`` with the configuration diffusers infers from the
+weights (Stable Diffusion 1.x: ``stable-diffusion-v1-5/stable-diffusion-v1-5``), which must
+then be in this machine's Hugging Face cache. ``export_checkpoint`` writes a pipeline in this layout (our
 own key mapping, the inverse of the one diffusers applies when it loads one), so a model made
 or compressed here can be used by tools that only take single files.
 """
@@ -216,18 +216,74 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def from_single_file(state: dict[str, Any], pipe: Any) -> None:
+    """Load weights in the original layout into ``pipe``: the inverse of ``to_single_file``,
+    for a pipeline of the checkpoint's own configuration. Every layer of each part must be
+    in the file and every tensor of the file must have a place (a ValueError names the first
+    that does not)."""
+    parts: dict[str, dict[str, Any]] = {UNET_PREFIX: {}, VAE_PREFIX: {}, CLIP_PREFIX: {}}
+    for key, value in state.items():
+        prefix = next((p for p in parts if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"tensor {key!r} belongs to no part of a Stable Diffusion checkpoint")
+        parts[prefix][key[len(prefix) :]] = value
+    back = [(theirs, ours) for ours, theirs in unet_prefixes(pipe.unet.config)]
+    _load(pipe.unet, _rename(parts[UNET_PREFIX], back, "UNet"), "UNet")
+    vae = _rename(parts[VAE_PREFIX], [(t, o) for o, t in vae_prefixes(pipe.vae.config)], "VAE")
+    for key, value in vae.items():
+        if ".attentions." in key and key.endswith(".weight") and value.ndim == 4:
+            vae[key] = value[:, :, 0, 0]  # 1x1 convolutions back to linear layers
+    _load(pipe.vae, vae, "VAE")
+    own = pipe.text_encoder.state_dict()
+    prefixed = any(k.startswith("text_model.") for k in own)
+    clip = {
+        (k if prefixed else k.removeprefix("text_model.")): v for k, v in parts[CLIP_PREFIX].items()
+    }
+    _load(pipe.text_encoder, clip, "text encoder", optional=("position_ids",))
+
+
+def _load(module: Any, state: dict[str, Any], what: str, optional: tuple[str, ...] = ()) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith(optional)]
+    extra = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    for problem, keys in (("lacks", missing), ("has no place for", extra)):
+        if keys:
+            raise ValueError(f"the checkpoint {problem} {what} layer {keys[0]!r}")
+    if wrong:
+        k = wrong[0]
+        raise ValueError(
+            f"{what} layer {k!r} is {tuple(state[k].shape)} in the checkpoint, "
+            f"{tuple(own[k].shape)} in the model"
+        )
+    module.load_state_dict(state, strict=False)
+
+
 def load_checkpoint(path: Path, dtype: Any) -> Any:
-    """A StableDiffusionPipeline from a single file, offline, with its family's configuration."""
+    """A StableDiffusionPipeline from a single file, offline, with its family's configuration.
+
+    A checkpoint of the tiny family loads through our own mapping into a pipeline of the
+    built-in folder's configuration: diffusers' single-file conversion assumes one resnet
+    count for every UNet level (``layers_per_block + 1``), and the tiny UNet has one per
+    level. Any other goes through diffusers' ``from_single_file``."""
     from diffusers import StableDiffusionPipeline
 
-    config = None
     if family(path) == TINY_FAMILY:
+        from safetensors.torch import load_file
+
         from workers.tiny import ensure_tiny_model
 
-        config = str(ensure_tiny_model())
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(ensure_tiny_model()),
+            local_files_only=True,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        from_single_file(load_file(str(path)), pipe)
+        return pipe
     return StableDiffusionPipeline.from_single_file(
         str(path),
-        config=config,
         local_files_only=True,
         torch_dtype=dtype,
         safety_checker=None,
