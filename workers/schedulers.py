@@ -10,6 +10,11 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+# Where diffusers' samplers with ``rescale_betas_zero_snr`` end a zero-terminal-SNR schedule:
+# alpha_bar at t=999 kept short of 0 (0 makes NaNs there). Betas written out by hand for such a
+# schedule (PNDM's, a shifted one's) end at the same value.
+TERMINAL_ALPHA_BAR = 2**-24
+
 
 @dataclass(frozen=True)
 class SchedulerInfo:
@@ -68,11 +73,11 @@ def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     if config.get("rescale_betas_zero_snr") and not _accepts(cls, "rescale_betas_zero_snr"):
         # A model trained on zero-terminal-SNR betas needs them in every sampler; one without
         # the option (PNDM) gets the rescaled betas themselves, the last one kept short of 1
-        # so that alpha_bar ends at 2**-24, as the samplers with the option do (0 makes NaNs
+        # so that alpha_bar ends at TERMINAL_ALPHA_BAR, as the samplers with the option do (0 makes NaNs
         # at t=999, where linspace and trailing spacings start).
         betas = diffusers.DDPMScheduler.from_config(config).betas.double()
         alpha_bar = (1 - betas).cumprod(0)
-        betas[-1] = 1 - 2**-24 / alpha_bar[-2]
+        betas[-1] = 1 - TERMINAL_ALPHA_BAR / alpha_bar[-2]
         config["trained_betas"] = betas.tolist()
         del config["rescale_betas_zero_snr"]
     return cls.from_config(config)

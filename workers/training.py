@@ -33,6 +33,7 @@ import numpy as np
 
 from workers.families import vae_scale
 from workers.scenes import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, render, sample_scene
+from workers.schedulers import TERMINAL_ALPHA_BAR
 
 PROMPT_DROPOUT = 0.1  # share of training prompts replaced by "" (the unconditional prompt)
 # v-prediction (as SD 2.x): with epsilon prediction a wrong colour costs almost nothing at the
@@ -320,7 +321,7 @@ def shifted_betas(zero_terminal_snr: bool, snr_shift: float) -> list[float] | No
     """SD 1.x's betas (rescaled to zero terminal SNR when asked) with every step's SNR divided
     by ``snr_shift``; None for a shift of 1 (the named schedule is then the whole story).
     alpha_bar' = alpha_bar / (alpha_bar + shift (1 - alpha_bar)) is the SNR/shift step, and a
-    zero terminal SNR ends at alpha_bar = 2**-24, as diffusers' samplers with the rescale
+    zero terminal SNR ends at alpha_bar = TERMINAL_ALPHA_BAR, as diffusers' samplers with the rescale
     option end it (0 makes NaNs at t=999)."""
     if snr_shift == 1:
         return None
@@ -330,7 +331,7 @@ def shifted_betas(zero_terminal_snr: bool, snr_shift: float) -> list[float] | No
     alpha_bar = base.alphas_cumprod.double()
     shifted = alpha_bar / (alpha_bar + snr_shift * (1 - alpha_bar))
     if zero_terminal_snr:
-        shifted[-1] = 2**-24
+        shifted[-1] = TERMINAL_ALPHA_BAR
     previous = shifted.new_ones(len(shifted))
     previous[1:] = shifted[:-1]
     return (1 - shifted / previous).tolist()
