@@ -50,13 +50,15 @@ def equivalence(
 
 
 def rows(tiny_pipe: Any, tiny_xl_pipe: Any | None, sd15: bool) -> list[dict[str, Any]]:
-    out = [equivalence("tiny", tiny_pipe.unet, 8, tiny_pipe.unet.config.cross_attention_dim)]
+    # each tiny model at its own latent size (the x4 tiny: 16, tiny-xl: 8)
+    tiny = tiny_pipe.unet.config
+    out = [equivalence("tiny", tiny_pipe.unet, tiny.sample_size, tiny.cross_attention_dim)]
     if tiny_xl_pipe is not None:
         out.append(
             equivalence(
                 "tiny-xl",
                 tiny_xl_pipe.unet,
-                8,
+                tiny_xl_pipe.unet.config.sample_size,
                 tiny_xl_pipe.unet.config.cross_attention_dim,
                 added=int(tiny_xl_pipe.text_encoder_2.config.projection_dim),
             )
