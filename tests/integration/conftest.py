@@ -13,9 +13,9 @@ from workers.task import PipelineCache
 
 @pytest.fixture(scope="module")
 def tiny() -> object:
-    """The built-in tiny model through the diffusers backend on the CPU (2 threads), loaded
+    """The built-in tiny model through the diffusers backend on the CPU (1 thread, its default), loaded
     once per module (a module may define its own ``tiny``)."""
-    backend, _ = PipelineCache(device="cpu", threads=2).get("tiny")
+    backend, _ = PipelineCache(device="cpu", threads=1).get("tiny")
     return backend
 
 
@@ -37,7 +37,7 @@ def tiny_coreml(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
             if not out.exists():  # convert_pipeline writes it atomically
                 from workers.compression.coreml import convert_pipeline
 
-                backend, _ = PipelineCache(device="cpu", threads=2).get("tiny")
+                backend, _ = PipelineCache(device="cpu", threads=1).get("tiny")
                 convert_pipeline(backend.pipe, out, model_version="tiny", precision=precision)
         return out
 

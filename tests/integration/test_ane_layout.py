@@ -42,7 +42,7 @@ def test_the_neural_engine_layout_is_the_diffusers_unet(model: str) -> None:
     from workers.compression.ane import to_neural_engine_layout
     from workers.task import PipelineCache
 
-    backend, _ = PipelineCache(device="cpu", threads=2).get(model)
+    backend, _ = PipelineCache(device="cpu", threads=1).get(model)
     pipe = backend.pipe  # type: ignore[attr-defined]
     ane = copy.deepcopy(pipe.unet)
     replaced = to_neural_engine_layout(ane)
@@ -68,9 +68,9 @@ def test_queries_chunked_give_the_same_attention(monkeypatch: pytest.MonkeyPatch
     from workers.compression import ane as ane_module
     from workers.task import PipelineCache
 
-    backend, _ = PipelineCache(device="cpu", threads=2).get("tiny")
+    backend, _ = PipelineCache(device="cpu", threads=1).get("tiny")
     pipe = backend.pipe  # type: ignore[attr-defined]
-    monkeypatch.setattr(ane_module, "QUERY_CHUNK", 24)  # 64 queries at 8x8: 3 chunks
+    monkeypatch.setattr(ane_module, "QUERY_CHUNK", 24)  # 256 queries at 16x16: 11 chunks
     chunked = copy.deepcopy(pipe.unet)
     ane_module.to_neural_engine_layout(chunked)
     assert unet_psnr(pipe, chunked, xl=False) >= 60
@@ -119,7 +119,7 @@ def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Pat
     from workers.compression.coreml import convert_pipeline
     from workers.task import PipelineCache
 
-    diffusers, _ = PipelineCache(device="cpu", threads=2).get("tiny")
+    diffusers, _ = PipelineCache(device="cpu", threads=1).get("tiny")
     ane_pipe = copy.deepcopy(diffusers.pipe)  # type: ignore[attr-defined]
     convert_pipeline(
         ane_pipe,

@@ -55,7 +55,7 @@ def pixels(image: Image.Image) -> bytes:
     [("tiny", "dpmpp_2m"), ("tiny", "euler_a"), ("tiny", "ddim"), ("tiny-xl", "dpmpp_2m")],
 )
 def test_a_batch_makes_each_image_its_lone_run_makes(model: str, scheduler: str) -> None:
-    backend, _ = PipelineCache(threads=2).get(model)
+    backend, _ = PipelineCache(threads=1).get(model)
     requests = [request(i, scheduler) for i in range(3)]
     alone = [pixels(backend.generate(r).image) for r in requests]
     together = backend.generate_batch(requests)
@@ -66,7 +66,7 @@ def test_a_batch_makes_each_image_its_lone_run_makes(model: str, scheduler: str)
 
 
 def test_a_batch_refuses_requests_that_cannot_share_a_call() -> None:
-    backend, _ = PipelineCache(threads=2).get("tiny")
+    backend, _ = PipelineCache(threads=1).get("tiny")
     with pytest.raises(ValueError, match="mixes"):
         backend.generate_batch([request(0), request(1, size=128)])
 
@@ -104,7 +104,7 @@ def job(i: int, **fields: Any) -> dict[str, Any]:
 
 
 def test_run_jobs_records_each_job_as_its_lone_run_does() -> None:
-    cache = PipelineCache(threads=2)
+    cache = PipelineCache(threads=1)
     jobs = [job(i) for i in range(3)]
     outcomes = run_jobs(jobs, cache)
     for j, out in zip(jobs, outcomes, strict=True):
@@ -149,7 +149,7 @@ def test_one_bad_job_fails_only_itself() -> None:
 
 
 def test_a_stop_interrupts_every_job_of_the_batch() -> None:
-    cache = PipelineCache(threads=2)
+    cache = PipelineCache(threads=1)
     outcomes = run_jobs([job(0), job(1)], cache, should_stop=lambda: True)
     assert all(isinstance(o, JobInterrupted) for o in outcomes)
 
@@ -233,7 +233,7 @@ def run_local(tmp_path: Path, name: str, batch_size: int | str) -> tuple[JobStor
     settings = WorkerSettings(
         output_dir=tmp_path / name, burst=True, poll_seconds=0.05, batch_size=batch_size
     )
-    stats = LocalWorker(store, settings, cache=PipelineCache(threads=2)).run()
+    stats = LocalWorker(store, settings, cache=PipelineCache(threads=1)).run()
     assert stats.succeeded == 8 and stats.failed == 0
     images = {}
     for png in sorted((tmp_path / name).rglob("*.png")):

@@ -133,7 +133,7 @@ def tiny_xl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, 
     from workers.backends.coreml import CoreMLBackend
     from workers.compression.coreml import convert_pipeline
 
-    diffusers, _ = PipelineCache(device="cpu", threads=2).get("tiny-xl")
+    diffusers, _ = PipelineCache(device="cpu", threads=1).get("tiny-xl")
     folder = tmp_path_factory.mktemp("coreml") / "tiny-xl-fp32"
     convert_pipeline(diffusers.pipe, folder, model_version="tiny-xl", precision="fp32")  # type: ignore[attr-defined]
     with pytest.MonkeyPatch.context() as mp:
@@ -215,7 +215,7 @@ def test_a_palettized_package_holds_and_draws_the_torch_variants_weights(
 
     from workers.backends.diffusers import DiffusersBackend
 
-    torch_variant = DiffusersBackend("tiny", device="cpu", threads=2, pipeline=variant)
+    torch_variant = DiffusersBackend("tiny", device="cpu", threads=1, pipeline=variant)
     with pytest.MonkeyPatch.context() as mp:
         made = install(mp, pipe)
         coreml = CoreMLBackend("tiny", folder, compute_units="CPU_ONLY")
@@ -257,7 +257,7 @@ def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: 
     layout = json.loads((folder / "orchestrate-coreml.json").read_text())
     assert layout["vae_scale_factor"] == 4
     assert layout["inputs"]["Unet"]["sample"][-2:] == [16, 16]
-    diffusers = DiffusersBackend("x4", device="cpu", threads=2, pipeline=pipe)
+    diffusers = DiffusersBackend("x4", device="cpu", threads=1, pipeline=pipe)
     with pytest.MonkeyPatch.context() as mp:
         install(mp, pipe)
         coreml = CoreMLBackend("x4", folder, compute_units="CPU_ONLY")

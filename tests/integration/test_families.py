@@ -39,7 +39,7 @@ def pixels(png: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def cache() -> PipelineCache:
-    return PipelineCache(device="cpu", threads=2)
+    return PipelineCache(device="cpu", threads=1)
 
 
 # -- tiny-xl ---------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_v_prediction_folder_keeps_v_prediction_and_generates(v_model: tuple[Pat
     )
     assert native_size(str(v)) == (96, 96)
 
-    backend = DiffusersBackend(str(v), device="cpu", threads=2)
+    backend = DiffusersBackend(str(v), device="cpu", threads=1)
     assert type(backend.pipe).__name__ == "StableDiffusionPipeline"
     assert backend.family == "tiny"
     # every scheduler a job may name keeps the model's prediction type and timestep spacing
@@ -255,14 +255,14 @@ def test_v_prediction_folder_keeps_v_prediction_and_generates(v_model: tuple[Pat
         assert scheduler.config.timestep_spacing == "trailing", name
 
     job = sample_job(model=str(v), width=96, height=96, steps=3, scheduler="ddim", seed=3)
-    cache = PipelineCache(device="cpu", threads=2)
+    cache = PipelineCache(device="cpu", threads=1)
     out = run_job(dict(job), cache)
     image = pixels(out.png)
     assert image.shape == (96, 96, 3) and image.std() > 0
     assert np.array_equal(image, pixels(run_job(dict(job), cache).png))
     assert read_png_metadata(out.png)["meta"]["run"]["versions"]["model_family"] == "tiny"
     # the prediction type is used, not just kept: the same weights read as epsilon differ
-    as_eps = run_job({**job, "model": str(eps)}, PipelineCache(device="cpu", threads=2))
+    as_eps = run_job({**job, "model": str(eps)}, PipelineCache(device="cpu", threads=1))
     assert not np.array_equal(image, pixels(as_eps.png))
 
 

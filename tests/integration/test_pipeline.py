@@ -33,7 +33,7 @@ JOB = sample_payload(
 
 @pytest.fixture(scope="module")
 def cache() -> PipelineCache:
-    return PipelineCache(threads=2)
+    return PipelineCache(threads=1)
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_job_produces_png_with_metadata_and_timings(cache: PipelineCache) -> Non
     assert r["unet_evaluations"] == 12  # classifier-free guidance: two per step
     for key in ("text_encode_s", "denoise_s", "decode_s", "encode_s", "total_s", "peak_mem_mb"):
         assert isinstance(r[key], float) and r[key] > 0, key
-    assert r["torch_threads"] == 2 and r["device"] == "cpu"
+    assert r["torch_threads"] == 1 and r["device"] == "cpu"
 
 
 def test_model_is_loaded_once_per_process(cache: PipelineCache) -> None:
@@ -124,7 +124,7 @@ def test_same_pixels_in_another_process(cache: PipelineCache) -> None:
         "from PIL import Image\n"
         "from workers.task import PipelineCache, run_job\n"
         "job = json.loads(sys.argv[1])\n"
-        "png = run_job(job, PipelineCache(threads=2)).png\n"
+        "png = run_job(job, PipelineCache(threads=1)).png\n"
         "px = np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))\n"
         "print(hashlib.sha256(px.tobytes()).hexdigest())\n"
     )

@@ -28,7 +28,7 @@ def test_labels_round_trip_and_compile_needs_cuda() -> None:
 
 def test_a_tuned_image_records_its_tuning_and_reproduces(tmp_path: Path) -> None:
     tuning = Tuning(channels_last=True, low_memory=True)
-    out = run_job(dict(sample_job(steps=4)), PipelineCache(threads=2, tuning=tuning))
+    out = run_job(dict(sample_job(steps=4)), PipelineCache(threads=1, tuning=tuning))
     assert out.result["tuning"] == "channels-last,low-memory"
     png = Image.open(io.BytesIO(out.png))
     assert 'Tuning: "channels-last,low-memory"' in png.info["parameters"]  # A1111 quotes commas
@@ -38,7 +38,7 @@ def test_a_tuned_image_records_its_tuning_and_reproduces(tmp_path: Path) -> None
     again = reproduce_image(path)
     assert again.identical, again.differences
     assert again.here["tuning"] == "channels-last,low-memory"
-    plain = run_job(dict(sample_job(steps=4)), PipelineCache(threads=2))
+    plain = run_job(dict(sample_job(steps=4)), PipelineCache(threads=1))
     assert plain.result["tuning"] == ""
     assert "Tuning:" not in Image.open(io.BytesIO(plain.png)).info["parameters"]
 
@@ -50,8 +50,8 @@ def test_fused_cpu_batches_are_a_recorded_choice_close_to_the_lone_images() -> N
 
     from workers.backends import GenerationRequest
 
-    exact, _ = PipelineCache(threads=2).get("tiny")
-    fused, _ = PipelineCache(threads=2, tuning=Tuning(fused_batches=True)).get("tiny")
+    exact, _ = PipelineCache(threads=1).get("tiny")
+    fused, _ = PipelineCache(threads=1, tuning=Tuning(fused_batches=True)).get("tiny")
     assert not exact.fused_batches and fused.fused_batches
     assert fused.tuning_label == "fused-batches"
     requests = [
