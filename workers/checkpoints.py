@@ -268,24 +268,18 @@ def load_checkpoint(path: Path, dtype: Any) -> Any:
     level. Any other goes through diffusers' ``from_single_file``."""
     from diffusers import StableDiffusionPipeline
 
+    options = {
+        "local_files_only": True,
+        "torch_dtype": dtype,
+        "safety_checker": None,
+        "requires_safety_checker": False,
+    }
     if family(path) == TINY_FAMILY:
         from safetensors.torch import load_file
 
         from workers.tiny import ensure_tiny_model
 
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(ensure_tiny_model()),
-            local_files_only=True,
-            torch_dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        pipe = StableDiffusionPipeline.from_pretrained(str(ensure_tiny_model()), **options)
         from_single_file(load_file(str(path)), pipe)
         return pipe
-    return StableDiffusionPipeline.from_single_file(
-        str(path),
-        local_files_only=True,
-        torch_dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    return StableDiffusionPipeline.from_single_file(str(path), **options)
