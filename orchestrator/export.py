@@ -4,6 +4,10 @@ Parquet file with embedded images, or WebDataset tar shards.
 Every export is reproducible: rows go in job-id order, JSON keys are sorted, tar headers carry
 fixed times and owners, and Parquet is written with fixed options, so the same database and
 images give byte-identical files. Files appear whole or not at all (temporary name, then rename).
+
+An export during a live run takes the images published so far: a result committed but not yet
+in place (being published this moment) is left out and counted, never waited for. Images in a
+folder that belongs to another database (``orchestrator.ownership``) are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import IO, Any
 from orchestrator.errors import UsageError
 from orchestrator.models import JOB_FIELDS, Job
 from orchestrator.output import write_atomic
+from orchestrator.ownership import Owner, owner_above, refuse
 from orchestrator.store.base import EXPORT_TIMINGS
 
 FORMATS = ("imagefolder", "parquet", "webdataset")
@@ -50,7 +55,7 @@ COLUMNS: dict[str, str] = {
     **dict.fromkeys(EXPORT_TIMINGS, "float64"),
 }
 _SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name
-_OUR_IMAGE = re.compile(r"\d+\.png")
+_OUR_IMAGE = re.compile(r"\d{6,}(-[^/]*)?\.png")
 # Rows per Parquet row group: small groups keep a reader's memory low when rows hold images.
 _ROW_GROUP = 100
 # 2000-01-01T00:00:00Z: a fixed, plausible mtime for every tar member (0 trips some tools).
@@ -67,9 +72,10 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)  # the files written this time
     copied: int = 0  # imagefolder: images copied (the rest were already there)
     removed: int = 0  # stale images or shards of an earlier, larger export
+    in_flight: int = 0  # succeeded jobs whose image was not in place yet: left out
 
     def summary(self) -> str:
-        """One line for the user."""
+        """One line for the user (two when images were left out)."""
         text = f"exported {self.rows} images as {self.format} to {self.location}"
         if self.format == "imagefolder":
             text += f" ({self.copied} copied, {self.rows - self.copied} already there"
@@ -77,6 +83,13 @@ class ExportResult:
         elif self.format == "webdataset":
             text += f" ({len(self.files)} shard{'s' if len(self.files) != 1 else ''}"
             text += f", {self.removed} stale removed)" if self.removed else ")"
+        if self.in_flight:
+            n = self.in_flight
+            text += (
+                f"\nleft out: {n} succeeded image{'s' if n != 1 else ''} not in place yet "
+                "(being published now; if no worker or coordinator is running, `orchestrate "
+                "verify --repair` puts them in place); export again to include them"
+            )
         return text
 
 
@@ -96,29 +109,42 @@ def export_dataset(
         raise UsageError(f"split name {split!r} must be letters, digits and '_' (e.g. 'train')")
     if shard_size < 1:
         raise UsageError(f"shard size must be at least 1 (got {shard_size})")
-    rows = store.succeeded_for_export(batch_id)
-    if not rows:
+    everything = store.succeeded_for_export(batch_id)
+    if not everything:
         where = f"in batch {batch_id}" if batch_id is not None else "in the database"
         raise UsageError(f"nothing to export: no succeeded jobs {where}")
+    rows = [r for r in everything if r.get("published_at") is not None or not r["output_sha256"]]
+    if not rows:
+        raise UsageError(
+            f"nothing to export yet: the {len(everything)} succeeded jobs' images are not in "
+            "place (being published now; if no worker or coordinator is running, "
+            "`orchestrate verify --repair` puts them in place)"
+        )
+    _check_sources(rows, store.owner())
+    outdir = Path(outdir)
+    if fmt == "imagefolder":
+        result = _imagefolder(rows, outdir / split)
+    elif fmt == "parquet":
+        result = _parquet(rows, outdir / f"{split}.parquet")
+    else:
+        result = _webdataset(rows, outdir, split, shard_size)
+    result.in_flight = len(everything) - len(rows)
+    return result
+
+
+def _check_sources(rows: list[dict[str, Any]], mine: Owner) -> None:
+    """Every image is there, in a folder no other database owns."""
+    owners: dict[Path, tuple[Path, Owner] | None] = {}
     for row in rows:
         path = row.get("output_path")
-        if row.get("published_at") is None and row.get("output_sha256"):
-            raise UsageError(
-                f"job {row['id']}: its image is recorded but not yet in place (a worker or "
-                "the coordinator was stopped while publishing it); `orchestrate verify "
-                "--repair` finishes that"
-            )
         if not path or not Path(path).is_file():
             raise UsageError(
                 f"job {row['id']}: its image {path or '(none recorded)'} is missing; "
                 "`orchestrate verify --repair` makes it again"
             )
-    outdir = Path(outdir)
-    if fmt == "imagefolder":
-        return _imagefolder(rows, outdir / split)
-    if fmt == "parquet":
-        return _parquet(rows, outdir / f"{split}.parquet")
-    return _webdataset(rows, outdir, split, shard_size)
+        found = owner_above(Path(path), owners)
+        if found is not None and found[1].uid != mine.uid:
+            raise refuse(found[0], found[1], mine)
 
 
 def _extra(row: dict[str, Any]) -> dict[str, str]:
@@ -192,7 +218,8 @@ def _atomic_open(path: Path) -> Iterator[IO[bytes]]:
 
 
 def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
-    """``folder/<job-id>.png`` and ``folder/metadata.jsonl`` (HF's imagefolder layout)."""
+    """``folder/<job-id>[-<output_name>].png`` (the published file's own name) and
+    ``folder/metadata.jsonl`` (HF's imagefolder layout)."""
     folder.mkdir(parents=True, exist_ok=True)
     result = ExportResult("imagefolder", len(rows), folder)
     columns = columns_for(rows)
@@ -200,12 +227,16 @@ def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
     lines = []
     names = set()
     for row in rows:
-        name = f"{_key(row)}.png"
+        src = Path(row["output_path"])
+        name = src.name if _OUR_IMAGE.fullmatch(src.name) else f"{_key(row)}.png"
         names.add(name)
-        src, dst = Path(row["output_path"]), folder / name
-        # Incremental: images are never rewritten by the workers, so same size means same file.
-        if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
+        dst = folder / name
+        # Incremental: a copy carries its source's size and mtime; an image made again (a
+        # new file, published by rename) has another mtime even at the same size.
+        have = src.stat()
+        if not (dst.is_file() and _same_stamp(dst.stat(), have)):
             _publish(dst, src.read_bytes(), mode)
+            os.utime(dst, ns=(have.st_atime_ns, have.st_mtime_ns))
             result.copied += 1
             result.files.append(dst)
         lines.append(_dumps({"file_name": name, **metadata(row, columns)}) + "\n")
@@ -219,6 +250,10 @@ def _imagefolder(rows: list[dict[str, Any]], folder: Path) -> ExportResult:
     _publish(meta_path, "".join(lines).encode("utf-8"), mode)
     result.files.append(meta_path)
     return result
+
+
+def _same_stamp(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
 
 
 # -- parquet ----------------------------------------------------------------------------------

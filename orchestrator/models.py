@@ -222,6 +222,8 @@ class Attempt(Base):
     total_s: Mapped[float | None] = mapped_column(Float)
     peak_mem_mb: Mapped[float | None] = mapped_column(Float)
     output_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Where a succeeded attempt's image waits to be published, as its writer spelled it.
+    staged_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     # A gated job's tries in this attempt: JSON [[seed, score], ...] in the order tried.
     scores_json: Mapped[str | None] = mapped_column(Text)
@@ -279,6 +281,17 @@ class CoordinatorLease(Base):
     expires_at: Mapped[float] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16))  # running | paused | stopped
     message: Mapped[str | None] = mapped_column(Text)
+
+
+class DatabaseInfo(Base):
+    """This database's own identity: one row (id 1), made by migration 0009. An output folder
+    records ``uid`` on first use, so two databases never share one (``orchestrator.ownership``)."""
+
+    __tablename__ = "database"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    uid: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class QueueState(Base):

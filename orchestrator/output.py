@@ -25,6 +25,22 @@ OUTPUT_NAME_FIELDS = (
     "quantization",
 )
 
+# The job fields an image's path is made of (``image_path``).
+PATH_FIELDS = (
+    "batch_id",
+    "output_name",
+    "output_dir",
+    "seed",
+    "image_index",
+    "line",
+    "steps",
+    "scheduler",
+    "width",
+    "height",
+    "guidance_scale",
+    "quantization",
+)
+
 _OUTPUT_NAME_OK = re.compile(r"[\w\-. {}]+")
 MAX_NAME_BYTES = 150  # a rendered file or folder name, in UTF-8 (filesystems allow 255)
 

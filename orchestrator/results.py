@@ -3,11 +3,12 @@
 A job's image is published by the attempt whose success the database recorded, and by nothing
 else. The lease owner's token fences the file as well as the row:
 
-1. **stage**: the bytes go to ``<out>/.staging/<attempt-id>.png``, a name only this
-   attempt writes (via a temporary name carrying the writer's host and pid, fsync, rename,
-   fsync of the folder). The final path is not touched.
-2. **commit**: ``store.complete`` makes the job succeeded and records the image's sha256,
-   only while this attempt's lease owner still holds the job. If it does not (the lease was
+1. **stage**: the bytes go to ``<out>/.staging/<attempt-id>.<writer>.png``, a name only this
+   writer of this attempt writes (two coordinators handling the same result each stage their
+   own copy), via a temporary name carrying the writer's host and pid, fsync, rename, fsync
+   of the folder. The final path is not touched.
+2. **commit**: ``store.complete`` makes the job succeeded and records the image's sha256 and
+   its staged file, only while this attempt's lease owner still holds the job. If it does not (the lease was
    lost, the job cancelled, retried or finished by another), the staged file is removed and
    that is all: a superseded, cancelled or late attempt never creates, replaces or deletes
    the published file.
@@ -16,9 +17,13 @@ else. The lease owner's token fences the file as well as the row:
 
 A process killed between 2 and 3 leaves a succeeded job with ``published_at`` NULL and its
 staged file: ``recover`` (run by every worker and coordinator at start, by the coordinator on
-every tick, by ``verify --repair``) publishes it, or, if the staged bytes are gone, puts the
-job back to pending. ``sweep`` removes staged files of attempts that can no longer publish
-and the temporary files of writers that died.
+every tick, by ``verify --repair``) publishes the file the commit recorded, or, if the staged
+bytes are gone, puts the job back to pending. ``sweep`` removes staged files of attempts that
+can no longer publish, the other copies of a committed one, and the temporary files of
+writers that died.
+
+Before its first image a ``Results`` claims its output folder for its database
+(``orchestrator.ownership``): a folder another database owns is never written.
 
 A full disk (or a file-size limit) raises ``DiskFull``: the caller keeps its bytes and tries
 again later; nothing half-written stays behind.
@@ -42,13 +47,15 @@ from typing import Any
 from orchestrator import faults
 from orchestrator.errors import DiskFull, OrchestratorError, is_no_space
 from orchestrator.output import image_path
+from orchestrator.ownership import claim as claim_folder
 from orchestrator.store.base import process_gone
 
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
 TMP_STALE_S = 24 * 3600.0  # a temporary file this old is dead whoever wrote it
-_STAGED = re.compile(r"^(\d+)\.png$")
+# <attempt>.<writer>.png; <attempt>.png from before writers had their own names
+_STAGED = re.compile(r"^(\d+)(?:\.[0-9a-f]+)?\.png$")
 _TMP = re.compile(r"^\d+\.(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
 _HOST = socket.gethostname()
 _UMASK = os.umask(0)
@@ -68,14 +75,18 @@ class StagedImage:
     size: int
 
 
-def staged_path(final: Path, attempt_id: int, root: Path | None = None) -> Path:
-    """``<out>/.staging/<attempt-id>.png``: one hidden folder beside the batches, on the same
-    filesystem, so publishing is a rename. ``<out>`` is ``root`` when the final path is under
-    it (a row's ``output_dir`` may nest the image deeper), else the folder above the image's
-    (``<out>/<batch>/<name>.png``, as another machine's output folder is laid out)."""
+def staged_path(
+    final: Path, attempt_id: int, root: Path | None = None, writer: str | None = None
+) -> Path:
+    """``<out>/.staging/<attempt-id>.<writer>.png``: one hidden folder beside the batches, on
+    the same filesystem, so publishing is a rename. ``<out>`` is ``root`` when the final path
+    is under it (a row's ``output_dir`` may nest the image deeper), else the folder above the
+    image's. Without ``writer``, the name attempts had before writers had their own (what
+    recovery guesses for a commit that recorded no staged file)."""
+    name = f"{int(attempt_id)}.{writer}.png" if writer else f"{int(attempt_id)}.png"
     if root is not None and final.is_relative_to(root):
-        return root / STAGING / f"{int(attempt_id)}.png"
-    return final.parent.parent / STAGING / f"{int(attempt_id)}.png"
+        return root / STAGING / name
+    return final.parent.parent / STAGING / name
 
 
 def _fsync_dir(path: Path) -> None:
@@ -95,11 +106,16 @@ def sha256_file(path: Path) -> str:
 
 
 def stage(
-    final: Path, attempt_id: int, data: bytes | Iterable[bytes], root: Path | None = None
+    final: Path,
+    attempt_id: int,
+    data: bytes | Iterable[bytes],
+    root: Path | None = None,
+    writer: str | None = None,
 ) -> StagedImage:
-    """Write an attempt's image under its own staged name, whole or not at all. ``data`` may
-    be an iterable of chunks (the coordinator streams from Redis). Raises DiskFull."""
-    target = staged_path(final, attempt_id, root)
+    """Write an attempt's image under its writer's own staged name, whole or not at all.
+    ``data`` may be an iterable of chunks (the coordinator streams from Redis). Raises
+    DiskFull."""
+    target = staged_path(final, attempt_id, root, writer)
     tmp = target.with_name(f"{int(attempt_id)}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     h = hashlib.sha256()
     size = 0
@@ -131,6 +147,18 @@ class Results:
     def __init__(self, store: Any, output_dir: Path) -> None:
         self.store = store
         self.output_dir = Path(output_dir)
+        # This writer's staged files: unique per Results, so two processes handling the same
+        # attempt (a coordinator taken over while slow) never share one.
+        self.writer = secrets.token_hex(4)
+        self._claimed = False
+
+    def claim_folder(self) -> None:
+        """Record this database as the output folder's owner (once per Results); raises
+        FolderOwnedElsewhere when another database owns it, OSError when it cannot be
+        written."""
+        if not self._claimed:
+            claim_folder(self.output_dir, self.store.owner())
+            self._claimed = True
 
     def final_path(self, job: dict[str, Any]) -> Path:
         return image_path(self.output_dir, job)
@@ -179,7 +207,12 @@ class Results:
             if final.is_file() and sha256_file(final) == sha:
                 self.store.mark_published(row["id"], sha)
                 continue
-            staged = staged_path(final, row["attempt_id"] or 0, self.output_dir)
+            # The file the commit recorded; a guess only for commits made before it was.
+            staged = (
+                Path(row["staged_path"])
+                if row.get("staged_path")
+                else staged_path(final, row["attempt_id"] or 0, self.output_dir)
+            )
             if staged.is_file() and sha256_file(staged) != sha:
                 self.store.image_lost(row["id"], f"staged image {staged} is corrupt", sha256=sha)
                 continue
@@ -191,32 +224,39 @@ class Results:
             )
         return len(rows)
 
-    def sweep(self, *, now: float | None = None) -> dict[str, int]:
+    def sweep(self, *, now: float | None = None, dry_run: bool = False) -> dict[str, int]:
         """Remove staged files that can no longer be published (their attempt is closed and
-        did not succeed, or its job is published) and temporary files of dead writers."""
-        now = time.time() if now is None else now
+        did not succeed, its job is published, or another writer's copy was committed) and
+        temporary files of dead writers; with ``dry_run``, only count them."""
         removed = {"staged": 0, "tmp": 0}
-        staged: dict[int, Path] = {}
+        for kind, path in self._stale(time.time() if now is None else now):
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed[kind] += 1
+        return removed
+
+    def _stale(self, now: float) -> list[tuple[str, Path]]:
+        stale: list[tuple[str, Path]] = []
+        staged: dict[int, list[Path]] = {}
         for folder in self._staging_folders():
             for entry in os.scandir(folder):
-                path = Path(entry.path)
                 m = _TMP.match(entry.name)
                 if m is not None:
                     if _writer_dead(m["host"], int(m["pid"]), entry, now):
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
-                        removed["tmp"] += 1
+                        stale.append(("tmp", Path(entry.path)))
                     continue
                 m = _STAGED.match(entry.name)
                 if m is not None:
-                    staged[int(m[1])] = path
+                    staged.setdefault(int(m[1]), []).append(Path(entry.path))
         keep = self.store.attempts_that_may_publish(list(staged))
-        for attempt_id, path in staged.items():
-            if attempt_id not in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                removed["staged"] += 1
-        return removed
+        for attempt_id, paths in staged.items():
+            for path in paths:
+                if attempt_id not in keep:
+                    stale.append(("staged", path))
+                elif (recorded := keep[attempt_id]) and Path(recorded).name != path.name:
+                    stale.append(("staged", path))  # a copy whose commit lost
+        return stale
 
     def _staging_folders(self) -> list[Path]:
         folder = self.output_dir / STAGING
@@ -249,8 +289,13 @@ class Delivery:
 
     def advance(self) -> bool:
         if self.staged is None:
+            self.results.claim_folder()
             self.staged = stage(
-                self.final, self.claim.attempt_id, self.data, self.results.output_dir
+                self.final,
+                self.claim.attempt_id,
+                self.data,
+                self.results.output_dir,
+                self.results.writer,
             )
             if self.expect_sha256 is not None and self.staged.sha256 != self.expect_sha256:
                 self.abandon()
@@ -261,7 +306,11 @@ class Delivery:
         if not self.committed:
             faults.point("results.staged")
             if not self.results.store.complete(
-                self.claim, str(self.final), self.staged.sha256, self.result
+                self.claim,
+                str(self.final),
+                self.staged.sha256,
+                self.result,
+                staged_path=str(self.staged.path),
             ):
                 self.abandon()
                 return False

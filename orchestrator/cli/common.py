@@ -30,6 +30,7 @@ from workers.quality import BUILTIN, DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
 from workers.schedulers import SCHEDULER_NAMES
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 CONTEXT = {
     "auto_envvar_prefix": "ORCHESTRATE",
@@ -68,6 +69,27 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+def claim_output(state: State) -> None:
+    """Before anything is submitted or run: refuse an output folder that belongs to another
+    database (without creating this one), and record this database as the owner of one that
+    nobody owns. A folder that cannot be written yet is said, not fatal: each job's publish
+    meets it again."""
+    from orchestrator.database import sqlite_path
+    from orchestrator.ownership import Owner, claim, read_owner, refuse
+
+    path = sqlite_path(state.url)
+    if path is not None and not path.exists():
+        owner = read_owner(state.output)
+        if owner is not None:
+            raise refuse(state.output, owner, Owner("", str(path.absolute()), 0.0))
+    try:
+        claim(state.output, state.store().owner())
+    except OSError as exc:
+        logger.warning(
+            "cannot write into the output folder %s: %s", state.output, exc.strerror or exc
+        )
 
 
 def option(*names: str, **kw: Any) -> Callable[[Any], Any]:

@@ -13,6 +13,7 @@ from orchestrator.cli.common import (
     State,
     backend_options,
     batch_size_option,
+    claim_output,
     configure_logging,
     hook_options,
     judge_from,
@@ -101,6 +102,7 @@ def coordinator(
         max_image_bytes=int(max_image_mb * 2**20),
         secret=secret_from_env(),
     )
+    claim_output(state)
     coord = Coordinator(store, redis, settings, hooks=Hooks(notify_url, on_done))
     patiently(coord.acquire, "take the coordinator lease")
     bar = Progress(store.counts)

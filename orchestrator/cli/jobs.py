@@ -212,19 +212,29 @@ def db_current(state: State) -> None:
     "--repair",
     is_flag=True,
     help="Mend what is wrong: publish committed results, make missing or damaged images "
-    "again, remove orphans and stale files, recover stranded leases.",
+    "again, move orphans aside, remove stale staged files, recover stranded leases.",
+)
+@option(
+    "--adopt",
+    is_flag=True,
+    help="With --repair: also mend a folder that records no owner and holds none of the "
+    "images (it is made this database's, and every image is made again).",
 )
 @option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_state
-def verify_cmd(state: State, repair: bool, as_json: bool) -> None:
+def verify_cmd(state: State, repair: bool, adopt: bool, as_json: bool) -> None:
     """Check every succeeded job's image (there, whole, its recorded sha256) and look for
     orphan files, unpublished results, stranded leases and half-submitted batches.
+
+    Files are compared by identity, not by path spelling; --repair deletes no image (orphans
+    and damaged ones are moved into <output>/.orphaned/) and refuses a folder that is not
+    the one the images were written to.
 
     Exits 0 when all is well (after --repair: when all is well now), 1 when not.
     """
     from orchestrator.verify import verify
 
-    report = verify(state.store(existing=True), state.output, repair=repair)
+    report = verify(state.store(existing=True), state.output, repair=repair, adopt=adopt)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, default=str))
     else:

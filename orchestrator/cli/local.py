@@ -14,6 +14,7 @@ import click
 from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
+    claim_output,
     configure_logging,
     defaults_from,
     defaults_options,
@@ -174,6 +175,7 @@ def run(
     judge_from(kw["judge"])  # a --judge that cannot run here: refused before anything is submitted
     if not skip_model_check:
         check_models_here(state, kw, m)
+    claim_output(state)
     if manifest and m is not None:
         result = submit_manifest(state, m, Path(manifest).name, kw)
         report_submit(result)
@@ -284,6 +286,7 @@ def work(
     configure_logging(ctx.find_root().meta["verbose"], service=True)
     patiently(state.store, "open the database")
     settings = worker_settings(state, kw, burst=burst, poll_seconds=poll_seconds)
+    claim_output(state)
     _worker, stats = _run_worker(state, ctx, settings, None, progress=sys.stderr.isatty())
     sys.exit(0 if stats.failed == 0 else 1)
 

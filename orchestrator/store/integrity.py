@@ -3,19 +3,45 @@ and leases nobody holds any more."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import and_, select, update
 
-from orchestrator.models import ATTEMPTS, JOBS, Attempt, AttemptStatus, Job, JobStatus
+from orchestrator.database import sqlite_path
+from orchestrator.models import (
+    ATTEMPTS,
+    JOBS,
+    Attempt,
+    AttemptStatus,
+    DatabaseInfo,
+    Job,
+    JobStatus,
+)
+from orchestrator.output import PATH_FIELDS
+from orchestrator.ownership import Owner
 from orchestrator.store.base import HELD_STATUSES, OPEN_ATTEMPTS, StoreBase, chunks
 
 _PAGE = 5000
 
 
 class IntegrityMixin(StoreBase):
+    _owner: Owner | None = None
+
+    def owner(self) -> Owner:
+        """This database as the owner an output folder records: its id, and where it is."""
+        if self._owner is None:
+            with self.engine.connect() as conn:
+                uid, created = conn.execute(
+                    select(DatabaseInfo.uid, DatabaseInfo.created_at).where(DatabaseInfo.id == 1)
+                ).one()
+            path = sqlite_path(self.engine.url.render_as_string(hide_password=False))
+            where = os.path.realpath(path) if path is not None else str(self.engine.url)
+            self._owner = Owner(uid, where, created)
+        return self._owner
+
     def succeeded_images(self) -> Iterator[list[dict[str, Any]]]:
         """Every succeeded job's id, batch, path, sha256 and publication, a page at a time."""
         last = 0
@@ -42,15 +68,15 @@ class IntegrityMixin(StoreBase):
             yield rows
             last = rows[-1]["id"]
 
-    def image_owners(self, job_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
-        """Status and recorded output path of each of these jobs (absent: no such job)."""
-        out: dict[int, tuple[str, str | None]] = {}
+    def image_owners(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """These jobs' status, recorded output path and the fields their image's path is made
+        of (``orchestrator.output.image_path``); absent: no such job."""
+        cols = [Job.id, Job.status, Job.output_path, *(Job.__table__.c[f] for f in PATH_FIELDS)]
+        out: dict[int, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for part in chunks(list(job_ids)):
-                for jid, status, path in conn.execute(
-                    select(Job.id, Job.status, Job.output_path).where(Job.id.in_(part))
-                ):
-                    out[jid] = (status, path)
+                for row in conn.execute(select(*cols).where(Job.id.in_(part))).mappings():
+                    out[row["id"]] = dict(row)
         return out
 
     def adopt_image(self, job_id: int, sha256: str) -> bool:

@@ -226,11 +226,19 @@ class LeasesMixin(StoreBase):
             ).rowcount
         return n == 1
 
-    def complete(self, claim: Claim, output_path: str, sha256: str, result: dict[str, Any]) -> bool:
-        """Record success once, with the sha256 of the image staged for it; the file is not
-        published yet (``published_at`` stays NULL until it is). A result for a job this
-        claim no longer holds is dropped (its attempt is marked superseded) and False is
-        returned: then the caller must not publish."""
+    def complete(
+        self,
+        claim: Claim,
+        output_path: str,
+        sha256: str,
+        result: dict[str, Any],
+        *,
+        staged_path: str | None = None,
+    ) -> bool:
+        """Record success once, with the sha256 of the image staged for it and where it is
+        staged; the file is not published yet (``published_at`` stays NULL until it is). A
+        result for a job this claim no longer holds is dropped (its attempt is marked
+        superseded) and False is returned: then the caller must not publish."""
         now = time.time()
         fields = {k: result.get(k) for k in RESULT_COLUMNS}
         fields["versions_json"] = json.dumps(result.get("versions", {}), sort_keys=True)
@@ -257,6 +265,7 @@ class LeasesMixin(StoreBase):
                 claim,
                 status,
                 output_sha256=sha256,
+                staged_path=staged_path,
                 scores_json=_scores_json(result.get("scores")),
                 **fields,
             )
@@ -278,7 +287,9 @@ class LeasesMixin(StoreBase):
             )
 
     def unpublished(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Succeeded jobs whose image is not yet in place, with the attempt that made it."""
+        """Succeeded jobs whose image is not yet in place, with the attempt that made it and
+        where that attempt staged it (None for attempts older than migration 0009)."""
+        made = Attempt.__table__.alias("made")
         succeeded = (
             select(func.max(Attempt.id))
             .where(Attempt.job_id == Job.id)
@@ -291,8 +302,10 @@ class LeasesMixin(StoreBase):
                 Job.id,
                 Job.output_path,
                 Job.output_sha256,
-                succeeded.label("attempt_id"),
+                made.c.id.label("attempt_id"),
+                made.c.staged_path,
             )
+            .outerjoin(made, made.c.id == succeeded)
             .where(Job.status == JobStatus.SUCCEEDED.value)
             .where(Job.published_at.is_(None))
             .order_by(Job.id)
@@ -301,24 +314,33 @@ class LeasesMixin(StoreBase):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def attempts_that_may_publish(self, attempt_ids: list[int]) -> set[int]:
-        """Of these attempts, those whose staged image may still be published: open ones,
-        and succeeded ones whose job is not published yet."""
-        keep: set[int] = set()
+    def attempts_that_may_publish(self, attempt_ids: list[int]) -> dict[int, str | None]:
+        """Of these attempts, those whose staged image may still be published: open ones
+        (mapped to None: any of their writers' files may be the one), and succeeded ones
+        whose job is not published yet (mapped to the file their commit recorded)."""
+        keep: dict[int, str | None] = {}
         with self.engine.connect() as conn:
             for part in chunks(attempt_ids):
                 rows = conn.execute(
-                    select(Attempt.id, Attempt.status, Job.status, Job.published_at)
+                    select(
+                        Attempt.id,
+                        Attempt.status,
+                        Attempt.staged_path,
+                        Job.status,
+                        Job.published_at,
+                    )
                     .join(Job, Job.id == Attempt.job_id)
                     .where(Attempt.id.in_(part))
                 ).all()
-                for attempt_id, status, job_status, published_at in rows:
-                    if status in OPEN_ATTEMPTS or (
+                for attempt_id, status, staged, job_status, published_at in rows:
+                    if status in OPEN_ATTEMPTS:
+                        keep[attempt_id] = None
+                    elif (
                         status == AttemptStatus.SUCCEEDED.value
                         and job_status == JobStatus.SUCCEEDED.value
                         and published_at is None
                     ):
-                        keep.add(attempt_id)
+                        keep[attempt_id] = staged
         return keep
 
     def image_lost(self, job_id: int, error: str, *, sha256: str | None = None) -> bool:

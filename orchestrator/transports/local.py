@@ -151,6 +151,10 @@ class LocalWorker:
     def run(self) -> WorkerStats:
         """Work until stopped, until ``max_jobs``, or (burst) until no job is left."""
         s = self.settings
+        try:
+            self.results.claim_folder()  # another database's folder: refused before any job
+        except OSError as exc:
+            logger.warning("cannot write into the output folder yet: %s", exc)
         logger.info("worker %s started", self.identity.name, extra={"action": "worker_started"})
         self._report("idle")
         self._housekeeping()

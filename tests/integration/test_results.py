@@ -190,21 +190,30 @@ def test_a_full_disk_pauses_the_worker_and_keeps_its_image(
 def test_verify_finds_and_repairs_missing_damaged_and_orphan_files(
     store: JobStore, tmp_path: Path
 ) -> None:
-    submit_text(store, "prompt,num_images\na,3\n")
+    submit_text(store, "prompt,num_images\na,4\n")
+    store.cancel([4])
     out = tmp_path / "out"
     assert local_worker(store, out, lambda j, c, s: output(j["id"])).run().succeeded == 3
     assert verify(store, out).clean
     Path(store.get_job(1)["output_path"]).unlink()
     Path(store.get_job(2)["output_path"]).write_bytes(b"not the image")
-    (out / "1" / "000099.png").write_bytes(png(9))  # no job 99
+    (out / "1" / "000004.png").write_bytes(png(4))  # where cancelled job 4 would publish
+    (out / "1" / "000099.png").write_bytes(png(9))  # no job 99: not provably ours
     report = verify(store, out)
     assert [r["id"] for r in report.missing] == [1]
     assert [r["id"] for r in report.corrupt] == [2]
-    assert report.orphans == [str(out / "1" / "000099.png")]
+    assert report.orphans == [str(out / "1" / "000004.png")]
+    assert report.other_files == [str(out / "1" / "000099.png")]
     repaired = verify(store, out, repair=True)
     assert repaired.clean, repaired.lines()
     assert store.get_job(1)["status"] == "pending" and store.get_job(2)["status"] == "pending"
-    assert not (out / "1" / "000099.png").exists()
+    # Nothing deleted: the orphan and the damaged image are moved aside; the foreign file stays.
+    assert not (out / "1" / "000004.png").exists()
+    assert repaired.moved_to is not None
+    aside = Path(repaired.moved_to)
+    assert (aside / "1" / "000004.png").read_bytes() == png(4)
+    assert (aside / "1" / "000002.png").read_bytes() == b"not the image"
+    assert (out / "1" / "000099.png").read_bytes() == png(9)
     local_worker(store, out, lambda j, c, s: output(j["id"])).run()
     assert published(store, 2) == png(2)
     assert [a["status"] for a in store.get_job(2)["attempt_rows"]] == ["lost", "succeeded"]
@@ -214,6 +223,7 @@ def test_verify_finds_and_repairs_missing_damaged_and_orphan_files(
 def test_staged_path_is_beside_the_batches(tmp_path: Path) -> None:
     final = tmp_path / "out" / "3" / "000007.png"
     assert staged_path(final, 12) == tmp_path / "out" / STAGING / "12.png"
+    assert staged_path(final, 12, writer="ab12") == tmp_path / "out" / STAGING / "12.ab12.png"
 
 
 def test_a_rows_nested_folder_stages_in_the_one_staging_folder(
