@@ -67,7 +67,13 @@ def test_sigkill_mid_job_then_another_worker_finishes_all_exactly_once(
     assert [j for j, _ in lost] == [killed_job]
     assert lost[0][1].startswith("lease expired: worker ")
     files = sorted(p.name for p in (tmp_path / "output").rglob("*") if p.is_file())
-    assert files == ["000001.png", "000002.png", "000003.png", "000004.png"]
+    assert files == [
+        ".orchestrate-owner.json",
+        "000001.png",
+        "000002.png",
+        "000003.png",
+        "000004.png",
+    ]
 
 
 def test_sigterm_finishes_the_current_job_and_leaves_nothing_running(
