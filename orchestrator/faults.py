@@ -6,7 +6,8 @@ The spec is ``;``-separated rules:
 
 - ``POINT=ACTION`` or ``POINT=ACTION@N``: at the N-th time (default 1st) this process reaches
   ``point(POINT)``, do ACTION: ``kill`` (SIGKILL itself), ``exit`` (``os._exit(70)``),
-  ``enospc`` (raise a no-space OSError), ``error`` (raise RuntimeError).
+  ``enospc`` (raise a no-space OSError), ``error`` (raise RuntimeError), ``stop`` (SIGSTOP
+  itself: a process hung at that point until someone sends SIGCONT).
 - ``redis:SITE=error@N``: the N-th Redis call from SITE raises ``ConnectionError``. SITE is
   ``function.command`` (``_take_events.lmove``, ``_finish.execute`` for a pipeline), the
   function being the nearest caller in this project's code; ``redis:*=error@N`` counts every
@@ -80,6 +81,8 @@ def _fire(action: str, name: str) -> None:
         _append(_fired, name)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "exit":
         os._exit(70)
     elif action == "enospc":

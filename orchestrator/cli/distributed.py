@@ -52,6 +52,15 @@ from orchestrator.hooks import Hooks
     help="Seconds a dispatched job may go unaccounted for (in no queue, no heartbeat) before it is dispatched again.",
 )
 @option(
+    "--lease",
+    "lease_ttl",
+    type=click.FloatRange(3),
+    default=15.0,
+    help="Seconds this coordinator's lease on the database lasts unrenewed (renewed every "
+    "third of it): a coordinator stopped or hung this long is taken over by the next one "
+    "started, and changes nothing when it wakes.",
+)
+@option(
     "--job-timeout",
     type=click.IntRange(10),
     default=3600,
@@ -73,6 +82,7 @@ def coordinator(
     until_done: bool,
     window: int | None,
     lost_after: float,
+    lease_ttl: float,
     job_timeout: int,
     max_image_mb: float,
     notify_url: str | None,
@@ -97,6 +107,7 @@ def coordinator(
         output_dir=state.output,
         window=window,
         lost_after=lost_after,
+        lease_ttl=lease_ttl,
         job_timeout=job_timeout,
         until_done=until_done,
         max_image_bytes=int(max_image_mb * 2**20),

@@ -2,6 +2,8 @@
 
 The store runs its own transactions: ``BEGIN IMMEDIATE`` for writes (writers queue on SQLite's
 busy timeout rather than failing mid-transaction) and ``BEGIN`` for reads that need one snapshot.
+A fenced view of the store (``fenced``) runs a check first in every write transaction, under
+the write lock: the coordinator's own lease fences every write it makes, whatever it changes.
 Every write transaction is short: anything that touches many rows (a submit, a retry of every
 failed job) goes in chunks of ``CHUNK_ROWS``, and every ``IN (...)`` list in chunks of
 ``_CHUNK`` ids, under SQLite's variable limit of 32,766 in many builds.
@@ -9,11 +11,12 @@ failed job) goes in chunks of ``CHUNK_ROWS``, and every ``IN (...)`` list in chu
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine, func, select, update
 
@@ -42,6 +45,8 @@ CHUNK_ROWS = 5000  # rows per write transaction of a bulk change (about 0.1 s he
 TIMING_WINDOW = 1000
 
 T = TypeVar("T")
+# A check run inside a write transaction, under the write lock; it raises to change nothing.
+Fence = Callable[[Connection], None]
 
 
 def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
@@ -107,6 +112,22 @@ def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> floa
 class StoreBase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._fence: Fence | None = None
+
+    def fenced(self, fence: Fence) -> Self:
+        """This store, with ``fence`` run first in every write transaction it opens (under the
+        write lock, so nothing can change what it checked before the write commits): when it
+        raises, the transaction changes nothing. Reads are as before."""
+        view = copy.copy(self)
+        view._fence = fence
+        return view
+
+    def check_fence(self) -> None:
+        """Run this view's fence now, in a read transaction: for a step outside the database
+        (a file, a Redis call) that should not start once the fence has fallen."""
+        if self._fence is not None:
+            with self._tx(write=False) as conn:
+                self._fence(conn)
 
     @contextmanager
     def _tx(self, *, write: bool, busy_timeout_s: float | None = None) -> Iterator[Connection]:
@@ -118,6 +139,8 @@ class StoreBase:
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
+                    if write and self._fence is not None:
+                        self._fence(conn)
                     yield conn
                 except BaseException:
                     conn.exec_driver_sql("ROLLBACK")

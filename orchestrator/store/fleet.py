@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import CoordinatorConflict
 from orchestrator.models import CoordinatorLease, DeadLetter, Worker
-from orchestrator.store.base import StoreBase, process_gone
+from orchestrator.store.base import Fence, StoreBase, process_gone
 
 DEAD_LETTERS_KEPT = 10_000  # the newest ones; the count of all is kept apart
 
@@ -98,17 +98,23 @@ class FleetMixin(StoreBase):
                 )
         return None
 
-    def coordinator_fence(self, holder: str) -> Any:
-        """A check to run inside a write transaction: raises CoordinatorConflict unless
-        ``holder`` still holds the coordinator lease."""
+    def coordinator_fence(self, holder: str) -> Fence:
+        """The coordinator's fence (see ``fenced``): raises CoordinatorConflict unless
+        ``holder`` still holds the coordinator lease and has not given it up. An expired lease
+        nobody took over still fences: taking it over rewrites this row under the write lock,
+        so a write that saw ``holder`` here committed before any successor began."""
 
         def fence(conn: Connection) -> None:
-            held = conn.execute(
-                select(CoordinatorLease.holder).where(CoordinatorLease.id == 1)
-            ).scalar()
-            if held != holder:
+            row = conn.execute(
+                select(CoordinatorLease.holder, CoordinatorLease.state).where(
+                    CoordinatorLease.id == 1
+                )
+            ).first()
+            if row is None or row.holder != holder or row.state == "stopped":
+                who = "nobody" if row is None or row.holder == holder else row.holder
                 raise CoordinatorConflict(
-                    f"this coordinator ({holder}) lost its lease to {held or 'nobody'}"
+                    f"coordinator {holder} lost its lease to {who} (taken over while this one "
+                    "was stopped or too slow to renew it); stopping, changing nothing"
                 )
 
         return fence

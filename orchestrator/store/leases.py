@@ -497,19 +497,17 @@ class LeasesMixin(StoreBase):
         return status.value if n else None
 
     # -- the Redis transport: the coordinator holds the lease for its dispatches ----------------
+    # The coordinator calls these (and every other write) through a view of the store fenced by
+    # its own coordinator lease (``StoreBase.fenced``), in the same transaction as the write.
 
     def dispatch(
         self,
         limit: int,
         owner_for: Callable[[dict[str, Any]], str],
-        *,
-        fence: Callable[[Connection], None] | None = None,
     ) -> list[Claim]:
         """Move up to ``limit`` pending jobs to ``queued``, in claim order (priority, then age),
         each owned by the dispatch id ``owner_for(job)`` gives, with an open attempt; none of
-        a paused batch, none at all while the queue is paused. ``fence`` runs first in the
-        same transaction (the coordinator checks its own lease there, raising to dispatch
-        nothing)."""
+        a paused batch, none at all while the queue is paused."""
         if limit <= 0:
             return []
         now = time.time()
@@ -535,8 +533,6 @@ class LeasesMixin(StoreBase):
             if not picked:
                 return []
         with self._tx(write=True) as conn:
-            if fence is not None:
-                fence(conn)
             rows = conn.execute(
                 select(*(getattr(Job, c) for c in JOB_PAYLOAD_COLUMNS))
                 .where(pending if picked is None else pending & Job.id.in_(picked))

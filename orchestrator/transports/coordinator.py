@@ -18,9 +18,19 @@ recoverable by the next tick of the same process.
 
 Exactly one coordinator runs per database: it holds a lease row in SQLite, renewed every
 tick; a second one refuses to start, naming the holder, and takes over once the holder's
-lease has expired. Results go through ``orchestrator.results``; an image is streamed from
-Redis to its staged file, never read whole, and refused above ``max_image_bytes``. Malformed,
-foreign or forged events are dead-lettered and counted, never fatal.
+lease has expired. Every write this coordinator makes goes through a view of the store fenced
+by that lease (``JobStore.fenced``): the check and the write are one transaction, so a
+coordinator taken over while it was stopped or slow changes no row when it wakes, and stops
+(CoordinatorConflict). Steps outside SQLite that could disturb its successor (staging a file,
+withdrawing a dispatch from Redis) check the lease just before; the one step that may still
+follow a takeover is finishing the publish of a result committed under the lease, the same
+rename of the same bytes that the successor's recovery makes. Completion hooks run in a
+thread of their own (``HookRunner``), never inside a tick, so a slow hook never lets the lease
+lapse.
+
+Results go through ``orchestrator.results``; an image is streamed from Redis to its staged
+file, never read whole, and refused above ``max_image_bytes``. Malformed, foreign or forged
+events are dead-lettered and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from typing import Any
 from orchestrator import faults
 from orchestrator.errors import CoordinatorConflict, TransientError
 from orchestrator.events import JobEvent
-from orchestrator.hooks import Hooks, batch_summary
+from orchestrator.hooks import HookRunner, Hooks, batch_summary
 from orchestrator.results import ImageMismatch, Results
 from orchestrator.store import Claim, JobStore, backoff_seconds
 from workers.rq import protocol as proto
@@ -81,14 +91,18 @@ class Coordinator:
         on_event: Callable[[JobEvent], None] | None = None,
         hooks: Hooks | None = None,
     ) -> None:
-        self.store = store
-        self.redis = redis
-        self.settings = settings
-        self.results = Results(store, settings.output_dir)
-        self.on_event = on_event
-        self.hooks = hooks or Hooks()
         self.host = socket.gethostname()
         self.holder = f"{self.host}:{os.getpid()}/{secrets.token_hex(4)}"
+        # The lease itself is taken, renewed and given up through the plain store; everything
+        # else this coordinator writes, through the view its lease fences.
+        self.lease_store = store
+        self.store = store.fenced(store.coordinator_fence(self.holder))
+        self.redis = redis
+        self.settings = settings
+        self.results = Results(self.store, settings.output_dir)
+        self.on_event = on_event
+        self.hooks = hooks or Hooks()
+        self._hook_runner = HookRunner(self.hooks)
         self.live_workers = 0
         # What the live workers run at once: the sum of their batch sizes (1 each by default).
         self.live_capacity = 0
@@ -105,6 +119,9 @@ class Coordinator:
         self._acquired = False
 
     def request_stop(self) -> None:
+        """Stop after this tick; asked again, stop waiting for completion hooks too."""
+        if self._stop.is_set():
+            self._hook_runner.cancel()
         self._stop.set()
 
     # -- the lease on the database -------------------------------------------------------------
@@ -112,7 +129,7 @@ class Coordinator:
     def acquire(self) -> None:
         """Become this database's coordinator, or raise CoordinatorConflict naming the one
         that is."""
-        other = self.store.acquire_coordinator(
+        other = self.lease_store.acquire_coordinator(
             self.holder, host=self.host, pid=os.getpid(), ttl=self.settings.lease_ttl
         )
         if other is not None:
@@ -195,7 +212,7 @@ class Coordinator:
         """One round: renew the lease, drain events, reconcile with Redis, dispatch. Returns
         whether anything is in flight (then events are awaited by blocking on Redis)."""
         s = self.settings
-        if self._due("lease", s.lease_ttl / 3) and not self.store.renew_coordinator(
+        if self._due("lease", s.lease_ttl / 3) and not self.lease_store.renew_coordinator(
             self.holder,
             ttl=s.lease_ttl,
             state="paused" if self._paused else "running",
@@ -245,17 +262,25 @@ class Coordinator:
 
     def _shutdown(self) -> None:
         try:
+            self.store.check_fence()  # taken over: everything is the successor's now
             self._finished_batches()
             self._sync_workers()
             # What a killed process staged or committed during this run is not left waiting.
             self.results.recover()
             self.results.sweep()
+        except CoordinatorConflict:
+            logger.info(
+                "taken over: leaving the database to the new coordinator",
+                extra={"action": "lease_lost"},
+            )
         except Exception as exc:  # Redis or SQLite gone at the very end: tables keep their view
             logger.warning("could not finish up at exit: %s", exc)
         try:
-            self.store.release_coordinator(self.holder)
+            self.lease_store.release_coordinator(self.holder)
         except Exception as exc:
             logger.warning("could not release the coordinator lease: %s", exc)
+        # After the lease is given up: a slow hook delays this exit, never a successor.
+        self._hook_runner.close()
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -277,9 +302,7 @@ class Coordinator:
             rq_id = proto.rq_id_for(job["id"], job["attempt"], secrets.token_hex(3))
             return proto.lease_owner(rq_id, secrets.token_hex(16))
 
-        claims = self.store.dispatch(
-            need, owner_for, fence=self.store.coordinator_fence(self.holder)
-        )
+        claims = self.store.dispatch(need, owner_for)
         if not claims:
             return 0
         by_queue: dict[str, list[Any]] = {}
@@ -467,6 +490,8 @@ class Coordinator:
         delivery = self.results.delivery(
             claim, self._stream(key, size), event.result, expect_sha256=event.sha256
         )
+        # No file is staged once taken over: the successor handles this same event.
+        self.store.check_fence()
         try:
             published = delivery.advance()
         except ImageMismatch as exc:
@@ -569,7 +594,9 @@ class Coordinator:
                 self._withdraw(rq_id, "not held in the database (cancelled?)")
 
     def _withdraw(self, rq_id: str, why: str, model: str | None = None) -> None:
-        """Drop a dispatch from Redis: its RQ job goes, and a worker running it is told to stop."""
+        """Drop a dispatch from Redis: its RQ job goes, and a worker running it is told to stop.
+        Only while this coordinator holds its lease: a successor's dispatch is not ours to judge."""
+        self.store.check_fence()
         queues = (
             [proto.queue_for(model)]
             if model is not None
@@ -597,6 +624,7 @@ class Coordinator:
         for claim in self.store.paused_dispatches(proto.DISPATCH_PREFIX):
             rq_id = proto.split_owner(claim.lease_owner)[0]
             queue = f"rq:queue:{proto.queue_for(claim.job['model'])}"
+            self.store.check_fence()
             if not self.redis.lrem(queue, 0, rq_id):
                 continue  # a worker has it (or it is gone, which the reconcile handles)
             self.store.release(claim, "taken back from Redis: paused")
@@ -610,12 +638,13 @@ class Coordinator:
         return taken
 
     def _finished_batches(self) -> None:
-        """Run the completion hooks for batches that have just run out of work."""
+        """Queue the completion hooks of batches that have just run out of work (they run in
+        the hook runner's thread, never in the tick)."""
         if not self.hooks:
             return
         active = self.store.active_batches()
         for batch_id in sorted(self._active_batches - active):
-            self.hooks.batch_done(batch_summary(self.store, batch_id))
+            self._hook_runner.submit(batch_summary(self.store, batch_id))
         self._active_batches = active
 
     def _sync_workers(self) -> None:

@@ -9,7 +9,8 @@ The invariants, for every job of the round:
 - it ends succeeded (none lost), except those a round cancelled on purpose;
 - exactly one succeeded attempt (none doubled), whose recorded sha256 is the job's;
 - its file exists and is exactly that attempt's bytes (the fake image names its attempt);
-- ``verify`` is clean: no orphan image, no staged or temporary file left, no stranded lease.
+- ``verify`` is clean: no orphan image, no staged or temporary file left, no stranded lease;
+- no result once recorded had to be made again (a succeeded attempt later marked lost).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -56,7 +58,10 @@ FAULTS = (
     "big_submit",
     "cancel_retry_race",
     "disk_full",
+    "stop_coordinator",
 )
+# The coordinator's lease (seconds) in rounds that stop one: a successor starts once it lapses.
+STOP_LEASE = 3
 
 
 @dataclass
@@ -68,17 +73,19 @@ class Outcome:
     doubled: list[int] = field(default_factory=list)
     wrong_bytes: list[int] = field(default_factory=list)
     orphaned: int = 0
+    remade: list[int] = field(default_factory=list)
     verify_lines: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.doubled or self.wrong_bytes or self.orphaned)
+        return not (self.lost or self.doubled or self.wrong_bytes or self.orphaned or self.remade)
 
     def summary(self) -> str:
         return (
             f"seed {self.seed}: {self.jobs} jobs, faults {self.faults}: lost {self.lost}, "
-            f"doubled {self.doubled}, wrong bytes {self.wrong_bytes}, orphaned {self.orphaned}"
+            f"doubled {self.doubled}, wrong bytes {self.wrong_bytes}, orphaned {self.orphaned}, "
+            f"remade {self.remade}"
             + ("" if self.ok else "\n  verify: " + "; ".join(self.verify_lines))
         )
 
@@ -165,6 +172,7 @@ class Cluster:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)  # one a `stop` fault left stopped hears it too
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -176,6 +184,7 @@ class Cluster:
         live = [p for p in self.procs.values() if p.poll() is None]
         for p in live:
             p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + timeout
         for p in live:
             try:
@@ -277,6 +286,14 @@ class Cluster:
             data = Path(path).read_bytes() if path and Path(path).is_file() else b""
             if not (published and sha == attempt_sha == hashlib.sha256(data).hexdigest()):
                 outcome.wrong_bytes.append(job)
+        # A result recorded and then lost (its image gone before publishing): made again.
+        outcome.remade = [
+            job
+            for (job,) in self.query(
+                "SELECT DISTINCT job_id FROM attempts "
+                "WHERE status = 'lost' AND output_sha256 IS NOT NULL"
+            )
+        ]
         from orchestrator.verify import verify
 
         report = verify(self.store(), self.out)
@@ -304,6 +321,8 @@ def run_round(
     persistent = "redis_outage" in chosen
     t0 = time.monotonic()
     cluster = Cluster(root, persistent_redis=persistent)
+    if "stop_coordinator" in chosen:
+        cluster.coordinator_args += ("--lease", str(STOP_LEASE))
     outcome = Outcome(seed=seed, jobs=jobs, faults=list(chosen))
     try:
         cluster.submit(jobs, seed=seed)
@@ -314,6 +333,14 @@ def run_round(
             point = rng.choice(KILL_POINTS[kind])
             point_faults[who] = f"{point}=kill@{rng.randint(1, 4)}"
             outcome.faults.append(f"{who}:{point_faults[who]}")
+        if "stop_coordinator" in chosen:
+            taken = point_faults["coordinator"].partition("=")[0]
+            point = rng.choice([p for p in KILL_POINTS["coordinator"] if p != taken])
+            spec = f"{point}=stop@{rng.randint(1, 3)}"
+            point_faults["coordinator"] = ";".join(
+                filter(None, [point_faults["coordinator"], spec])
+            )
+            outcome.faults.append(f"coordinator:{spec}")
         if "redis_errors" in chosen:
             who = rng.choice(["coordinator", "rq-1"])
             spec = f"redis:*=error@{rng.randint(2, 60)}"
@@ -353,6 +380,8 @@ def _inject(
             cluster.kill("coordinator")
             time.sleep(rng.uniform(0.1, 1.0))
             cluster.coordinator("coordinator-2")
+        elif fault == "stop_coordinator":
+            take_over_stopped(cluster, "coordinator", "coordinator-t")
         elif fault == "kill_rq_worker":
             cluster.kill("rq-2")
             cluster.rq_worker("rq-3")
@@ -394,3 +423,59 @@ def _inject(
                 import resource
 
                 resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP), not running or gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return False  # gone
+    out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    return out.stdout.strip().startswith("T")
+
+
+def take_over_stopped(cluster: Cluster, name: str, taker: str, timeout: float = 90) -> bool:
+    """A slow coordinator taken over: ``name`` has stopped itself at a fault point (``stop``);
+    once its lease has lapsed, ``taker`` starts and takes the lease (unless another already
+    did); then ``name`` is woken (SIGCONT) beside it, and must notice and exit with "lost its
+    lease", having recorded nothing (no job event in its log) since it woke. False when
+    ``name`` died or finished before it stopped."""
+    proc = cluster.procs[name]
+    log = cluster.logs / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while not _stopped(proc.pid):
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} never stopped at its fault point:\n{cluster.tails()}")
+        time.sleep(0.05)
+    said = log.stat().st_size  # all it wrote before it stopped
+    try:
+        while True:
+            ((pid, expires_at),) = cluster.query("SELECT pid, expires_at FROM coordinator")
+            if pid != proc.pid:
+                break  # taken over
+            if taker not in cluster.procs and expires_at < time.time():
+                cluster.coordinator(taker)
+            started = cluster.procs.get(taker)
+            if started is not None and started.poll() is not None:
+                raise AssertionError(f"{taker} could not take over:\n{cluster.tails()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nobody took over from {name}:\n{cluster.tails()}")
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGCONT)  # woken while its successor starts its first tick
+    try:
+        code = proc.wait(max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{name}, taken over and woken, went on:\n{cluster.tails()}") from None
+    woken = log.read_bytes()[said:].decode(errors="replace")
+    if code != 1 or "lost its lease" not in woken:
+        raise AssertionError(f"{name}, taken over, exited {code}:\n{woken[-3000:]}")
+    recorded = re.findall(r"^\[\d+/\d+\] job .*$", woken, flags=re.MULTILINE)
+    if recorded:
+        raise AssertionError(f"{name}, woken beside its successor, recorded: {recorded}")
+    return True
