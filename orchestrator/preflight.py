@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobInputError
-from workers import families
+from workers import families, hub
 from workers.models import expand_path, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
@@ -49,25 +49,27 @@ def _offline() -> bool:
 
 
 def _hub_problem(model: str) -> str | None:
-    """Why a hub id cannot be loaded here: not a valid id, or not cached while offline."""
-    from huggingface_hub import try_to_load_from_cache
+    """Why a hub id cannot be loaded here: not a valid id; not cached while the hub cannot
+    be reached (HF_HUB_OFFLINE, or its host does not answer: ``workers.hub.reachable``); or
+    not a model the hub has (one request, no retries). None when it is cached, or the hub
+    has it (or cannot tell): the first job downloads it."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(model)
     except HFValidationError:
-        return "not a local diffusers folder, and not a valid Hugging Face hub id"
-    cached = try_to_load_from_cache(model, "model_index.json")
-    if isinstance(cached, str) and Path(cached).is_file():
-        return None
-    if _offline():
         return (
-            "not in this machine's Hugging Face cache, and the hub cannot be reached "
-            f"(HF_HUB_OFFLINE=1): download it where there is a network (`hf download {model}`) "
-            "or give a local diffusers folder"
+            f"not a built-in model{hub.did_you_mean(model)}, not a local diffusers folder, "
+            "and not a valid Hugging Face hub id"
         )
-    return None  # not cached, but online: the first job downloads it
+    if hub.is_cached(model):
+        return None
+    if not hub.online():
+        return hub.not_found_reason(model)
+    if hub.exists(model) is False:
+        return hub.missing_on_hub_reason(model)
+    return None
 
 
 def model_problem(model: str, quantization: str = "fp16", backend: str = "diffusers") -> str | None:

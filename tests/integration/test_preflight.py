@@ -64,18 +64,45 @@ def test_a_recipe_variant_must_have_been_made() -> None:
 def test_hub_ids_offline_need_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
+    from workers import hub
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache(tmp_path, "me/cached")))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert model_problem("me/not-cached") is None  # online: the first job downloads it
-    assert model_problem("me/cached") is None
+    # online (no network is touched: the hub's answers are stood in for)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr(hub, "exists", lambda _repo: None)  # cannot tell: the job downloads it
+    assert model_problem("me/not-cached") is None
+    monkeypatch.setattr(hub, "exists", lambda repo: repo == "me/there")
+    assert model_problem("me/there") is None
+    assert model_problem("me/cached") is None  # the cache is enough: the hub is not asked
+    assert model_problem("me/gone") == (
+        "not a model on the Hugging Face hub (or a private one: `hf auth login` with a token "
+        "that may read it)"
+    )
+    assert model_problem("tiny-sd3") == (
+        "not a built-in model (did you mean 'tiny' or 'tiny-xl'?) or a folder on this "
+        "machine, and not a model on the Hugging Face hub (or a private one: `hf auth login` "
+        "with a token that may read it)"
+    )
     bad_id = model_problem("not a hub id!")
     assert bad_id is not None and "not a valid Hugging Face hub id" in bad_id
+
+    # the hub's host does not answer, HF_HUB_OFFLINE unset: the cache or nothing
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    assert model_problem("me/cached") is None
+    assert model_problem("Tiny") == (
+        "not a built-in model (did you mean 'tiny'?) or a folder on this machine, and not in "
+        "this machine's Hugging Face cache, and the hub cannot be reached (huggingface.co does "
+        "not answer): download it where there is a network (`hf download Tiny`) or give a "
+        "local diffusers folder"
+    )
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert model_problem("me/cached") is None
     offline = model_problem("me/not-cached")
     assert offline is not None and "not in this machine's Hugging Face cache" in offline
+    assert "(HF_HUB_OFFLINE=1)" in offline
 
 
 def test_coreml_needs_a_converted_folder(tmp_path: Path) -> None:
