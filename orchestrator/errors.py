@@ -163,7 +163,9 @@ class ManifestIssue:
 class ManifestError(UsageError):
     """The manifest is not valid; nothing was submitted."""
 
-    def __init__(self, issues: list[ManifestIssue]) -> None:
+    def __init__(self, issues: list[ManifestIssue], note: str = "") -> None:
         self.issues = issues
         n = len(issues)
-        super().__init__(f"{n} error{'s' if n != 1 else ''} in the manifest; nothing was submitted")
+        super().__init__(
+            f"{n} error{'s' if n != 1 else ''} in the manifest; nothing was submitted{note}"
+        )

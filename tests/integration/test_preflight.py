@@ -17,7 +17,9 @@ from orchestrator.preflight import (
     looks_like_path,
     missing_local_paths,
     model_problem,
+    pending_by_batch,
     pending_models,
+    refusal,
 )
 from orchestrator.store import JobStore, backoff_seconds
 from orchestrator.transports.local import LocalWorker
@@ -147,6 +149,29 @@ def test_paused_work_is_not_checked(store: JobStore) -> None:
     assert pending_models(store) == {("./y", "fp16"): 1}
     store.pause()  # the whole queue: a run takes nothing, so nothing needs checking
     assert pending_models(store) == {}
+
+
+def test_a_refusal_names_the_waiting_batches_and_the_way_out(store: JobStore) -> None:
+    submit_text(store, "prompt,model\na,./gone\nb,./gone\n")
+    submit_text(store, "prompt,model\nc,./gone\nd,./other\ne,tiny\n")
+    waiting = pending_by_batch(store)
+    counts = {key: sum(w.jobs for w in batches) for key, batches in waiting.items()}
+    counts[("./gone", "fp16")] = 5  # the manifest being run has more of them than wait
+    problems = check_models(counts, waiting=waiting)
+    assert [str(p).split(": no such folder")[0] for p in problems] == [
+        "model './gone', 5 jobs (3 waiting in batches 1 (test) and 2 (test))",
+        "model './other', 1 job waiting in batch 2 (test)",
+    ]
+    assert refusal(problems, submitting=True) == (
+        "2 models (6 jobs) cannot be loaded on this machine; nothing was submitted or run. "
+        "4 of them wait in batches 1 (test) and 2 (test): `orchestrate jobs cancel --batch 1` "
+        "(and --batch 2) cancels them, `orchestrate pause --batch 1` (and --batch 2) keeps them "
+        "for a machine that has the model; --skip-model-check runs anyway (those jobs fail)"
+    )
+    assert refusal(check_models({("./gone", "fp16"): 1}), submitting=True) == (
+        "1 model (1 job) cannot be loaded on this machine; nothing was submitted or run "
+        "(--skip-model-check runs anyway: those jobs fail)"
+    )
 
 
 def test_missing_local_paths_for_submits_warning(tmp_path: Path) -> None:
