@@ -311,3 +311,45 @@ def refuse_missing_folders(manifest: Any, flag_model: str) -> None:
         issues.append(ManifestIssue(manifest.path, where[0], "model", model, message))
     issues.sort(key=lambda i: i.line)
     raise ManifestError(issues, note=f" ({SKIP_HINT})")
+
+
+def tiny_world_warning(manifest: Any, *, shown: int = 10) -> str | None:
+    """One sentence naming the lines whose prompts for the built-in tiny model are outside the
+    world it was trained on (``workers.scenes``' grammar: it draws them anyway, and the
+    built-in judge cannot score them), with the first such prompt and why; None when there
+    are none."""
+    from workers.models import is_tiny
+    from workers.scenes import prompt_problem
+
+    why: dict[str, str | None] = {}
+    lines: dict[int, tuple[str, str]] = {}  # line -> its first prompt outside, and why
+    for job in manifest.jobs:
+        if job.line in lines or not is_tiny(job.model):
+            continue
+        if job.prompt not in why:
+            why[job.prompt] = prompt_problem(job.prompt)
+        problem = why[job.prompt]
+        if problem is not None:
+            lines[job.line] = (job.prompt, problem)
+    if not lines:
+        return None
+    numbers = sorted(lines)
+    listed = ", ".join(str(n) for n in numbers[:shown]) + (
+        f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    )
+    first = numbers[0]
+    prompt, problem = lines[first]
+    text = " ".join(prompt.split())
+    text = text if len(text) <= 60 else text[:57] + "..."
+    grammar = '(the grammar: README, "The built-in tiny model")'
+    if len(numbers) == 1:
+        return (
+            f"{manifest.path}: line {first} gives the built-in tiny model a prompt outside the "
+            f"world it draws ({text!r}: {problem}); it is drawn anyway, and the built-in judge "
+            f"cannot score it {grammar}"
+        )
+    return (
+        f"{manifest.path}: {len(numbers)} lines ({listed}) give the built-in tiny model prompts "
+        f"outside the world it draws (line {first}: {text!r}: {problem}); they are drawn "
+        f"anyway, and the built-in judge cannot score them {grammar}"
+    )

@@ -56,7 +56,8 @@ def submit(state: State, manifest: str, as_json: bool, skip_model_check: bool, *
     """Validate MANIFEST and load its jobs into the queue.
 
     A model path that is not on this machine is refused at its line (--skip-model-check
-    submits it anyway).
+    submits it anyway); prompts for the built-in tiny model outside the world it draws are
+    named in a warning.
     """
     from orchestrator.preflight import refuse_missing_folders
 
@@ -71,6 +72,7 @@ def submit(state: State, manifest: str, as_json: bool, skip_model_check: bool, *
         refuse_missing_folders(m, defaults.model)
     report_submit(submit_manifest(state, m, Path(manifest).name, kw), as_json)
     warn_missing_local_models(m)
+    warn_outside_tiny_world(m)
 
 
 def warn_missing_local_models(manifest: Any) -> None:
@@ -83,6 +85,15 @@ def warn_missing_local_models(manifest: Any) -> None:
             "machine; a worker that runs these jobs needs it",
             err=True,
         )
+
+
+def warn_outside_tiny_world(manifest: Any) -> None:
+    """A warning, not an error: the tiny model draws any prompt, but was trained on one world."""
+    from orchestrator.preflight import tiny_world_warning
+
+    warning = tiny_world_warning(manifest)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def check_models_here(state: State, kw: dict[str, Any], manifest: Any | None) -> None:
@@ -188,6 +199,7 @@ def run(
     if manifest and m is not None:
         result = submit_manifest(state, m, Path(manifest).name, kw)
         report_submit(result)
+        warn_outside_tiny_world(m)
         scope = manifest_scope(state.store(), m, result)
     sys.exit(_work_and_report(ctx, state, kw, scope))
 

@@ -1,5 +1,5 @@
 """A first night's rough edges, as a user meets them: a model path that is not here, a model
-name found nowhere."""
+name found nowhere, prompts the tiny model's world does not have."""
 
 from __future__ import annotations
 
@@ -114,3 +114,21 @@ def test_a_model_name_found_nowhere_is_refused_before_the_night(cli: Cli, tmp_pa
     assert "retrying" not in again.stderr
     assert "ModelNotFound: model 'tiny-sd3': not a built-in model (did you mean" in again.stderr
     assert job_rows(tmp_path) == [(1, "tiny-sd3", "failed", 1)]  # one try since the retry
+
+
+def test_submit_warns_once_about_tiny_prompts_outside_its_world(cli: Cli, tmp_path: Path) -> None:
+    manifest = write(
+        tmp_path / "jobs.csv",
+        "prompt,num_images\n"
+        "two large red squares on a blue background,2\n"
+        "a red circle on a blue background,1\n"
+        '"a {red|purple} circle on a blue background",1\n',
+    )
+    submitted = cli("submit", str(manifest))
+    assert submitted.stdout == "batch 1: 3 rows, 5 jobs added, 0 duplicates\n"
+    assert submitted.stderr == (
+        f"warning: {manifest}: 2 lines (2, 4) give the built-in tiny model prompts outside the "
+        "world it draws (line 2: 'two large red squares on a blue background': only one large "
+        "shape fits); they are drawn anyway, and the built-in judge cannot score them (the "
+        'grammar: README, "The built-in tiny model")\n'
+    )
