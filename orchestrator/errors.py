@@ -98,6 +98,12 @@ class ModelLoadError(JobError):
     """The model could not be loaded."""
 
 
+class ModelNotFound(JobInputError, ModelLoadError):
+    """The model is nowhere this worker may look: not built in, not a folder here, not in the
+    Hugging Face cache, and the hub says it has none or may not be asked (HF_HUB_OFFLINE).
+    Retrying cannot help."""
+
+
 class JobInterrupted(JobError):
     """The job was stopped between denoising steps (shutdown, cancel, or lost lease)."""
 
@@ -157,7 +163,9 @@ class ManifestIssue:
 class ManifestError(UsageError):
     """The manifest is not valid; nothing was submitted."""
 
-    def __init__(self, issues: list[ManifestIssue]) -> None:
+    def __init__(self, issues: list[ManifestIssue], note: str = "") -> None:
         self.issues = issues
         n = len(issues)
-        super().__init__(f"{n} error{'s' if n != 1 else ''} in the manifest; nothing was submitted")
+        super().__init__(
+            f"{n} error{'s' if n != 1 else ''} in the manifest; nothing was submitted{note}"
+        )

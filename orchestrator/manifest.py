@@ -23,6 +23,7 @@ from typing import Any
 
 from orchestrator.errors import ManifestError, ManifestIssue
 from orchestrator.expansion import (
+    COUNT_CAP,
     VARIANT_PREFIX,
     ExpansionError,
     Template,
@@ -618,7 +619,7 @@ def parse_manifest(
         text_chars += size * (prompt_t.longest + negative_t.longest)
         if expanded + size > max_jobs or text_chars > MAX_PROMPT_TEXT:
             if expanded <= max_jobs:
-                shown = [str(n) for n in factors if n > 1]
+                shown = [str(n) if n < COUNT_CAP else "over 10^30" for n in factors if n > 1]
                 shape = " x ".join(shown[:12]) + (" x ..." if len(shown) > 12 else "")
                 total = f"{size:,}" if size.bit_length() <= 100 else "more than 10^30"
                 only_count = count > 1 and size == count

@@ -1,73 +1,133 @@
 """Can this machine load a job's model? Answered before a run starts, without loading weights.
 
-``orchestrate run`` checks every distinct (model, quantization) of the work it is about to do,
-so a typo in a model path or a hub id missing from an offline machine's cache is one message
-at the start, not a failure per job discovered hours into an overnight run. ``submit`` only
-warns about local paths that are not here: its manifest may be meant for another machine.
+``orchestrate run`` checks every distinct (model, quantization) of the work it is about to do
+(its manifest's and every waiting batch's: a run works through the whole queue), so a typo in a
+model path or a hub id missing from an offline machine's cache is one message at the start,
+naming the batches and the way out, not a failure per job discovered hours into an overnight
+run. ``submit`` refuses local paths that are not here, at their lines (``--skip-model-check``
+takes a manifest meant for workers on other machines), and warns about prompts for the tiny
+model outside its world.
 
 The checks mirror how the backends find a model (``workers.backends.diffusers.model_source``,
-``workers.task.resolve_variant`` and ``resolve_coreml_folder``) but touch only the file system
-and the local Hugging Face cache.
+``workers.task.resolve_variant`` and ``resolve_coreml_folder``) but touch only the file system,
+the local Hugging Face cache, and the hub when it can answer quickly (``workers.hub``).
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobInputError
-from workers import families
+from workers import families, hub
 from workers.models import expand_path, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Jobs of one batch waiting in the queue for one model."""
+
+    batch_id: int
+    name: str  # the batch's name: its manifest's file name
+    jobs: int
+
+    def __str__(self) -> str:
+        return f"{self.batch_id} ({self.name})"
+
+
+def _batches(waiting: Sequence[Waiting]) -> str:
+    """Batches in words: ``batch 1 (a.csv)``, ``batches 1 (a.csv) and 2 (b.csv)``."""
+    return ("batch " if len(waiting) == 1 else "batches ") + _and([str(w) for w in waiting])
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'' if n == 1 else 's'}"
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+@dataclass(frozen=True)
 class ModelProblem:
-    """A model (in one quantization) this machine cannot load, and how many jobs need it."""
+    """A model (in one quantization) this machine cannot load, how many jobs need it, and
+    which of them already wait in the queue (by batch)."""
 
     model: str
     quantization: str
     jobs: int
     reason: str
+    waiting: tuple[Waiting, ...] = ()
 
     def __str__(self) -> str:
         variant = "" if self.quantization == "fp16" else f" ({self.quantization})"
-        plural = "job" if self.jobs == 1 else "jobs"
-        return f"model {self.model!r}{variant}, {self.jobs} {plural}: {self.reason}"
+        return f"model {self.model!r}{variant}, {self._who()}: {self.reason}"
+
+    def _who(self) -> str:
+        if not self.waiting:
+            return _jobs(self.jobs)
+        waiting = sum(w.jobs for w in self.waiting)
+        if waiting >= self.jobs:
+            return f"{_jobs(self.jobs)} waiting in {_batches(self.waiting)}"
+        return f"{_jobs(self.jobs)} ({waiting} waiting in {_batches(self.waiting)})"
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return bool(constants.HF_HUB_OFFLINE) or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+def refusal(problems: Sequence[ModelProblem], *, submitting: bool) -> str:
+    """The sentence that refuses a run over ``problems``: how many models and jobs, and the
+    way out for each batch of them already waiting (cancel it, or pause it for a machine that
+    has the model)."""
+    n = len(problems)
+    jobs = sum(p.jobs for p in problems)
+    head = (
+        f"{n} model{'s' if n != 1 else ''} ({_jobs(jobs)}) cannot be loaded on this machine; "
+        "nothing was " + ("submitted or " if submitting else "") + "run"
+    )
+    batches: dict[int, Waiting] = {}
+    for p in problems:
+        for w in p.waiting:
+            batches.setdefault(w.batch_id, w)
+    if not batches:
+        return head + " (--skip-model-check runs anyway: those jobs fail)"
+    ids = sorted(batches)
+    waiting = sum(w.jobs for p in problems for w in p.waiting)
+    who = "They wait" if waiting >= jobs else f"{waiting} of them wait"
+    where = _batches([batches[i] for i in ids])
+    more = f" (and {_and([f'--batch {i}' for i in ids[1:]])})" if len(ids) > 1 else ""
+    it = "it" if len(ids) == 1 else "them"
+    return (
+        f"{head}. {who} in {where}: `orchestrate jobs cancel --batch {ids[0]}`{more} cancels "
+        f"{it}, `orchestrate pause --batch {ids[0]}`{more} keeps {it} for a machine that has "
+        "the model; --skip-model-check runs anyway (those jobs fail)"
+    )
 
 
 def _hub_problem(model: str) -> str | None:
-    """Why a hub id cannot be loaded here: not a valid id, or not cached while offline."""
-    from huggingface_hub import try_to_load_from_cache
+    """Why a hub id cannot be loaded here: not a valid id; not cached while the hub cannot
+    be reached (HF_HUB_OFFLINE, or its host does not answer: ``workers.hub.reachable``); or
+    not a model the hub has (one request, no retries). None when it is cached, or the hub
+    has it (or cannot tell): the first job downloads it."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(model)
     except HFValidationError:
-        return "not a local diffusers folder, and not a valid Hugging Face hub id"
-    cached = try_to_load_from_cache(model, "model_index.json")
-    if isinstance(cached, str) and Path(cached).is_file():
-        return None
-    if _offline():
         return (
-            "not in this machine's Hugging Face cache, and the hub cannot be reached "
-            f"(HF_HUB_OFFLINE=1): download it where there is a network (`hf download {model}`) "
-            "or give a local diffusers folder"
+            f"not a built-in model{hub.did_you_mean(model)}, not a local diffusers folder, "
+            "and not a valid Hugging Face hub id"
         )
-    return None  # not cached, but online: the first job downloads it
+    if hub.is_cached(model):
+        return None
+    if not hub.online():
+        return hub.not_found_reason(model)
+    if hub.exists(model) is False:
+        return hub.missing_on_hub_reason(model)
+    return None
 
 
 def model_problem(model: str, quantization: str = "fp16", backend: str = "diffusers") -> str | None:
@@ -140,14 +200,19 @@ def _checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def check_models(counts: dict[ModelKey, int], backend: str = "diffusers") -> list[ModelProblem]:
+def check_models(
+    counts: Mapping[ModelKey, int],
+    backend: str = "diffusers",
+    waiting: Mapping[ModelKey, Sequence[Waiting]] | None = None,
+) -> list[ModelProblem]:
     """The models of ``counts`` (jobs per (model, quantization)) that cannot be loaded here,
-    in order of the most jobs affected."""
+    in order of the most jobs affected; ``waiting``: which batches of the queue hold them."""
     problems = []
-    for (model, quantization), n in counts.items():
-        reason = model_problem(model, quantization, backend)
+    for key, n in counts.items():
+        reason = model_problem(key[0], key[1], backend)
         if reason is not None:
-            problems.append(ModelProblem(model, quantization, n, reason))
+            held = tuple((waiting or {}).get(key, ()))
+            problems.append(ModelProblem(key[0], key[1], n, reason, held))
     return sorted(problems, key=lambda p: (-p.jobs, p.model, p.quantization))
 
 
@@ -156,23 +221,35 @@ def manifest_models(jobs: Iterable[Any]) -> Counter[ModelKey]:
     return Counter((j.model, j.quantization) for j in jobs)
 
 
-def pending_models(store: Any) -> Counter[ModelKey]:
-    """Jobs per (model, quantization) waiting in the queue to be run: one grouped query, as
-    many rows as there are distinct models. Paused work is left out (a run does not take it)."""
+def pending_by_batch(store: Any) -> dict[ModelKey, list[Waiting]]:
+    """The batches whose jobs wait in the queue to be run, per (model, quantization): one
+    grouped query, a row per model and batch. Paused work is left out (a run does not take
+    it)."""
     from sqlalchemy import func, select
 
     from orchestrator.models import Batch, Job, JobStatus, QueueState
 
     stmt = (
-        select(Job.model, Job.quantization, func.count())
+        select(Job.model, Job.quantization, Batch.id, Batch.name, func.count())
         .join(Batch, Batch.id == Job.batch_id)
         .where(Job.status == JobStatus.PENDING.value, Batch.paused_at.is_(None))
-        .group_by(Job.model, Job.quantization)
+        .group_by(Job.model, Job.quantization, Batch.id)
+        .order_by(Batch.id)
     )
+    found: dict[ModelKey, list[Waiting]] = {}
     with store.engine.connect() as conn:
         if conn.execute(select(QueueState.paused_at).where(QueueState.id == 1)).scalar():
-            return Counter()
-        return Counter({(m, q): int(n) for m, q, n in conn.execute(stmt)})
+            return found
+        for model, quantization, batch_id, name, n in conn.execute(stmt):
+            found.setdefault((model, quantization), []).append(Waiting(batch_id, name, int(n)))
+    return found
+
+
+def pending_models(store: Any) -> Counter[ModelKey]:
+    """Jobs per (model, quantization) waiting in the queue to be run (paused work left out)."""
+    return Counter(
+        {key: sum(w.jobs for w in batches) for key, batches in pending_by_batch(store).items()}
+    )
 
 
 def device_problem(device: str) -> str | None:
@@ -198,3 +275,81 @@ def missing_local_paths(counts: dict[ModelKey, int]) -> list[tuple[str, int]]:
         if looks_like_path(model) and not expand_path(model).exists():
             per_model[model] += n
     return sorted(per_model.items())
+
+
+SKIP_HINT = "--skip-model-check submits anyway, for workers on machines that have it"
+
+
+def refuse_missing_folders(manifest: Any, flag_model: str) -> None:
+    """Refuse a manifest whose model values look like local paths (``looks_like_path``) and
+    are not on this machine: a ManifestError with one issue per such model, at the first
+    line naming it (and the others counted), or a UsageError when it is ``--model``'s."""
+    from orchestrator.errors import ManifestError, ManifestIssue, UsageError
+
+    lines: dict[str, list[int]] = {}
+    seen: dict[str, bool] = {}
+    for job in manifest.jobs:
+        model = job.model
+        if model not in seen:
+            seen[model] = looks_like_path(model) and not expand_path(model).exists()
+        if seen[model] and (not lines.get(model) or lines[model][-1] != job.line):
+            lines.setdefault(model, []).append(job.line)
+    if not lines:
+        return
+    if flag_model in lines:
+        raise UsageError(
+            f"--model {flag_model!r}: no such folder on this machine "
+            f"({expand_path(flag_model).absolute()}); {SKIP_HINT}"
+        )
+    issues = []
+    for model, where in lines.items():
+        shown = ", ".join(str(n) for n in where[:10]) + (
+            f" and {len(where) - 10} more" if len(where) > 10 else ""
+        )
+        rows = "" if len(where) == 1 else f"; lines {shown} name it"
+        message = f"no such folder on this machine ({expand_path(model).absolute()}){rows}"
+        issues.append(ManifestIssue(manifest.path, where[0], "model", model, message))
+    issues.sort(key=lambda i: i.line)
+    raise ManifestError(issues, note=f" ({SKIP_HINT})")
+
+
+def tiny_world_warning(manifest: Any, *, shown: int = 10) -> str | None:
+    """One sentence naming the lines whose prompts for the built-in tiny model are outside the
+    world it was trained on (``workers.scenes``' grammar: it draws them anyway, and the
+    built-in judge cannot score them), with the first such prompt and why; None when there
+    are none."""
+    from workers.models import is_tiny
+    from workers.scenes import prompt_problem
+
+    why: dict[str, str | None] = {}
+    lines: dict[int, tuple[str, str]] = {}  # line -> its first prompt outside, and why
+    for job in manifest.jobs:
+        if job.line in lines or not is_tiny(job.model):
+            continue
+        if job.prompt not in why:
+            why[job.prompt] = prompt_problem(job.prompt)
+        problem = why[job.prompt]
+        if problem is not None:
+            lines[job.line] = (job.prompt, problem)
+    if not lines:
+        return None
+    numbers = sorted(lines)
+    listed = ", ".join(str(n) for n in numbers[:shown]) + (
+        f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    )
+    first = numbers[0]
+    prompt, problem = lines[first]
+    text = " ".join(prompt.split())
+    text = text if len(text) <= 60 else text[:57] + "..."
+    grammar = '(the grammar: README, "The built-in tiny model")'
+    if len(numbers) == 1:
+        return (
+            f"{manifest.path}: line {first} gives the built-in tiny model a prompt outside the "
+            f"world it draws ({text!r}: {problem}); it is drawn anyway, and the built-in judge "
+            f"cannot score it {grammar}"
+        )
+    return (
+        f"{manifest.path}: {len(numbers)} lines ({listed}) give the built-in tiny model prompts "
+        f"outside the world it draws (line {first}: {text!r}: {problem}); they are drawn "
+        f"anyway, and the built-in judge cannot score them {grammar}"
+    )

@@ -107,29 +107,87 @@ _SHAPE = "|".join(SHAPES)
 _POSITION = "|".join(re.escape(p) for p in sorted(POSITIONS, key=len, reverse=True))
 _PROMPT = re.compile(
     rf"^(?P<count>an?|one|two|three)\s+(?:(?P<size>small|large)\s+)?(?P<colour>{_COLOUR})\s+"
-    rf"(?P<shape>{_SHAPE})s?\s+(?:(?P<position>{_POSITION})\s+)?"
+    rf"(?P<shape>{_SHAPE})(?P<plural>s?)\s+(?:(?P<position>{_POSITION})\s+)?"
     rf"on\s+an?\s+(?P<background>{_COLOUR})\s+background\.?$"
 )
 _COUNTS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+_WORDS = {
+    *_COUNTS,
+    "small",
+    "large",
+    *COLOURS,
+    *SHAPES,
+    *(s + "s" for s in SHAPES),
+    *(w for p in POSITIONS for w in p.split()),
+    "on",
+    "background",
+}
+
+
+def _positions_text(width: int = 100) -> str:
+    """The positions, wrapped between names (never inside one) under their label."""
+    label = "positions (one shape): "
+    lines = [label]
+    for k, name in enumerate(POSITIONS):
+        item = name + (" |" if k < len(POSITIONS) - 1 else "")
+        if len(lines[-1]) + len(item) > width and lines[-1].strip():
+            lines[-1] = lines[-1].rstrip()
+            lines.append(" " * len(label))
+        lines[-1] += item + " "
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# The prompts this world says, as the README shows them; ``parse_prompt`` reads exactly these.
+GRAMMAR = "\n".join(
+    [
+        f"a [{'|'.join(s for s in SIZES if s != 'medium')}] <colour> <shape> [<position>] "
+        "on a <colour> background",
+        f"{'|'.join(COUNT_WORDS[n] for n in COUNT_WORDS if n > 1)} [small] <colour> <shape>s "
+        "on a <colour> background",
+        f"colours: {' '.join(COLOURS)} (the shapes' colour is not the background's)",
+        f"shapes: {' '.join(SHAPES)}",
+        _positions_text(),
+        "also read: 'an' or 'one' for 'a'; any case and spacing; a full stop at the end",
+    ]
+)
+
+
+def prompt_problem(prompt: str) -> str | None:
+    """Why a prompt is outside this world's grammar (``GRAMMAR``), in a few words; None when
+    it is a scene of this world."""
+    found = _parse(prompt)
+    return found if isinstance(found, str) else None
 
 
 def parse_prompt(prompt: str) -> Scene | None:
     """The scene a prompt describes, or None when it is not in this world's grammar."""
+    found = _parse(prompt)
+    return found if isinstance(found, Scene) else None
+
+
+def _parse(prompt: str) -> Scene | str:
     text = " ".join(prompt.lower().split())
     m = _PROMPT.match(text)
     if m is None:
-        return None
+        words = text.rstrip(".").split()
+        unknown = next((w for w in words if w not in _WORDS), None)
+        if unknown is not None:
+            return f"{unknown!r} is not a word of its world"
+        return "its words are not in the grammar's order"
+    count = _COUNTS[m["count"]]
+    if bool(m["plural"]) != (count > 1):
+        return f"{m['count']!r} goes with {m['shape'] + ('s' if count > 1 else '')!r}"
     try:
         return Scene(
             background=m["background"],
             colour=m["colour"],
             shape=m["shape"],
-            count=_COUNTS[m["count"]],
+            count=count,
             size=m["size"],
             position=" ".join(m["position"].split()) if m["position"] else None,
         )
-    except ValueError:
-        return None
+    except ValueError as exc:
+        return str(exc)
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:

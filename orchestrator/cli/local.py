@@ -46,17 +46,34 @@ from workers.quality import fmt_score
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @defaults_options
 @option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@option(
+    "--skip-model-check",
+    is_flag=True,
+    help="Submit even if a model that names a local folder is not on this machine (for "
+    "workers on machines that have it); a warning names it.",
+)
 @pass_state
-def submit(state: State, manifest: str, as_json: bool, **kw: Any) -> None:
-    """Validate MANIFEST and load its jobs into the queue."""
+def submit(state: State, manifest: str, as_json: bool, skip_model_check: bool, **kw: Any) -> None:
+    """Validate MANIFEST and load its jobs into the queue.
+
+    A model path that is not on this machine is refused at its line (--skip-model-check
+    submits it anyway); prompts for the built-in tiny model outside the world it draws are
+    named in a warning.
+    """
+    from orchestrator.preflight import refuse_missing_folders
+
+    defaults = defaults_from(kw)
     m = load_manifest(
         manifest,
-        defaults_from(kw),
+        defaults,
         extra_columns=kw["extra_columns"],
         max_jobs=kw["max_total_jobs"],
     )
+    if not skip_model_check:
+        refuse_missing_folders(m, defaults.model)
     report_submit(submit_manifest(state, m, Path(manifest).name, kw), as_json)
     warn_missing_local_models(m)
+    warn_outside_tiny_world(m)
 
 
 def warn_missing_local_models(manifest: Any) -> None:
@@ -71,37 +88,42 @@ def warn_missing_local_models(manifest: Any) -> None:
         )
 
 
+def warn_outside_tiny_world(manifest: Any) -> None:
+    """A warning, not an error: the tiny model draws any prompt, but was trained on one world."""
+    from orchestrator.preflight import tiny_world_warning
+
+    warning = tiny_world_warning(manifest)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def check_models_here(state: State, kw: dict[str, Any], manifest: Any | None) -> None:
     """Refuse to start a run whose models this machine cannot load: every distinct model of
-    the manifest (before it is submitted) and of the jobs already waiting, with job counts."""
+    the manifest (before it is submitted) and of the jobs already waiting, which a run works
+    through too, with job counts, their batches and the way out."""
     from orchestrator.preflight import (
         check_models,
         device_problem,
         manifest_models,
-        pending_models,
+        pending_by_batch,
+        refusal,
     )
 
     problem = device_problem(kw["device"])
     if problem is not None:
         raise UsageError(problem)
-    counts = pending_models(state.store())
+    waiting = pending_by_batch(state.store())
+    counts = {key: sum(w.jobs for w in batches) for key, batches in waiting.items()}
     if manifest is not None:
         # max, not sum: re-running a manifest finds its own jobs already waiting
         for key, n in manifest_models(manifest.jobs).items():
-            counts[key] = max(counts[key], n)
-    problems = check_models(counts, kw["backend"])
+            counts[key] = max(counts.get(key, 0), n)
+    problems = check_models(counts, kw["backend"], waiting)
     if not problems:
         return
     for p in problems:
         click.echo(f"error: {p}", err=True)
-    n = len(problems)
-    jobs = sum(p.jobs for p in problems)
-    raise UsageError(
-        f"{n} model{'s' if n != 1 else ''} ({jobs} job{'s' if jobs != 1 else ''}) cannot be "
-        "loaded on this machine; nothing was "
-        + ("submitted or " if manifest is not None else "")
-        + "run (--skip-model-check runs anyway: those jobs fail)"
-    )
+    raise UsageError(refusal(problems, submitting=manifest is not None))
 
 
 def _run_worker(
@@ -179,6 +201,7 @@ def run(
     if manifest and m is not None:
         result = submit_manifest(state, m, Path(manifest).name, kw)
         report_submit(result)
+        warn_outside_tiny_world(m)
         scope = manifest_scope(state.store(), m, result)
     sys.exit(_work_and_report(ctx, state, kw, scope))
 

@@ -109,7 +109,7 @@ def test_run_refuses_models_it_cannot_load_and_submit_warns(cli: Cli, tmp_path: 
     manifest = write(
         tmp_path / "jobs.csv",
         "prompt,model,num_images,steps\n"
-        "ok,tiny,1,1\n"
+        "a red circle on a blue background,tiny,1,1\n"
         "gone,./models/sd15,2,1\n"
         "hub,someone/not-cached,1,1\n",
     )
@@ -127,8 +127,14 @@ def test_run_refuses_models_it_cannot_load_and_submit_warns(cli: Cli, tmp_path: 
     with closing(sqlite3.connect(tmp_path / "orchestrate.db")) as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
 
-    # submit accepts it (the manifest may be for another machine), with a warning
-    submitted = cli("submit", str(manifest))
+    # submit refuses the missing folder at its line; asked to (the manifest may be for
+    # workers on another machine), it submits with a warning
+    refused = cli("submit", str(manifest), check=2)
+    assert refused.stderr.splitlines()[0] == (
+        f"error: {manifest}:3: column 'model': no such folder on this machine "
+        f"({tmp_path / 'models' / 'sd15'}) (got './models/sd15')"
+    )
+    submitted = cli("submit", "--skip-model-check", str(manifest))
     assert submitted.stderr == (
         "warning: model './models/sd15' (2 jobs) is not a folder on this machine; a worker "
         "that runs these jobs needs it\n"
@@ -136,25 +142,26 @@ def test_run_refuses_models_it_cannot_load_and_submit_warns(cli: Cli, tmp_path: 
     # run without a manifest checks the jobs that wait
     waiting = cli("run", check=2)
     assert waiting.stderr.splitlines()[-1] == (
-        "error: 2 models (3 jobs) cannot be loaded on this machine; nothing was run "
-        "(--skip-model-check runs anyway: those jobs fail)"
+        "error: 2 models (3 jobs) cannot be loaded on this machine; nothing was run. They wait "
+        "in batch 1 (jobs.csv): `orchestrate jobs cancel --batch 1` cancels it, `orchestrate "
+        "pause --batch 1` keeps it for a machine that has the model; --skip-model-check runs "
+        "anyway (those jobs fail)"
     )
     assert cli.json("status")["counts"]["pending"] == 4
 
-    # asked to, it runs: the good job succeeds, the missing folder fails at once (not
-    # retried); the hub id cannot load now, so it is retried, and the line says when
+    # asked to, it runs: the good job succeeds; the missing folder and the hub id that
+    # HF_HUB_OFFLINE keeps from the hub fail at once (a retry cannot help)
     ran = cli("run", "--skip-model-check", check=1)
     assert "1/4 succeeded, 3 failed" in ran.stdout
     with closing(sqlite3.connect(tmp_path / "orchestrate.db")) as db:
         rows = db.execute("SELECT model, status, attempts FROM jobs ORDER BY id").fetchall()
-    assert rows[:3] == [
+    assert rows == [
         ("tiny", "succeeded", 1),
         ("./models/sd15", "failed", 1),
         ("./models/sd15", "failed", 1),
+        ("someone/not-cached", "failed", 1),
     ]
-    assert rows[3] == ("someone/not-cached", "failed", 3)
-    assert "failed, retrying in 2s," in ran.stderr and "failed, retrying in 4s," in ran.stderr
-    assert ran.stderr.count("retrying") == 2
+    assert "retrying" not in ran.stderr
 
 
 def test_compile_on_the_cpu_is_refused_in_one_line(cli: Cli) -> None:

@@ -175,6 +175,7 @@ def test_an_uncached_hub_id_offline_says_what_to_do(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError) as info:
         run_job({**JOB, "model": "someone/not-cached-model"}, PipelineCache())
+    assert isinstance(info.value, JobInputError)  # HF_HUB_OFFLINE stays: a retry cannot help
     text = str(info.value)
-    assert "is not in this machine's Hugging Face cache" in text
+    assert "not in this machine's Hugging Face cache" in text
     assert "local_files_only" not in text and "stacktrace" not in text

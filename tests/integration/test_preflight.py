@@ -17,7 +17,9 @@ from orchestrator.preflight import (
     looks_like_path,
     missing_local_paths,
     model_problem,
+    pending_by_batch,
     pending_models,
+    refusal,
 )
 from orchestrator.store import JobStore, backoff_seconds
 from orchestrator.transports.local import LocalWorker
@@ -64,18 +66,45 @@ def test_a_recipe_variant_must_have_been_made() -> None:
 def test_hub_ids_offline_need_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
+    from workers import hub
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache(tmp_path, "me/cached")))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert model_problem("me/not-cached") is None  # online: the first job downloads it
-    assert model_problem("me/cached") is None
+    # online (no network is touched: the hub's answers are stood in for)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr(hub, "exists", lambda _repo: None)  # cannot tell: the job downloads it
+    assert model_problem("me/not-cached") is None
+    monkeypatch.setattr(hub, "exists", lambda repo: repo == "me/there")
+    assert model_problem("me/there") is None
+    assert model_problem("me/cached") is None  # the cache is enough: the hub is not asked
+    assert model_problem("me/gone") == (
+        "not a model on the Hugging Face hub (or a private one: `hf auth login` with a token "
+        "that may read it)"
+    )
+    assert model_problem("tiny-sd3") == (
+        "not a built-in model (did you mean 'tiny' or 'tiny-xl'?) or a folder on this "
+        "machine, and not a model on the Hugging Face hub (or a private one: `hf auth login` "
+        "with a token that may read it)"
+    )
     bad_id = model_problem("not a hub id!")
     assert bad_id is not None and "not a valid Hugging Face hub id" in bad_id
+
+    # the hub's host does not answer, HF_HUB_OFFLINE unset: the cache or nothing
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    assert model_problem("me/cached") is None
+    assert model_problem("Tiny") == (
+        "not a built-in model (did you mean 'tiny'?) or a folder on this machine, and not in "
+        "this machine's Hugging Face cache, and the hub cannot be reached (huggingface.co does "
+        "not answer): download it where there is a network (`hf download Tiny`) or give a "
+        "local diffusers folder"
+    )
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert model_problem("me/cached") is None
     offline = model_problem("me/not-cached")
     assert offline is not None and "not in this machine's Hugging Face cache" in offline
+    assert "(HF_HUB_OFFLINE=1)" in offline
 
 
 def test_coreml_needs_a_converted_folder(tmp_path: Path) -> None:
@@ -120,6 +149,29 @@ def test_paused_work_is_not_checked(store: JobStore) -> None:
     assert pending_models(store) == {("./y", "fp16"): 1}
     store.pause()  # the whole queue: a run takes nothing, so nothing needs checking
     assert pending_models(store) == {}
+
+
+def test_a_refusal_names_the_waiting_batches_and_the_way_out(store: JobStore) -> None:
+    submit_text(store, "prompt,model\na,./gone\nb,./gone\n")
+    submit_text(store, "prompt,model\nc,./gone\nd,./other\ne,tiny\n")
+    waiting = pending_by_batch(store)
+    counts = {key: sum(w.jobs for w in batches) for key, batches in waiting.items()}
+    counts[("./gone", "fp16")] = 5  # the manifest being run has more of them than wait
+    problems = check_models(counts, waiting=waiting)
+    assert [str(p).split(": no such folder")[0] for p in problems] == [
+        "model './gone', 5 jobs (3 waiting in batches 1 (test) and 2 (test))",
+        "model './other', 1 job waiting in batch 2 (test)",
+    ]
+    assert refusal(problems, submitting=True) == (
+        "2 models (6 jobs) cannot be loaded on this machine; nothing was submitted or run. "
+        "4 of them wait in batches 1 (test) and 2 (test): `orchestrate jobs cancel --batch 1` "
+        "(and --batch 2) cancels them, `orchestrate pause --batch 1` (and --batch 2) keeps them "
+        "for a machine that has the model; --skip-model-check runs anyway (those jobs fail)"
+    )
+    assert refusal(check_models({("./gone", "fp16"): 1}), submitting=True) == (
+        "1 model (1 job) cannot be loaded on this machine; nothing was submitted or run "
+        "(--skip-model-check runs anyway: those jobs fail)"
+    )
 
 
 def test_missing_local_paths_for_submits_warning(tmp_path: Path) -> None:

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # The job errors belong to the project's one hierarchy; re-exported here for the backends.
-from orchestrator.errors import JobError, JobInputError, JobInterrupted, ModelLoadError
+from orchestrator.errors import (
+    JobError,
+    JobInputError,
+    JobInterrupted,
+    ModelLoadError,
+    ModelNotFound,
+)
 
 BACKENDS = ("diffusers", "coreml")
 
@@ -21,6 +27,7 @@ __all__ = [
     "JobInputError",
     "JobInterrupted",
     "ModelLoadError",
+    "ModelNotFound",
     "batch_key",
 ]
 

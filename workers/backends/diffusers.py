@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers import families
+from workers import families, hub
 from workers.backends import (
     GenerationRequest,
     GenerationResult,
     JobInputError,
     JobInterrupted,
     ModelLoadError,
+    ModelNotFound,
     batch_key,
 )
 from workers.checkpoints import is_checkpoint_file
@@ -108,6 +109,39 @@ def _hub_unreachable(text: str) -> bool:
     return any(marker in text.lower() for marker in _UNREACHABLE)
 
 
+def hub_source_ready(model: str) -> bool:
+    """Whether a hub id may be loaded with the hub's help: True when it is online (a load
+    checks for a newer revision, or downloads); False when only the cache may be read. A model
+    neither cached nor reachable is refused here, before huggingface_hub would spend about
+    23 s in retries: ModelNotFound (not retried) when the hub says it has no such model or
+    HF_HUB_OFFLINE forbids asking, ModelLoadError (retried: the network may come back) when
+    the hub's host does not answer."""
+    if hub.online():
+        if not hub.is_cached(model) and hub.exists(model) is False:
+            raise ModelNotFound(f"model {model!r}: {hub.missing_on_hub_reason(model)}")
+        return True
+    if hub.is_cached(model):
+        return False
+    reason = f"model {model!r}: {hub.not_found_reason(model)}"
+    if hub.offline_by_setting():
+        raise ModelNotFound(reason)
+    raise ModelLoadError(reason)
+
+
+def _hub_says_not_found(exc: BaseException) -> bool:
+    """Whether the hub's answer under a load's error was "no such model"."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    seen: BaseException | None = exc
+    for _ in range(10):  # a short chain: diffusers wraps huggingface_hub's error once or twice
+        if seen is None:
+            return False
+        if isinstance(seen, RepositoryNotFoundError):
+            return not isinstance(seen, GatedRepoError)  # gated: there, but not for us yet
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def source_family(source: str) -> families.ModelInfo | None:
     """The family of the model at ``source`` from its configs, before any weights are read:
     UnsupportedModel (a JobInputError) for a kind this tool does not run; None when there are
@@ -122,7 +156,7 @@ def source_family(source: str) -> families.ModelInfo | None:
     else:
         read = families.hub_cache_reader(source)
         if read("model_index.json") is None:
-            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            if not hub.online():
                 return None  # offline and not cached: the load says what to fetch
             read = families.hub_reader(source)
             if read("model_index.json") is None:
@@ -144,15 +178,23 @@ def load_pipeline(source: str, dtype: Any) -> Any:
     transformers.utils.logging.disable_progress_bar()
     if is_checkpoint_file(source) and Path(source).is_file():
         return _load_checkpoint(Path(source), dtype)
-    info = source_family(source)  # refuses an unsupported kind before loading any weights
+    hub_id = not Path(source).exists() and not looks_like_path(source)
+    local_only = hub_id and not hub_source_ready(source)
+    with hub.quiet():
+        info = source_family(source)  # refuses an unsupported kind before loading any weights
     pipeline = info.pipeline if info is not None else families.SD_PIPELINE
     if pipeline == families.SDXL_PIPELINE:
         options: dict[str, Any] = {"add_watermarker": False}
     else:
         options = {"safety_checker": None, "requires_safety_checker": False}
+    if local_only:
+        options["local_files_only"] = True  # cached, and no hub to ask: never its retries
     try:
-        pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=dtype, **options)
+        with hub.quiet():
+            pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=dtype, **options)
     except (OSError, ValueError) as exc:
+        if hub_id and _hub_says_not_found(exc):
+            raise ModelNotFound(f"model {source!r}: {hub.missing_on_hub_reason(source)}") from exc
         if not Path(source).exists() and _hub_unreachable(str(exc)):
             # diffusers' advice (pass local_files_only=False, see a stack trace we do not
             # show) means nothing to a user of this tool; say what to do instead.
