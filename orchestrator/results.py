@@ -20,8 +20,18 @@ every tick, by ``verify --repair``) publishes it, or, if the staged bytes are go
 job back to pending. ``sweep`` removes staged files of attempts that can no longer publish
 and the temporary files of writers that died.
 
-A full disk (or a file-size limit) raises ``DiskFull``: the caller keeps its bytes and tries
-again later; nothing half-written stays behind.
+Errors are sorted by whom they hold up:
+
+- a full disk (or a file-size limit) raises ``DiskFull``, and a staging folder that cannot be
+  written into (no permission, a read-only disk, a file where the folder should be) raises
+  ``OutputUnwritable``: every image of this output folder would fail alike, so the caller keeps
+  its bytes, takes no new work and tries again later; nothing half-written stays behind;
+- any other OS error while publishing one job's image (its folder cannot be made or written,
+  a folder where the image goes, a name too long, another filesystem) is that job's state: the
+  job stays succeeded with ``published_at`` NULL and its staged bytes kept, ``last_error`` says
+  why and ``not_before`` when publishing is tried again (backoff from the commit, 2 s up to
+  5 min), and ``PublishBlocked`` is raised; ``recover`` skips it until then, and the other
+  jobs go on.
 """
 
 from __future__ import annotations
@@ -40,7 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.errors import DiskFull, OrchestratorError, is_no_space
+from orchestrator.errors import (
+    DiskFull,
+    OrchestratorError,
+    OutputUnwritable,
+    PublishBlocked,
+    describe_os_error,
+    is_no_space,
+)
 from orchestrator.output import image_path
 from orchestrator.store.base import process_gone
 
@@ -98,7 +115,8 @@ def stage(
     final: Path, attempt_id: int, data: bytes | Iterable[bytes], root: Path | None = None
 ) -> StagedImage:
     """Write an attempt's image under its own staged name, whole or not at all. ``data`` may
-    be an iterable of chunks (the coordinator streams from Redis). Raises DiskFull."""
+    be an iterable of chunks (the coordinator streams from Redis). Raises DiskFull, or
+    OutputUnwritable for any other OS error (the staging folder is every job's)."""
     target = staged_path(final, attempt_id, root)
     tmp = target.with_name(f"{int(attempt_id)}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     h = hashlib.sha256()
@@ -121,6 +139,10 @@ def stage(
             os.unlink(tmp)
         if isinstance(exc, OSError) and is_no_space(exc):
             raise DiskFull(f"no room to write {target}: {exc.strerror}") from exc
+        if isinstance(exc, OSError):
+            raise OutputUnwritable(
+                f"cannot write into {target.parent}: {describe_os_error(exc)}"
+            ) from exc
         raise
     return StagedImage(target, h.hexdigest(), size)
 
@@ -149,41 +171,72 @@ class Results:
     def publish(self, job_id: int, staged: Path, final: Path, sha256: str) -> bool:
         """Move a committed attempt's staged file to the job's path and mark it published.
         Idempotent, and safe to race with ``recover``: both move the same bytes. Returns
-        False when the bytes are gone (the job was put back to pending)."""
+        False when the bytes are gone (the job was put back to pending). Raises DiskFull, or
+        PublishBlocked (recorded on the job) for any other OS error."""
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-        except FileNotFoundError:
-            # Someone (recovery, or the writer itself) moved it first, or it is lost.
-            if not (final.is_file() and sha256_file(final) == sha256):
-                self.store.image_lost(
-                    job_id, f"image {staged} lost before publishing", sha256=sha256
-                )
-                logger.error("job %s: its staged image is gone; back to pending", job_id)
-                return False
+            try:
+                faults.point("results.publish")
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, final)
+            except FileNotFoundError:
+                # Someone (recovery, or the writer itself) moved it first, or it is lost.
+                if not (final.is_file() and sha256_file(final) == sha256):
+                    self.store.image_lost(
+                        job_id, f"image {staged} lost before publishing", sha256=sha256
+                    )
+                    logger.error("job %s: its staged image is gone; back to pending", job_id)
+                    return False
+            _fsync_dir(final.parent)
         except OSError as exc:
             if is_no_space(exc):
                 raise DiskFull(f"cannot publish {final}: {exc.strerror}") from exc
-            raise
-        _fsync_dir(final.parent)
+            raise self._blocked(job_id, sha256, final, exc) from exc
         self.store.mark_published(job_id, sha256)
         return True
 
-    def recover(self, limit: int = 1000) -> int:
+    def _blocked(self, job_id: int, sha256: str, final: Path, exc: OSError) -> PublishBlocked:
+        """Record on the job why its committed image cannot be put in place, and when that is
+        tried again; the error to raise or report."""
+        error = f"cannot publish {final}: {describe_os_error(exc)}"
+        retry_at = self.store.publish_failed(job_id, sha256, error)
+        logger.warning(
+            "job %s: %s (its image waits in %s; tried again in %.0fs)",
+            job_id,
+            error,
+            self.output_dir / STAGING,
+            max(0.0, (retry_at or time.time()) - time.time()),
+            extra={"job_id": job_id, "action": "publish_blocked"},
+        )
+        return PublishBlocked(error)
+
+    def recover(self, limit: int = 1000, *, backoff: bool = True) -> int:
         """Publish succeeded jobs whose publishing was cut short; put those whose image is
-        gone back to pending. Returns how many it looked at."""
-        rows = self.store.unpublished(limit)
+        gone back to pending. A job whose image cannot be published now is skipped (its error
+        recorded); with ``backoff``, one that failed before is looked at only once its next
+        try is due. Returns how many it looked at."""
+        rows = self.store.unpublished(limit, due=time.time() if backoff else None)
         for row in rows:
             final = Path(row["output_path"])
             sha = row["output_sha256"]
-            if final.is_file() and sha256_file(final) == sha:
-                self.store.mark_published(row["id"], sha)
+            try:
+                if final.is_file() and sha256_file(final) == sha:
+                    self.store.mark_published(row["id"], sha)
+                    continue
+                staged = staged_path(final, row["attempt_id"] or 0, self.output_dir)
+                if staged.is_file() and sha256_file(staged) != sha:
+                    self.store.image_lost(
+                        row["id"], f"staged image {staged} is corrupt", sha256=sha
+                    )
+                    continue
+                if not self.publish(row["id"], staged, final, sha):
+                    continue
+            except PublishBlocked:
+                continue  # recorded; the others go on
+            except OSError as exc:  # reading the image or its staged bytes
+                if is_no_space(exc):
+                    raise DiskFull(f"cannot publish {final}: {exc.strerror}") from exc
+                self._blocked(row["id"], sha, final, exc)
                 continue
-            staged = staged_path(final, row["attempt_id"] or 0, self.output_dir)
-            if staged.is_file() and sha256_file(staged) != sha:
-                self.store.image_lost(row["id"], f"staged image {staged} is corrupt", sha256=sha)
-                continue
-            self.publish(row["id"], staged, final, sha)
             logger.info(
                 "job %s: published after an interruption",
                 row["id"],
@@ -198,13 +251,16 @@ class Results:
         removed = {"staged": 0, "tmp": 0}
         staged: dict[int, Path] = {}
         for folder in self._staging_folders():
-            for entry in os.scandir(folder):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as exc:  # unreadable now: swept another time
+                logger.warning("cannot sweep %s: %s", folder, describe_os_error(exc))
+                continue
+            for entry in entries:
                 path = Path(entry.path)
                 m = _TMP.match(entry.name)
                 if m is not None:
-                    if _writer_dead(m["host"], int(m["pid"]), entry, now):
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
+                    if _writer_dead(m["host"], int(m["pid"]), entry, now) and _unlink(path):
                         removed["tmp"] += 1
                     continue
                 m = _STAGED.match(entry.name)
@@ -212,9 +268,7 @@ class Results:
                     staged[int(m[1])] = path
         keep = self.store.attempts_that_may_publish(list(staged))
         for attempt_id, path in staged.items():
-            if attempt_id not in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            if attempt_id not in keep and _unlink(path):
                 removed["staged"] += 1
         return removed
 
@@ -274,8 +328,20 @@ class Delivery:
     def abandon(self) -> None:
         """Give up before the commit: the staged file goes; the final path is never touched."""
         if self.staged is not None and not self.committed:
-            with contextlib.suppress(FileNotFoundError):
-                self.staged.path.unlink()
+            _unlink(self.staged.path)
+
+
+def _unlink(path: Path) -> bool:
+    """Remove a file this module wrote; one that cannot be removed now is left for a later
+    sweep (the folder may be read-only for a while). Whether it is gone."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        logger.warning("cannot remove %s: %s", path, describe_os_error(exc))
+        return False
+    return True
 
 
 def _writer_dead(host: str, pid: int, entry: os.DirEntry[str], now: float) -> bool:

@@ -205,7 +205,7 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> dict[str, int]
     count("half-submitted batches finished", len(submits["published"]))
     count("half-submitted batches removed", len(submits["removed"]))
     count("expired leases recovered", store.recover_expired())
-    count("unpublished results published", results.recover(limit=10**9))
+    count("unpublished results published", results.recover(limit=10**9, backoff=False))
     for row in report.missing + report.corrupt:
         why = "missing" if row in report.missing else "damaged"
         if row["output_path"]:
