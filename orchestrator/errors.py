@@ -85,16 +85,16 @@ def is_no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
 
 
-def describe_os_error(exc: OSError) -> str:
-    """``Permission denied (EACCES): '/out/3'``: the reason, its errno name, and the path the
-    system named (a rename names both)."""
+def describe_os_error(exc: OSError, *, paths: bool = True) -> str:
+    """``Permission denied (EACCES): '/out/3'``: the reason, its errno name, and (with
+    ``paths``) the path the system named (a rename names both)."""
     name = errno.errorcode.get(exc.errno or 0)
     text = exc.strerror or str(exc)
     if name:
         text += f" ({name})"
-    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
-    if paths:
-        text += ": " + " -> ".join(repr(p) for p in paths)
+    named = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if paths and named:
+        text += ": " + " -> ".join(repr(p) for p in named)
     return text
 
 

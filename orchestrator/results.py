@@ -140,8 +140,9 @@ def stage(
         if isinstance(exc, OSError) and is_no_space(exc):
             raise DiskFull(f"no room to write {target}: {exc.strerror}") from exc
         if isinstance(exc, OSError):
+            # The folder, not the temporary name: one message for as long as the state lasts.
             raise OutputUnwritable(
-                f"cannot write into {target.parent}: {describe_os_error(exc)}"
+                f"cannot write into {target.parent}: {describe_os_error(exc, paths=False)}"
             ) from exc
         raise
     return StagedImage(target, h.hexdigest(), size)
