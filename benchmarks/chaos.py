@@ -8,9 +8,10 @@ Each round: a private redis-server, SQLite file and output folder; a coordinator
 workers and a local worker (fake pipeline: the tests' agents) as real processes; 2-4 faults
 from the suite's list at random moments (SIGKILL of any process, a kill at a fault point, a
 Redis outage with or without its data, Redis errors, a second coordinator, a 20,000-row submit
-during work, cancel + retry racing a finishing worker, a full output disk); then a clean finish
-and the invariants. What it does not measure: real pipelines (the work is a fake image), and
-several machines (everything runs on this one).
+during work, cancel + retry racing a finishing worker, a full output disk, an output folder
+read-only for as long as an outage); then a clean finish and the invariants. What it does not
+measure: real pipelines (the work is a fake image), and several machines (everything runs on
+this one).
 """
 
 from __future__ import annotations
