@@ -18,7 +18,6 @@ with the others.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -201,7 +200,7 @@ class LocalWorker:
             self._work(claims)
             self._report("idle")
             done += len(claims)
-        self._housekeeping(backoff=False)
+        self._housekeeping(backoff=False, final=True)
         self._report("stopped")
         logger.info(
             "worker %s stopped: %d succeeded, %d failed",
@@ -235,18 +234,25 @@ class LocalWorker:
             self._paused = None
             self._report("idle")
 
-    def _housekeeping(self, *, backoff: bool = True) -> None:
+    def _housekeeping(self, *, backoff: bool = True, final: bool = False) -> None:
         """Finish what killed processes left: half-submitted batches, results committed but
         not published, staged and temporary files nobody will publish. With ``backoff``
         (between jobs), an image that could not be published is tried only once its next try
-        is due; at start and stop, every one is tried."""
+        is due; at start and stop, every one is tried. ``final``: the worker is stopping, so
+        a full disk or busy database is said once, not waited for."""
 
         def run() -> None:
             self.store.recover_submits()
             self.results.recover(backoff=backoff)
             self.results.sweep()
 
-        self._transient(run, "housekeeping")
+        if not final:
+            self._transient(run, "housekeeping")
+            return
+        try:
+            run()
+        except TransientError as exc:
+            logger.warning("could not finish up at exit (the next start does): %s", exc)
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -429,7 +435,10 @@ class LocalWorker:
             return
         delivery.abandon()
         reason = f"stopped before its image was saved ({why})"
-        self._transient(functools.partial(self.store.release, claim, reason), "cannot give it back")
+        try:
+            self.store.release(claim, reason)
+        except TransientError as exc:  # its lease runs out and the next claim recovers it
+            logger.warning("job %s: could not give it back: %s", job_id, exc)
         self.stats.released += 1
         logger.warning(
             "job %s given back: %s", job_id, reason, extra={**log_extra, "action": "job_released"}
