@@ -8,10 +8,11 @@ Each round: a private redis-server, SQLite file and output folder; a coordinator
 workers and a local worker (fake pipeline: the tests' agents) as real processes; 2-4 faults
 from the suite's list at random moments (SIGKILL of any process, a kill at a fault point, a
 Redis outage with or without its data, Redis errors, a second coordinator, a 20,000-row submit
-during work, cancel + retry racing a finishing worker, a full output disk, a coordinator
-SIGSTOPped at a fault point past its lease, taken over and woken beside its successor); then a
-clean finish and the invariants. What it does not measure: real pipelines (the work is a fake image), and
-several machines (everything runs on this one).
+during work, cancel + retry racing a finishing worker, a full output disk, an output folder
+read-only for as long as an outage, a coordinator SIGSTOPped at a fault point past its lease,
+taken over and woken beside its successor); then a clean finish and the invariants. What it
+does not measure: real pipelines (the work is a fake image), and several machines (everything
+runs on this one).
 """
 
 from __future__ import annotations

@@ -67,12 +67,35 @@ class DiskFull(TransientError):
     """The disk holding the output folder is full (or a file-size limit was hit)."""
 
 
+class OutputUnwritable(TransientError):
+    """The output folder cannot be written into (no permission, a read-only disk, a file where
+    a folder should be): nothing is saved until it can be, and nothing is lost meanwhile."""
+
+
+class PublishBlocked(OrchestratorError):
+    """A committed image cannot be put at its job's path; it waits in the staging folder and
+    publishing it is tried again with backoff. Only that job is held up."""
+
+
 # errno values that mean "no room to write": a full disk, a quota, a file-size limit.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def is_no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
+
+
+def describe_os_error(exc: OSError, *, paths: bool = True) -> str:
+    """``Permission denied (EACCES): '/out/3'``: the reason, its errno name, and (with
+    ``paths``) the path the system named (a rename names both)."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    if name:
+        text += f" ({name})"
+    named = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if paths and named:
+        text += ": " + " -> ".join(repr(p) for p in named)
+    return text
 
 
 class RedisUnavailable(TransientError):

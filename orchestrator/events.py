@@ -9,7 +9,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class JobEvent:
     job_id: int
-    # succeeded | failed | retrying | released | lost | superseded | cancelled
+    # succeeded | unpublished (succeeded, its image not in place yet) | failed | retrying |
+    # released | lost | superseded | cancelled
     status: str
     seconds: float  # how long the try took (0 when the coordinator cannot know)
     output_path: str | None = None

@@ -5,9 +5,11 @@ tests and ``benchmarks/chaos.py`` set it); the spec is read once per process.
 The spec is ``;``-separated rules:
 
 - ``POINT=ACTION`` or ``POINT=ACTION@N``: at the N-th time (default 1st) this process reaches
-  ``point(POINT)``, do ACTION: ``kill`` (SIGKILL itself), ``exit`` (``os._exit(70)``),
-  ``enospc`` (raise a no-space OSError), ``error`` (raise RuntimeError), ``stop`` (SIGSTOP
-  itself: a process hung at that point until someone sends SIGCONT).
+  ``point(POINT)``, do ACTION; ``@N+``: the N-th time and every time after. ACTION is
+  ``kill`` (SIGKILL itself), ``exit`` (``os._exit(70)``), ``error`` (raise RuntimeError),
+  ``stop`` (SIGSTOP itself: a process hung at that point until someone sends SIGCONT), or an
+  errno name in lower case (``enospc``, ``eacces``, ``erofs``, ``enotdir`` ...: raise the
+  OSError the system would).
 - ``redis:SITE=error@N``: the N-th Redis call from SITE raises ``ConnectionError``. SITE is
   ``function.command`` (``_take_events.lmove``, ``_finish.execute`` for a pipeline), the
   function being the nearest caller in this project's code; ``redis:*=error@N`` counts every
@@ -30,15 +32,15 @@ from typing import Any
 
 _lock = threading.Lock()
 _hits: Counter[str] = Counter()
-_rules: dict[str, tuple[str, int]] | None = None
+_rules: dict[str, tuple[str, int, bool]] | None = None
 _record: str | None = None
 _fired: str | None = None
 
 
-def _load() -> dict[str, tuple[str, int]]:
+def _load() -> dict[str, tuple[str, int, bool]]:
     global _rules, _record, _fired
     if _rules is None:
-        rules: dict[str, tuple[str, int]] = {}
+        rules: dict[str, tuple[str, int, bool]] = {}
         for part in filter(None, (p.strip() for p in os.environ.get(_ENV, "").split(";"))):
             name, _, action = part.partition("=")
             if name == "record":
@@ -48,7 +50,7 @@ def _load() -> dict[str, tuple[str, int]]:
                 _fired = action
                 continue
             action, _, nth = action.partition("@")
-            rules[name] = (action, int(nth or 1))
+            rules[name] = (action, int(nth.rstrip("+") or 1), nth.endswith("+"))
         _rules = rules
     return _rules
 
@@ -85,8 +87,9 @@ def _fire(action: str, name: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "exit":
         os._exit(70)
-    elif action == "enospc":
-        raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
+    elif action.isalpha() and action.islower() and hasattr(errno, action.upper()):
+        code = getattr(errno, action.upper())
+        raise OSError(code, f"{os.strerror(code)} (injected at {name})")
     elif action == "error":
         raise RuntimeError(f"fault injected at {name}")
     elif action == "connection":
@@ -100,10 +103,10 @@ def _count(name: str) -> str | None:
     rules = _load()
     if name not in rules:
         return None
-    action, nth = rules[name]
+    action, nth, after = rules[name]
     with _lock:
         _hits[name] += 1
-        return action if _hits[name] == nth else None
+        return action if _hits[name] == nth or (after and _hits[name] > nth) else None
 
 
 def point(name: str) -> None:

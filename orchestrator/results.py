@@ -25,8 +25,18 @@ writers that died.
 Before its first image a ``Results`` claims its output folder for its database
 (``orchestrator.ownership``): a folder another database owns is never written.
 
-A full disk (or a file-size limit) raises ``DiskFull``: the caller keeps its bytes and tries
-again later; nothing half-written stays behind.
+Errors are sorted by whom they hold up:
+
+- a full disk (or a file-size limit) raises ``DiskFull``, and a staging folder that cannot be
+  written into (no permission, a read-only disk, a file where the folder should be) raises
+  ``OutputUnwritable``: every image of this output folder would fail alike, so the caller keeps
+  its bytes, takes no new work and tries again later; nothing half-written stays behind;
+- any other OS error while publishing one job's image (its folder cannot be made or written,
+  a folder where the image goes, a name too long, another filesystem) is that job's state: the
+  job stays succeeded with ``published_at`` NULL and its staged bytes kept, ``last_error`` says
+  why and ``not_before`` when publishing is tried again (backoff from the commit, 2 s up to
+  5 min), and ``PublishBlocked`` is raised; ``recover`` skips it until then, and the other
+  jobs go on.
 """
 
 from __future__ import annotations
@@ -45,7 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.errors import DiskFull, OrchestratorError, is_no_space
+from orchestrator.errors import (
+    DiskFull,
+    OrchestratorError,
+    OutputUnwritable,
+    PublishBlocked,
+    describe_os_error,
+    is_no_space,
+)
 from orchestrator.output import image_path
 from orchestrator.ownership import claim as claim_folder
 from orchestrator.store.base import process_gone
@@ -114,7 +131,7 @@ def stage(
 ) -> StagedImage:
     """Write an attempt's image under its writer's own staged name, whole or not at all.
     ``data`` may be an iterable of chunks (the coordinator streams from Redis). Raises
-    DiskFull."""
+    DiskFull, or OutputUnwritable for any other OS error (the staging folder is every job's)."""
     target = staged_path(final, attempt_id, root, writer)
     tmp = target.with_name(f"{int(attempt_id)}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     h = hashlib.sha256()
@@ -137,6 +154,11 @@ def stage(
             os.unlink(tmp)
         if isinstance(exc, OSError) and is_no_space(exc):
             raise DiskFull(f"no room to write {target}: {exc.strerror}") from exc
+        if isinstance(exc, OSError):
+            # The folder, not the temporary name: one message for as long as the state lasts.
+            raise OutputUnwritable(
+                f"cannot write into {target.parent}: {describe_os_error(exc, paths=False)}"
+            ) from exc
         raise
     return StagedImage(target, h.hexdigest(), size)
 
@@ -154,11 +176,19 @@ class Results:
 
     def claim_folder(self) -> None:
         """Record this database as the output folder's owner (once per Results); raises
-        FolderOwnedElsewhere when another database owns it, OSError when it cannot be
-        written."""
-        if not self._claimed:
+        FolderOwnedElsewhere when another database owns it, DiskFull or OutputUnwritable
+        (states to wait out, as for staging) when it cannot be written."""
+        if self._claimed:
+            return
+        try:
             claim_folder(self.output_dir, self.store.owner())
-            self._claimed = True
+        except OSError as exc:
+            if is_no_space(exc):
+                raise DiskFull(f"no room to write into {self.output_dir}: {exc.strerror}") from exc
+            raise OutputUnwritable(
+                f"cannot write into {self.output_dir}: {describe_os_error(exc, paths=False)}"
+            ) from exc
+        self._claimed = True
 
     def final_path(self, job: dict[str, Any]) -> Path:
         return image_path(self.output_dir, job)
@@ -177,46 +207,77 @@ class Results:
     def publish(self, job_id: int, staged: Path, final: Path, sha256: str) -> bool:
         """Move a committed attempt's staged file to the job's path and mark it published.
         Idempotent, and safe to race with ``recover``: both move the same bytes. Returns
-        False when the bytes are gone (the job was put back to pending)."""
+        False when the bytes are gone (the job was put back to pending). Raises DiskFull, or
+        PublishBlocked (recorded on the job) for any other OS error."""
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-        except FileNotFoundError:
-            # Someone (recovery, or the writer itself) moved it first, or it is lost.
-            if not (final.is_file() and sha256_file(final) == sha256):
-                self.store.image_lost(
-                    job_id, f"image {staged} lost before publishing", sha256=sha256
-                )
-                logger.error("job %s: its staged image is gone; back to pending", job_id)
-                return False
+            try:
+                faults.point("results.publish")
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, final)
+            except FileNotFoundError:
+                # Someone (recovery, or the writer itself) moved it first, or it is lost.
+                if not (final.is_file() and sha256_file(final) == sha256):
+                    self.store.image_lost(
+                        job_id, f"image {staged} lost before publishing", sha256=sha256
+                    )
+                    logger.error("job %s: its staged image is gone; back to pending", job_id)
+                    return False
+            _fsync_dir(final.parent)
         except OSError as exc:
             if is_no_space(exc):
                 raise DiskFull(f"cannot publish {final}: {exc.strerror}") from exc
-            raise
-        _fsync_dir(final.parent)
+            raise self._blocked(job_id, sha256, final, exc) from exc
         self.store.mark_published(job_id, sha256)
         return True
 
-    def recover(self, limit: int = 1000) -> int:
+    def _blocked(self, job_id: int, sha256: str, final: Path, exc: OSError) -> PublishBlocked:
+        """Record on the job why its committed image cannot be put in place, and when that is
+        tried again; the error to raise or report."""
+        error = f"cannot publish {final}: {describe_os_error(exc)}"
+        retry_at = self.store.publish_failed(job_id, sha256, error)
+        logger.warning(
+            "job %s: %s (its image waits in %s; tried again in %.0fs)",
+            job_id,
+            error,
+            self.output_dir / STAGING,
+            max(0.0, (retry_at or time.time()) - time.time()),
+            extra={"job_id": job_id, "action": "publish_blocked"},
+        )
+        return PublishBlocked(error)
+
+    def recover(self, limit: int = 1000, *, backoff: bool = True) -> int:
         """Publish succeeded jobs whose publishing was cut short; put those whose image is
-        gone back to pending. Returns how many it looked at."""
-        rows = self.store.unpublished(limit)
+        gone back to pending. A job whose image cannot be published now is skipped (its error
+        recorded); with ``backoff``, one that failed before is looked at only once its next
+        try is due. Returns how many it looked at."""
+        rows = self.store.unpublished(limit, due=time.time() if backoff else None)
         for row in rows:
             final = Path(row["output_path"])
             sha = row["output_sha256"]
-            if final.is_file() and sha256_file(final) == sha:
-                self.store.mark_published(row["id"], sha)
+            try:
+                if final.is_file() and sha256_file(final) == sha:
+                    self.store.mark_published(row["id"], sha)
+                    continue
+                # The file the commit recorded; a guess only for commits made before it was.
+                staged = (
+                    Path(row["staged_path"])
+                    if row.get("staged_path")
+                    else staged_path(final, row["attempt_id"] or 0, self.output_dir)
+                )
+                if staged.is_file() and sha256_file(staged) != sha:
+                    self.store.image_lost(
+                        row["id"], f"staged image {staged} is corrupt", sha256=sha
+                    )
+                    continue
+                if not self.publish(row["id"], staged, final, sha):
+                    continue
+            except PublishBlocked:
+                continue  # recorded; the others go on
+            except OSError as exc:  # reading the image or its staged bytes
+                if is_no_space(exc):
+                    raise DiskFull(f"cannot publish {final}: {exc.strerror}") from exc
+                self._blocked(row["id"], sha, final, exc)
                 continue
-            # The file the commit recorded; a guess only for commits made before it was.
-            staged = (
-                Path(row["staged_path"])
-                if row.get("staged_path")
-                else staged_path(final, row["attempt_id"] or 0, self.output_dir)
-            )
-            if staged.is_file() and sha256_file(staged) != sha:
-                self.store.image_lost(row["id"], f"staged image {staged} is corrupt", sha256=sha)
-                continue
-            self.publish(row["id"], staged, final, sha)
             logger.info(
                 "job %s: published after an interruption",
                 row["id"],
@@ -230,17 +291,20 @@ class Results:
         temporary files of dead writers; with ``dry_run``, only count them."""
         removed = {"staged": 0, "tmp": 0}
         for kind, path in self._stale(time.time() if now is None else now):
-            if not dry_run:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            removed[kind] += 1
+            if dry_run or _unlink(path):
+                removed[kind] += 1
         return removed
 
     def _stale(self, now: float) -> list[tuple[str, Path]]:
         stale: list[tuple[str, Path]] = []
         staged: dict[int, list[Path]] = {}
         for folder in self._staging_folders():
-            for entry in os.scandir(folder):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as exc:  # unreadable now: swept another time
+                logger.warning("cannot sweep %s: %s", folder, describe_os_error(exc))
+                continue
+            for entry in entries:
                 m = _TMP.match(entry.name)
                 if m is not None:
                     if _writer_dead(m["host"], int(m["pid"]), entry, now):
@@ -323,8 +387,20 @@ class Delivery:
     def abandon(self) -> None:
         """Give up before the commit: the staged file goes; the final path is never touched."""
         if self.staged is not None and not self.committed:
-            with contextlib.suppress(FileNotFoundError):
-                self.staged.path.unlink()
+            _unlink(self.staged.path)
+
+
+def _unlink(path: Path) -> bool:
+    """Remove a file this module wrote; one that cannot be removed now is left for a later
+    sweep (the folder may be read-only for a while). Whether it is gone."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        logger.warning("cannot remove %s: %s", path, describe_os_error(exc))
+        return False
+    return True
 
 
 def _writer_dead(host: str, pid: int, entry: os.DirEntry[str], now: float) -> bool:

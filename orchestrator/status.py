@@ -118,6 +118,7 @@ def overview(
         "loading": store.loading_batches(),
         "paused": store.paused(),
         "quality": store.quality(batch_id),
+        "unpublished": store.unpublished_summary(batch_id),
     }
 
 
@@ -191,6 +192,25 @@ def health_lines(data: dict[str, Any]) -> list[str]:
             f"Batch {b['id']} ({b['name']}) is still being submitted: "
             f"{b['jobs_so_far']} jobs in so far, {b['state']}"
         )
+    out.extend(unpublished_lines(data.get("unpublished"), now))
+    return out
+
+
+def unpublished_lines(u: dict[str, Any] | None, now: float) -> list[str]:
+    """Succeeded jobs whose image could not be put in place: how many, and why (the first
+    few), with when it is tried again."""
+    if not u or not u.get("blocked"):
+        return []
+    n = u["blocked"]
+    what = "1 succeeded job's image waits" if n == 1 else f"{n} succeeded jobs' images wait"
+    out = [
+        f"Not published: {what} in the staging folder (tried again with backoff, at every "
+        "start, and by `orchestrate verify --repair`)"
+    ]
+    for r in u.get("examples") or []:
+        at = r.get("next_try_at")
+        when = "due now" if at is None or at <= now else f"next try in {duration(at - now)}"
+        out.append(f"  job {r['id']}: {r['error']} ({when})")
     return out
 
 

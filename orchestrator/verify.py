@@ -310,7 +310,7 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> tuple[dict[str
     count("half-submitted batches finished", len(submits["published"]))
     count("half-submitted batches removed", len(submits["removed"]))
     count("expired leases recovered", store.recover_expired())
-    results.recover(limit=10**9)
+    results.recover(limit=10**9, backoff=False)
     if report.unpublished:
         still = {r["id"] for r in store.unpublished(10**9)}
         now = store.image_owners(report.unpublished)

@@ -74,6 +74,9 @@ def status(
       quality         per batch with jobs under a quality gate: batch_id gated judged
                       passed failed_gate mean_score (of the images kept) min_score_low
                       min_score_high (the gates asked for)
+      unpublished     succeeded jobs whose image is not in place yet: count, blocked (a
+                      publish failed: the folder cannot be written), examples (the first
+                      five blocked: id batch_id output_path error next_try_at)
     """
     from orchestrator.status import overview
 

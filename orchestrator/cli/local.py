@@ -143,6 +143,12 @@ def _run_worker(
     def on_signal(signum: int, _frame: Any) -> None:
         if worker.stopping:
             click.echo("\nreleasing the current job and stopping now", err=True)
+        elif worker.paused:
+            click.echo(
+                f"\n{signal.Signals(signum).name}: stopping now; paused ({worker.paused}), so a "
+                "job whose image cannot be saved is given back",
+                err=True,
+            )
         else:
             click.echo(
                 f"\n{signal.Signals(signum).name}: finishing the current job, then stopping "
@@ -281,10 +287,33 @@ def _work_and_report(
         from orchestrator.cli.control import report_paused
 
         report_paused(store)  # the worker stops when only paused jobs are left
+    unpublished = report_unpublished(store, state.output)
     finished = counts["succeeded"] + counts["cancelled"]  # a job the user cancelled is no failure
-    if worker.stopping and finished != total:
+    if worker.stopping and (finished != total or unpublished):
         return 130
-    return 0 if finished == total and counts["failed"] == 0 else 1
+    return 0 if finished == total and counts["failed"] == 0 and not unpublished else 1
+
+
+def report_unpublished(store: Any, output: Path) -> int:
+    """Say which succeeded jobs' images are not in place (the folder could not be written, or
+    a stop came while the disk was full), why, and what publishes them; how many."""
+    from orchestrator.results import STAGING
+    from orchestrator.status import unpublished_lines
+
+    u = store.unpublished_summary()
+    if not u["count"]:
+        return 0
+    n = u["count"]
+    what = "1 succeeded job's image is" if n == 1 else f"{n} succeeded jobs' images are"
+    click.echo(
+        f"{what} not in place yet: waiting in {output / STAGING}; the next `orchestrate run` "
+        "or `work`, or `orchestrate verify --repair`, publishes them once the folder can be "
+        "written",
+        err=True,
+    )
+    for line in unpublished_lines(u, time.time())[1:]:
+        click.echo(line, err=True)
+    return n
 
 
 @main.command()

@@ -43,6 +43,8 @@ from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_run
 from workers.backends import BATCH_FIELDS
 from workers.quality import QUALITY_RESULT_FIELDS
 
+PUBLISH_BACKOFF_CAP_S = 300.0  # the longest wait between tries to publish a committed image
+
 
 def _payload(row: Any, attempt: int) -> dict[str, Any]:
     job = {c: row[c] for c in JOB_PAYLOAD_COLUMNS}
@@ -272,7 +274,8 @@ class LeasesMixin(StoreBase):
         return n == 1
 
     def mark_published(self, job_id: int, sha256: str) -> bool:
-        """The job's image is in place: set ``published_at`` (once)."""
+        """The job's image is in place: set ``published_at`` (once), and forget why publishing
+        it failed before."""
         with self._tx(write=True) as conn:
             return (
                 conn.execute(
@@ -281,14 +284,41 @@ class LeasesMixin(StoreBase):
                     .where(Job.status == JobStatus.SUCCEEDED.value)
                     .where(Job.output_sha256 == sha256)
                     .where(Job.published_at.is_(None))
-                    .values(published_at=time.time())
+                    .values(published_at=time.time(), last_error=None)
                 ).rowcount
                 == 1
             )
 
-    def unpublished(self, limit: int = 1000) -> list[dict[str, Any]]:
+    def publish_failed(
+        self, job_id: int, sha256: str, error: str, *, now: float | None = None
+    ) -> float | None:
+        """A committed image could not be put in place: record why on the job, and when to try
+        again (``not_before``: as long again as since the commit, 2 s to 5 min, so a folder
+        that stays unwritable is tried less and less often). Returns that time (None if the
+        job is no longer waiting to be published)."""
+        now = time.time() if now is None else now
+        with self._tx(write=True) as conn:
+            committed = conn.execute(
+                select(Job.finished_at)
+                .where(Job.id == job_id)
+                .where(Job.status == JobStatus.SUCCEEDED.value)
+                .where(Job.output_sha256 == sha256)
+                .where(Job.published_at.is_(None))
+            ).first()
+            if committed is None:
+                return None
+            retry_at = now + min(PUBLISH_BACKOFF_CAP_S, max(2.0, now - (committed[0] or now)))
+            conn.execute(
+                update(JOBS)
+                .where(Job.id == job_id)
+                .values(last_error=error[:2000], not_before=retry_at)
+            )
+        return retry_at
+
+    def unpublished(self, limit: int = 1000, *, due: float | None = None) -> list[dict[str, Any]]:
         """Succeeded jobs whose image is not yet in place, with the attempt that made it and
-        where that attempt staged it (None for attempts older than migration 0009)."""
+        where that attempt staged it (None for attempts older than migration 0009); with
+        ``due``, only those whose next try (after a failed publish) is due by then."""
         made = Attempt.__table__.alias("made")
         succeeded = (
             select(func.max(Attempt.id))
@@ -311,6 +341,8 @@ class LeasesMixin(StoreBase):
             .order_by(Job.id)
             .limit(limit)
         )
+        if due is not None:
+            stmt = stmt.where(Job.not_before.is_(None) | (Job.not_before <= due))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 

@@ -320,6 +320,40 @@ class ReportsMixin(StoreBase):
             )
         return out
 
+    def unpublished_summary(self, batch_id: int | None = None, examples: int = 5) -> dict[str, Any]:
+        """Succeeded jobs whose image is not in place yet: ``count`` (a process killed between
+        commit and publish, soon recovered, counts too), ``blocked`` (those a publish failed
+        for: the folder cannot be written) and the first ``examples`` of these: id batch_id
+        output_path error next_try_at."""
+        waiting = (Job.status == JobStatus.SUCCEEDED.value) & Job.published_at.is_(None)
+        if batch_id is not None:
+            waiting = waiting & (Job.batch_id == batch_id)
+        blocked = waiting & Job.last_error.is_not(None)
+        with self.engine.connect() as conn:
+            count, n_blocked = conn.execute(
+                select(func.count(), func.count(Job.last_error)).where(waiting)
+            ).one()
+            rows = conn.execute(
+                select(Job.id, Job.batch_id, Job.output_path, Job.last_error, Job.not_before)
+                .where(blocked)
+                .order_by(Job.id)
+                .limit(examples)
+            ).all()
+        return {
+            "count": int(count),
+            "blocked": int(n_blocked),
+            "examples": [
+                {
+                    "id": r.id,
+                    "batch_id": r.batch_id,
+                    "output_path": r.output_path,
+                    "error": r.last_error,
+                    "next_try_at": r.not_before,
+                }
+                for r in rows
+            ],
+        }
+
     def quality(self, batch_id: int | None = None) -> list[dict[str, Any]]:
         """Each batch with jobs under a quality gate: ``gated`` (such jobs), ``judged`` (those
         with a verdict), ``passed`` (succeeded: their image reached the gate),

@@ -30,7 +30,10 @@ lapse.
 
 Results go through ``orchestrator.results``; an image is streamed from Redis to its staged
 file, never read whole, and refused above ``max_image_bytes``. Malformed, foreign or forged
-events are dead-lettered and counted, never fatal.
+events are dead-lettered and counted, never fatal. A full or
+unwritable output folder pauses the coordinator (the event stays to be handled again); a job
+whose own folder cannot be written stays succeeded with its image staged, tried again with
+backoff.
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.errors import CoordinatorConflict, TransientError
+from orchestrator.errors import CoordinatorConflict, PublishBlocked, TransientError
 from orchestrator.events import JobEvent
 from orchestrator.hooks import HookRunner, Hooks, batch_summary
-from orchestrator.results import ImageMismatch, Results
+from orchestrator.results import STAGING, ImageMismatch, Results
 from orchestrator.store import Claim, JobStore, backoff_seconds
 from workers.rq import protocol as proto
 
@@ -117,6 +120,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._next: dict[str, float] = {}
         self._acquired = False
+        self._recovered = False  # the first recovery tries every unpublished image
 
     def request_stop(self) -> None:
         """Stop after this tick; asked again, stop waiting for completion hooks too."""
@@ -199,7 +203,17 @@ class Coordinator:
                 waiting,
                 extra={"action": "paused_left"},
             )
-        return 1 if waiting or self.store.counts()["failed"] else 0
+        blocked = self.store.unpublished_summary()["blocked"]
+        if blocked:
+            logger.warning(
+                "stopping with %d succeeded jobs' images not in place (the folder cannot be "
+                "written; `orchestrate status` says why): they wait in %s, and the next start "
+                "or `orchestrate verify --repair` publishes them",
+                blocked,
+                s.output_dir / STAGING,
+                extra={"action": "unpublished_left"},
+            )
+        return 1 if waiting or blocked or self.store.counts()["failed"] else 0
 
     def _due(self, what: str, every: float) -> bool:
         now = time.monotonic()
@@ -221,7 +235,8 @@ class Coordinator:
             raise CoordinatorConflict(f"coordinator {self.holder} lost its lease; stopping")
         if self._due("housekeeping", s.housekeeping_every):
             self.store.recover_submits()
-            self.results.recover()
+            self.results.recover(backoff=self._recovered)
+            self._recovered = True
             self.results.sweep()
         if self._due("workers", s.workers_every):
             self._sync_workers()
@@ -266,7 +281,7 @@ class Coordinator:
             self._finished_batches()
             self._sync_workers()
             # What a killed process staged or committed during this run is not left waiting.
-            self.results.recover()
+            self.results.recover(backoff=False)
             self.results.sweep()
         except CoordinatorConflict:
             logger.info(
@@ -498,6 +513,12 @@ class Coordinator:
             self.store.lose(claim, f"image corrupt in Redis: {exc}", count_attempt=True)
             logger.error("job %s: image corrupt in Redis; dispatching again", job_id)
             self.redis.delete(key)
+            return
+        except PublishBlocked as exc:
+            # Succeeded, its bytes staged: only its own folder is in the way (recorded).
+            self.redis.delete(key)
+            self._missing_since.pop(event.rq_id, None)
+            self._emit(JobEvent(job_id, "unpublished", 0.0, str(delivery.final), error=str(exc)))
             return
         self.redis.delete(key)
         self._missing_since.pop(event.rq_id, None)

@@ -7,14 +7,17 @@ compute blind, and a worker that dies stops renewing, so the next claim by anyon
 job back to pending (or to failed once its attempts are used up). Results go through
 ``orchestrator.results``: a worker that lost its job never touches the job's file.
 
-A busy or full database and a full output disk are states, not crashes: the worker says so in
-one line, keeps what it has (a finished image stays in memory, its lease renewed), takes no
-new work, and goes on when the resource is back.
+A busy or full database and a full or unwritable output folder are states, not crashes: the
+worker says so in one line, keeps what it has (a finished image stays in memory, its lease
+renewed), takes no new work, and goes on when the resource is back, retrying with backoff. A
+stop asked meanwhile (SIGTERM, Ctrl-C) does not wait for it: a job whose image is not saved is
+given back, one whose success is recorded is published by the next start. A job whose own
+folder cannot be written is that job's state (``orchestrator.results``): the worker goes on
+with the others.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -26,7 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from orchestrator.config import WorkerSettings
-from orchestrator.errors import JobInputError, JobInterrupted, QualityGateFailed, TransientError
+from orchestrator.errors import (
+    JobInputError,
+    JobInterrupted,
+    PublishBlocked,
+    QualityGateFailed,
+    TransientError,
+)
 from orchestrator.events import JobEvent
 from orchestrator.results import Results
 from orchestrator.store import Claim, JobStore, WorkerIdentity, backoff_seconds
@@ -47,7 +56,8 @@ T = TypeVar("T")
 
 # A worker whose last successful renewal is older than this share of its lease stops its job.
 FENCE_FRACTION = 0.75
-HOUSEKEEPING_EVERY_S = 60.0  # recover unpublished results and sweep staged files when idle
+HOUSEKEEPING_EVERY_S = 60.0  # recover unpublished results and sweep staged files
+PAUSE_BACKOFF = 8  # a stuck image is tried again after pause_seconds, doubling up to 8 times that
 
 
 def worker_identity() -> WorkerIdentity:
@@ -146,6 +156,11 @@ class LocalWorker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def paused(self) -> str | None:
+        """Why no work goes on now (a full or unwritable disk, a busy database), or None."""
+        return self._paused
+
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> WorkerStats:
@@ -153,16 +168,19 @@ class LocalWorker:
         s = self.settings
         try:
             self.results.claim_folder()  # another database's folder: refused before any job
-        except OSError as exc:
-            logger.warning("cannot write into the output folder yet: %s", exc)
+        except TransientError as exc:  # said again, as a pause, when a result needs it
+            logger.warning("%s", exc)
         logger.info("worker %s started", self.identity.name, extra={"action": "worker_started"})
         self._report("idle")
-        self._housekeeping()
+        self._housekeeping(backoff=False)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
         done = 0
         while not self._stop.is_set():
             if s.max_jobs is not None and done >= s.max_jobs:
                 break
+            if time.monotonic() >= next_housekeeping:  # busy or idle: blocked images wait
+                self._housekeeping()
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
             claim = self._transient(
                 lambda: self.store.claim(
                     self.identity,
@@ -179,9 +197,6 @@ class LocalWorker:
                     active = self._transient(self.store.has_workable, "cannot read the queue")
                     if active is False:
                         break
-                if time.monotonic() >= next_housekeeping:
-                    self._housekeeping()
-                    next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
                 self._stop.wait(s.poll_seconds if not self._paused else s.pause_seconds)
                 continue
             claims = [claim, *self._companions(claim, done)]
@@ -189,7 +204,7 @@ class LocalWorker:
             self._work(claims)
             self._report("idle")
             done += len(claims)
-        self._housekeeping()
+        self._housekeeping(backoff=False, final=True)
         self._report("stopped")
         logger.info(
             "worker %s stopped: %d succeeded, %d failed",
@@ -213,7 +228,7 @@ class LocalWorker:
 
     def _pause(self, why: str) -> None:
         if self._paused != why:
-            logger.error("paused: %s (retrying every %.0fs)", why, self.settings.pause_seconds)
+            logger.error("paused: %s (trying again in %.0fs)", why, self.settings.pause_seconds)
             self._paused = why
             self._report("paused")
 
@@ -223,16 +238,25 @@ class LocalWorker:
             self._paused = None
             self._report("idle")
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self, *, backoff: bool = True, final: bool = False) -> None:
         """Finish what killed processes left: half-submitted batches, results committed but
-        not published, staged and temporary files nobody will publish."""
+        not published, staged and temporary files nobody will publish. With ``backoff``
+        (between jobs), an image that could not be published is tried only once its next try
+        is due; at start and stop, every one is tried. ``final``: the worker is stopping, so
+        a full disk or busy database is said once, not waited for."""
 
         def run() -> None:
             self.store.recover_submits()
-            self.results.recover()
+            self.results.recover(backoff=backoff)
             self.results.sweep()
 
-        self._transient(run, "housekeeping")
+        if not final:
+            self._transient(run, "housekeeping")
+            return
+        try:
+            run()
+        except TransientError as exc:
+            logger.warning("could not finish up at exit (the next start does): %s", exc)
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -339,26 +363,41 @@ class LocalWorker:
         t0: float,
         log_extra: dict[str, Any],
     ) -> None:
-        """Stage, commit, publish (``orchestrator.results``); retried while the disk or the
-        database is full or busy, for as long as the job is ours and no second signal came."""
+        """Stage, commit, publish (``orchestrator.results``); retried with backoff while the
+        disk or the database is full or busy, or the output folder unwritable, for as long as
+        the job is ours and no stop was asked: a stop does not wait for a resource that may
+        not come back (the job is given back, or, once its success is recorded, left for the
+        next start to publish)."""
         job_id = claim.job["id"]
         delivery = self.results.delivery(claim, output.png, output.result)
+        delay = self.settings.pause_seconds
+        stuck = False  # a try failed: a stop now leaves rather than waits
         while True:
-            if not delivery.committed and (keeper.lost or self._abort.is_set()):
+            leave = self._abort.is_set() or (stuck and self._stop.is_set())
+            if not delivery.committed and keeper.lost:
                 delivery.abandon()
-                why = "lease lost" if keeper.lost else "stopped before its image was saved"
-                if not keeper.lost:
-                    self._transient(
-                        functools.partial(self.store.release, claim, why), "cannot give it back"
-                    )
-                self._emit(JobEvent(job_id, "lost", time.perf_counter() - t0, error=why))
+                self._emit(JobEvent(job_id, "lost", time.perf_counter() - t0, error="lease lost"))
+                return
+            if leave:
+                self._leave(claim, delivery, time.perf_counter() - t0, log_extra)
                 return
             try:
                 published = delivery.advance()
                 break
+            except PublishBlocked as exc:
+                # Only this job's folder: recorded on the job, tried again with backoff.
+                self._resume()
+                self.stats.succeeded += 1
+                self.stats.busy_s += float(output.result.get("total_s") or 0.0)
+                self._emit(
+                    JobEvent(job_id, "unpublished", time.perf_counter() - t0, error=str(exc))
+                )
+                return
             except TransientError as exc:
+                stuck = True
                 self._pause(f"job {job_id}: {exc}")
-                self._abort.wait(self.settings.pause_seconds)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.settings.pause_seconds * PAUSE_BACKOFF)
         self._resume()
         if not published:
             # Cancelled, or finished by another worker after our lease was lost.
@@ -376,6 +415,39 @@ class LocalWorker:
             extra={**log_extra, "action": "job_succeeded", "path": str(delivery.final)},
         )
         self._emit(JobEvent(job_id, "succeeded", time.perf_counter() - t0, str(delivery.final)))
+
+    def _leave(
+        self, claim: Claim, delivery: Any, seconds: float, log_extra: dict[str, Any]
+    ) -> None:
+        """Stop delivering an image that cannot be saved now, because a stop was asked: before
+        its commit the job is given back (no attempt used up); after it the job is succeeded
+        and its bytes wait in the staging folder for the next start to publish."""
+        job_id = claim.job["id"]
+        why = self._paused or "asked to stop"
+        if delivery.committed:
+            self.stats.succeeded += 1
+            logger.warning(
+                "job %s succeeded but its image is not in place (%s): it waits in %s, and the "
+                "next start of a worker or the coordinator publishes it (or `orchestrate "
+                "verify --repair`)",
+                job_id,
+                why,
+                delivery.staged.path,
+                extra={**log_extra, "action": "job_unpublished"},
+            )
+            self._emit(JobEvent(job_id, "unpublished", seconds, error=why))
+            return
+        delivery.abandon()
+        reason = f"stopped before its image was saved ({why})"
+        try:
+            self.store.release(claim, reason)
+        except TransientError as exc:  # its lease runs out and the next claim recovers it
+            logger.warning("job %s: could not give it back: %s", job_id, exc)
+        self.stats.released += 1
+        logger.warning(
+            "job %s given back: %s", job_id, reason, extra={**log_extra, "action": "job_released"}
+        )
+        self._emit(JobEvent(job_id, "released", seconds, error=reason))
 
     # -- reporting -----------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ The invariants, for every job of the round:
 - the output folder is one folder however it is spelled: local workers write through a
   symlink to it (``output-link``), and a ``verify --repair`` through that link at the end
   changes nothing (it once unlinked every image as an "orphan").
+
+The output folder may be read-only for part of a round (``unwritable_output``): the finish
+comes after it is writable again, and every image must then be in place.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.redis_server import RedisServer
+from tests.unwritable import unwritable
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -62,6 +66,7 @@ FAULTS = (
     "cancel_retry_race",
     "disk_full",
     "stop_coordinator",
+    "unwritable_output",
 )
 # The coordinator's lease (seconds) in rounds that stop one: a successor starts once it lapses.
 STOP_LEASE = 3
@@ -124,6 +129,7 @@ class Cluster:
             PYTHONPATH=str(REPO),
         )
         self.cancelled_batches: set[int] = set()
+        self.notes: list[str] = []  # how faults were made, for the round's record
         self._store: Any = None
 
     # -- processes -------------------------------------------------------------------------------
@@ -336,11 +342,12 @@ def run_round(
     outage_s: tuple[float, float] = (2, 4),
     faults: int | None = None,
     window_s: float = 3.0,
+    only: list[str] | None = None,
 ) -> Outcome:
-    """One seeded round: ``faults`` (2-4) of FAULTS at random moments in the first
-    ``window_s`` seconds of the work, then a clean finish and the invariants."""
+    """One seeded round: ``faults`` (2-4) of FAULTS (or exactly ``only``) at random moments in
+    the first ``window_s`` seconds of the work, then a clean finish and the invariants."""
     rng = random.Random(seed)
-    chosen = rng.sample(FAULTS, faults or rng.randint(2, 4))
+    chosen = list(only) if only is not None else rng.sample(FAULTS, faults or rng.randint(2, 4))
     persistent = "redis_outage" in chosen
     t0 = time.monotonic()
     cluster = Cluster(root, persistent_redis=persistent)
@@ -375,6 +382,7 @@ def run_round(
         local_extra = ["--big", "--fsize", "1500000"] if "disk_full" in chosen else []
         cluster.local_worker("local-1", point_faults["local-1"], *local_extra)
         _inject(cluster, rng, chosen, outage_s, window_s)
+        outcome.faults.extend(cluster.notes)
         cluster.finish()
         cluster.check(outcome)
     finally:
@@ -439,6 +447,18 @@ def _inject(
             if running:
                 cluster.store().cancel(running)
                 cluster.store().retry(running)
+        elif fault == "unwritable_output":
+            # The whole output folder (staging and batch folders too) read-only for a while,
+            # once work is under way: it pauses or waits to be published, and all of it
+            # lands once the folder is writable again.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not cluster.query(
+                "SELECT 1 FROM jobs WHERE status = 'succeeded' LIMIT 1"
+            ):
+                time.sleep(0.05)
+            with unwritable(cluster.out, recursive=True) as how:
+                cluster.notes.append(f"unwritable_output:{how}")
+                time.sleep(rng.uniform(*outage_s))
         elif fault == "disk_full":
             time.sleep(rng.uniform(0.5, 1.5))
             proc = cluster.procs.get("local-1")

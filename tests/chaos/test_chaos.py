@@ -132,3 +132,19 @@ def test_a_redis_error_at_every_call_site(tmp_path: Path, who: str) -> None:
         if site not in fail([site]):
             failures.append(f"no round reached the Redis call at {site}")
     assert not failures, "\n".join(failures)
+
+
+def test_an_unwritable_output_folder_round(tmp_path: Path) -> None:
+    """The output folder (staging and batch folders too) cannot be written for seconds in the
+    middle of the work: the coordinator and the local worker pause or leave images to be
+    published, nothing crashes, and once it is writable every job ends succeeded exactly once
+    with its image in place."""
+    root = tmp_path / "round"
+    outcome = run_round(root, 7, jobs=60, only=["unwritable_output"], outage_s=(3, 5), window_s=1.0)
+    assert outcome.ok, outcome.summary()
+    assert any(f.startswith("unwritable_output:") for f in outcome.faults), outcome.faults
+    logs = {p.name: p.read_text(errors="replace") for p in (root / "logs").glob("*.log")}
+    hit = [n for n, t in logs.items() if "cannot write into" in t or "cannot publish" in t]
+    assert hit, "the read-only folder was never met"
+    crashed = [n for n, t in logs.items() if "Traceback" in t]
+    assert not crashed, crashed
