@@ -1,11 +1,14 @@
-"""Progress of a run: a bar on a terminal, plain log lines otherwise."""
+"""Progress of a run: a bar on a terminal, plain log lines otherwise.
+
+Bars are rich's, the library that also draws ``status``: one way to draw progress.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 from orchestrator.events import JobEvent
 
@@ -36,20 +39,12 @@ class Progress:
         self.tty = self.stream.isatty() if tty is None else tty
         self.started = time.monotonic()
         self.made = 0
-        self._bar: Any = None
+        self._bar: Bar | None = None
         c = counts()
         self.initial_done = sum(c[s] for s in FINISHED)
         if self.tty:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=sum(c.values()),
-                initial=self.initial_done,
-                unit="img",
-                file=self.stream,
-                dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
-            )
+            self._bar = Bar("", unit="img", stream=self.stream)
+            self._bar.update(self.initial_done, sum(c.values()))
 
     def rate_per_minute(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -64,10 +59,7 @@ class Progress:
         rate = self.rate_per_minute()
         eta = (total - done) / rate * 60 if rate > 0 else None
         if self._bar is not None:
-            self._bar.total = total
-            self._bar.n = done
-            self._bar.set_postfix_str(f"{rate:.1f} img/min, {c['failed']} failed", refresh=False)
-            self._bar.refresh()
+            self._bar.update(done, total, f"{rate:.1f} img/min, {c['failed']} failed")
         else:
             what = event.status
             if event.status == "retrying" and event.retry_in is not None:
@@ -83,3 +75,47 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class Bar:
+    """A bar on a terminal: what, done of total, elapsed and remaining time, and a note.
+
+    Drawn when ``update`` is called (first on the first), never by a thread of its own."""
+
+    def __init__(self, description: str, *, unit: str, stream: TextIO | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._progress = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=Console(file=stream or sys.stderr),
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._task = self._progress.add_task(description, total=None, note="")
+        self._started = False
+
+    def update(self, done: int, total: int | None, note: str = "") -> None:
+        self._progress.update(self._task, completed=done, total=total, note=note)
+        if self._started:
+            self._progress.refresh()
+        else:
+            self._progress.start()  # draws it
+            self._started = True
+
+    def close(self) -> None:
+        self._progress.stop()

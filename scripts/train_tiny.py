@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 # the same bits either way. A value the user set (PASSIVE, beside other work) is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
-from tqdm import tqdm  # noqa: E402
-
+from orchestrator.progress import Bar  # noqa: E402
 from workers.evaluation import contact_sheet, evaluate  # noqa: E402
 from workers.task import PipelineCache  # noqa: E402
 from workers.tiny import SHIPPED_TINY  # noqa: E402
@@ -84,15 +83,16 @@ def main() -> None:
     if args.scale != 1.0:
         config = config.scaled(args.scale)
 
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, Bar] = {}
+    losses: dict[str, str] = {}
 
     def progress(phase: str, step: int, total: int, loss: float) -> None:
         bar = bars.get(phase)
         if bar is None:
-            bar = bars[phase] = tqdm(total=total, desc=phase, unit="step", smoothing=0.05)
-        bar.update(1)
+            bar = bars[phase] = Bar(phase, unit="steps")
         if step % 20 == 0 or step == total - 1:
-            bar.set_postfix(loss=f"{loss:.4f}")
+            losses[phase] = f"loss {loss:.4f}"
+        bar.update(step + 1, total, losses.get(phase, ""))
         if step == total - 1:
             bar.close()
 

@@ -88,12 +88,16 @@ def cli(argv: Sequence[str] | None = None) -> None:
 
 def _foreign_error(exc: Exception) -> OrchestratorError | None:
     """Errors of the database and Redis drivers that reached the top, as the project's own
-    (the engine translates a locked or full database where it happens; this catches the rest)."""
+    (the engine translates a locked or full database where it happens; this catches the rest),
+    and a package of an extra that is not installed, as the extra to install."""
     import redis
     from sqlalchemy.exc import SQLAlchemyError
 
+    from orchestrator import extras
     from orchestrator.errors import DatabaseError, RedisUnavailable
 
+    if isinstance(exc, ModuleNotFoundError) and (extra := extras.extra_for(exc.name)):
+        return extras.refusal(extra, [str(exc.name).partition(".")[0]])
     if isinstance(exc, SQLAlchemyError):
         return DatabaseError(f"the job database failed: {getattr(exc, 'orig', None) or exc}")
     if isinstance(exc, redis.exceptions.RedisError):

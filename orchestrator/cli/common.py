@@ -18,6 +18,7 @@ from orchestrator.config import (
     DEFAULT_MAX_ATTEMPTS,
 )
 from orchestrator.errors import ManifestError, TransientError, UsageError
+from orchestrator.extras import require as require_extra
 from orchestrator.manifest import (
     MAX_JOBS,
     QUANTIZATIONS,
@@ -211,7 +212,9 @@ def backend_options() -> list[Callable[[Any], Any]]:
 
 
 def require_backend(backend: str) -> None:
-    """Refuse at start, not per job, a backend this machine cannot run."""
+    """Refuse at start, not per job, a backend this machine has not installed (each backend
+    is the extra of its name) or cannot run."""
+    require_extra(backend)
     if backend == "coreml":
         from workers.backends.coreml import check_platform
 

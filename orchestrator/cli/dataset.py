@@ -10,6 +10,7 @@ import click
 from orchestrator.cli import main
 from orchestrator.cli.common import State, configure_logging, option, pass_state
 from orchestrator.export import DEFAULT_SHARD_SIZE, FORMATS
+from orchestrator.extras import require as require_extra
 
 
 @main.command()
@@ -39,6 +40,8 @@ def export(
     """
     from orchestrator.export import export_dataset
 
+    if fmt == "parquet":
+        require_extra("parquet")
     result = export_dataset(
         state.store(existing=True),
         Path(outdir).expanduser().absolute(),
@@ -72,6 +75,7 @@ def reproduce(ctx: click.Context, image: str, compare: bool, device: str | None)
     """
     from orchestrator.reproduce import reproduce_image, reproduced_path
 
+    require_extra("diffusers")
     configure_logging(ctx.find_root().meta["verbose"])
     path = Path(image).expanduser()
     result = reproduce_image(path, device=device, write_copy=compare)

@@ -11,6 +11,7 @@ import click
 from orchestrator.cli import main
 from orchestrator.cli.common import option
 from orchestrator.errors import UsageError
+from orchestrator.extras import require as require_extra
 
 
 @main.group()
@@ -73,16 +74,14 @@ def analyze_cmd(
 ) -> None:
     """Per-layer sensitivity of the UNet to 1/2/4/6/8-bit and grouped-channel palettization
     (hours on a real model)."""
-    from tqdm import tqdm
-
+    require_extra("diffusers")
+    from orchestrator.progress import Bar
     from workers.compression.commands import analyze_model
 
-    bar = tqdm(total=None, unit="run", desc="analyze")
+    bar = Bar("analyze", unit="runs")
 
     def progress(done: int, total: int, what: str) -> None:
-        bar.total = total
-        bar.n = done
-        bar.set_postfix_str(what[-50:], refresh=True)
+        bar.update(done, total, what[-50:])
 
     try:
         result = analyze_model(
@@ -132,6 +131,7 @@ def recipe_cmd(
     analysis: str, bits: float | None, psnr_floor: float | None, name: str | None, grouped: bool
 ) -> None:
     """Pick per-layer palettization from an analysis and save the recipe into it."""
+    require_extra("diffusers")
     from workers.compression.commands import make_recipe
 
     if (bits is None) == (psnr_floor is None):
@@ -189,6 +189,7 @@ def compress_cmd(
     attention: str,
 ) -> None:
     """Apply a recipe: a compressed variant the workers can use (registered under its name)."""
+    require_extra("coreml" if fmt == "coreml" else "diffusers")
     from workers.compression.commands import compress_model
 
     r = compress_model(
@@ -220,6 +221,7 @@ def compress_cmd(
 def export_checkpoint_cmd(model_name: str, out: str) -> None:
     """Write a model as one .safetensors in the original Stable Diffusion layout (what A1111
     and other single-file tools load; a manifest's model column takes it too)."""
+    require_extra("diffusers")
     from workers.compression.commands import export_checkpoint_file
 
     r = export_checkpoint_file(model_name, Path(out))
@@ -273,6 +275,7 @@ def convert_cmd(
     precision: str,
 ) -> None:
     """Export a model to Core ML .mlpackages (runs on Linux; prediction needs macOS)."""
+    require_extra("coreml")
     from workers.compression.commands import convert_model
 
     r = convert_model(
@@ -291,6 +294,7 @@ def convert_cmd(
 @option("--json", "as_json", is_flag=True)
 def list_cmd(as_json: bool) -> None:
     """Compressed variants registered on this machine, and the recipes they came from."""
+    require_extra("diffusers")
     from workers.compression.commands import list_variants
 
     rows = list_variants()
