@@ -495,6 +495,18 @@ class LeasesMixin(StoreBase):
                 self._finish_attempt(conn, claim, AttemptStatus.LOST, error=error)
         return status.value if n else None
 
+    def attempt_seconds(self, attempt_id: int) -> float | None:
+        """How long an attempt has run: from its start (the database host's clock; for a
+        dispatch no worker took, from the dispatch) to its end, or to now while it is open.
+        None for an attempt there is no row of."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Attempt.started_at, Attempt.finished_at).where(Attempt.id == attempt_id)
+            ).first()
+        if row is None:
+            return None
+        return max(0.0, (row.finished_at or time.time()) - row.started_at)
+
     # -- the Redis transport: the coordinator holds the lease for its dispatches ----------------
 
     def dispatch(
