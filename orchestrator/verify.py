@@ -106,7 +106,9 @@ class Report:
             out.append(f"half-submitted batches of dead loaders: {self.half_submitted}")
         for what, n in self.repaired.items():
             out.append(f"repaired: {n} {what}")
-        out.append("all is well" if self.clean else f"{self.problems} problems")
+        out.append(
+            "all is well" if self.clean else f"{self.problems} problem{'s' * (self.problems != 1)}"
+        )
         return out
 
 
