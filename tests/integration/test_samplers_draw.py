@@ -4,7 +4,6 @@ steps, drew noise)."""
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
 import pytest
@@ -43,25 +42,26 @@ def test_karras_spacing_draws_at_few_steps(backend: Any) -> None:
 
 
 def test_every_row_of_the_example_manifest_draws(backend: Any) -> None:
-    """README command 1's manifest: each row's first image shows most of what it states."""
+    """README command 1's manifest, as submit reads it: each row's first image shows most of
+    what it states."""
+    from orchestrator.manifest import load_manifest
     from workers.backends import GenerationRequest
 
-    with open(REPO / "jobs.example.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    firsts = [j for j in load_manifest(REPO / "jobs.example.csv").jobs if j.image_index == 0]
     scores = {}
-    for row in rows:
+    for job in firsts:
         request = GenerationRequest(
-            prompt=row["prompt"],
-            negative_prompt=row["negative_prompt"],
-            seed=int(row["seed"] or 0),
-            steps=int(row["steps"]),
-            guidance_scale=float(row["guidance_scale"]),
-            width=int(row["width"] or 64),
-            height=int(row["height"] or 64),
-            scheduler=row["scheduler"],
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            seed=job.seed,
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+            width=job.width,
+            height=job.height,
+            scheduler=job.scheduler,
         )
-        verdict = judge(backend.generate(request).image, row["prompt"])
-        assert verdict is not None, row["prompt"]
-        scores[row["scheduler"], row["prompt"]] = verdict.score
-    assert {s for s, _ in scores} == set(SCHEDULER_NAMES)
+        verdict = judge(backend.generate(request).image, job.prompt)
+        assert verdict is not None, job.prompt
+        scores[job.line, job.scheduler, job.steps] = verdict.score
+    assert {s for _, s, _ in scores} == set(SCHEDULER_NAMES)
     assert min(scores.values()) >= 0.6, scores
