@@ -3,7 +3,7 @@ image, UNet evaluations and seconds per image.
 
     python benchmarks/schedulers.py [--model tiny] [--prompts 60] [--size 64] [--threads N]
 
-Rows: DPM-Solver++ (2M) at 10/15/20/25 steps, its Karras-sigma form at 20, PNDM (PLMS) at 50,
+Rows: DPM-Solver++ (2M) at 10/15/20/25 steps, its Karras-sigma form at 10 and 20, PNDM (PLMS) at 20, 40, 50,
 Euler and Euler ancestral at 20, DDIM at 20 and 50, and the reference itself: DPM-Solver++ (2M)
 at 100 steps. Every row generates the held-out prompts of ``workers.judge`` (never trained on;
 the first ``--prompts`` of the 60), image ``i`` with seed 1000 + i, guidance 7.5, through the
@@ -67,7 +67,10 @@ RUNS = (
     ("dpmpp_2m", 15),
     ("dpmpp_2m", 20),
     ("dpmpp_2m", 25),
+    ("dpmpp_2m_karras", 10),
     ("dpmpp_2m_karras", 20),
+    ("pndm", 20),
+    ("pndm", 40),
     ("pndm", 50),
     ("euler", 20),
     ("euler_a", 20),

@@ -12,7 +12,7 @@ class JobEvent:
     # succeeded | unpublished (succeeded, its image not in place yet) | failed | retrying |
     # released | lost | superseded | cancelled
     status: str
-    seconds: float  # how long the try took (0 when the coordinator cannot know)
+    seconds: float  # how long the try ran, from its attempt's start
     output_path: str | None = None
     error: str | None = None
     retry_in: float | None = None  # for "retrying": seconds until the next try may start

@@ -28,7 +28,7 @@ from orchestrator.errors import UsageError
 from orchestrator.models import JOB_FIELDS, Job
 from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse
-from orchestrator.store.base import EXPORT_TIMINGS
+from orchestrator.store.base import EXPORT_RUN, EXPORT_TIMINGS
 
 FORMATS = ("imagefolder", "parquet", "webdataset")
 DEFAULT_SHARD_SIZE = 1000
@@ -47,11 +47,13 @@ def _arrow_type(column: str) -> str:
 # Metadata of each image, in column order, with the Arrow type of its Parquet column: the ids,
 # the job's own fields (as the schema types them), what its quality gate's judge said (score:
 # null without a gate; image_seed: the seed that made the image, the job's own without a
-# gate), its attempt's stage timings.
+# gate), what its attempt ran on (backend, device, and the dtype it computed in, beside the
+# quantization the job asked for) and its stage timings.
 COLUMNS: dict[str, str] = {
     "job_id": "int64",
     "batch_id": "int64",
     **{name: _arrow_type(name) for name in (*JOB_FIELDS, "tags", "score", "image_seed")},
+    **dict.fromkeys(EXPORT_RUN, "string"),
     **dict.fromkeys(EXPORT_TIMINGS, "float64"),
 }
 _SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name

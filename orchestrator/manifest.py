@@ -36,7 +36,7 @@ from orchestrator.models import GATE_FIELDS, JOB_FIELDS
 from orchestrator.output import check_output_dir, check_output_name
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
 from workers.quality import DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
-from workers.schedulers import SCHEDULER_NAMES
+from workers.schedulers import SCHEDULER_NAMES, steps_problem
 
 SEED_MAX = 2**32 - 1
 INT_LIMITS = {
@@ -663,6 +663,14 @@ def parse_manifest(
                         values = dict(zip(axes, combo, strict=True))
                         spec = resolver.resolve(values, defaults)
                         seed = base_seed if spec["seed"] is None else int(spec["seed"])
+                        problem = steps_problem(
+                            str(spec["model"]), str(spec["scheduler"]), int(spec["steps"])
+                        )
+                        if problem:  # named by the cell that asked for it, if one did
+                            named = next(
+                                (c for c in ("scheduler", "steps") if cell(c).strip()), None
+                            )
+                            raise _RowFailed(named, cell(named) if named else None, problem)
                         if seed + count - 1 > SEED_MAX:
                             raise _RowFailed(
                                 "num_images",

@@ -65,11 +65,24 @@ def candidate_seed(seed: int, n: int) -> int:
     return (seed + n * SEED_STEP) % SEED_SPACE
 
 
-def attempt_seeds(seed: int, attempt: int, tries: int) -> list[int]:
-    """The seeds attempt number ``attempt`` (1, 2, ...) of a gated job tries, in order: those
-    after every seed an earlier attempt may have tried, so a retry never repeats one."""
-    first = max(0, attempt - 1) * tries
+def attempt_seeds(seed: int, gate_round: int, tries: int) -> list[int]:
+    """The seeds a gated job's attempt tries, in order, when ``gate_round`` (0, 1, ...) of its
+    attempts have failed the gate before it: those after every seed a failed round tried, so
+    a retry never repeats one, and an attempt that never judged an image (a pause, a shutdown,
+    a job lost by Redis, a repair) moves nothing on: the job keeps the image it would have
+    had."""
+    first = max(0, gate_round) * tries
     return [candidate_seed(seed, first + k) for k in range(tries)]
+
+
+def gate_round(job: dict[str, object]) -> int:
+    """A gated payload's round: what the store sends, or, from a coordinator that sends none,
+    its attempt number less one (the rule before rounds were counted)."""
+    given = job.get("gate_round")
+    if isinstance(given, int):
+        return given
+    attempt = job.get("attempt")
+    return max(0, attempt - 1) if isinstance(attempt, int) else 0
 
 
 def gate_failure(min_score: float, tried: list[tuple[int, float]]) -> QualityGateFailed:

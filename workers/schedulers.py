@@ -15,6 +15,20 @@ from typing import Any
 # schedule (PNDM's, a shifted one's) end at the same value.
 TERMINAL_ALPHA_BAR = 2**-24
 
+# Karras et al.'s sigma_max (EDM): above it a latent is noise whatever the schedule says. A
+# zero-terminal-SNR schedule ends at sigma 4,096 (alpha_bar TERMINAL_ALPHA_BAR), and Karras
+# spacing built from there spends about half of its steps above 80, where nothing is drawn: the
+# spacing is built from this instead, and the first step still starts from pure noise.
+KARRAS_SIGMA_MAX = 80.0
+
+# The fewest steps at which a sampler draws on a built-in model, where it needs more than a
+# manifest's usual 20: PLMS (pndm) diverges at 20-30 steps on the tiny model's shifted,
+# zero-terminal-SNR schedule at the guidance scales manifests use (its fourth-order linear
+# multistep extrapolates the guided prediction over steps that are long in log-SNR; at guidance
+# 3 or less it draws at 20). At 40 it draws as DPM-Solver++ does at 10, at 50 nearly as the
+# others do at 20 (benchmarks/schedulers.py measures 20, 40 and 50).
+MIN_STEPS: dict[tuple[str, str], int] = {("tiny", "pndm"): 40}
+
 
 @dataclass(frozen=True)
 class SchedulerInfo:
@@ -61,6 +75,18 @@ _BASE_KEYS = (
 )
 
 
+def steps_problem(model: str, scheduler: str, steps: int) -> str | None:
+    """Why ``scheduler`` at ``steps`` steps would not draw on ``model``, or None."""
+    least = MIN_STEPS.get((model, scheduler))
+    if least is None or steps >= least:
+        return None
+    return (
+        f"{scheduler} at {steps} steps draws noise, not pictures, on the built-in {model} model "
+        f"(PLMS diverges on its zero-terminal-SNR schedule below {least} steps): give it steps "
+        f"{least} or more, or use dpmpp_2m"
+    )
+
+
 def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     """A fresh scheduler of the named kind, with the model's training noise schedule."""
     import diffusers
@@ -80,7 +106,18 @@ def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
         betas[-1] = 1 - TERMINAL_ALPHA_BAR / alpha_bar[-2]
         config["trained_betas"] = betas.tolist()
         del config["rescale_betas_zero_snr"]
-    return cls.from_config(config)
+    scheduler = cls.from_config(config)
+    if config.get("use_karras_sigmas") and _sigma_max(scheduler) > KARRAS_SIGMA_MAX:
+        # diffusers builds Karras spacing from ``config.sigma_max`` where one is given
+        config["sigma_max"] = KARRAS_SIGMA_MAX
+        scheduler = cls.from_config(config)
+    return scheduler
+
+
+def _sigma_max(scheduler: Any) -> float:
+    """The sigma of the schedule's last training step (its purest noise)."""
+    alpha_bar = float(scheduler.alphas_cumprod[-1])
+    return float("inf") if alpha_bar <= 0 else ((1 - alpha_bar) / alpha_bar) ** 0.5
 
 
 def _accepts(cls: Any, option: str) -> bool:

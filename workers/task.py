@@ -30,6 +30,7 @@ from workers.quality import (
     Judge,
     attempt_seeds,
     gate_failure,
+    gate_round,
     make_judge,
 )
 from workers.tuning import Tuning
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 # Fields of a payload that belong to one try of a job, not to the job: kept out of the PNG.
-_DISPATCH_FIELDS = ("attempt", "attempts", "token", "sig")
+_DISPATCH_FIELDS = ("attempt", "attempts", "gate_round", "token", "sig")
 # What decides the pixels: the backend's request, field for field.
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest))
 
@@ -219,11 +220,7 @@ def run_job(
     # 1. The pipeline, loaded once per process and model variant
     backend, load_s = cache.get(job["model"], job.get("quantization", "fp16"))
     tries = int(job.get("quality_tries") or DEFAULT_QUALITY_TRIES)
-    seeds = (
-        [job["seed"]]
-        if judge is None
-        else attempt_seeds(job["seed"], int(job.get("attempt") or 1), tries)
-    )
+    seeds = [job["seed"]] if judge is None else attempt_seeds(job["seed"], gate_round(job), tries)
 
     # 2. Generation (each try of a gated job scored as it comes), its peak memory measured
     # on its own

@@ -116,8 +116,13 @@ def jobs_show(state: State, job_id: int, as_json: bool) -> None:
     if job["min_score"] is None:  # no quality gate: nothing of one to show
         for k in (*GATE_FIELDS, *QUALITY_RESULT_FIELDS):
             job.pop(k)
+    from orchestrator.web.app import ran_as  # the dashboard's job page says the same
+
+    ran = ran_as(job["quantization"], attempts)
     for k, v in job.items():
         click.echo(f"{k:>16}: {_when(v) if k in _TIMES and v is not None else v}")
+        if k == "quantization":  # what was asked; then what ran (fp16 on a CPU runs in fp32)
+            click.echo(f"{'ran as':>16}: {ran['text'] if ran else 'not run yet'}")
     for a in attempts:
         timing = ", ".join(
             f"{k[:-2]} {a[k]:.3f}s"
@@ -126,7 +131,8 @@ def jobs_show(state: State, job_id: int, as_json: bool) -> None:
         )
         click.echo(
             f"attempt {a['number']}: {a['status']} on {a['worker']} ({a['backend'] or '-'} "
-            f"{a['device'] or ''}) from {_when(a['started_at'])} to {_when(a['finished_at'])} {timing}"
+            f"{a['device'] or ''}{' ' + a['dtype'] if a['dtype'] else ''}) from "
+            f"{_when(a['started_at'])} to {_when(a['finished_at'])} {timing}"
         )
         if a["scores"]:
             tried = ", ".join(f"{seed} {fmt_score(score)}" for seed, score in a["scores"])

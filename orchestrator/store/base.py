@@ -38,6 +38,9 @@ JOB_PAYLOAD_COLUMNS = PAYLOAD_FIELDS
 TIMING_COLUMNS = ("queue_wait_s", *RESULT_TIMINGS)
 # The stage timings an exported image carries.
 EXPORT_TIMINGS = ("text_encode_s", "denoise_s", "decode_s", "total_s")
+# What made an exported image (its attempt's), beside what the job asked for (``quantization``):
+# ``fp16`` asked of a CPU runs in fp32.
+EXPORT_RUN = ("backend", "device", "dtype")
 # What a worker reports; the queue wait is the store's own measure, set at claim time.
 RESULT_COLUMNS = (*RESULT_TEXT, "torch_threads", "batch_size", *RESULT_TIMINGS)
 _CHUNK = 500  # ids per IN (...) list

@@ -32,6 +32,7 @@ from orchestrator.models import (
 from orchestrator.store.base import (
     _CHUNK,
     CHUNK_ROWS,
+    EXPORT_RUN,
     EXPORT_TIMINGS,
     OPEN_ATTEMPTS,
     TIMING_COLUMNS,
@@ -532,7 +533,10 @@ class JobsMixin(StoreBase):
             .scalar_subquery()
         )
         stmt = (
-            select(*Job.__table__.columns, *(getattr(Attempt, c) for c in EXPORT_TIMINGS))
+            select(
+                *Job.__table__.columns,
+                *(getattr(Attempt, c) for c in (*EXPORT_RUN, *EXPORT_TIMINGS)),
+            )
             .outerjoin(Attempt, Attempt.id == attempt_id)
             .where(Job.status == JobStatus.SUCCEEDED.value)
             .order_by(Job.id)

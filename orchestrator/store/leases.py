@@ -41,12 +41,25 @@ from orchestrator.store.base import (
 )
 from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_runs, queue_runs
 from workers.backends import BATCH_FIELDS
-from workers.quality import QUALITY_RESULT_FIELDS
+from workers.quality import GATE_ERROR_PREFIX, QUALITY_RESULT_FIELDS
 
 PUBLISH_BACKOFF_CAP_S = 300.0  # the longest wait between tries to publish a committed image
 
 
-def _payload(row: Any, attempt: int) -> dict[str, Any]:
+def _gate_rounds(job_id: Any) -> Any:
+    """How many attempts of the job failed its quality gate (a scalar subquery): the round
+    whose seeds its next attempt tries. Attempts that never judged an image (released, lost,
+    interrupted, taken back from a pause) count for nothing, so they never move its seeds on."""
+    return (
+        select(func.count())
+        .where(Attempt.job_id == job_id)
+        .where(Attempt.status == AttemptStatus.FAILED.value)
+        .where(Attempt.error.startswith(GATE_ERROR_PREFIX, autoescape=True))
+        .scalar_subquery()
+    )
+
+
+def _payload(row: Any, attempt: int, gate_round: int = 0) -> dict[str, Any]:
     job = {c: row[c] for c in JOB_PAYLOAD_COLUMNS}
     # Raw RETURNING rows skip SQLAlchemy's types; SQLite hands back 7.0 as 7.
     job["guidance_scale"] = float(job["guidance_scale"])
@@ -58,6 +71,7 @@ def _payload(row: Any, attempt: int) -> dict[str, Any]:
             del job[name]
     if "min_score" in job:
         job["min_score"] = float(job["min_score"])
+        job["gate_round"] = gate_round
     job["attempt"] = attempt
     return job
 
@@ -188,7 +202,7 @@ class LeasesMixin(StoreBase):
         self, conn: Connection, row: Any, worker: WorkerIdentity, owner: str, now: float
     ) -> Claim:
         number = self._next_attempt_number(conn, row.id)
-        job = _payload(row._mapping, number)
+        job = _payload(row._mapping, number, self._gate_round(conn, row.id, row.min_score))
         attempt_id = conn.execute(
             insert(ATTEMPTS)
             .values(
@@ -205,6 +219,13 @@ class LeasesMixin(StoreBase):
             .returning(Attempt.id)
         ).scalar_one()
         return Claim(job=job, attempt_id=attempt_id, lease_owner=owner)
+
+    @staticmethod
+    def _gate_round(conn: Connection, job_id: int, min_score: float | None) -> int:
+        """The quality-gate round of a job's next attempt (0 for a job without a gate)."""
+        if min_score is None:
+            return 0
+        return int(conn.execute(select(_gate_rounds(job_id))).scalar() or 0)
 
     def anything_paused(self) -> bool:
         """Whether any batch, or the queue, is paused (one cheap read)."""
@@ -528,6 +549,18 @@ class LeasesMixin(StoreBase):
                 self._finish_attempt(conn, claim, AttemptStatus.LOST, error=error)
         return status.value if n else None
 
+    def attempt_seconds(self, attempt_id: int) -> float | None:
+        """How long an attempt has run: from its start (the database host's clock; for a
+        dispatch no worker took, from the dispatch) to its end, or to now while it is open.
+        None for an attempt there is no row of."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Attempt.started_at, Attempt.finished_at).where(Attempt.id == attempt_id)
+            ).first()
+        if row is None:
+            return None
+        return max(0.0, (row.finished_at or time.time()) - row.started_at)
+
     # -- the Redis transport: the coordinator holds the lease for its dispatches ----------------
     # The coordinator calls these (and every other write) through a view of the store fenced by
     # its own coordinator lease (``StoreBase.fenced``), in the same transaction as the write.
@@ -573,7 +606,7 @@ class LeasesMixin(StoreBase):
             ).mappings()
             for row in list(rows):
                 number = self._next_attempt_number(conn, row["id"])
-                job = _payload(row, number)
+                job = _payload(row, number, self._gate_round(conn, row["id"], row["min_score"]))
                 owner = owner_for(job)
                 conn.execute(
                     update(JOBS)
@@ -647,6 +680,7 @@ class LeasesMixin(StoreBase):
                     Job.status,
                     open_attempt.label("attempt_id"),
                     number.label("number"),
+                    _gate_rounds(Job.id).label("gate_round"),
                 )
                 .where(Job.status.in_(HELD_STATUSES))
                 .where(where)
@@ -655,7 +689,7 @@ class LeasesMixin(StoreBase):
             return [
                 (
                     Claim(
-                        job=_payload(r, int(r["number"] or 0)),
+                        job=_payload(r, int(r["number"] or 0), int(r["gate_round"] or 0)),
                         attempt_id=r["attempt_id"] or 0,
                         lease_owner=r["lease_owner"],
                     ),

@@ -470,7 +470,7 @@ class Coordinator:
             JobEvent(
                 claim.job_id,
                 "failed" if new == "failed" else "retrying",
-                0.0,
+                self._ran_for(claim),
                 error=error,
                 retry_in=retry_in,
             )
@@ -479,7 +479,7 @@ class Coordinator:
     def _on_released(self, claim: Claim, status: str, event: proto.Event) -> None:
         self.store.release(claim, f"worker {event.worker} shut down")
         self._missing_since.pop(event.rq_id, None)
-        self._emit(JobEvent(claim.job_id, "released", 0.0))
+        self._emit(JobEvent(claim.job_id, "released", self._ran_for(claim)))
 
     def _on_result(self, claim: Claim, status: str, event: proto.Event) -> None:
         job_id = claim.job_id
@@ -494,7 +494,9 @@ class Coordinator:
                 retryable=False,
             )
             self.redis.delete(key)
-            self._emit(JobEvent(job_id, "failed", 0.0, error="image over the size limit"))
+            self._emit(
+                JobEvent(job_id, "failed", self._ran_for(claim), error="image over the size limit")
+            )
             return
         if size == 0 or size != event.size:
             # Counted: a worker that keeps sending bad images must not loop for ever.
@@ -531,6 +533,10 @@ class Coordinator:
     def _stream(self, key: str, size: int) -> Iterator[bytes]:
         for start in range(0, size, IMAGE_CHUNK):
             yield self.redis.getrange(key, start, min(size, start + IMAGE_CHUNK) - 1)
+
+    def _ran_for(self, claim: Claim) -> float:
+        """Seconds the claim's attempt ran, by its row (this host's clock), for the log line."""
+        return self.store.attempt_seconds(claim.attempt_id) or 0.0
 
     def _emit(self, event: JobEvent) -> None:
         if self.on_event is not None:
@@ -600,7 +606,7 @@ class Coordinator:
                 "job %s lost (%s); now %s", claim.job_id, why, new, extra={"action": "job_lost"}
             )
             self._withdraw(rq_id, why, model=claim.job["model"])
-            self._emit(JobEvent(claim.job_id, "lost", 0.0, error=why))
+            self._emit(JobEvent(claim.job_id, "lost", self._ran_for(claim), error=why))
             held.discard(rq_id)
         return held
 

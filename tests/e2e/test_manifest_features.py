@@ -22,7 +22,7 @@ def test_an_expanded_manifest_runs_end_to_end_and_its_variants_reach_the_dataset
         tmp_path / "grid.csv",
         "prompt,steps,preset,output_dir,output_name,meta_split\n"
         "a {red|blue} __animal__,2|3,realtime,animals/{steps},{seed},train\n"
-        "a plain hill,2,pro,,,val\n",
+        "a plain hill,40,pro,,,val\n",
     )
     run = cli("run", "grid.csv", timeout=1800)
     assert run.stdout.splitlines()[0] == "batch 1: 2 rows, 9 jobs added, 0 duplicates"
@@ -62,5 +62,5 @@ def test_an_expanded_manifest_runs_end_to_end_and_its_variants_reach_the_dataset
     )
     assert [variant(r) for r in rows if r["preset"] == "pro"] == [(None, None, None, "pro", "val")]
     hill = next(r for r in rows if r["preset"] == "pro")
-    assert (hill["scheduler"], hill["steps"], hill["quantization"]) == ("pndm", 2, "fp16")
+    assert (hill["scheduler"], hill["steps"], hill["quantization"]) == ("pndm", 40, "fp16")
     assert json.loads(json.dumps(hill["prompt"])) == "a plain hill"

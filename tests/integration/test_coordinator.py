@@ -193,6 +193,39 @@ def test_a_started_job_whose_heartbeat_stops_is_lost_and_counted(
     assert redis.exists(proto.cancel_key(rq_id))
 
 
+def test_the_log_line_of_a_lost_or_failed_job_says_how_long_it_ran(
+    store: JobStore, redis: Any, tmp_path: Path
+) -> None:
+    """It said "job 18 lost after 0.00s" of a job that had run 20 s: the coordinator knew no
+    time of its own; the attempt's row has its start."""
+    from sqlalchemy import text
+
+    from orchestrator.events import JobEvent
+
+    submit_text(store, "prompt\na\nb\n", max_attempts=1)
+    c = coordinator(store, redis, tmp_path, window=2)
+    events: list[JobEvent] = []
+    c.on_event = events.append
+    c._dispatch()
+    lost, failed = in_flight(c)
+    for rq_id in (lost, failed):
+        redis.lrem(f"rq:queue:{proto.queue_for('tiny')}", 0, rq_id)  # a worker took it
+        push(redis, "started", rq_id, worker="w1", host="mac1", pid=9)
+    redis.set(proto.heartbeat_key(lost), "w1", ex=1)
+    step(c)
+    with store.engine.begin() as conn:  # both started 20 s ago
+        conn.execute(text("UPDATE attempts SET started_at = started_at - 20"))
+    push(redis, "failed", failed, error="RuntimeError: boom", retryable=False)
+    step(c)
+    time.sleep(1.1)  # the first one's worker was SIGKILLed: its heartbeat expires
+    c._reconcile(c._redis_view())
+    time.sleep(0.6)
+    c._reconcile(c._redis_view())
+    by_status = {e.status: e for e in events}
+    assert set(by_status) == {"lost", "failed"}
+    assert all(e.seconds >= 20 for e in events), events
+
+
 def test_a_restarted_coordinator_picks_up_jobs_in_flight(
     store: JobStore, redis: Any, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from orchestrator.transports.local import LocalWorker
 from orchestrator.web import app as web
 from orchestrator.web.app import DashboardApp
 from tests.conftest import submit_text, worker
-from tests.integration.test_reports import FOX, _plans, populate, runner
+from tests.integration.test_reports import FOX, INPUT_ERROR, _plans, populate, runner
 from workers.task import PipelineCache
 
 
@@ -392,3 +392,22 @@ def test_job_page_says_what_dtype_ran(
     assert ran(2).startswith("ran fp16 on cuda, as requested")
     assert 'class="differs"' not in client.page("/jobs/2")
     assert ran(3).startswith("requested 4bit weights, computed in fp32 on cpu")
+
+
+def test_job_page_gives_an_attempts_error_the_tables_width(
+    client: Client, populated: dict[str, Any]
+) -> None:
+    """The error was the sixteenth column, beside fifteen that do not wrap, and its
+    ``word-break: break-word`` let the browser squeeze it to one letter a line."""
+    body = client.page("/jobs/4")  # populate's failed job
+    table = re.search(r'<table class="attempts">.*?</table>', body, re.S).group(0)  # type: ignore[union-attr]
+    columns = len(re.findall(r"<th\b", table))
+    detail = re.search(
+        r'<tr class="detail"><td colspan="(\d+)" class="error">(.*?)</td>', table, re.S
+    )
+    assert detail is not None and int(detail.group(1)) == columns
+    assert html.unescape(detail.group(2)).strip() == INPUT_ERROR
+    assert "<th>error</th>" not in table
+    css = (web.TEMPLATES / "base.html").read_text()
+    rule = re.search(r"td\.error \{([^}]*)\}", css).group(1)  # type: ignore[union-attr]
+    assert "break-word" not in rule.replace("overflow-wrap: break-word", "")

@@ -96,6 +96,8 @@ def check_rows(rows: list[dict[str, Any]], expected: dict[int, tuple[Any, ...]])
         assert r["decode_s"] == 0.125 and r["text_encode_s"] == pytest.approx(0.01 * r["job_id"])
         assert r["scheduler"] == "dpmpp_2m" and r["model"] == "tiny"
         assert r["quantization"] == "fp16" and r["guidance_scale"] == 7.5
+        # what was asked (fp16), and what ran (fp32 on the CPU)
+        assert (r["backend"], r["device"], r["dtype"]) == ("fake", "cpu", "fp32")
         if r["job_id"] == 1:
             assert (r["negative_prompt"], r["steps"]) == ("blurry", 4)
 
@@ -298,3 +300,18 @@ def test_the_manifests_labels_reach_every_format(
     with tarfile.open(wds.files[0]) as tar:
         meta = json.loads(tar.extractfile("000001.json").read())  # type: ignore[union-attr]
     assert {k: meta[k] for k in expected[0]} == expected[0]
+
+
+def test_jobs_show_says_what_was_asked_and_what_ran(done: JobStore, db_url: str) -> None:
+    """It said "quantization: fp16" of an image computed in fp32 on the CPU."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    shown = CliRunner().invoke(main, ["--db", db_url, "jobs", "show", "1"], catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "    quantization: fp16\n          ran as: requested fp16, ran fp32 on cpu "
+        "(fake, 1 torch thread)\n"
+    ) in shown.output
+    assert "attempt 1: succeeded on " in shown.output and " (fake cpu fp32) from " in shown.output

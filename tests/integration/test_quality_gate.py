@@ -174,6 +174,71 @@ def test_a_job_whose_every_seed_fails_fails_and_a_retry_goes_on_to_fresh_seeds(
     assert len(set(backend.calls)) == len(backend.calls)
 
 
+def test_attempts_that_never_judged_an_image_keep_the_gates_first_seed(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A shutdown, a job Redis lost before a worker took it, and a worker that died each
+    used up an attempt number and once moved the seeds on (a pause and resume made seed
+    3668340018 of seed 7's image); only a failed gate moves them now."""
+    submit_text(store, f"prompt,seed,min_score,quality_tries\n{SCENE},101,0.5,2\n", max_attempts=5)
+    rounds = []
+    claim = store.claim(worker(), lease_seconds=30)
+    assert claim is not None
+    rounds.append(claim.job["gate_round"])
+    store.release(claim)  # the worker shut down before it ran
+    claim = store.claim(worker(), lease_seconds=30)
+    assert claim is not None
+    rounds.append(claim.job["gate_round"])
+    store.lose(claim, "Redis lost the job", count_attempt=False)  # never started
+    claim = store.claim(worker(), lease_seconds=30)
+    assert claim is not None
+    rounds.append(claim.job["gate_round"])
+    store.lose(claim, "worker w1 died")  # ran, and its worker died
+    assert [a["number"] for a in store.get_job(1)["attempt_rows"]] == [1, 2, 3]
+
+    backend = SeedBackend()
+    run_local(
+        store, tmp_path, cache_with(backend, CommandJudge(judge_command(tmp_path, ODD_SEEDS_PASS)))
+    )
+    job = store.get_job(1)
+    assert rounds == [0, 0, 0]
+    assert backend.calls == [101]  # its own seed, as if nothing had happened before it
+    assert (job["status"], job["image_seed"], job["attempt_rows"][-1]["number"]) == (
+        "succeeded",
+        101,
+        4,
+    )
+
+
+def test_a_failed_gate_moves_the_next_attempts_seeds_on(store: JobStore) -> None:
+    submit_text(store, f"prompt,seed,min_score,quality_tries\n{SCENE},100,0.5,2\n", max_attempts=5)
+
+    def next_round() -> int:
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET not_before = NULL"))  # no backoff
+        claim = store.claim(worker(), lease_seconds=30)
+        assert claim is not None
+        claims.append(claim)
+        return int(claim.job["gate_round"])
+
+    claims: list[Any] = []
+    assert next_round() == 0
+    store.fail(claims[-1], "QualityGateFailed: best score 0.2 < 0.5", scores=[(100, 0.2)])
+    assert next_round() == 1
+    store.release(claims[-1])  # a shutdown
+    assert next_round() == 1
+    store.fail(claims[-1], "JudgeError: judge exited with status 2")  # judged nothing
+    assert next_round() == 1
+    store.fail(claims[-1], "QualityGateFailed: best score 0.3 < 0.5", scores=[(7, 0.3)])
+    assert next_round() == 2
+
+
+def test_an_ungated_payload_carries_no_gate_round(store: JobStore) -> None:
+    submit_text(store, "prompt,seed\nplain,5\n")
+    claim = store.claim(worker(), lease_seconds=30)
+    assert claim is not None and "gate_round" not in claim.job
+
+
 def test_the_built_in_judge_refuses_a_prompt_it_cannot_read_before_any_work(
     store: JobStore, tmp_path: Path
 ) -> None:
@@ -214,8 +279,9 @@ def test_a_judge_command_that_fails_fails_the_attempt_and_the_job_after_its_atte
     assert job["last_error"] == (
         f"JudgeError: judge {sys.executable!r} exited with status 2: no model here"
     )
-    # a broken judge ends its attempt at the first image
-    assert backend.calls == [100, candidate_seed(100, 3)]
+    # a broken judge ends its attempt at the first image; it judged nothing, so the next
+    # attempt tries the same seed (only a failed gate moves the seeds on)
+    assert backend.calls == [100, 100]
 
 
 def test_an_ungated_job_is_sent_and_made_exactly_as_before(store: JobStore, tmp_path: Path) -> None:

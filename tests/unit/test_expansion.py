@@ -72,7 +72,7 @@ def test_a_missing_wildcard_file_is_named_at_its_row(tmp_path: Path) -> None:
 
 
 def test_list_and_range_columns_expand_as_a_grid_and_record_their_variant() -> None:
-    m = manifest_of("prompt,steps,scheduler,seed\nfox,20|50,dpmpp_2m|pndm,1-8\n")
+    m = manifest_of("prompt,steps,scheduler,seed\nfox,40|50,dpmpp_2m|pndm,1-8\n")
     assert len(m.jobs) == 2 * 2 * 8
     combos = {(j.steps, j.scheduler, j.seed) for j in m.jobs}
     assert len(combos) == 32
@@ -119,19 +119,19 @@ def test_variant_names_are_kept_for_the_grid() -> None:
 
 
 def test_a_rows_preset_sets_what_its_columns_leave_out() -> None:
-    m = manifest_of("prompt,preset,steps\nfox,realtime,\nowl,pro,30\nbee,,\n")
+    m = manifest_of("prompt,preset,steps\nfox,realtime,\nowl,pro,40\nbee,,\n")
     fox, owl, bee = m.jobs
     assert (fox.scheduler, fox.steps, fox.quantization) == ("dpmpp_2m", 15, "4bit")
-    assert (owl.scheduler, owl.steps, owl.quantization) == ("pndm", 30, "fp16")
+    assert (owl.scheduler, owl.steps, owl.quantization) == ("pndm", 40, "fp16")
     assert (fox.extra, owl.extra) == ({"preset": "realtime"}, {"preset": "pro"})
     assert (bee.steps, bee.quantization, bee.extra) == (Defaults().steps, "fp16", {})
 
 
 def test_a_flag_preset_yields_to_given_flags_and_to_a_rows_preset() -> None:
-    defaults = Defaults().with_preset("pro", keep=["steps"])
-    assert (defaults.scheduler, defaults.steps, defaults.quantization) == ("pndm", 20, "fp16")
+    defaults = Defaults(steps=40).with_preset("pro", keep=["steps"])
+    assert (defaults.scheduler, defaults.steps, defaults.quantization) == ("pndm", 40, "fp16")
     a, b = manifest_of("prompt,preset\nfox,\nowl,mobile\n", defaults).jobs
-    assert (a.scheduler, a.steps, a.extra) == ("pndm", 20, {"preset": "pro"})
+    assert (a.scheduler, a.steps, a.extra) == ("pndm", 40, {"preset": "pro"})
     assert (b.scheduler, b.steps, b.quantization) == ("dpmpp_2m", 20, "6bit")
 
 

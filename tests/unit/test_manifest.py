@@ -81,8 +81,28 @@ def test_every_error_is_collected_with_line_column_and_value() -> None:
 
 
 def test_scheduler_names_are_case_insensitive() -> None:
-    (job,) = manifest_of("prompt,scheduler\nx,PNDM\n").jobs
+    (job,) = manifest_of("prompt,scheduler,steps\nx,PNDM,50\n").jobs
     assert job.scheduler == "pndm"
+
+
+def test_a_sampler_that_draws_noise_on_the_tiny_model_at_those_steps_is_refused() -> None:
+    """pndm at 20 steps on the built-in tiny model: refused at its row, with the way out; a
+    grid with one such cell is refused whole; from flags, the line alone is named."""
+    why = (
+        "pndm at 20 steps draws noise, not pictures, on the built-in tiny model (PLMS diverges "
+        "on its zero-terminal-SNR schedule below 40 steps): give it steps 40 or more, or use "
+        "dpmpp_2m"
+    )
+    assert errors_of("prompt,scheduler,steps\nx,pndm,50\ny,pndm,20\nz,dpmpp_2m|pndm,20|40\n") == [
+        f"jobs.csv:3: column 'scheduler': {why} (got 'pndm')",
+        f"jobs.csv:4: column 'scheduler': {why} (got 'dpmpp_2m|pndm')",
+    ]
+    assert errors_of("prompt,steps\nx,20\n", defaults=Defaults(scheduler="pndm")) == [
+        f"jobs.csv:2: column 'steps': {why} (got '20')"
+    ]
+    assert errors_of("prompt\nx\n", defaults=Defaults(scheduler="pndm")) == [f"jobs.csv:2: {why}"]
+    (job,) = manifest_of("prompt,scheduler\nx,pndm\n", Defaults(steps=40)).jobs
+    assert (job.scheduler, job.steps) == ("pndm", 40)
 
 
 def test_unknown_columns_are_rejected_with_a_suggestion() -> None:

@@ -26,6 +26,7 @@ from workers.quality import (
     candidate_seed,
     command_problem,
     gate_failure,
+    gate_round,
     make_judge,
 )
 from workers.rq import protocol as proto
@@ -113,14 +114,14 @@ def test_an_ungated_job_keeps_its_fingerprint_and_a_gate_makes_another_job() -> 
 
 
 def test_a_gated_job_tries_its_own_seed_first_and_never_repeats_one() -> None:
-    assert attempt_seeds(7667, 1, 3) == [
+    assert attempt_seeds(7667, 0, 3) == [
         7667,
         (7667 + SEED_STEP) % 2**32,
         (7667 + 2 * SEED_STEP) % 2**32,
     ]
-    # a retry starts after the last seed an earlier attempt may have tried
-    assert attempt_seeds(7667, 2, 3)[0] == candidate_seed(7667, 3)
-    tried = [s for attempt in range(1, 51) for s in attempt_seeds(2**32 - 1, attempt, 20)]
+    # an attempt after a failed gate starts after the last seed the failed one tried
+    assert attempt_seeds(7667, 1, 3)[0] == candidate_seed(7667, 3)
+    tried = [s for rounds in range(50) for s in attempt_seeds(2**32 - 1, rounds, 20)]
     assert len(set(tried)) == len(tried) == 1000
     assert all(0 <= s < 2**32 for s in tried)
 
@@ -129,7 +130,7 @@ def test_the_jobs_of_a_num_images_row_never_share_a_seed() -> None:
     """seed + 1 would be the next image's own seed: two jobs could keep the same image."""
     jobs = manifest_of("prompt,seed,num_images,min_score\na,4294960000,2000,0.5\n").jobs
     assert jobs[-1].seed == 4294960000 + 1999
-    seeds = [s for j in jobs for attempt in (1, 2, 3) for s in attempt_seeds(j.seed, attempt, 20)]
+    seeds = [s for j in jobs for rounds in (0, 1, 2) for s in attempt_seeds(j.seed, rounds, 20)]
     assert len(set(seeds)) == len(seeds) == 2000 * 60
 
 
@@ -275,6 +276,18 @@ def test_a_payload_carries_its_gate_whole_or_not_at_all() -> None:
         proto.check_payload(sample_payload(min_score=0.5, quality_tries=21))
     with pytest.raises(proto.BadMessage, match="unknown \\['judge'\\]"):
         proto.check_payload(sample_payload(judge="rm -rf /"))  # never a command in a payload
+    # the gate's round comes with the gate (a coordinator from before rounds sends none)
+    assert proto.check_payload({**gated, "gate_round": 2})["gate_round"] == 2
+    with pytest.raises(proto.BadMessage, match="gate_round must be an integer"):
+        proto.check_payload({**gated, "gate_round": "2"})
+    with pytest.raises(proto.BadMessage, match=r"unknown \['gate_round'\]"):
+        proto.check_payload(sample_payload(gate_round=0))
+
+
+def test_a_payload_without_a_round_falls_back_to_its_attempt_number() -> None:
+    assert gate_round({"attempt": 3, "gate_round": 0}) == 0
+    assert gate_round({"attempt": 3}) == 2
+    assert gate_round({}) == 0
 
 
 def result(**quality: object) -> dict[str, object]:

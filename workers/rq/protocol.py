@@ -342,8 +342,11 @@ _PAYLOAD_TYPES: dict[str, type] = {
     "attempt": int,
     "token": str,
 }
-# Fields only a gated job's payload has (``workers.quality.GATE_FIELDS``): both or neither.
+# Fields only a gated job's payload has (``workers.quality.GATE_FIELDS``): both or neither;
+# and, with them, the gate's round (how many attempts failed it), which a coordinator from
+# before rounds were counted does not send.
 _GATE_TYPES: dict[str, type] = {"min_score": float, "quality_tries": int}
+_GATE_OPTIONAL = ("gate_round",)
 MAX_EXTRA = 100  # metadata columns a payload may carry
 
 
@@ -355,13 +358,16 @@ def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
     check_signature(payload, secret)
     fields = {k: v for k, v in payload.items() if k != "sig"}
     gate = set(_GATE_TYPES) if set(_GATE_TYPES) & set(fields) else set()
-    unknown = sorted(set(fields) - set(_PAYLOAD_TYPES) - gate)
+    optional = set(_GATE_OPTIONAL) if gate else set()
+    unknown = sorted(set(fields) - set(_PAYLOAD_TYPES) - gate - optional)
     missing = sorted((set(_PAYLOAD_TYPES) | gate) - set(fields))
     if unknown or missing:
         raise BadMessage(f"payload fields: unknown {unknown}, missing {missing}")
     if gate:
         fields["min_score"] = _score(fields["min_score"], "min_score")
         _int(fields["quality_tries"], "quality_tries", 1, MAX_QUALITY_TRIES)
+        if "gate_round" in fields:
+            _int(fields["gate_round"], "gate_round", 0, 2**31)
     for name, kind in _PAYLOAD_TYPES.items():
         value = fields[name]
         if kind is float:
