@@ -17,7 +17,9 @@ hazards RQ's own issues describe and for an unattended night:
   Redis is back (the heartbeat keeps the job ours meanwhile), a busy worker goes on with its
   job, an idle one reconnects; the model stays loaded;
 - the first SIGTERM/SIGINT finishes the current job, the second gives it back at the next
-  denoising step; ``--max-jobs`` recycles the process (a service manager starts a new one);
+  denoising step; an idle worker stops within a second or two (RQ's command thread is
+  stopped here, with a bound, whatever redis-py does); ``--max-jobs`` recycles the process
+  (a service manager starts a new one);
 - ``setproctitle`` is not used on macOS, where it crashes forked processes.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -66,6 +69,11 @@ logger = logging.getLogger(__name__)
 
 DELIVER_FOR_S = 3600.0  # how long a finished result waits for Redis before it is dropped
 CANCEL_CHECK_S = 0.5  # at most this often a job asks Redis whether it was cancelled
+# RQ's command-channel thread waits this long for a message before it looks whether to stop
+# (RQ's own 60 s wait, joined by redis-py 8.2's stop(), held a stopping worker for a minute),
+# and a stopping worker waits at most this long for it.
+PUBSUB_POLL_S = 1.0
+PUBSUB_STOP_S = 5.0
 
 
 @dataclass
@@ -627,7 +635,43 @@ class OrchestrateWorker(SimpleWorker):
             p.expire(key, max(60, int(self.block_seconds * 10)))
             p.execute()
 
+    def subscribe(self) -> None:
+        """RQ's command channel (``rq suspend``, ``send_shutdown_command``...), read by a
+        thread that looks every PUBSUB_POLL_S whether it should stop."""
+        self.log.info("subscribing to channel %s", self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def unsubscribe(self) -> None:
+        """Stop the command thread within PUBSUB_STOP_S, whatever redis-py's ``stop()`` does:
+        up to 8.1 it only lowers a flag, 8.2 joins the thread without a bound by default. No
+        UNSUBSCRIBE is sent: its reply could wake the thread before the flag is down, to wait
+        again; closing the connection ends the subscription."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        self.pubsub_thread = None
+        if thread is None or pubsub is None:
+            return
+        self.log.info("unsubscribing from channel %s", self.pubsub_channel_name)
+        if "timeout" in inspect.signature(thread.stop).parameters:
+            thread.stop(timeout=0)
+        else:
+            thread.stop()
+        thread.join(PUBSUB_STOP_S)
+        if thread.is_alive():  # a daemon thread: it ends with the process
+            logger.warning("RQ's command thread did not stop within %.0f s", PUBSUB_STOP_S)
+            return
+        with contextlib.suppress(Exception):
+            pubsub.close()
+
     def teardown(self) -> None:
+        if self._outage is not None:
+            # Redis is away: no goodbye (each call could wait out its connect timeout); the
+            # worker's keys expire, and the coordinator shows it stale, then gone.
+            self.unsubscribe()
+            return
         with contextlib.suppress(Exception):
             self.publish("stopped")
         super().teardown()
