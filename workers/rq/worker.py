@@ -192,6 +192,7 @@ class OrchestrateWorker(SimpleWorker):
         self.stats = WorkerStatsRQ()
         self._current: dict[str, Any] | None = None
         self._outage: str | None = None  # the Redis error being waited out, if any
+        self._waiting = proto.Waiting(logger.error, _address(connection), every=5.0)
         self.no_queue_warning_s = 60.0
         self._warned_no_queue = False
 
@@ -201,13 +202,13 @@ class OrchestrateWorker(SimpleWorker):
     # -- waiting out Redis -----------------------------------------------------------------------
 
     def _redis_down(self, exc: BaseException, wait: float) -> None:
-        if self._outage is None:
-            logger.error("Redis unreachable (%s); waiting for it, retrying every %.0fs", exc, wait)
+        self._waiting.failed(exc, wait)
         self._outage = str(exc)
 
     def _redis_up(self) -> None:
         if self._outage is not None:
-            logger.warning("Redis is back (was: %s)", self._outage)
+            waited = self._waiting.ended() or 0.0
+            logger.warning("Redis is back after %.0fs (was: %s)", waited, self._outage)
             self._outage = None
 
     def _until_redis(
@@ -353,13 +354,11 @@ class OrchestrateWorker(SimpleWorker):
         if seconds < self.no_queue_warning_s or self._warned_no_queue:
             return
         self._warned_no_queue = True
-        where = self.connection.connection_pool.connection_kwargs
         logger.warning(
-            "no queue of an orchestrate coordinator on Redis %s:%s database %s for %.0f s: is "
+            "no queue of an orchestrate coordinator on Redis %s database %s for %.0f s: is "
             "the coordinator running, and on the same Redis URL and database number?",
-            where.get("host", where.get("path", "?")),
-            where.get("port", ""),
-            where.get("db", 0),
+            _address(self.connection),
+            self.connection.connection_pool.connection_kwargs.get("db", 0),
             seconds,
         )
 
@@ -683,16 +682,22 @@ def _now() -> Any:
     return now()
 
 
-def _retry_redis(fn: Callable[[], Any], every: float = 2.0) -> Any:
-    """``fn()``, waiting while Redis is away (one log line)."""
-    said = False
+def _address(conn: Any) -> str:
+    """Where a client connects (``host:port``, or a socket path), for messages."""
+    where = conn.connection_pool.connection_kwargs
+    if "path" in where:
+        return str(where["path"])
+    return f"{where.get('host', 'localhost')}:{where.get('port', 6379)}"
+
+
+def _retry_redis(fn: Callable[[], Any], where: str, every: float = 2.0) -> Any:
+    """``fn()``, waiting while Redis is away (and saying so, at a growing interval)."""
+    waiting = proto.Waiting(logger.error, where, every=every)
     while True:
         try:
             return fn()
         except _redis_errors() as exc:
-            if not said:
-                logger.error("Redis unreachable (%s); waiting for it", exc)
-                said = True
+            waiting.failed(exc)
             time.sleep(every)
 
 
@@ -783,7 +788,7 @@ def run_worker(
             block_seconds=block_seconds,
         )
 
-    worker = _retry_redis(make)
+    worker = _retry_redis(make, _address(conn))
     _worker = worker
     # `burst` here means: quit after `burst_idle` seconds without a job. RQ's own burst quits the
     # moment the queues are empty, which the coordinator's small window makes common mid-batch.
