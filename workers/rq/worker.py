@@ -389,6 +389,8 @@ class OrchestrateWorker(SimpleWorker):
             return False
         members = [_Member(job, queue, execution, payload), *self._companions(queue, payload)]
         self._performed = len(members)
+        self._current = payload
+        self.publish_quietly("busy")  # now, not at the first heartbeat: short jobs show too
         for i, m in enumerate(members):
             # RQ's bookkeeping: into the started registry (the dequeued job also out of the
             # intermediate queue; a companion was taken straight out of its queue).
@@ -607,32 +609,53 @@ class OrchestrateWorker(SimpleWorker):
             return
         super().procline(message)
 
+    @property
+    def beat_s(self) -> float:
+        """The longest this worker goes between publishes while alive: its heartbeat during a
+        job (or a model load), its poll of the queues when idle."""
+        return max(self.heartbeat_interval, float(self.block_seconds))
+
+    @property
+    def status_ttl(self) -> int:
+        """Seconds the status hash lives after each publish."""
+        return max(60, int(self.beat_s * 10))
+
     def publish(self, state: str) -> None:
-        """This worker's status hash, read by the coordinator into the workers table."""
+        """This worker's status hash, read by the coordinator into the workers table. A busy
+        worker whose model is being loaded says ``loading``."""
         backend = self.cache.current
         current = self._current or {}
+        if state == "busy" and self.cache.loading is not None:
+            state = "loading"
         fields: dict[str, str | int | float] = {
             "name": self.name,
             "host": self.host,
             "pid": os.getpid(),
             "backend": getattr(backend, "name", "") or "",
             "device": getattr(backend, "device", "") or "",
-            "model": self.cache.loaded_model or "",
+            "model": self.cache.loading or self.cache.loaded_model or "",
             "state": state,
-            "current_job": current.get("id", "") if state == "busy" else "",
+            "current_job": current.get("id", "") if state in ("busy", "loading") else "",
             "jobs_done": self.stats.done,
             "jobs_failed": self.stats.failed,
             "busy_s": self.stats.busy_s,
             "started_at": self.stats.started_at,
             "last_seen": time.time(),
+            "heartbeat_s": self.beat_s,
+            "ttl_s": self.status_ttl,  # what the coordinator measures "last seen" by
             # How many jobs it runs at once: the coordinator keeps that many in flight for it.
             "batch_size": self.batch_capacity,
         }
         key = proto.WORKER_KEY + self.name
         with self.connection.pipeline() as p:
             p.hset(key, mapping=fields)  # type: ignore[arg-type]  # dict is invariant
-            p.expire(key, max(60, int(self.block_seconds * 10)))
+            p.expire(key, self.status_ttl)
             p.execute()
+
+    def publish_quietly(self, state: str) -> None:
+        """``publish``, where Redis being away is no reason to stop (the next beat says it)."""
+        with contextlib.suppress(*_redis_errors()):
+            self.publish(state)
 
     def subscribe(self) -> None:
         """RQ's command channel (``rq suspend``, ``send_shutdown_command``...), read by a
@@ -640,7 +663,7 @@ class OrchestrateWorker(SimpleWorker):
         self.log.info("subscribing to channel %s", self.pubsub_channel_name)
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ: None
             sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
         )
 
@@ -699,6 +722,31 @@ def _retry_redis(fn: Callable[[], Any], where: str, every: float = 2.0) -> Any:
         except _redis_errors() as exc:
             waiting.failed(exc)
             time.sleep(every)
+
+
+class _Announcer(threading.Thread):
+    """While the main thread is away from the work loop (loading a model at start), publish
+    the worker's state every heartbeat, so it is not taken for dead."""
+
+    def __init__(self, worker: OrchestrateWorker, state: str) -> None:
+        super().__init__(name=f"announce-{state}", daemon=True)
+        self.worker = worker
+        self.state = state
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.worker.publish_quietly(self.state)
+            if self._done.wait(self.worker.heartbeat_interval):
+                return
+
+    def __enter__(self) -> _Announcer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self.join()
 
 
 class _Heartbeat(threading.Thread):
@@ -771,8 +819,6 @@ def run_worker(
     """Connect, optionally preload ``model``, and work until stopped (or idle, with ``burst``)."""
     global _worker
     conn = proto.connect_patiently(url, say=logger.error)
-    if model is not None:
-        cache.get(model)
 
     def make() -> OrchestrateWorker:
         return OrchestrateWorker(
@@ -790,6 +836,14 @@ def run_worker(
 
     worker = _retry_redis(make, _address(conn))
     _worker = worker
+    if model is not None:
+        cache.loading = model  # said at once: the announcer's first beat may come first
+        try:
+            with _Announcer(worker, "loading"):
+                cache.get(model)
+        except BaseException:
+            worker.publish_quietly("stopped")
+            raise
     # `burst` here means: quit after `burst_idle` seconds without a job. RQ's own burst quits the
     # moment the queues are empty, which the coordinator's small window makes common mid-batch.
     worker.work(
