@@ -751,7 +751,7 @@ class _Announcer(threading.Thread):
 
 class _Heartbeat(threading.Thread):
     """During a job: RQ's worker and job heartbeats, and our liveness key. A Redis outage
-    is logged once by the worker; the beats resume when it is back."""
+    is logged by the worker; the beats resume when it is back."""
 
     def __init__(self, worker: OrchestrateWorker, job: Job, execution: Any) -> None:
         super().__init__(name=f"heartbeat-{job.id}", daemon=True)
