@@ -55,6 +55,7 @@ from workers.backends import JobInputError, JobInterrupted
 from workers.batching import batch_limit
 from workers.rq import protocol as proto
 from workers.rq.batches import take_companions
+from workers.rq.heartbeats import Announcer, JobHeartbeat
 from workers.task import (
     BatchRunner,
     Outcome,
@@ -396,7 +397,7 @@ class OrchestrateWorker(SimpleWorker):
             # intermediate queue; a companion was taken straight out of its queue).
             self._until_redis(functools.partial(self.prepare_job_execution, m.job, i == 0))
             m.job.started_at = _now()
-        keepers = [_Heartbeat(self, m.job, m.execution) for m in members]
+        keepers = [JobHeartbeat(self, m.job, m.execution) for m in members]
         for keeper in keepers:
             keeper.start()
         outcomes = ["failed"] * len(members)
@@ -724,66 +725,6 @@ def _retry_redis(fn: Callable[[], Any], where: str, every: float = 2.0) -> Any:
             time.sleep(every)
 
 
-class _Announcer(threading.Thread):
-    """While the main thread is away from the work loop (loading a model at start), publish
-    the worker's state every heartbeat, so it is not taken for dead."""
-
-    def __init__(self, worker: OrchestrateWorker, state: str) -> None:
-        super().__init__(name=f"announce-{state}", daemon=True)
-        self.worker = worker
-        self.state = state
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while True:
-            self.worker.publish_quietly(self.state)
-            if self._done.wait(self.worker.heartbeat_interval):
-                return
-
-    def __enter__(self) -> _Announcer:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._done.set()
-        self.join()
-
-
-class _Heartbeat(threading.Thread):
-    """During a job: RQ's worker and job heartbeats, and our liveness key. A Redis outage
-    is logged by the worker; the beats resume when it is back."""
-
-    def __init__(self, worker: OrchestrateWorker, job: Job, execution: Any) -> None:
-        super().__init__(name=f"heartbeat-{job.id}", daemon=True)
-        self.worker = worker
-        self.job = job
-        self.execution = execution
-        self._done = threading.Event()
-        with contextlib.suppress(*_redis_errors()):
-            self._beat()
-
-    def _beat(self) -> None:
-        self.worker.connection.set(
-            proto.heartbeat_key(self.job.id), self.worker.name, ex=self.worker.heartbeat_ttl
-        )
-
-    def run(self) -> None:
-        while not self._done.wait(self.worker.heartbeat_interval):
-            try:
-                self._beat()
-                if self.execution is not None and self.job.started_at is not None:
-                    self.worker.maintain_heartbeats(self.job, self.execution)
-                self.worker.publish("busy")
-            except _redis_errors() as exc:
-                self.worker._redis_down(exc, self.worker.heartbeat_interval)
-            except Exception as exc:
-                logger.warning("heartbeat failed: %s", exc)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
 # -- the task ------------------------------------------------------------------------------------
 
 _worker: OrchestrateWorker | None = None  # the worker of this process (set by run_worker)
@@ -839,7 +780,7 @@ def run_worker(
     if model is not None:
         cache.loading = model  # said at once: the announcer's first beat may come first
         try:
-            with _Announcer(worker, "loading"):
+            with Announcer(worker, "loading"):
                 cache.get(model)
         except BaseException:
             worker.publish_quietly("stopped")
