@@ -243,6 +243,12 @@ class JobCount(Base):
     n: Mapped[int] = mapped_column(Integer)
 
 
+# What a worker says it is doing: loading a model (at start, or for its job), busy on a job,
+# idle, paused (and why: disk full, database busy), stopped (it exited cleanly). What status
+# shows adds stale and gone for a worker not heard from (``orchestrator.status.presence``).
+WORKER_STATES: tuple[str, ...] = ("loading", "idle", "busy", "paused", "stopped")
+
+
 class Worker(Base):
     """Every worker seen: local ones write their own row, RQ workers' rows come from the
     coordinator (they never touch the database)."""
@@ -256,7 +262,7 @@ class Worker(Base):
     backend: Mapped[str | None] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(32))
     model: Mapped[str | None] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))  # idle | busy | paused | stopped
+    state: Mapped[str] = mapped_column(String(16))  # one of WORKER_STATES, as the worker said
     message: Mapped[str | None] = mapped_column(Text)  # why it is paused (disk full, ...)
     current_job: Mapped[int | None] = mapped_column(Integer)
     jobs_done: Mapped[int] = mapped_column(Integer)
@@ -264,6 +270,8 @@ class Worker(Base):
     busy_s: Mapped[float] = mapped_column(Float)  # seconds spent on succeeded jobs
     started_at: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)
+    # The longest it goes between refreshes of this row while alive (None: an older worker).
+    heartbeat_s: Mapped[float | None] = mapped_column(Float)
 
 
 class CoordinatorLease(Base):

@@ -16,6 +16,13 @@ from orchestrator.store.reports import THROUGHPUT_WINDOW_S
 from workers.quality import fmt_score
 
 WORKERS_SEEN_WITHIN = 24 * 3600.0
+# A worker not heard from for STALE_BEATS of its heartbeats is shown stale (the coordinator
+# gives an RQ worker's job to another after three missed), and gone after GONE_BEATS of them,
+# and at least GONE_AFTER_S.
+STALE_BEATS = 3
+GONE_BEATS = 12
+GONE_AFTER_S = 60.0
+DEFAULT_HEARTBEAT_S = 5.0  # for rows of workers that did not say theirs
 STAGE_LABELS = (
     ("queue_wait_s", "queue wait"),
     ("load_s", "load"),
@@ -107,9 +114,7 @@ def overview(
         "timings": store.stage_timings(batch_id),
         "stages": stages["stages"],
         "stages_n": stages["n"],
-        "workers": [
-            {**w, "liveness": liveness(w, now)} for w in store.worker_stats(seen_within=seen_within)
-        ],
+        "workers": workers(store, now, seen_within=seen_within),
         "batches": batch_rows(store, rate, batch_id),
         "failures": store.failure_groups(batch_id),
         "slowest": store.slowest_jobs(batch_id),
@@ -120,6 +125,49 @@ def overview(
         "quality": store.quality(batch_id),
         "unpublished": store.unpublished_summary(batch_id),
     }
+
+
+def coordinator_live(row: dict[str, Any] | None, now: float) -> bool:
+    """Whether a coordinator holds its lease now (and so relays RQ workers' heartbeats)."""
+    return row is not None and row["state"] != "stopped" and row["expires_at"] > now
+
+
+def presence(w: dict[str, Any], now: float, *, relayed: bool = True) -> str:
+    """What a worker is, as far as its row tells: the state it reported while it has been
+    heard from within its heartbeat window (a local worker renewing its job's lease is heard
+    from); ``stale`` when silent for longer; ``gone`` when silent much longer, or ``stopped``
+    (it exited cleanly). ``relayed``: False for an RQ worker while no coordinator runs to copy
+    its heartbeats here: silence then says nothing of the worker, so it is at most stale."""
+    state = w.get("reported_state", w["state"])
+    if state == "stopped":
+        return "gone"
+    expires = w.get("lease_expires_at")
+    if expires is not None and expires > now:
+        return str(state)
+    beat = w.get("heartbeat_s") or DEFAULT_HEARTBEAT_S
+    silent = now - w["last_seen"]
+    if relayed and silent > max(GONE_AFTER_S, GONE_BEATS * beat):
+        return "gone"
+    if silent > STALE_BEATS * beat:
+        return "stale"
+    return str(state)
+
+
+def workers(
+    store: JobStore, now: float | None = None, *, seen_within: float | None = WORKERS_SEEN_WITHIN
+) -> list[dict[str, Any]]:
+    """The workers as status and the dashboard show them: each row of ``store.worker_stats``
+    with ``state`` as :func:`presence` tells it (``reported_state``: what the worker said),
+    ``relayed`` (False: an RQ worker while no coordinator runs) and ``liveness`` (the phrase)."""
+    now = time.time() if now is None else now
+    live = coordinator_live(store.coordinator(), now)
+    out = []
+    for w in store.worker_stats(seen_within=seen_within):
+        w = {**w, "reported_state": w["state"], "relayed": live or w["transport"] != "rq"}
+        w["state"] = presence(w, now, relayed=w["relayed"])
+        w["liveness"] = liveness(w, now)
+        out.append(w)
+    return out
 
 
 def quality_lines(data: dict[str, Any]) -> list[str]:
@@ -142,7 +190,7 @@ def coordinator_view(row: dict[str, Any] | None, now: float) -> dict[str, Any] |
     """The coordinator lease as people read it: who, since when, and whether it is alive."""
     if row is None:
         return None
-    live = row["state"] != "stopped" and row["expires_at"] > now
+    live = coordinator_live(row, now)
     return {
         "host": row["host"],
         "pid": row["pid"],
@@ -180,6 +228,11 @@ def health_lines(data: dict[str, Any]) -> list[str]:
     for w in data["workers"]:
         if w["state"] == "paused":
             out.append(f"Worker {w['name']} paused: {w.get('message') or '?'}")
+    if any(not w.get("relayed", True) and w["state"] != "gone" for w in data["workers"]):
+        out.append(
+            "No coordinator is running: RQ workers are heard through it, so their rows are as "
+            "it last saw them (`orchestrate coordinator`)"
+        )
     dead = data.get("dead_letters") or {}
     if dead.get("count"):
         last = dead["recent"][0] if dead.get("recent") else None
@@ -255,14 +308,42 @@ def ago(value: float | None, now: float | None = None) -> str:
 def liveness(w: dict[str, Any], now: float | None = None) -> str:
     """A worker's state and its freshest sign of life, one phrase for the status command and
     the dashboard: ``busy on job 123 for 2m05s, lease renewed (expires in 24s)`` (a local
-    worker renews its job's lease while its row stays as it was at the job's start),
-    ``busy on job 9 for 40s, heartbeat 3s ago`` (an RQ worker's row follows its heartbeat),
-    ``idle, last seen 5s ago``."""
+    worker renews its job's lease while its row may lag), ``busy on job 9 for 40s, heartbeat
+    3s ago`` (an RQ worker), ``idle, last seen 5s ago``, ``loading model tiny, last seen 1s
+    ago``, ``stale: silent for 25s; was busy on job 9 (still running under it)``, ``gone:
+    silent for 3m20s, ...``, ``stopped 2m ago`` (it exited cleanly)."""
     now = time.time() if now is None else now
     seen = ago(w["last_seen"], now)
+    state = w["state"]
+    reported = w.get("reported_state", state)
     job = w.get("busy_job")
+    if reported == "stopped":
+        return f"stopped {seen}"
+    if state in ("stale", "gone"):
+        silent = duration(now - w["last_seen"])
+        if w.get("relayed", True):
+            text = f"{state}: silent for {silent}"
+        else:
+            text = f"{state}: not heard from for {silent} (no coordinator is running to relay it)"
+        if job:
+            if w.get("holds_job"):
+                fate = "still running under it"
+                expires = w.get("lease_expires_at")
+                if expires is not None and expires <= now:
+                    fate += f", its lease expired {ago(expires, now)}"
+            else:
+                fate = (
+                    f"that job is {w['job_status']} now"
+                    if w.get("job_status")
+                    else "that job is gone"
+                )
+            text += f"; was {reported} on job {job} ({fate})"
+        return text
+    if state == "loading":
+        text = f"loading model {w.get('model') or '?'}" + (f" for job {job}" if job else "")
+        return f"{text}, last seen {seen}"
     if not job:
-        return f"{w['state']}, last seen {seen}"
+        return f"{state}, last seen {seen}"
     since = w.get("busy_since")
     text = f"busy on job {job}" + (f" for {duration(now - since)}" if since is not None else "")
     if not w.get("holds_job"):
@@ -275,6 +356,9 @@ def liveness(w: dict[str, Any], now: float | None = None) -> str:
     if expires > now:
         return f"{text}, lease renewed (expires in {duration(expires - now)})"
     return f"{text}, lease expired {ago(expires, now)} (not renewing); last seen {seen}"
+
+
+STATE_STYLES = {"busy": "green", "loading": "cyan", "stale": "yellow", "gone": "dim"}
 
 
 def percent(fraction: float | None) -> str:
@@ -430,7 +514,7 @@ def render_rich(data: dict[str, Any]) -> Any:
         t.add_column("liveness")
         for w in data["workers"]:
             mean = w["mean_s"] if w["mean_s"] is not None else w["s_per_image"]
-            state_style = {"busy": "green", "stopped": "dim"}.get(w["state"], "")
+            state_style = STATE_STYLES.get(w["state"], "")
             t.add_row(
                 w["name"],
                 w["host"],

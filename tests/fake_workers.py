@@ -75,3 +75,38 @@ def big_image_local_worker(db_url: str, out_dir: str, fsize_limit: int) -> None:
         return TaskOutput(png=noise_png(1000, job["seed"]), result={"total_s": 0.01})
 
     LocalWorker(store, settings, cache=PipelineCache(), runner=runner).run()
+
+
+class GatedCache(PipelineCache):
+    """A pipeline cache whose model 'loads' until the Redis key ``test:loaded`` exists."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.conn = proto.connect(url)
+
+    def _load(self, model: str, quantization: str) -> tuple[Any, float]:
+        import time
+        from types import SimpleNamespace
+
+        while not self.conn.exists("test:loaded"):
+            time.sleep(0.05)
+        self.current = SimpleNamespace(
+            model=model, quantization=quantization, name="fake", device="cpu"
+        )
+        return self.current, 0.0
+
+
+def gated_worker(url: str, name: str, heartbeat: float) -> None:
+    """Each job loads its model (until ``test:loaded`` exists), then runs until the key
+    ``test:go:<job id>`` exists: a test looks at the worker in each state."""
+    import time
+
+    cache = GatedCache(url)
+
+    def runner(job: dict[str, Any], c: PipelineCache, _stop: Callable[[], bool]) -> TaskOutput:
+        c.get(job["model"])
+        while not cache.conn.exists(f"test:go:{job['id']}"):
+            time.sleep(0.05)
+        return fake_output(job)
+
+    run_worker(url, cache=cache, runner=runner, name=name, heartbeat_interval=heartbeat)

@@ -111,6 +111,7 @@ class PipelineCache:
         self.compute_units = compute_units
         self.tuning = tuning or Tuning()
         self.current: Any = None
+        self.loading: str | None = None  # the model being loaded now, if one is
         # What scores a gated job's images here (``--judge``): the worker's setting, never
         # the job's. Kept with the pipeline, as every job of this worker uses it.
         self.judge: Judge = judge if judge is not None else make_judge(None)
@@ -126,6 +127,13 @@ class PipelineCache:
         if current is not None and (current.model, current.quantization) == (model, quantization):
             return current, 0.0
         self.current = None  # free the old model before loading the next
+        self.loading = model
+        try:
+            return self._load(model, quantization)
+        finally:
+            self.loading = None
+
+    def _load(self, model: str, quantization: str) -> tuple[Any, float]:
         t0 = time.perf_counter()
         if self.backend_name == "coreml":
             from workers.backends.coreml import CoreMLBackend, check_platform

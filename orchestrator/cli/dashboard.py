@@ -52,12 +52,17 @@ def status(
       stages          per stage (those of timings plus denoise_per_step_s): n mean p50 p95
       stages_n        how many succeeded attempts stages are over
       workers         per worker seen in 24 h: name transport host pid backend device model
-                      state current_job jobs_done jobs_failed busy_s started_at last_seen
-                      s_per_image (busy_s/jobs_done), mean_s p95_s recent_images (over its
-                      succeeded attempts among the last 10000), recent_failed_attempts,
-                      busy_job busy_since (its running attempt's start) holds_job
-                      job_status lease_expires_at (a local worker renews its job's lease:
-                      a fresher sign of life than last_seen), liveness (the phrase shown)
+                      state (loading busy idle paused, as the worker said while heard from
+                      within 3 heartbeats; stale when silent longer; gone when silent 12
+                      heartbeats and a minute, or stopped) reported_state (loading busy idle
+                      paused stopped: what it said last) heartbeat_s relayed (false: an RQ
+                      worker while no coordinator runs to relay its heartbeats; it is then at
+                      most stale) current_job jobs_done jobs_failed busy_s started_at
+                      last_seen s_per_image (busy_s/jobs_done), mean_s p95_s recent_images
+                      (over its succeeded attempts among the last 10000),
+                      recent_failed_attempts, busy_job busy_since (its running attempt's
+                      start) holds_job job_status lease_expires_at (a local worker renews its
+                      job's lease: a sign of life too), liveness (the phrase shown)
       batches         per batch: id name created_at paused_at (null: not paused) jobs
                       counts done remaining fraction images_per_min eta_s
       failures        failed and lost attempts by error text, most frequent first: error

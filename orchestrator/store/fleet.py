@@ -32,11 +32,14 @@ WORKER_FIELDS = (
     "busy_s",
     "started_at",
     "last_seen",
+    "heartbeat_s",
 )
 
 
 class FleetMixin(StoreBase):
-    def upsert_workers(self, rows: Iterable[dict[str, Any]]) -> None:
+    def upsert_workers(
+        self, rows: Iterable[dict[str, Any]], *, busy_timeout_s: float | None = None
+    ) -> None:
         rows = [{k: r.get(k) for k in WORKER_FIELDS} for r in rows]
         if not rows:
             return
@@ -45,7 +48,7 @@ class FleetMixin(StoreBase):
             index_elements=["name"],
             set_={k: stmt.excluded[k] for k in WORKER_FIELDS if k not in ("name", "started_at")},
         )
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, busy_timeout_s=busy_timeout_s) as conn:
             conn.execute(stmt, rows)
 
     def workers(self, seen_within: float | None = 3600.0) -> list[dict[str, Any]]:

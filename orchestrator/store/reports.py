@@ -103,7 +103,7 @@ def _liveness(w: dict[str, Any], job: dict[str, Any] | None) -> dict[str, Any]:
     lease of its that has not expired is the fresher sign of life. An RQ worker's row is
     refreshed with each heartbeat. ``holds_job``: the job is still queued or running under
     this worker (its open attempt or its lease is the worker's)."""
-    busy = w["state"] == "busy" and bool(w["current_job"])
+    busy = w["state"] in ("busy", "loading") and bool(w["current_job"])
     holds = False
     since = lease = None
     status = None

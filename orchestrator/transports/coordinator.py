@@ -39,6 +39,7 @@ backoff.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -53,7 +54,9 @@ from orchestrator import faults
 from orchestrator.errors import CoordinatorConflict, PublishBlocked, TransientError
 from orchestrator.events import JobEvent
 from orchestrator.hooks import HookRunner, Hooks, batch_summary
+from orchestrator.models import WORKER_STATES
 from orchestrator.results import STAGING, ImageMismatch, Results
+from orchestrator.status import presence
 from orchestrator.store import Claim, JobStore, backoff_seconds
 from workers.rq import protocol as proto
 
@@ -679,14 +682,18 @@ class Coordinator:
         it should be is left out (and the worker named once in the dead letters)."""
         rows = []
         capacity = 0
+        now = time.time()
         for key in self.redis.scan_iter(match=proto.WORKER_KEY + "*", count=500):
-            raw = self.redis.hgetall(key)
+            with self.redis.pipeline(transaction=False) as p:
+                p.hgetall(key)
+                p.pttl(key)
+                raw, pttl = p.execute()
             h = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
             name = h.get("name", "")[:255]
             if not name:
                 continue
-            row, bad = _worker_row(h)
-            if row["state"] != "stopped":
+            row, bad = _worker_row(h, pttl, now)
+            if presence(row, now) == row["state"]:  # heard from lately, and not stopped
                 capacity += _batch_size(h.get("batch_size"))
             if bad and name not in self._bad_workers:
                 self._bad_workers.add(name)
@@ -694,7 +701,7 @@ class Coordinator:
                     [("worker", f"worker {name}: bad fields {', '.join(bad)}", repr(h)[:300])]
                 )
             rows.append(row)
-        self.live_workers = sum(1 for r in rows if r["state"] != "stopped")
+        self.live_workers = sum(1 for r in rows if presence(r, now) == r["state"])
         self.live_capacity = capacity
         self.store.upsert_workers(rows)
 
@@ -709,7 +716,14 @@ def _batch_size(value: str | None) -> int:
         return 1
 
 
-def _worker_row(h: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+def _worker_row(
+    h: dict[str, str], pttl: int | None = None, now: float | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """A workers-table row of a worker's status hash, and the names of its bad fields.
+
+    ``last_seen`` is when the worker last published, measured by Redis rather than read from
+    the worker's clock (which may be off): the hash is given ``ttl_s`` seconds to live at each
+    publish, so ``ttl_s`` less what remains (``pttl``, in ms) is how long ago that was."""
     bad: list[str] = []
 
     def num(name: str, kind: type, default: Any) -> Any:
@@ -721,13 +735,21 @@ def _worker_row(h: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
         except ValueError:
             bad.append(name)
             return default
+        if kind is float and not math.isfinite(out):
+            bad.append(name)
+            return default
         return out
 
-    now = time.time()
+    now = time.time() if now is None else now
     state = h.get("state", "idle")
-    if state not in ("idle", "busy", "paused", "stopped"):
+    if state not in WORKER_STATES:
         bad.append("state")
         state = "idle"
+    last_seen = num("last_seen", float, now)
+    ttl_s = num("ttl_s", float, None)
+    if ttl_s is not None and pttl is not None and pttl > 0:
+        last_seen = now - min(max(0.0, ttl_s - pttl / 1000), ttl_s)
+    heartbeat_s = num("heartbeat_s", float, None)
     row = {
         "name": h["name"][:255],
         "transport": "rq",
@@ -743,6 +765,7 @@ def _worker_row(h: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
         "jobs_failed": num("jobs_failed", int, 0),
         "busy_s": num("busy_s", float, 0.0),
         "started_at": num("started_at", float, now),
-        "last_seen": num("last_seen", float, now),
+        "last_seen": last_seen,
+        "heartbeat_s": None if heartbeat_s is None else min(max(heartbeat_s, 0.1), 3600.0),
     }
     return row, bad

@@ -58,6 +58,7 @@ T = TypeVar("T")
 FENCE_FRACTION = 0.75
 HOUSEKEEPING_EVERY_S = 60.0  # recover unpublished results and sweep staged files
 PAUSE_BACKOFF = 8  # a stuck image is tried again after pause_seconds, doubling up to 8 times that
+ROW_EVERY_S = 5.0  # a worker rewrites its row this often: status shows a silent one as stale
 
 
 def worker_identity() -> WorkerIdentity:
@@ -113,6 +114,25 @@ class _LeaseKeeper(threading.Thread):
         self.join()
 
 
+class _RowKeeper(threading.Thread):
+    """Rewrites the worker's row every ROW_EVERY_S with its current state, so that ``status``
+    can tell a live worker (idle for hours, or deep in a long job) from a dead one."""
+
+    def __init__(self, worker: LocalWorker) -> None:
+        super().__init__(name="worker-row", daemon=True)
+        self.worker = worker
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(ROW_EVERY_S):
+            # A beat waits little for the write lock: a missed one is made up by the next.
+            self.worker._report(None, busy_timeout_s=1.0)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
 class LocalWorker:
     def __init__(
         self,
@@ -145,6 +165,8 @@ class LocalWorker:
         self._stop = threading.Event()  # finish the current job, then exit
         self._abort = threading.Event()  # give the current job back now
         self._paused: str | None = None  # why no work is taken now (one log line per state)
+        self._reported: tuple[str, int | None] = ("idle", None)  # state and job, for _RowKeeper
+        self._report_lock = threading.Lock()  # the row is written by the loop and _RowKeeper
 
     # Called from signal handlers: only set flags.
     def request_stop(self) -> None:
@@ -165,13 +187,30 @@ class LocalWorker:
 
     def run(self) -> WorkerStats:
         """Work until stopped, until ``max_jobs``, or (burst) until no job is left."""
-        s = self.settings
         try:
             self.results.claim_folder()  # another database's folder: refused before any job
         except TransientError as exc:  # said again, as a pause, when a result needs it
             logger.warning("%s", exc)
         logger.info("worker %s started", self.identity.name, extra={"action": "worker_started"})
         self._report("idle")
+        keeper = _RowKeeper(self)
+        keeper.start()
+        try:
+            stats = self._loop()
+        finally:
+            keeper.stop()
+        self._report("stopped")
+        logger.info(
+            "worker %s stopped: %d succeeded, %d failed",
+            self.identity.name,
+            self.stats.succeeded,
+            self.stats.failed,
+            extra={"action": "worker_stopped"},
+        )
+        return stats
+
+    def _loop(self) -> WorkerStats:
+        s = self.settings
         self._housekeeping(backoff=False)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
         done = 0
@@ -205,14 +244,6 @@ class LocalWorker:
             self._report("idle")
             done += len(claims)
         self._housekeeping(backoff=False, final=True)
-        self._report("stopped")
-        logger.info(
-            "worker %s stopped: %d succeeded, %d failed",
-            self.identity.name,
-            self.stats.succeeded,
-            self.stats.failed,
-            extra={"action": "worker_stopped"},
-        )
         return self.stats
 
     def _transient(self, fn: Callable[[], T], what: str) -> T | None:
@@ -451,9 +482,25 @@ class LocalWorker:
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def _report(self, state: str, current_job: int | None = None) -> None:
-        """This worker's row in the workers table, for status and the dashboard."""
+    def _report(
+        self,
+        state: str | None,
+        current_job: int | None = None,
+        *,
+        busy_timeout_s: float | None = None,
+    ) -> None:
+        """This worker's row in the workers table, for status and the dashboard (a busy one
+        whose model is being loaded says ``loading``); ``state`` None: as last reported."""
+        with self._report_lock:
+            if state is None:
+                state, current_job = self._reported
+            self._reported = (state, current_job)
+            self._write_row(state, current_job, busy_timeout_s)
+
+    def _write_row(self, state: str, current_job: int | None, busy_timeout_s: float | None) -> None:
         backend = self.cache.current
+        if state == "busy" and self.cache.loading is not None:
+            state = "loading"
         try:
             self.store.upsert_workers(
                 [
@@ -464,7 +511,7 @@ class LocalWorker:
                         "pid": self.identity.pid,
                         "backend": getattr(backend, "name", None),
                         "device": getattr(backend, "device", None),
-                        "model": self.cache.loaded_model,
+                        "model": self.cache.loading or self.cache.loaded_model,
                         "state": state,
                         "message": self._paused if state == "paused" else None,
                         "current_job": current_job,
@@ -473,8 +520,10 @@ class LocalWorker:
                         "busy_s": self.stats.busy_s,
                         "started_at": self.stats.started_at,
                         "last_seen": time.time(),
+                        "heartbeat_s": ROW_EVERY_S,
                     }
-                ]
+                ],
+                busy_timeout_s=busy_timeout_s,
             )
         except Exception as exc:  # status is best effort; the work is not
             logger.debug("could not update the workers table: %s", exc)

@@ -205,7 +205,6 @@ class DashboardApp:
             duration=st.duration,
             percent=st.percent,
             ago=st.ago,
-            liveness=st.liveness,
             when=_when,
             backend=st.backend_of,
             score=st.fmt_score,
@@ -403,7 +402,7 @@ class DashboardApp:
         )
 
     def workers(self, request: Request) -> Response:
-        return self._page(request, "workers.html", workers=self.store.worker_stats())
+        return self._page(request, "workers.html", workers=st.workers(self.store))
 
     def failures(self, request: Request) -> Response:
         return self._page(
@@ -668,8 +667,7 @@ class DashboardApp:
 
     def api_workers(self, request: Request) -> Response:
         now = time.time()
-        workers = [{**w, "liveness": st.liveness(w, now)} for w in self.store.worker_stats()]
-        return self._json({"generated_at": now, "workers": workers})
+        return self._json({"generated_at": now, "workers": st.workers(self.store, now)})
 
     def api_batch_jobs(self, request: Request, batch_id: str) -> Response:
         data = self._batch_jobs_data(request, batch_id)

@@ -104,7 +104,7 @@ def test_a_busy_worker_rides_out_a_redis_outage(
         rows = query(db, "SELECT status FROM attempts WHERE job_id = ? ORDER BY id", running)
         assert rows == [("succeeded",)], rows
         log = (tmp_path / "worker.log").read_text()
-        assert "Redis unreachable" in log and "Redis is back" in log
+        assert "cannot reach Redis at 127.0.0.1:" in log and "Redis is back after" in log
         assert "Traceback" not in log
     finally:
         stop(coord, worker)

@@ -23,6 +23,8 @@ import json
 import math
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -405,20 +407,96 @@ class Unreachable(ConnectionError):
     """Redis did not answer (as opposed to refusing the credentials): worth waiting for."""
 
 
+def address(url: str) -> str:
+    """Where a Redis URL points, ``host:port`` (or a socket path): never the password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = "?"  # type: ignore[assignment]
+    return f"{parts.hostname or 'localhost'}:{port}"
+
+
+def unresolved_host(exc: BaseException) -> str | None:
+    """Why a connection failed when it is the host name's fault, for the user: a name that does
+    not exist is most likely a typo in the URL, which waiting will not fix; None otherwise."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            if cause.errno == socket.EAI_AGAIN:
+                return "its host name could not be looked up (is DNS answering?)"
+            return "its host name does not resolve, most likely a typo in the URL, not an outage"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _took(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s}s" if s < 120 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Waiting:
+    """Says that Redis is being waited for: at the first failure, then again at a growing
+    interval (``first`` seconds, doubling up to ``most``), each time with what was tried and
+    for how long, so that a wrong URL is not mistaken for a quiet night."""
+
+    def __init__(
+        self, say: Any, where: str, *, every: float, first: float = 10.0, most: float = 300.0
+    ) -> None:
+        self.say = say
+        self.where = where
+        self.every = every
+        self.first = first
+        self.most = most
+        self.since: float | None = None
+        self._next = 0.0
+        self._gap = first
+
+    def failed(self, exc: BaseException, every: float | None = None) -> None:
+        """One failed try (``every``: seconds to the next, when not the usual)."""
+        now = time.monotonic()
+        why = unresolved_host(exc) or str(exc).rstrip(".")
+        if self.since is None:
+            self.since, self._next, self._gap = now, now + self.first, self.first
+            self.say(
+                f"cannot reach Redis at {self.where}: {why}; waiting for it, trying every "
+                f"{every or self.every:g}s"
+            )
+        elif now >= self._next:
+            self._gap = min(self._gap * 2, self.most)
+            self._next = now + self._gap
+            self.say(
+                f"still waiting for Redis at {self.where} after {_took(now - self.since)}: {why}"
+            )
+
+    def ended(self) -> float | None:
+        """Seconds it was waited for, if it was (and forget it)."""
+        if self.since is None:
+            return None
+        waited, self.since = time.monotonic() - self.since, None
+        return waited
+
+
 def connect_patiently(url: str, *, say: Any = None, every: float = 2.0) -> Any:
     """``connect``, waiting while Redis does not answer (a service started during an outage
-    waits for it rather than exiting); wrong credentials or URLs still raise at once."""
-    import time
-
-    said = False
+    waits for it rather than exiting), and saying so again at a growing interval; wrong
+    credentials or URLs still raise at once."""
+    waiting = Waiting(say or (lambda _m: None), address(url), every=every)
     while True:
         try:
-            return connect(url)
+            client = connect(url)
         except Unreachable as exc:
-            if not said and say is not None:
-                say(f"{exc}; waiting for it (trying every {every:.0f}s)")
-                said = True
+            waiting.failed(exc.__cause__ or exc)
             time.sleep(every)
+            continue
+        waited = waiting.ended()
+        if waited is not None and say is not None:
+            say(f"reached Redis at {address(url)} after {_took(waited)}")
+        return client
 
 
 def connect(url: str, *, socket_timeout: float | None = 30.0) -> Any:
@@ -439,7 +517,8 @@ def connect(url: str, *, socket_timeout: float | None = 30.0) -> Any:
     except redis.exceptions.AuthenticationError as exc:  # a subclass of ConnectionError
         raise ConnectionError(f"Redis at {redact(url)} refused the credentials: {exc}") from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise Unreachable(f"cannot reach Redis at {redact(url)}: {exc}") from exc
+        why = unresolved_host(exc) or str(exc)
+        raise Unreachable(f"cannot reach Redis at {redact(url)}: {why}") from exc
     except ValueError as exc:
         raise ConnectionError(f"not a Redis URL: {redact(url)}: {exc}") from exc
     except redis.exceptions.ResponseError as exc:

@@ -17,7 +17,9 @@ hazards RQ's own issues describe and for an unattended night:
   Redis is back (the heartbeat keeps the job ours meanwhile), a busy worker goes on with its
   job, an idle one reconnects; the model stays loaded;
 - the first SIGTERM/SIGINT finishes the current job, the second gives it back at the next
-  denoising step; ``--max-jobs`` recycles the process (a service manager starts a new one);
+  denoising step; an idle worker stops within a second or two (RQ's command thread is
+  stopped here, with a bound, whatever redis-py does); ``--max-jobs`` recycles the process
+  (a service manager starts a new one);
 - ``setproctitle`` is not used on macOS, where it crashes forked processes.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -52,6 +55,7 @@ from workers.backends import JobInputError, JobInterrupted
 from workers.batching import batch_limit
 from workers.rq import protocol as proto
 from workers.rq.batches import take_companions
+from workers.rq.heartbeats import Announcer, JobHeartbeat
 from workers.task import (
     BatchRunner,
     Outcome,
@@ -66,6 +70,11 @@ logger = logging.getLogger(__name__)
 
 DELIVER_FOR_S = 3600.0  # how long a finished result waits for Redis before it is dropped
 CANCEL_CHECK_S = 0.5  # at most this often a job asks Redis whether it was cancelled
+# RQ's command-channel thread waits this long for a message before it looks whether to stop
+# (RQ's own 60 s wait, joined by redis-py 8.2's stop(), held a stopping worker for a minute),
+# and a stopping worker waits at most this long for it.
+PUBSUB_POLL_S = 1.0
+PUBSUB_STOP_S = 5.0
 
 
 @dataclass
@@ -184,6 +193,7 @@ class OrchestrateWorker(SimpleWorker):
         self.stats = WorkerStatsRQ()
         self._current: dict[str, Any] | None = None
         self._outage: str | None = None  # the Redis error being waited out, if any
+        self._waiting = proto.Waiting(logger.error, _address(connection), every=5.0)
         self.no_queue_warning_s = 60.0
         self._warned_no_queue = False
 
@@ -193,13 +203,13 @@ class OrchestrateWorker(SimpleWorker):
     # -- waiting out Redis -----------------------------------------------------------------------
 
     def _redis_down(self, exc: BaseException, wait: float) -> None:
-        if self._outage is None:
-            logger.error("Redis unreachable (%s); waiting for it, retrying every %.0fs", exc, wait)
+        self._waiting.failed(exc, wait)
         self._outage = str(exc)
 
     def _redis_up(self) -> None:
         if self._outage is not None:
-            logger.warning("Redis is back (was: %s)", self._outage)
+            waited = self._waiting.ended() or 0.0
+            logger.warning("Redis is back after %.0fs (was: %s)", waited, self._outage)
             self._outage = None
 
     def _until_redis(
@@ -345,13 +355,11 @@ class OrchestrateWorker(SimpleWorker):
         if seconds < self.no_queue_warning_s or self._warned_no_queue:
             return
         self._warned_no_queue = True
-        where = self.connection.connection_pool.connection_kwargs
         logger.warning(
-            "no queue of an orchestrate coordinator on Redis %s:%s database %s for %.0f s: is "
+            "no queue of an orchestrate coordinator on Redis %s database %s for %.0f s: is "
             "the coordinator running, and on the same Redis URL and database number?",
-            where.get("host", where.get("path", "?")),
-            where.get("port", ""),
-            where.get("db", 0),
+            _address(self.connection),
+            self.connection.connection_pool.connection_kwargs.get("db", 0),
             seconds,
         )
 
@@ -382,12 +390,14 @@ class OrchestrateWorker(SimpleWorker):
             return False
         members = [_Member(job, queue, execution, payload), *self._companions(queue, payload)]
         self._performed = len(members)
+        self._current = payload
+        self.publish_quietly("busy")  # now, not at the first heartbeat: short jobs show too
         for i, m in enumerate(members):
             # RQ's bookkeeping: into the started registry (the dequeued job also out of the
             # intermediate queue; a companion was taken straight out of its queue).
             self._until_redis(functools.partial(self.prepare_job_execution, m.job, i == 0))
             m.job.started_at = _now()
-        keepers = [_Heartbeat(self, m.job, m.execution) for m in members]
+        keepers = [JobHeartbeat(self, m.job, m.execution) for m in members]
         for keeper in keepers:
             keeper.start()
         outcomes = ["failed"] * len(members)
@@ -600,34 +610,91 @@ class OrchestrateWorker(SimpleWorker):
             return
         super().procline(message)
 
+    @property
+    def beat_s(self) -> float:
+        """The longest this worker goes between publishes while alive: its heartbeat during a
+        job (or a model load), its poll of the queues when idle."""
+        return max(self.heartbeat_interval, float(self.block_seconds))
+
+    @property
+    def status_ttl(self) -> int:
+        """Seconds the status hash lives after each publish."""
+        return max(60, int(self.beat_s * 10))
+
     def publish(self, state: str) -> None:
-        """This worker's status hash, read by the coordinator into the workers table."""
+        """This worker's status hash, read by the coordinator into the workers table. A busy
+        worker whose model is being loaded says ``loading``."""
         backend = self.cache.current
         current = self._current or {}
+        if state == "busy" and self.cache.loading is not None:
+            state = "loading"
         fields: dict[str, str | int | float] = {
             "name": self.name,
             "host": self.host,
             "pid": os.getpid(),
             "backend": getattr(backend, "name", "") or "",
             "device": getattr(backend, "device", "") or "",
-            "model": self.cache.loaded_model or "",
+            "model": self.cache.loading or self.cache.loaded_model or "",
             "state": state,
-            "current_job": current.get("id", "") if state == "busy" else "",
+            "current_job": current.get("id", "") if state in ("busy", "loading") else "",
             "jobs_done": self.stats.done,
             "jobs_failed": self.stats.failed,
             "busy_s": self.stats.busy_s,
             "started_at": self.stats.started_at,
             "last_seen": time.time(),
+            "heartbeat_s": self.beat_s,
+            "ttl_s": self.status_ttl,  # what the coordinator measures "last seen" by
             # How many jobs it runs at once: the coordinator keeps that many in flight for it.
             "batch_size": self.batch_capacity,
         }
         key = proto.WORKER_KEY + self.name
         with self.connection.pipeline() as p:
             p.hset(key, mapping=fields)  # type: ignore[arg-type]  # dict is invariant
-            p.expire(key, max(60, int(self.block_seconds * 10)))
+            p.expire(key, self.status_ttl)
             p.execute()
 
+    def publish_quietly(self, state: str) -> None:
+        """``publish``, where Redis being away is no reason to stop (the next beat says it)."""
+        with contextlib.suppress(*_redis_errors()):
+            self.publish(state)
+
+    def subscribe(self) -> None:
+        """RQ's command channel (``rq suspend``, ``send_shutdown_command``...), read by a
+        thread that looks every PUBSUB_POLL_S whether it should stop."""
+        self.log.info("subscribing to channel %s", self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ: None
+            sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def unsubscribe(self) -> None:
+        """Stop the command thread within PUBSUB_STOP_S, whatever redis-py's ``stop()`` does:
+        up to 8.1 it only lowers a flag, 8.2 joins the thread without a bound by default. No
+        UNSUBSCRIBE is sent: its reply could wake the thread before the flag is down, to wait
+        again; closing the connection ends the subscription."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        self.pubsub_thread = None
+        if thread is None or pubsub is None:
+            return
+        self.log.info("unsubscribing from channel %s", self.pubsub_channel_name)
+        if "timeout" in inspect.signature(thread.stop).parameters:
+            thread.stop(timeout=0)
+        else:
+            thread.stop()
+        thread.join(PUBSUB_STOP_S)
+        if thread.is_alive():  # a daemon thread: it ends with the process
+            logger.warning("RQ's command thread did not stop within %.0f s", PUBSUB_STOP_S)
+            return
+        with contextlib.suppress(Exception):
+            pubsub.close()
+
     def teardown(self) -> None:
+        if self._outage is not None:
+            # Redis is away: no goodbye (each call could wait out its connect timeout); the
+            # worker's keys expire, and the coordinator shows it stale, then gone.
+            self.unsubscribe()
+            return
         with contextlib.suppress(Exception):
             self.publish("stopped")
         super().teardown()
@@ -639,52 +706,23 @@ def _now() -> Any:
     return now()
 
 
-def _retry_redis(fn: Callable[[], Any], every: float = 2.0) -> Any:
-    """``fn()``, waiting while Redis is away (one log line)."""
-    said = False
+def _address(conn: Any) -> str:
+    """Where a client connects (``host:port``, or a socket path), for messages."""
+    where = conn.connection_pool.connection_kwargs
+    if "path" in where:
+        return str(where["path"])
+    return f"{where.get('host', 'localhost')}:{where.get('port', 6379)}"
+
+
+def _retry_redis(fn: Callable[[], Any], where: str, every: float = 2.0) -> Any:
+    """``fn()``, waiting while Redis is away (and saying so, at a growing interval)."""
+    waiting = proto.Waiting(logger.error, where, every=every)
     while True:
         try:
             return fn()
         except _redis_errors() as exc:
-            if not said:
-                logger.error("Redis unreachable (%s); waiting for it", exc)
-                said = True
+            waiting.failed(exc)
             time.sleep(every)
-
-
-class _Heartbeat(threading.Thread):
-    """During a job: RQ's worker and job heartbeats, and our liveness key. A Redis outage
-    is logged once by the worker; the beats resume when it is back."""
-
-    def __init__(self, worker: OrchestrateWorker, job: Job, execution: Any) -> None:
-        super().__init__(name=f"heartbeat-{job.id}", daemon=True)
-        self.worker = worker
-        self.job = job
-        self.execution = execution
-        self._done = threading.Event()
-        with contextlib.suppress(*_redis_errors()):
-            self._beat()
-
-    def _beat(self) -> None:
-        self.worker.connection.set(
-            proto.heartbeat_key(self.job.id), self.worker.name, ex=self.worker.heartbeat_ttl
-        )
-
-    def run(self) -> None:
-        while not self._done.wait(self.worker.heartbeat_interval):
-            try:
-                self._beat()
-                if self.execution is not None and self.job.started_at is not None:
-                    self.worker.maintain_heartbeats(self.job, self.execution)
-                self.worker.publish("busy")
-            except _redis_errors() as exc:
-                self.worker._redis_down(exc, self.worker.heartbeat_interval)
-            except Exception as exc:
-                logger.warning("heartbeat failed: %s", exc)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
 
 
 # -- the task ------------------------------------------------------------------------------------
@@ -722,8 +760,6 @@ def run_worker(
     """Connect, optionally preload ``model``, and work until stopped (or idle, with ``burst``)."""
     global _worker
     conn = proto.connect_patiently(url, say=logger.error)
-    if model is not None:
-        cache.get(model)
 
     def make() -> OrchestrateWorker:
         return OrchestrateWorker(
@@ -739,8 +775,16 @@ def run_worker(
             block_seconds=block_seconds,
         )
 
-    worker = _retry_redis(make)
+    worker = _retry_redis(make, _address(conn))
     _worker = worker
+    if model is not None:
+        cache.loading = model  # said at once: the announcer's first beat may come first
+        try:
+            with Announcer(worker, "loading"):
+                cache.get(model)
+        except BaseException:
+            worker.publish_quietly("stopped")
+            raise
     # `burst` here means: quit after `burst_idle` seconds without a job. RQ's own burst quits the
     # moment the queues are empty, which the coordinator's small window makes common mid-batch.
     worker.work(
