@@ -13,33 +13,21 @@ from typing import Any
 # What a manifest's output_name / output_dir may say, checked at submit.
 MAX_OUTPUT_NAME = 120
 MAX_OUTPUT_DIR = 200
-OUTPUT_NAME_FIELDS = (
-    "seed",
-    "index",
-    "line",
-    "steps",
-    "scheduler",
-    "width",
-    "height",
-    "guidance_scale",
-    "quantization",
-)
-
+# A template's fields, and the job column each one reads.
+TEMPLATE_COLUMNS = {
+    "seed": "seed",
+    "index": "image_index",
+    "line": "line",
+    "steps": "steps",
+    "scheduler": "scheduler",
+    "width": "width",
+    "height": "height",
+    "guidance_scale": "guidance_scale",
+    "quantization": "quantization",
+}
+OUTPUT_NAME_FIELDS = tuple(TEMPLATE_COLUMNS)
 # The job fields an image's path is made of (``image_path``).
-PATH_FIELDS = (
-    "batch_id",
-    "output_name",
-    "output_dir",
-    "seed",
-    "image_index",
-    "line",
-    "steps",
-    "scheduler",
-    "width",
-    "height",
-    "guidance_scale",
-    "quantization",
-)
+PATH_FIELDS = ("batch_id", "output_name", "output_dir", *TEMPLATE_COLUMNS.values())
 
 _OUTPUT_NAME_OK = re.compile(r"[\w\-. {}]+")
 MAX_NAME_BYTES = 150  # a rendered file or folder name, in UTF-8 (filesystems allow 255)
@@ -109,17 +97,9 @@ os.umask(_UMASK)
 
 
 def _render(template: str, job: dict[str, Any]) -> str:
-    fields = {
-        "seed": job["seed"],
-        "index": job["image_index"],
-        "line": job["line"],
-        "steps": job["steps"],
-        "scheduler": job["scheduler"],
-        "width": job["width"],
-        "height": job["height"],
-        "guidance_scale": f"{float(job.get('guidance_scale') or 0):g}",
-        "quantization": job.get("quantization", ""),
-    }
+    fields = {field: job.get(column) for field, column in TEMPLATE_COLUMNS.items()}
+    fields["guidance_scale"] = f"{float(job.get('guidance_scale') or 0):g}"
+    fields["quantization"] = job.get("quantization") or ""
     try:
         return template.format(**fields)
     except (ValueError, KeyError, IndexError, AttributeError):
