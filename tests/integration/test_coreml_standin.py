@@ -23,7 +23,7 @@ from workers.backends import GenerationRequest
 from workers.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache
 
-pytestmark = OFF_MACOS
+pytestmark = [OFF_MACOS, pytest.mark.slow]  # converts the tiny UNet to Core ML
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from workers.metadata import encode_png
 from workers.rq import protocol as proto
 
 
+@pytest.mark.slow
 def test_a_tiny_manifest_cannot_expand_to_a_million_jobs() -> None:
     rows = "prompt,num_images\n" + "".join(f"p{i},10000\n" for i in range(101))
     with pytest.raises(ManifestError) as info:

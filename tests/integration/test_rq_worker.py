@@ -27,6 +27,7 @@ def spawn(target: Any, *args: Any) -> Any:
     return proc
 
 
+@pytest.mark.slow  # waits out two retry backoffs
 def test_a_job_that_fails_twice_then_succeeds(
     store: JobStore, redis_server: RedisServer, tmp_path: Path
 ) -> None:

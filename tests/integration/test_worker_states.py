@@ -193,6 +193,7 @@ def test_an_rq_worker_says_busy_when_it_takes_a_job_not_at_its_next_heartbeat(
     wait_for(lambda: hash_of(redis, "quick").get("state") == "idle", "the worker idle again")
 
 
+@pytest.mark.slow  # waits for a killed worker to go stale, then gone
 def test_a_killed_rq_worker_becomes_stale_then_gone_with_its_job(
     store: JobStore, redis: Any, tmp_path: Path, gated: Any
 ) -> None:
