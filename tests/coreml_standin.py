@@ -8,7 +8,8 @@ the spec does not declare is refused, as Core ML refuses it. It is used only in 
 product never pretends to run Core ML off macOS.
 
 What it cannot show: Core ML's own kernels, fp16 activations on the GPU or Neural Engine, and
-the compute-unit split; a Mac run confirms those (README, "Core ML on a Mac").
+the compute-unit split; a Mac run confirms those (docs/coreml.md, "What is verified, and what a
+Mac must check").
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def test_pages_show_what_the_database_holds(browser: Any, dash: Dashboard) -> No
         "return Promise.all([...document.images].map(i => i.decode().then(() => i.naturalWidth)))"
     )
     assert widths == [64, 64, 64]
-    # a full-page screenshot for the CI artifacts (and the README's docs/dashboard.png)
+    # a full-page screenshot for the CI artifacts (and docs/dashboard.png, on the docs' dashboard page)
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1400, max(1000, height + 200))  # the window has chrome too
     SCREENSHOT.parent.mkdir(exist_ok=True)

@@ -93,7 +93,7 @@ def test_a_busy_worker_finishes_its_job_then_stops_within_seconds(
         job = wait_for_running(db, timeout=120)
         proc.send_signal(signal.SIGTERM)
         assert stopped_in_time(proc, tmp_path / "busy.log") == 0
-        # The job it was on was finished and delivered (README: the first signal finishes it).
+        # The job it was on was finished and delivered (docs/reliability.md: the first signal finishes it).
         wait_until(
             lambda: query(db, "SELECT status FROM jobs WHERE id = ?", job) == [("succeeded",)],
             "the job to be recorded",

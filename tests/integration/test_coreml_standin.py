@@ -1,7 +1,7 @@
 """The Core ML backend's own ``generate()``, run off macOS through a stand-in that honours each
 converted package's declared inputs and its own weights (``tests/coreml_standin.py``). On
 macOS the same checks would run against Core ML itself; there, Core ML's kernels and fp16
-activations are what a Mac run confirms (README)."""
+activations are what a Mac run confirms (docs/coreml.md)."""
 
 from __future__ import annotations
 
