@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
 from orchestrator.models import JOB_FIELDS, Job
 from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse

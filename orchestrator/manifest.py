@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ManifestError, ManifestIssue
+from contract.errors import ManifestError, ManifestIssue
 from orchestrator.expansion import (
     COUNT_CAP,
     VARIANT_PREFIX,

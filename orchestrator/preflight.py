@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import JobInputError
+from contract.errors import JobInputError
 from workers import families, hub
 from workers.models import expand_path, looks_like_path
 
@@ -284,7 +284,7 @@ def refuse_missing_folders(manifest: Any, flag_model: str) -> None:
     """Refuse a manifest whose model values look like local paths (``looks_like_path``) and
     are not on this machine: a ManifestError with one issue per such model, at the first
     line naming it (and the others counted), or a UsageError when it is ``--model``'s."""
-    from orchestrator.errors import ManifestError, ManifestIssue, UsageError
+    from contract.errors import ManifestError, ManifestIssue, UsageError
 
     lines: dict[str, list[int]] = {}
     seen: dict[str, bool] = {}

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.errors import UsageError
 from orchestrator.config import UNRECORDED_THREADS
-from orchestrator.errors import UsageError
 from orchestrator.manifest import job_limits
 from orchestrator.output import write_atomic
 from workers.task import REQUEST_FIELDS

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.errors import UsageError
 from orchestrator import ownership
-from orchestrator.errors import UsageError
 from orchestrator.output import image_path
 from orchestrator.results import Results, sha256_file
 from orchestrator.store import JobStore

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.errors import JobInputError, JobInterrupted, JudgeError, QualityGateFailed
+from contract.errors import JobInputError, JobInterrupted, JudgeError, QualityGateFailed
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -74,7 +74,7 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     """
     del cache_dir
     if not (SHIPPED_TINY / "model_index.json").is_file():
-        from orchestrator.errors import ModelLoadError
+        from contract.errors import ModelLoadError
 
         raise ModelLoadError(
             f"the built-in tiny model's weights are missing from {SHIPPED_TINY}; "

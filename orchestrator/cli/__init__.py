@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import click
 
+from contract.errors import ManifestError, OrchestratorError
 from orchestrator import __version__
 from orchestrator.cli.common import CONTEXT, State, print_manifest_error
 from orchestrator.config import DEFAULT_OUTPUT
-from orchestrator.errors import ManifestError, OrchestratorError
 
 
 @click.group(context_settings=CONTEXT)
@@ -59,7 +59,7 @@ _ = (control, dashboard, dataset, distributed, jobs, judge, local, model, preset
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """Entry point: library errors become clean messages and exit codes, never tracebacks
-    (the codes are on the errors: ``orchestrator.errors``)."""
+    (the codes are on the errors: ``contract.errors``)."""
     try:
         main.main(args=argv, prog_name="orchestrate", standalone_mode=False)
     except ManifestError as exc:
@@ -93,8 +93,8 @@ def _foreign_error(exc: Exception) -> OrchestratorError | None:
     import redis
     from sqlalchemy.exc import SQLAlchemyError
 
+    from contract.errors import DatabaseError, RedisUnavailable
     from orchestrator import extras
-    from orchestrator.errors import DatabaseError, RedisUnavailable
 
     if isinstance(exc, ModuleNotFoundError) and (extra := extras.extra_for(exc.name)):
         return extras.refusal(extra, [str(exc.name).partition(".")[0]])

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
+from contract.errors import ManifestError, TransientError, UsageError
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
 )
-from orchestrator.errors import ManifestError, TransientError, UsageError
 from orchestrator.extras import require as require_extra
 from orchestrator.manifest import (
     MAX_JOBS,

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
+from contract.errors import UsageError
 from orchestrator.cli import main
 from orchestrator.cli.common import State, option, pass_state
-from orchestrator.errors import UsageError
 
 DEFAULT_WATCH_SECONDS = 2.0
 

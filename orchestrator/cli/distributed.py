@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from contract.errors import OrchestratorError
 from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
@@ -27,7 +28,6 @@ from orchestrator.cli.common import (
     tuning_from,
     tuning_options,
 )
-from orchestrator.errors import OrchestratorError
 from orchestrator.hooks import Hooks
 
 

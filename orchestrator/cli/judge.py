@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+from contract.errors import UsageError
 from orchestrator.cli import main
-from orchestrator.errors import UsageError
 
 
 def _images(paths: tuple[Path, ...]) -> list[Path]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from contract.errors import OrchestratorError, UsageError
 from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
@@ -36,7 +37,6 @@ from orchestrator.cli.common import (
 from orchestrator.config import (
     WorkerSettings,
 )
-from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.hooks import Hooks, batch_summary
 from orchestrator.manifest import Defaults, load_manifest
 from workers.quality import fmt_score

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 
-from orchestrator.errors import JobNotFound, UsageError
+from contract.errors import JobNotFound, UsageError
 from orchestrator.manifest import JobSpec, Manifest
 from orchestrator.models import (
     ACTIVE_STATUSES,

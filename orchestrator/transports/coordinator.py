@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import faults
-from orchestrator.errors import CoordinatorConflict, PublishBlocked, TransientError
+from contract import faults
+from contract.errors import CoordinatorConflict, PublishBlocked, TransientError
 from orchestrator.events import JobEvent
 from orchestrator.hooks import HookRunner, Hooks, batch_summary
 from orchestrator.models import WORKER_STATES

@@ -28,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from orchestrator.config import WorkerSettings
-from orchestrator.errors import (
+from contract.errors import (
     JobInputError,
     JobInterrupted,
     PublishBlocked,
     QualityGateFailed,
     TransientError,
 )
+from orchestrator.config import WorkerSettings
 from orchestrator.events import JobEvent
 from orchestrator.results import Results
 from orchestrator.store import Claim, JobStore, WorkerIdentity, backoff_seconds

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from contract.errors import JobNotFound, UsageError
 from orchestrator import status as st
-from orchestrator.errors import JobNotFound, UsageError
 from orchestrator.models import ACTIVE_STATUSES, VISIBLE_STATUSES, JobStatus
 from orchestrator.store import JobStore
 from orchestrator.store.control import check_priority

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.errors import ModelLoadError
+from contract.errors import ModelLoadError
 from orchestrator.manifest import parse_manifest
 from orchestrator.preflight import model_problem
 from tests.conftest import sample_job

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from tests.integration.test_pipeline import JOB as PIPELINE_JOB
 from workers.compression.analysis import AnalysisPlan, ProbeConfig, analyze
 from workers.compression.palettize import NBITS, kmeans_lut, mean, psnr

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import CoordinatorConflict
+from contract.errors import CoordinatorConflict
 from orchestrator.hooks import Hooks
 from orchestrator.store import JobStore
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from contract.errors import UsageError
 from orchestrator.cli import cli
 from orchestrator.config import WorkerSettings
-from orchestrator.errors import UsageError
 from orchestrator.export import COLUMNS, export_dataset
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker

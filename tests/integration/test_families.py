@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import JobInputError
+from contract.errors import JobInputError
 from tests.conftest import sample_job
 from tests.e2e.conftest import Cli
 from workers import families

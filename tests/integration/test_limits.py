@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
+from contract.errors import DatabaseError, ManifestError, UsageError
 from orchestrator.database import open_engine, upgrade
-from orchestrator.errors import DatabaseError, ManifestError, UsageError
 from orchestrator.manifest import parse_manifest
 from orchestrator.reproduce import read_recorded
 from tests.conftest import fixed_size

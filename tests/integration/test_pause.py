@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import JobNotFound, UsageError
+from contract.errors import JobNotFound, UsageError
 from orchestrator.store import JobStore
 from tests.conftest import coordinator, submit_text, worker
 from workers.rq import protocol as proto

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import faults
-from orchestrator.errors import DiskFull, OutputUnwritable, PublishBlocked
+from contract import faults
+from contract.errors import DiskFull, OutputUnwritable, PublishBlocked
 from orchestrator.ownership import MARKER
 from orchestrator.results import STAGING, Results, stage
 from orchestrator.status import health_lines, overview

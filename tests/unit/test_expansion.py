@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ManifestError
+from contract.errors import ManifestError
 from orchestrator.manifest import Defaults, derived_seed, load_manifest, parse_manifest
 from orchestrator.presets import PRESETS, nearest_mixed
 from tests.conftest import fixed_size, manifest_of

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import JobInputError
+from contract.errors import JobInputError
 from orchestrator.manifest import parse_manifest
 from orchestrator.preflight import model_problem
 from workers import families

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.errors import JobInputError, JobInterrupted, JudgeError, ManifestError
+from contract.errors import JobInputError, JobInterrupted, JudgeError, ManifestError
 from orchestrator.manifest import Defaults, parse_manifest
 from tests.conftest import PAYLOAD_TOKEN, fixed_size, manifest_of, sample_payload
 from tests.fake_quality import seed_pixels

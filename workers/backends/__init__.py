@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # The job errors belong to the project's one hierarchy; re-exported here for the backends.
-from orchestrator.errors import (
+from contract.errors import (
     JobError,
     JobInputError,
     JobInterrupted,

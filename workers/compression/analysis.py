@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression.palettize import (
     APPLE_MIN_SIZE,
     NBITS,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression import registry
 from workers.compression.analysis import GROUPED, AnalysisPlan, Probe, ProbeConfig, analyze
 from workers.compression.palettize import (

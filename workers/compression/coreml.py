@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression.palettize import (
     GROUPED_OS,
     PER_TENSOR_OS,

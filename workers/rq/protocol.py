@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchestrator import faults
+from contract import faults
 from workers.quality import MAX_JUDGE_NAME, MAX_QUALITY_TRIES
 from workers.task import RESULT_COUNTS, RESULT_TEXT, RESULT_TIMINGS
 

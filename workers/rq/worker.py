@@ -49,8 +49,8 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
-from orchestrator import faults
-from orchestrator.errors import QualityGateFailed
+from contract import faults
+from contract.errors import QualityGateFailed
 from workers.backends import JobInputError, JobInterrupted
 from workers.batching import batch_limit
 from workers.rq import protocol as proto
