@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from contract.errors import UsageError
-from orchestrator.models import JOB_FIELDS, Job
+from contract.job import JOB_FIELDS
+from orchestrator.models import Job
 from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse
 from orchestrator.store.base import EXPORT_RUN, EXPORT_TIMINGS

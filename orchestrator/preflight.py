@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.errors import JobInputError
+from contract.limits import UNIFORM_BITS
 from workers import families, hub
 from workers.models import expand_path, looks_like_path
 
@@ -165,7 +166,7 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
 
     from workers.compression import registry
 
-    if quantization in ("8bit", "6bit", "4bit"):
+    if quantization in UNIFORM_BITS:
         return None  # a uniform variant: built from the model on first use
     if registry.lookup(model, quantization, "torch") is None:
         return (
@@ -227,7 +228,8 @@ def pending_by_batch(store: Any) -> dict[ModelKey, list[Waiting]]:
     it)."""
     from sqlalchemy import func, select
 
-    from orchestrator.models import Batch, Job, JobStatus, QueueState
+    from contract.status import JobStatus
+    from orchestrator.models import Batch, Job, QueueState
 
     stmt = (
         select(Job.model, Job.quantization, Batch.id, Batch.name, func.count())
@@ -257,7 +259,7 @@ def device_problem(device: str) -> str | None:
     if device not in ("cuda", "mps"):
         return None
     # Through the backend's module: it sets torch's environment before torch is imported.
-    from workers.backends import ModelLoadError
+    from contract.errors import ModelLoadError
     from workers.backends.diffusers import pick_device
 
     try:

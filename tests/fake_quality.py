@@ -10,7 +10,8 @@ from typing import Any
 
 from PIL import Image
 
-from workers.backends import GenerationRequest, GenerationResult
+from contract.job import GenerationRequest
+from workers.backends import GenerationResult
 from workers.quality import CommandJudge, Judge
 from workers.task import PipelineCache
 

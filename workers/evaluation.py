@@ -61,7 +61,7 @@ def evaluate(
 ) -> Evaluation:
     """Generate one image per prompt with ``backend`` (a loaded worker backend, e.g. from
     ``PipelineCache.get``) and judge it."""
-    from workers.backends import GenerationRequest
+    from contract.job import GenerationRequest
 
     judgements: list[Judgement] = []
     images = []

@@ -31,25 +31,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from contract.errors import JobInputError, JobInterrupted, JudgeError, QualityGateFailed
+from contract.limits import MAX_JUDGE_NAME, SEED
 
 if TYPE_CHECKING:
     from PIL import Image
 
-# The job's gate fields (None: no gate) and what a gated job's result reports besides its
-# timings. The store's schema, the payload and the protocol derive from these.
-GATE_FIELDS: tuple[str, ...] = ("min_score", "quality_tries")
-QUALITY_RESULT_FIELDS: tuple[str, ...] = ("score", "image_seed", "judge")
-DEFAULT_QUALITY_TRIES = 3
-MAX_QUALITY_TRIES = 20
-# How a failed gate's error begins as the transports record it ("<error class>: <message>").
-GATE_ERROR_PREFIX = f"{QualityGateFailed.__name__}: "
-
 BUILTIN = "builtin"
 JUDGE_TIMEOUT_S = 60.0
-MAX_JUDGE_NAME = 255
 _POLL_S = 0.2  # how often a running judge command is checked for a stop request
 
-SEED_SPACE = 2**32
+SEED_SPACE = SEED.max + 1
 # The step from one of a gated job's seeds to its next: 2^32 over the golden ratio, odd. Not 1:
 # in a ``num_images`` row the next job's own seed is this job's seed + 1, so two jobs could keep
 # the same image. For the first 2,000 tries these steps stay more than 1.2 million seeds away

@@ -14,20 +14,26 @@ from typing import Any, TypeVar
 import click
 
 from contract.errors import ManifestError, TransientError, UsageError
+from contract.limits import (
+    BACKENDS,
+    COMPUTE_UNITS,
+    DEFAULT_QUALITY_TRIES,
+    DEVICES,
+    GUIDANCE,
+    QUALITY_TRIES,
+    QUANTIZATIONS,
+    SCORE,
+    SIZE,
+    STEPS,
+)
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
 )
 from orchestrator.extras import require as require_extra
-from orchestrator.manifest import (
-    MAX_JOBS,
-    QUANTIZATIONS,
-    VARIANT_NAME,
-    Defaults,
-    Manifest,
-)
+from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
 from orchestrator.presets import MIXED, PRESET_NAMES
-from workers.quality import BUILTIN, DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
+from workers.quality import BUILTIN
 from workers.schedulers import SCHEDULER_NAMES
 
 T = TypeVar("T")
@@ -102,10 +108,10 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """What decides one image's pixels (defaults for a manifest's columns; ``generate``'s own)."""
     d = Defaults()
     opts = [
-        option("--steps", type=click.IntRange(1, 500), default=d.steps, help="Denoising steps."),
+        option("--steps", type=click.IntRange(*STEPS), default=d.steps, help="Denoising steps."),
         option(
             "--guidance-scale",
-            type=click.FloatRange(0, 50),
+            type=click.FloatRange(*GUIDANCE),
             default=d.guidance_scale,
             help="CFG scale.",
         ),
@@ -125,13 +131,13 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         option(
             "--width",
-            type=click.IntRange(64, 4096),
+            type=click.IntRange(*SIZE),
             default=None,
             help="Image width [default: the model's native size].",
         ),
         option(
             "--height",
-            type=click.IntRange(64, 4096),
+            type=click.IntRange(*SIZE),
             default=None,
             help="Image height [default: the model's native size].",
         ),
@@ -158,7 +164,7 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--min-score",
             "--min-adherence",
             "min_score",
-            type=click.FloatRange(0, 1),
+            type=click.FloatRange(*SCORE),
             default=None,
             help="A quality gate for rows that name none (column min_score): a worker's judge "
             "scores each image from 0 to 1, and one under this is made again with the next "
@@ -166,7 +172,7 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         option(
             "--quality-tries",
-            type=click.IntRange(1, MAX_QUALITY_TRIES),
+            type=click.IntRange(*QUALITY_TRIES),
             default=d.quality_tries,
             help="Seeds one attempt of a gated job may try (column quality_tries).",
         ),
@@ -198,13 +204,13 @@ def backend_options() -> list[Callable[[Any], Any]]:
     return [
         option(
             "--backend",
-            type=click.Choice(["diffusers", "coreml"]),
+            type=click.Choice(BACKENDS),
             default="diffusers",
             help="diffusers (PyTorch: CPU, CUDA, MPS) or coreml (macOS only).",
         ),
         option(
             "--compute-units",
-            type=click.Choice(["CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY"]),
+            type=click.Choice(COMPUTE_UNITS),
             default="CPU_AND_NE",
             help="Core ML compute units (with --backend coreml).",
         ),
@@ -253,7 +259,7 @@ def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
         threads_option(),
         option(
             "--device",
-            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+            type=click.Choice(DEVICES),
             default="auto",
             help="Torch device.",
         ),

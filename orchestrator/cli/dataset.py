@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from contract.limits import DEVICES
 from orchestrator.cli import main
 from orchestrator.cli.common import State, configure_logging, option, pass_state
 from orchestrator.export import DEFAULT_SHARD_SIZE, FORMATS
@@ -62,7 +63,7 @@ def export(
 )
 @option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=click.Choice(DEVICES),
     default=None,
     help="Torch device [default: the one recorded in the image].",
 )

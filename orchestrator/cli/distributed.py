@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from contract.errors import OrchestratorError
+from contract.limits import DEVICES
 from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
@@ -157,7 +158,7 @@ def backend_decorators(f: Any) -> Any:
 @threads_option()
 @option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=click.Choice(DEVICES),
     default="auto",
     help="Torch device.",
 )

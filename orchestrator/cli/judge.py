@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from contract.errors import UsageError
+from contract.limits import SCORE
 from orchestrator.cli import main
 
 
@@ -43,7 +44,7 @@ def _recorded_prompt(path: Path) -> str | None:
 )
 @click.option(
     "--min-adherence",
-    type=click.FloatRange(0, 1),
+    type=click.FloatRange(*SCORE),
     help="Exit 1 when the adherence over all judged images is below this.",
 )
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")

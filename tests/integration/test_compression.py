@@ -497,7 +497,7 @@ def test_split_einsum_attention_matches_the_original() -> None:
 
 
 def test_coreml_backend_refuses_off_macos_in_one_sentence() -> None:
-    from workers.backends import JobInputError
+    from contract.errors import JobInputError
     from workers.task import PipelineCache, run_job
 
     cache = PipelineCache(backend="coreml")

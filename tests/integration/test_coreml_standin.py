@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.job import GenerationRequest
 from tests.coreml_standin import (
     OFF_MACOS,
     StandInModel,
@@ -19,7 +20,6 @@ from tests.coreml_standin import (
     install,
     pixels,
 )
-from workers.backends import GenerationRequest
 from workers.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache
 

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from contract.errors import UsageError
+from contract.errors import JobInputError, UsageError
 from orchestrator.cli import cli
 from orchestrator.config import WorkerSettings
 from orchestrator.export import COLUMNS, export_dataset
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
-from workers.backends import JobInputError
 from workers.task import PipelineCache, TaskOutput
 
 MANIFEST = (

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from contract.job import GATE_FIELDS, JOB_FIELDS, PAYLOAD_FIELDS, GenerationRequest
 from orchestrator.manifest import COLUMNS, JobSpec
-from orchestrator.models import GATE_FIELDS, JOB_FIELDS, PAYLOAD_FIELDS, Job
+from orchestrator.models import Job
 from orchestrator.transports.coordinator import _worker_row
 from tests.conftest import sample_payload
-from workers.backends import GenerationRequest
 from workers.rq import protocol as proto
 
 TOKEN = "ab" * 16

@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends import GenerationRequest, GenerationResult, JobInputError, JobInterrupted
+from contract.errors import JobInputError, JobInterrupted
+from contract.job import GenerationRequest
+from contract.limits import COMPUTE_UNITS
+from workers.backends import GenerationResult
 from workers.backends.coreml_folder import SPEC_DTYPES, declared_inputs, read_folder
 from workers.compression.coreml import SEQ_LEN, TEXT_ENCODER, TEXT_ENCODER_2, VAE_DECODER
 from workers.families import sdxl_time_ids
@@ -34,7 +37,6 @@ from workers.models import model_fingerprint
 
 __all__ = ["SPEC_DTYPES", "CoreMLBackend", "declared_inputs"]
 
-COMPUTE_UNITS = ("CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY")
 NEEDS_MACOS = (
     "the Core ML backend needs macOS: Core ML prediction (MLModel.predict) only runs on macOS, "
     "not on {system}; use --backend diffusers here"

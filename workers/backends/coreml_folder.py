@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends import JobInputError
+from contract.errors import JobInputError
 from workers.compression.coreml import (
     LAYOUT,
     TEXT_ENCODER,

@@ -19,16 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.errors import JobInputError, JobInterrupted, ModelLoadError, ModelNotFound
+from contract.job import GenerationRequest
 from workers import families, hub
-from workers.backends import (
-    GenerationRequest,
-    GenerationResult,
-    JobInputError,
-    JobInterrupted,
-    ModelLoadError,
-    ModelNotFound,
-    batch_key,
-)
+from workers.backends import GenerationResult, batch_key
 from workers.checkpoints import is_checkpoint_file
 from workers.models import (
     builtin_model,
@@ -51,8 +45,6 @@ for _var, _value in (
     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
 ):
     os.environ.setdefault(_var, _value)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def pick_device(requested: str = "auto") -> str:
