@@ -94,9 +94,9 @@ def coordinator(
     One coordinator runs per database: a second one refuses to start, naming the first.
     With ORCHESTRATE_SECRET set (the same on every worker), payloads and results are signed.
     """
+    from contract.protocol import connect_patiently, redact, secret_from_env
     from orchestrator.progress import Progress
     from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
-    from workers.rq.protocol import connect_patiently, redact, secret_from_env
 
     configure_logging(ctx.find_root().meta["verbose"], service=True)
     store = patiently(state.store, "open the database")

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import faults
+from contract import protocol as proto
 from contract.errors import CoordinatorConflict, PublishBlocked, TransientError
 from contract.limits import BATCH_SIZE
 from contract.status import WORKER_STATES, JobStatus
@@ -59,7 +60,6 @@ from orchestrator.hooks import HookRunner, Hooks, batch_summary
 from orchestrator.results import STAGING, ImageMismatch, Results
 from orchestrator.status import presence
 from orchestrator.store import Claim, JobStore, backoff_seconds
-from workers.rq import protocol as proto
 
 logger = logging.getLogger(__name__)
 

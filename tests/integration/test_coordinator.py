@@ -14,12 +14,12 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from contract import protocol as proto
 from contract.errors import CoordinatorConflict
 from orchestrator.store import JobStore
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests.conftest import coordinator, submit_text
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 
 
 def png(color: tuple[int, int, int] = (1, 2, 3)) -> bytes:

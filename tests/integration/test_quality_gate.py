@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+from contract import protocol as proto
 from contract.errors import JobInterrupted
 from orchestrator.config import WorkerSettings
 from orchestrator.export import export_dataset
@@ -38,7 +39,6 @@ from tests.fake_quality import (
 from tests.redis_server import RedisServer
 from workers.metadata import read_png_metadata
 from workers.quality import CommandJudge, candidate_seed
-from workers.rq import protocol as proto
 from workers.task import run_job
 
 SCENE = "a large red circle on a black background"

@@ -12,12 +12,12 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from contract import protocol as proto
 from orchestrator.store import JobStore, backoff_seconds
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests import fake_workers
 from tests.conftest import submit_text
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 from workers.rq.worker import plain_json
 
 

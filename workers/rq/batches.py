@@ -19,7 +19,7 @@ from typing import Any
 from rq import Queue
 from rq.job import Job
 
-from workers.rq import protocol as proto
+from contract import protocol as proto
 from workers.task import batch_key
 
 logger = logging.getLogger(__name__)

@@ -50,10 +50,10 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
 from contract import faults
+from contract import protocol as proto
 from contract.errors import JobInputError, JobInterrupted, QualityGateFailed
 from contract.status import AttemptStatus
 from workers.batching import batch_limit
-from workers.rq import protocol as proto
 from workers.rq.batches import take_companions
 from workers.rq.heartbeats import Announcer, JobHeartbeat
 from workers.task import (
