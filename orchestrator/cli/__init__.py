@@ -13,36 +13,7 @@ from collections.abc import Sequence
 import click
 
 from contract.errors import ManifestError, OrchestratorError
-from orchestrator import __version__
-from orchestrator.cli.common import CONTEXT, State, print_manifest_error
-from orchestrator.config import DEFAULT_OUTPUT
-
-
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="orchestrate")
-@click.option(
-    "--db",
-    envvar="ORCHESTRATE_DB",
-    show_envvar=True,
-    default=None,
-    help="Job database: a path or SQLAlchemy URL [default: ./orchestrate.db].",
-)
-@click.option(
-    "--output",
-    envvar="ORCHESTRATE_OUTPUT",
-    show_envvar=True,
-    default=DEFAULT_OUTPUT,
-    help="Folder for images: <output>/<batch>/<job-id>.png.",
-)
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.pass_context
-def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
-    """Turn a CSV of prompts into a finished, reproducible image dataset."""
-    ctx.obj = State(db, output)
-    ctx.meta["verbose"] = verbose
-
-
-from orchestrator.cli import (  # noqa: E402  (they register on main)
+from orchestrator.cli import (  # they register on main
     control,
     dashboard,
     dataset,
@@ -53,6 +24,7 @@ from orchestrator.cli import (  # noqa: E402  (they register on main)
     model,
     presets,
 )
+from orchestrator.cli.common import main, print_manifest_error
 
 _ = (control, dashboard, dataset, distributed, jobs, judge, local, model, presets)
 

@@ -1,4 +1,5 @@
-"""What the commands share: settings from flags or environment, option groups, helpers."""
+"""What the commands share: the ``orchestrate`` group they register on, settings from flags or
+environment, option groups, helpers."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ from contract.limits import (
     SIZE,
     STEPS,
 )
+from orchestrator import __version__
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_OUTPUT,
 )
 from orchestrator.extras import require as require_extra
 from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
@@ -76,6 +79,31 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+# The ``orchestrate`` group: every command module registers on it.
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="orchestrate")
+@click.option(
+    "--db",
+    envvar="ORCHESTRATE_DB",
+    show_envvar=True,
+    default=None,
+    help="Job database: a path or SQLAlchemy URL [default: ./orchestrate.db].",
+)
+@click.option(
+    "--output",
+    envvar="ORCHESTRATE_OUTPUT",
+    show_envvar=True,
+    default=DEFAULT_OUTPUT,
+    help="Folder for images: <output>/<batch>/<job-id>.png.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
+    """Turn a CSV of prompts into a finished, reproducible image dataset."""
+    ctx.obj = State(db, output)
+    ctx.meta["verbose"] = verbose
 
 
 def claim_output(state: State) -> None:

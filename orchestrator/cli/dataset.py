@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from contract.limits import DEVICES
-from orchestrator.cli import main
-from orchestrator.cli.common import State, configure_logging, option, pass_state
+from orchestrator.cli.common import State, configure_logging, main, option, pass_state
 from orchestrator.export import DEFAULT_SHARD_SIZE, FORMATS
 from orchestrator.extras import require as require_extra
 

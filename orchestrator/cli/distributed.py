@@ -10,7 +10,6 @@ import click
 
 from contract.errors import OrchestratorError
 from contract.limits import DEVICES
-from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
     backend_options,
@@ -20,6 +19,7 @@ from orchestrator.cli.common import (
     hook_options,
     judge_from,
     judge_option,
+    main,
     option,
     pass_state,
     patiently,

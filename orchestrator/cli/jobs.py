@@ -11,9 +11,9 @@ import click
 from contract.job import GATE_FIELDS, QUALITY_RESULT_FIELDS
 from contract.limits import SCORE
 from contract.status import VISIBLE_STATUSES, JobStatus
-from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
+    main,
     option,
     pass_state,
 )

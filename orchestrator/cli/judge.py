@@ -10,7 +10,7 @@ import click
 
 from contract.errors import UsageError
 from contract.limits import SCORE
-from orchestrator.cli import main
+from orchestrator.cli.common import main
 
 
 def _images(paths: tuple[Path, ...]) -> list[Path]:

@@ -14,7 +14,6 @@ import click
 from contract.errors import OrchestratorError, UsageError
 from contract.limits import SEED
 from contract.status import JobStatus
-from orchestrator.cli import main
 from orchestrator.cli.common import (
     State,
     claim_output,
@@ -25,6 +24,7 @@ from orchestrator.cli.common import (
     image_options,
     judge_from,
     judge_option,
+    main,
     option,
     pass_state,
     patiently,

@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 from contract.errors import UsageError
-from orchestrator.cli import main
-from orchestrator.cli.common import option
+from orchestrator.cli.common import main, option
 from orchestrator.extras import require as require_extra
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rq import Queue, SimpleWorker, get_current_job, worker_registration
-from rq.exceptions import DequeueTimeout, DeserializationError, StopRequested
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job
 from rq.results import Result
 from rq.serializers import JSONSerializer
@@ -56,6 +56,7 @@ from contract.status import AttemptStatus
 from workers.batching import batch_limit
 from workers.rq.batches import take_companions
 from workers.rq.heartbeats import Announcer, JobHeartbeat
+from workers.rq.vetting import vet
 from workers.task import (
     BatchRunner,
     Outcome,
@@ -110,36 +111,6 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
-def vet(job: Job, secret: bytes | None) -> dict[str, Any]:
-    """The payload of a job this worker may run, or BadMessage saying why not. Nothing of
-    the job is imported or called to find out: names and JSON are read, never resolved."""
-    try:
-        func_name = job.func_name  # JSON only: a pickled job never gets unpickled here
-        args, kwargs = job.args, job.kwargs
-    except DeserializationError:
-        raise proto.BadMessage("not JSON (pickle or garbage)") from None
-    if func_name != proto.TASK:
-        raise proto.BadMessage(f"this worker runs only {proto.TASK}, not {func_name!r}")
-    extras = [
-        name
-        for name, present in (
-            ("on_success", job._success_callback_name),
-            ("on_failure", job._failure_callback_name),
-            ("on_stopped", job._stopped_callback_name),
-            ("webhooks", job.webhooks),
-            ("depends_on", job._dependency_ids),
-            ("repeat", job.repeats_left),
-            ("retry", job.retries_left),
-        )
-        if present
-    ]
-    if extras:
-        raise proto.BadMessage(f"jobs here carry no {', '.join(extras)}")
-    if kwargs or len(args) != 1:
-        raise proto.BadMessage("the task takes exactly one payload argument")
-    return proto.check_payload(args[0], secret)
 
 
 class OrchestrateWorker(SimpleWorker):
