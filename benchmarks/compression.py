@@ -246,7 +246,8 @@ def table(
     fp16_images: list[np.ndarray] = []
     fp16_eval: Any = None
     if coreml_dir is not None:
-        from workers.compression.coreml import UNET, package_megabytes
+        from workers.backends.coreml_folder import UNET
+        from workers.compression.coreml import package_megabytes
 
         fp16_pkg = package_megabytes(
             coreml_base(pipe, coreml_dir, label, "macOS13") / f"{UNET}.mlpackage"
@@ -287,7 +288,8 @@ def table(
                 }
         pkg = fp16_pkg
         if coreml_dir is not None and recipe:
-            from workers.compression.coreml import UNET, package_megabytes, palettize_unet
+            from workers.backends.coreml_folder import UNET
+            from workers.compression.coreml import package_megabytes, palettize_unet
 
             folder = coreml_dir / variant
             shutil.copytree(coreml_base(pipe, coreml_dir, label, minimum_os), folder)

@@ -95,7 +95,8 @@ def test_the_backend_sends_each_input_in_the_dtype_the_package_declares(
 def test_the_stand_in_refuses_what_the_package_does_not_declare(
     tiny: object, folders: dict[str, Path]
 ) -> None:
-    from workers.compression.coreml import VAE_DECODER, _wrappers
+    from workers.backends.coreml_folder import VAE_DECODER
+    from workers.compression.coreml import _wrappers
 
     path = folders["fp16"] / "VAEDecoder.mlpackage"
     model = StandInModel(path, _wrappers(tiny.pipe)[VAE_DECODER][0])  # type: ignore[attr-defined]

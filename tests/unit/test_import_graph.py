@@ -1,6 +1,6 @@
 """The import graph, read from the source (``ast``; nothing is imported): the data plane never
-imports the control plane, the contract at the bottom imports neither, and no module depends on
-itself round a cycle.
+imports the control plane, the contract at the bottom imports neither, Core ML compression sits
+above the backends, and no module depends on itself round a cycle.
 
 Every import counts, a function's lazy one too (deferring an import defers loading torch, not
 the dependency); only an import under ``if TYPE_CHECKING:`` is left out of the cycle check,
@@ -119,6 +119,15 @@ def test_the_contract_imports_neither_plane_nor_a_heavy_library(graph: list[Impo
         and any(_under(i.target, name) for name in CONTRACT_FORBIDDEN)
     ]
     assert wrong == [], "contract/ must stay at the bottom:\n" + "\n".join(wrong)
+
+
+def test_compression_builds_on_the_backends_never_the_reverse(graph: list[Import]) -> None:
+    wrong = [
+        _where(i)
+        for i in graph
+        if _under(i.source, "workers.backends") and _under(i.target, "workers.compression")
+    ]
+    assert wrong == [], "workers/backends must not import workers/compression:\n" + "\n".join(wrong)
 
 
 def cycles(edges: list[Import]) -> list[list[Import]]:

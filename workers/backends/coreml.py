@@ -30,8 +30,15 @@ from contract.errors import JobInputError, JobInterrupted
 from contract.job import GenerationRequest
 from contract.limits import COMPUTE_UNITS
 from workers.backends import GenerationResult
-from workers.backends.coreml_folder import SPEC_DTYPES, declared_inputs, read_folder
-from workers.compression.coreml import SEQ_LEN, TEXT_ENCODER, TEXT_ENCODER_2, VAE_DECODER
+from workers.backends.coreml_folder import (
+    SEQ_LEN,
+    SPEC_DTYPES,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    VAE_DECODER,
+    declared_inputs,
+    read_folder,
+)
 from workers.families import sdxl_time_ids
 from workers.models import model_fingerprint
 

@@ -155,8 +155,8 @@ def compress_model(
     """Apply a recipe (or uniform ``bits``: ``4``, or ``"4g16"`` grouped) and register the
     variant under ``name``. A Core ML folder is converted for the oldest OS the recipe allows
     (macOS 15 / iOS 18 with any grouped layer)."""
+    from workers.backends.coreml_folder import UNET
     from workers.compression.coreml import (
-        UNET,
         compile_packages,
         convert_pipeline,
         load_package_weights,
@@ -236,12 +236,8 @@ def convert_model(
         return compress_model(
             model, out, fmt="coreml", recipe_spec=recipe_spec, bits=bits, attention=attention
         )
-    from workers.compression.coreml import (
-        UNET,
-        compile_packages,
-        convert_pipeline,
-        package_megabytes,
-    )
+    from workers.backends.coreml_folder import UNET
+    from workers.compression.coreml import compile_packages, convert_pipeline, package_megabytes
 
     t0 = time.perf_counter()
     layout = convert_pipeline(
