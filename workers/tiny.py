@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,15 +55,6 @@ def write_clip_vocabulary(folder: Path, merges: Sequence[tuple[str, str]] = ()) 
     lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(vocab)
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("ORCHESTRATE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "orchestrate"
 
 
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:

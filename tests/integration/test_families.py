@@ -18,10 +18,10 @@ from contract.errors import JobInputError
 from tests.conftest import sample_job
 from tests.e2e.conftest import Cli
 from workers import families
+from workers.cache import default_cache_dir
 from workers.metadata import read_png_metadata
 from workers.schedulers import SCHEDULER_NAMES, build_scheduler
 from workers.task import PipelineCache, run_job
-from workers.tiny import default_cache_dir
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.errors import CompressionError
-from workers.tiny import default_cache_dir
+from workers.cache import default_cache_dir
 
 FORMATS = ("torch", "coreml")
 
