@@ -333,7 +333,7 @@ def compare(
 
 def scheduler_notes(backend: Any) -> list[str]:
     """Settings of the schedulers as built for this model that explain odd rows."""
-    from workers.schedulers import build_scheduler
+    from workers.models.schedulers import build_scheduler
 
     config = dict(backend.pipe.scheduler.config)
     notes = []

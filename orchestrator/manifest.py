@@ -49,7 +49,7 @@ from orchestrator.expansion import (
 )
 from orchestrator.output import check_output_dir, check_output_name
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
-from workers.schedulers import SCHEDULER_NAMES, steps_problem
+from workers.models.schedulers import SCHEDULER_NAMES, steps_problem
 
 # A mixed-bit recipe variant's name (a quantization beside contract.limits.QUANTIZATIONS).
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")

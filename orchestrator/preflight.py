@@ -10,7 +10,7 @@ model outside its world.
 
 The checks mirror how the backends find a model (``workers.backends.diffusers.model_source``,
 ``workers.task.resolve_variant`` and ``resolve_coreml_folder``) but touch only the file system,
-the local Hugging Face cache, and the hub when it can answer quickly (``workers.hub``).
+the local Hugging Face cache, and the hub when it can answer quickly (``workers.models.hub``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Any
 
 from contract.errors import JobInputError
 from contract.limits import UNIFORM_BITS
-from workers import families, hub
-from workers.models import expand_path, looks_like_path
+from workers.models import expand_path, families, hub, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
 
@@ -109,7 +108,7 @@ def refusal(problems: Sequence[ModelProblem], *, submitting: bool) -> str:
 
 def _hub_problem(model: str) -> str | None:
     """Why a hub id cannot be loaded here: not a valid id; not cached while the hub cannot
-    be reached (HF_HUB_OFFLINE, or its host does not answer: ``workers.hub.reachable``); or
+    be reached (HF_HUB_OFFLINE, or its host does not answer: ``workers.models.hub.reachable``); or
     not a model the hub has (one request, no retries). None when it is cached, or the hub
     has it (or cannot tell): the first job downloads it."""
     from huggingface_hub.errors import HFValidationError
@@ -192,7 +191,7 @@ def _checkpoint_problem(path: Path) -> str | None:
     """A single-file checkpoint loads if it is a readable safetensors file; one of the tiny
     family brings its configuration, others need their family's in the Hugging Face cache
     (which diffusers alone can tell, from the weights: the load says so if it is missing)."""
-    from workers.checkpoints import family
+    from workers.models.checkpoints import family
 
     try:
         family(path)

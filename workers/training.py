@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.families import vae_scale
+from workers.models.families import vae_scale
+from workers.models.schedulers import TERMINAL_ALPHA_BAR
 from workers.scenes import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, render, sample_scene
-from workers.schedulers import TERMINAL_ALPHA_BAR
 
 PROMPT_DROPOUT = 0.1  # share of training prompts replaced by "" (the unconditional prompt)
 # v-prediction (as SD 2.x): with epsilon prediction a wrong colour costs almost nothing at the

@@ -36,8 +36,8 @@ from orchestrator.config import (
 from orchestrator.extras import require as require_extra
 from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
 from orchestrator.presets import MIXED, PRESET_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
 from workers.quality import BUILTIN
-from workers.schedulers import SCHEDULER_NAMES
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

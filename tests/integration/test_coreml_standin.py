@@ -20,7 +20,7 @@ from tests.coreml_standin import (
     install,
     pixels,
 )
-from workers.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache
 
 pytestmark = OFF_MACOS

@@ -17,10 +17,10 @@ import pytest
 from contract.errors import JobInputError
 from tests.conftest import sample_job
 from tests.e2e.conftest import Cli
-from workers import families
 from workers.cache import default_cache_dir
 from workers.metadata import read_png_metadata
-from workers.schedulers import SCHEDULER_NAMES, build_scheduler
+from workers.models import families
+from workers.models.schedulers import SCHEDULER_NAMES, build_scheduler
 from workers.task import PipelineCache, run_job
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from orchestrator.config import WorkerSettings
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
-from workers import hub
+from workers.models import hub
 from workers.task import PipelineCache
 
 pytestmark = pytest.mark.slow

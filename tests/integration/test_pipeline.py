@@ -15,7 +15,7 @@ from tests.conftest import sample_payload
 from workers.evaluation import SHIPPED_ADHERENCE, evaluate
 from workers.judge import HELD_OUT_PROMPTS, judge
 from workers.metadata import read_png_metadata
-from workers.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache, run_job
 from workers.tiny import SHIPPED_TINY, ensure_tiny_model
 

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 from workers.evaluation import evaluate
 from workers.judge import HELD_OUT_PROMPTS, judge
-from workers.schedulers import MIN_STEPS, SCHEDULER_NAMES
+from workers.models.schedulers import MIN_STEPS, SCHEDULER_NAMES
 from workers.task import PipelineCache
 
 pytestmark = pytest.mark.slow

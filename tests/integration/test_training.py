@@ -91,7 +91,7 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from workers.schedulers import SCHEDULER_NAMES, build_scheduler
+    from workers.models.schedulers import SCHEDULER_NAMES, build_scheduler
 
     config = TrainConfig(
         vae_steps=1,

@@ -39,8 +39,8 @@ from workers.backends.coreml_folder import (
     declared_inputs,
     read_folder,
 )
-from workers.families import sdxl_time_ids
 from workers.models import model_fingerprint
+from workers.models.families import sdxl_time_ids
 
 __all__ = ["SPEC_DTYPES", "CoreMLBackend", "declared_inputs"]
 
@@ -222,7 +222,7 @@ class CoreMLBackend:
         import torch
         from PIL import Image
 
-        from workers.schedulers import build_scheduler
+        from workers.models.schedulers import build_scheduler
 
         height, width = (d * self.folder.vae_scale for d in self.folder.sample_shape[-2:])
         if (request.width, request.height) != (width, height):

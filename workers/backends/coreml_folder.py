@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import JobInputError
-from workers.families import vae_scale
+from workers.models.families import vae_scale
 
 # Our layout's names, which ``workers.compression.coreml`` writes and the backend reads: the
 # layout file, each model's package, and the text encoders' fixed sequence length.

@@ -22,7 +22,7 @@ from workers.compression.palettize import (
     uniform_recipe,
 )
 from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
-from workers.families import PIPELINES, SD_PIPELINE
+from workers.models.families import PIPELINES, SD_PIPELINE
 
 FORMATS = ("torch", "coreml")
 
@@ -268,7 +268,7 @@ def list_variants() -> list[dict[str, Any]]:
 def export_checkpoint_file(model: str, out: Path) -> dict[str, Any]:
     """``model`` (built in, a folder, a hub id in the cache, a compressed variant's folder, a
     checkpoint) as one ``.safetensors`` in the original Stable Diffusion layout."""
-    from workers.checkpoints import export_checkpoint, family_of
+    from workers.models.checkpoints import export_checkpoint, family_of
 
     if out.suffix.lower() != ".safetensors":
         raise ValueError(f"--out must name a .safetensors file, not {out}")

@@ -215,7 +215,7 @@ def convert_pipeline(
     grouped-channel palettization needs; see :func:`workers.compression.palettize.recipe_minimum_os`)."""
     import torch
 
-    from workers.families import sdxl_time_ids
+    from workers.models.families import sdxl_time_ids
 
     ct = _quiet_coremltools()
     if attention not in ATTENTIONS:
