@@ -316,11 +316,11 @@ def refuse_missing_folders(manifest: Any, flag_model: str) -> None:
 
 def tiny_world_warning(manifest: Any, *, shown: int = 10) -> str | None:
     """One sentence naming the lines whose prompts for the built-in tiny model are outside the
-    world it was trained on (``workers.scenes``' grammar: it draws them anyway, and the
+    world it was trained on (``workers.tiny.scenes``' grammar: it draws them anyway, and the
     built-in judge cannot score them), with the first such prompt and why; None when there
     are none."""
     from workers.models import is_tiny
-    from workers.scenes import prompt_problem
+    from workers.tiny.scenes import prompt_problem
 
     why: dict[str, str | None] = {}
     lines: dict[int, tuple[str, str]] = {}  # line -> its first prompt outside, and why

@@ -53,7 +53,7 @@ class SeedBackend:
         if self.render_scene:
             import numpy as np
 
-            from workers.scenes import parse_prompt, render
+            from workers.tiny.scenes import parse_prompt, render
 
             scene = parse_prompt(request.prompt)
             assert scene is not None

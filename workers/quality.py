@@ -6,8 +6,8 @@ A job with a ``min_score`` keeps the first image whose score reaches it, trying 
 worker's configuration, never the job's: a payload naming a command would run code on every
 worker that takes it.
 
-- ``BuiltinJudge``: ``workers.judge``, which reads the synthetic scenes world
-  (``workers.scenes``) back from an image; a prompt outside that world's grammar is an input
+- ``BuiltinJudge``: ``workers.tiny.judge``, which reads the synthetic scenes world
+  (``workers.tiny.scenes``) back from an image; a prompt outside that world's grammar is an input
   error, found before any image is made.
 - ``CommandJudge``: any program, run as ``CMD IMAGE_PATH PROMPT`` (split like a shell would,
   run without one), whose last line on stdout is a score from 0 to 1.
@@ -119,12 +119,12 @@ def _refusal(prompt: str) -> JobInputError:
 
 
 class BuiltinJudge:
-    """``workers.judge``: which stated attributes of a scenes-world prompt the image shows."""
+    """``workers.tiny.judge``: which stated attributes of a scenes-world prompt the image shows."""
 
     name = BUILTIN
 
     def check(self, prompt: str) -> None:
-        from workers.scenes import parse_prompt
+        from workers.tiny.scenes import parse_prompt
 
         if parse_prompt(prompt) is None:
             raise _refusal(prompt)
@@ -132,7 +132,7 @@ class BuiltinJudge:
     def score(
         self, image: Image.Image, prompt: str, should_stop: Callable[[], bool] | None = None
     ) -> float:
-        from workers.judge import judge
+        from workers.tiny.judge import judge
 
         judgement = judge(image, prompt)
         if judgement is None:

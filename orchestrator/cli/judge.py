@@ -58,8 +58,8 @@ def judge(
     prompts are listed as not judged."""
     from PIL import Image, UnidentifiedImageError
 
-    from workers.judge import Judgement, adherence
-    from workers.judge import judge as judge_image
+    from workers.tiny.judge import Judgement, adherence
+    from workers.tiny.judge import judge as judge_image
 
     rows: list[dict[str, Any]] = []
     judged: list[Judgement] = []

@@ -240,7 +240,7 @@ def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: 
     from workers.backends.coreml import CoreMLBackend
     from workers.backends.diffusers import DiffusersBackend
     from workers.compression.coreml import convert_pipeline
-    from workers.training import TrainConfig, assemble, build_components
+    from workers.tiny.training import TrainConfig, assemble, build_components
 
     config = TrainConfig(
         vae_channels=(32, 32, 64),

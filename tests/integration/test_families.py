@@ -49,7 +49,7 @@ def test_tiny_xl_is_an_sdxl_folder_built_once_in_the_cache() -> None:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from workers.tiny_xl import ensure_tiny_xl_model
+    from workers.tiny.xl import ensure_tiny_xl_model
 
     path = ensure_tiny_xl_model()
     assert path == default_cache_dir() / "models" / "tiny-xl-v1"

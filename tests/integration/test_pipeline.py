@@ -12,12 +12,12 @@ import pytest
 
 from contract.errors import JobInputError, JobInterrupted
 from tests.conftest import sample_payload
-from workers.evaluation import SHIPPED_ADHERENCE, evaluate
-from workers.judge import HELD_OUT_PROMPTS, judge
 from workers.metadata import read_png_metadata
 from workers.models.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache, run_job
 from workers.tiny import SHIPPED_TINY, ensure_tiny_model
+from workers.tiny.evaluation import SHIPPED_ADHERENCE, evaluate
+from workers.tiny.judge import HELD_OUT_PROMPTS, judge
 
 pytestmark = pytest.mark.slow
 

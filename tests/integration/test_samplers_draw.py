@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from workers.evaluation import evaluate
-from workers.judge import HELD_OUT_PROMPTS, judge
 from workers.models.schedulers import MIN_STEPS, SCHEDULER_NAMES
 from workers.task import PipelineCache
+from workers.tiny.evaluation import evaluate
+from workers.tiny.judge import HELD_OUT_PROMPTS, judge
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.tiny import TINY_MODEL_NAME
-from workers.tiny_xl import TINY_XL_MODEL_NAME
+from workers.tiny.xl import TINY_XL_MODEL_NAME
 
 SD_NATIVE = (512, 512)
 TINY_NATIVE = (64, 64)
@@ -38,7 +38,7 @@ def builtin_model(model: str) -> Path | None:
 
         return ensure_tiny_model()
     if model == TINY_XL_MODEL_NAME:
-        from workers.tiny_xl import ensure_tiny_xl_model
+        from workers.tiny.xl import ensure_tiny_xl_model
 
         return ensure_tiny_xl_model()
     return None

@@ -1,10 +1,14 @@
-"""The built-in tiny Stable Diffusion, so tests and the demo run with no download.
+"""The built-in models' world: the tiny Stable Diffusion (here) and the tiny SDXL (``xl``), the
+synthetic scenes they draw (``scenes``), how the tiny model is trained on them (``training``),
+the judge that reads a scene back from an image (``judge``) and the evaluation that scores a
+model with it (``evaluation``).
 
-The components are the real diffusers/transformers classes at toy size (``AutoencoderKL``,
+The built-in tiny Stable Diffusion is there so tests and the demo run with no download. The
+components are the real diffusers/transformers classes at toy size (``AutoencoderKL``,
 ``UNet2DConditionModel``, ``CLIPTextModel`` with a CLIP BPE tokenizer), trained from code on the
-synthetic scenes of ``workers.scenes`` by ``scripts/train_tiny.py`` (``workers.training``). Its
-weights ship in the package (``workers/assets/tiny``, a diffusers folder written with
-``save_pretrained``) and load with ``from_pretrained`` exactly as a user's real model folder does.
+synthetic scenes by ``scripts/train_tiny.py``. Its weights ship in the package
+(``workers/tiny/model``, a diffusers folder written with ``save_pretrained``) and load with
+``from_pretrained`` exactly as a user's real model folder does.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny"
 # The trained weights that ship with the package (scripts/train_tiny.py writes them).
-SHIPPED_TINY = Path(__file__).resolve().parent / "assets" / "tiny"
+SHIPPED_TINY = Path(__file__).resolve().parent / "model"
 
 
 def byte_unicode_table() -> dict[int, str]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workers.judge import ATTRIBUTES, HELD_OUT_PROMPTS, Judgement, adherence, judge
+from workers.tiny.judge import ATTRIBUTES, HELD_OUT_PROMPTS, Judgement, adherence, judge
 
 if TYPE_CHECKING:
     from PIL import Image
