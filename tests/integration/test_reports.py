@@ -19,7 +19,7 @@ from PIL import Image
 from sqlalchemy import event, text
 
 from contract.errors import JobInputError
-from orchestrator.cli import main
+from orchestrator.cli.common import main
 from orchestrator.config import WorkerSettings
 from orchestrator.database import downgrade, upgrade
 from orchestrator.status import overview, render_rich, render_text

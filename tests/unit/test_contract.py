@@ -11,7 +11,7 @@ import pytest
 from contract import limits, protocol
 from contract.errors import ManifestError
 from contract.status import VISIBLE_STATUSES
-from orchestrator.cli import main
+from orchestrator.cli.common import main
 from orchestrator.manifest import Defaults, parse_manifest
 
 
