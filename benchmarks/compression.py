@@ -24,7 +24,7 @@ Columns and what they measure:
   timestep, vs the unquantized UNet: the analysis' own measure of signal integrity, no sampler,
   no VAE.
 - adherence (tiny/trained model only): the built-in judge's share of stated attributes shown by
-  the images of the held-out prompts (``workers.judge``; image i with seed 1000 + i), made with
+  the images of the held-out prompts (``workers.tiny.judge``; image i with seed 1000 + i), made with
   the palettized UNet (palettized in place in the worker's own backend, the weights
   ``orchestrate model compress --format torch`` would save) at 64 px, 20 DPM-Solver++ steps,
   guidance 7.5, CPU fp32, the model's default thread count (``--threads``; 1 for the built-in
@@ -136,8 +136,8 @@ def pixels(image: Any) -> np.ndarray:
 def probe_prompts(n: int = 2) -> tuple[str, ...]:
     """Prompts of the scenes world for the analysis probe: the first ``n`` drawn from seed 0
     that are not held out (the held-out ones judge the result)."""
-    from workers.judge import HELD_OUT_PROMPTS
-    from workers.scenes import sample_scene
+    from workers.tiny.judge import HELD_OUT_PROMPTS
+    from workers.tiny.scenes import sample_scene
 
     rng = np.random.default_rng(0)
     out: list[str] = []
@@ -163,8 +163,8 @@ def palettized(unet: Any, originals: dict[str, np.ndarray], recipe: Recipe) -> I
 
 
 def judged_images(backend: Any, prompts: list[str]) -> Any:
-    """The held-out prompts' images and the judge's verdicts (a ``workers.evaluation.Evaluation``)."""
-    from workers.evaluation import evaluate
+    """The held-out prompts' images and the judge's verdicts (a ``workers.tiny.evaluation.Evaluation``)."""
+    from workers.tiny.evaluation import evaluate
 
     return evaluate(backend, prompts, steps=ADHERENCE_STEPS, scheduler=ADHERENCE_SCHEDULER)
 
@@ -246,7 +246,8 @@ def table(
     fp16_images: list[np.ndarray] = []
     fp16_eval: Any = None
     if coreml_dir is not None:
-        from workers.compression.coreml import UNET, package_megabytes
+        from workers.backends.coreml_folder import UNET
+        from workers.compression.coreml import package_megabytes
 
         fp16_pkg = package_megabytes(
             coreml_base(pipe, coreml_dir, label, "macOS13") / f"{UNET}.mlpackage"
@@ -287,7 +288,8 @@ def table(
                 }
         pkg = fp16_pkg
         if coreml_dir is not None and recipe:
-            from workers.compression.coreml import UNET, package_megabytes, palettize_unet
+            from workers.backends.coreml_folder import UNET
+            from workers.compression.coreml import package_megabytes, palettize_unet
 
             folder = coreml_dir / variant
             shutil.copytree(coreml_base(pipe, coreml_dir, label, minimum_os), folder)
@@ -417,7 +419,7 @@ def main() -> None:
     import torch
 
     from workers.backends.diffusers import DiffusersBackend
-    from workers.judge import HELD_OUT_PROMPTS
+    from workers.tiny.judge import HELD_OUT_PROMPTS
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -3,7 +3,7 @@ process, 1 vs 2 torch threads, a GPU (fp16) vs the CPU (fp32), and a compressed 
 
     python benchmarks/drift.py [--model tiny] [--prompts 60] [--size 64]
 
-Every side generates the held-out prompts of ``workers.judge`` (image i with seed 1000 + i,
+Every side generates the held-out prompts of ``workers.tiny.judge`` (image i with seed 1000 + i,
 20 DPM-Solver++ steps, guidance 7.5) as jobs run by the worker's own task
 (``workers.task.run_job``: PNGs with the metadata ``orchestrate reproduce`` reads), each side in a
 process of its own. The baseline is the CPU in fp32 with 2 torch threads (the default of every
@@ -62,8 +62,8 @@ GUIDANCE = 7.5
 
 
 def jobs(model: str, n: int, size: int, quantization: str = "fp16") -> list[dict[str, Any]]:
-    from workers.evaluation import EVAL_SEED
-    from workers.judge import HELD_OUT_PROMPTS
+    from workers.tiny.evaluation import EVAL_SEED
+    from workers.tiny.judge import HELD_OUT_PROMPTS
 
     return [
         {
@@ -162,7 +162,7 @@ def image_psnr(a: np.ndarray, b: np.ndarray) -> float:
 def judged(images: list[np.ndarray], prompts: list[str]) -> list[Any]:
     from PIL import Image
 
-    from workers.judge import judge
+    from workers.tiny.judge import judge
 
     out = []
     for pixels, prompt in zip(images, prompts, strict=True):
@@ -180,7 +180,7 @@ def compare(
     prompts: list[str],
     seconds: list[float] | None,
 ) -> dict[str, Any]:
-    from workers.judge import adherence
+    from workers.tiny.judge import adherence
 
     if len(other) != len(base):
         raise RuntimeError(f"{label}: {len(other)} images where {len(base)} were expected")
@@ -225,7 +225,7 @@ def fmt_db(value: float | None) -> str:
 
 
 def main() -> None:
-    from workers.judge import HELD_OUT_PROMPTS
+    from workers.tiny.judge import HELD_OUT_PROMPTS
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,7 +248,7 @@ def main() -> None:
 
 
 def parent(args: argparse.Namespace) -> None:
-    from workers.judge import HELD_OUT_PROMPTS
+    from workers.tiny.judge import HELD_OUT_PROMPTS
 
     prompts = list(HELD_OUT_PROMPTS[: args.prompts])
     rows: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import save
 
-from workers.backends import GenerationRequest
+from contract.job import GenerationRequest
 from workers.task import PipelineCache
 
 ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")

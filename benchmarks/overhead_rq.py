@@ -28,12 +28,12 @@ from _common import ROOT, save
 
 sys.path.insert(0, str(ROOT))
 
+from contract import protocol as proto
 from orchestrator.database import database_url, open_engine
 from orchestrator.manifest import parse_manifest
 from orchestrator.store import JobStore
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 
 SECONDS_PER_IMAGE = 20.0
 

@@ -5,15 +5,15 @@ image, UNet evaluations and seconds per image.
 
 Rows: DPM-Solver++ (2M) at 10/15/20/25 steps, its Karras-sigma form at 10 and 20, PNDM (PLMS) at 20, 40, 50,
 Euler and Euler ancestral at 20, DDIM at 20 and 50, and the reference itself: DPM-Solver++ (2M)
-at 100 steps. Every row generates the held-out prompts of ``workers.judge`` (never trained on;
+at 100 steps. Every row generates the held-out prompts of ``workers.tiny.judge`` (never trained on;
 the first ``--prompts`` of the 60), image ``i`` with seed 1000 + i, guidance 7.5, through the
-worker's own backend (``workers.evaluation.evaluate``, the same call that gives the training
+worker's own backend (``workers.tiny.evaluation.evaluate``, the same call that gives the training
 script's held-out figure), on the CPU in fp32 with ``--threads`` torch threads (default: the model's, 1 for tiny).
 
 What each figure measures:
 
 - adherence: the share of the attributes the prompts state (background, colour, shape, count,
-  size, position) that the built-in judge (``workers.judge``) reads back from the images, over
+  size, position) that the built-in judge (``workers.tiny.judge``) reads back from the images, over
   all images; per attribute in the JSON. It measures whether the model drew what was asked,
   as a classical-vision judge reads 64 px scenes; not beauty, not what a person would say.
   Chance is about 0.25 (measured: renders of other held-out prompts score 0.22-0.30, mean
@@ -57,9 +57,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from workers.evaluation import EVAL_SEED, Evaluation, evaluate
-from workers.judge import HELD_OUT_PROMPTS, parse_prompt
 from workers.task import PipelineCache
+from workers.tiny.evaluation import EVAL_SEED, Evaluation, evaluate
+from workers.tiny.judge import HELD_OUT_PROMPTS, parse_prompt
 
 REFERENCE = ("dpmpp_2m", 100)
 RUNS = (
@@ -333,7 +333,7 @@ def compare(
 
 def scheduler_notes(backend: Any) -> list[str]:
     """Settings of the schedulers as built for this model that explain odd rows."""
-    from workers.schedulers import build_scheduler
+    from workers.models.schedulers import build_scheduler
 
     config = dict(backend.pipe.scheduler.config)
     notes = []

@@ -61,7 +61,7 @@ def child(policy: str, size: int) -> None:
     import numpy as np
     import torch  # first, so that libgomp reads the policy above, whatever workers/ sets later
 
-    from workers.backends import GenerationRequest
+    from contract.job import GenerationRequest
     from workers.task import PipelineCache
 
     backend, _ = PipelineCache(device="cpu", threads=1).get("tiny")

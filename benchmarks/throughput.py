@@ -333,13 +333,9 @@ def tiny_xl_packages(tmp: Path) -> dict[str, Any]:
 
     import torch
 
+    from workers.backends.coreml_folder import UNET
     from workers.backends.diffusers import load_pipeline, model_source
-    from workers.compression.coreml import (
-        UNET,
-        convert_pipeline,
-        package_megabytes,
-        palettize_unet,
-    )
+    from workers.compression.coreml import convert_pipeline, package_megabytes, palettize_unet
     from workers.compression.palettize import uniform_recipe
     from workers.compression.variants import unet_megabytes
 

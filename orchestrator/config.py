@@ -10,17 +10,6 @@ from typing import Any
 DEFAULT_OUTPUT = "./output"
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
-# Fixed, not the core count: torch's thread count changes the pixels, so every machine uses
-# the same one unless told otherwise (and records it with each attempt). Kept at 2 (issue 12):
-# the cliff on a busy machine came from OpenMP's spinning waits, not from the count, and the
-# workers now wait passively (workers/backends/diffusers.py); see benchmarks/threads.py.
-DEFAULT_THREADS = 2
-# The built-in tiny models' operations are too small for a second thread: with passive waits,
-# 2 threads made a 64 px image 5.2x slower than 1 (benchmarks/drift.py; issue 11).
-TINY_THREADS = 1
-# The count for an image whose metadata records none: the default of the releases that made it.
-# Never DEFAULT_THREADS: a new default must not change how old images are regenerated.
-UNRECORDED_THREADS = 2
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from orchestrator.errors import ConfigError, DatabaseBusy, DatabaseError, DatabaseFull
+from contract.errors import ConfigError, DatabaseBusy, DatabaseError, DatabaseFull
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.errors import UsageError
-from orchestrator.models import JOB_FIELDS, Job
+from contract.errors import UsageError
+from contract.job import JOB_FIELDS
+from orchestrator.models import Job
 from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse
 from orchestrator.store.base import EXPORT_RUN, EXPORT_TIMINGS

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
 
 DISTRIBUTION = "orchestrate-sd"
 

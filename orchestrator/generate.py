@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import DiskFull, ManifestError, UsageError, is_no_space
+from contract.errors import DiskFull, ManifestError, UsageError, is_no_space
+from contract.job import JOB_FIELDS
 from orchestrator.manifest import Defaults, JobSpec, parse_manifest, single_job
-from orchestrator.models import JOB_FIELDS
 from orchestrator.output import fsync_dir, write_temp
 
 # Suffixes of other image formats: ``-o out.jpg`` is a mistake, not a folder to create.

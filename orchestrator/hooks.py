@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from contract.status import JobStatus
+
 logger = logging.getLogger(__name__)
 TIMEOUT_S = 30  # per hook (the URL, the command)
 QUEUE_SIZE = 32  # batch summaries waiting for their hooks; one more is dropped, and logged
@@ -56,8 +58,8 @@ class Hooks:
             env = {
                 **os.environ,
                 "ORCHESTRATE_BATCH_ID": str(summary.get("batch_id", "")),
-                "ORCHESTRATE_SUCCEEDED": str(summary["counts"].get("succeeded", 0)),
-                "ORCHESTRATE_FAILED": str(summary["counts"].get("failed", 0)),
+                "ORCHESTRATE_SUCCEEDED": str(summary["counts"].get(JobStatus.SUCCEEDED, 0)),
+                "ORCHESTRATE_FAILED": str(summary["counts"].get(JobStatus.FAILED, 0)),
                 "ORCHESTRATE_TOTAL": str(sum(summary["counts"].values())),
             }
             try:

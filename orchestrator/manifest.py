@@ -21,7 +21,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ManifestError, ManifestIssue
+from contract.errors import ManifestError, ManifestIssue
+from contract.job import GATE_FIELDS, JOB_FIELDS
+from contract.limits import (
+    DEFAULT_QUALITY_TRIES,
+    GUIDANCE,
+    MAX_EXTRA,
+    MAX_PROMPT_CHARS,
+    NUM_IMAGES,
+    PRIORITY,
+    QUALITY_TRIES,
+    QUANTIZATIONS,
+    SCORE,
+    SEED,
+    SIZE,
+    STEPS,
+)
 from orchestrator.expansion import (
     COUNT_CAP,
     VARIANT_PREFIX,
@@ -32,27 +47,12 @@ from orchestrator.expansion import (
     parse_text,
     split_list,
 )
-from orchestrator.models import GATE_FIELDS, JOB_FIELDS
 from orchestrator.output import check_output_dir, check_output_name
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
-from workers.quality import DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
-from workers.schedulers import SCHEDULER_NAMES, steps_problem
+from workers.models.schedulers import SCHEDULER_NAMES, steps_problem
 
-SEED_MAX = 2**32 - 1
-INT_LIMITS = {
-    "steps": (1, 500),
-    "size": (64, 4096),
-    "num_images": (1, 10_000),
-    "priority": (-1_000_000, 1_000_000),
-    "quality_tries": (1, MAX_QUALITY_TRIES),
-}
-GUIDANCE_LIMITS = (0.0, 50.0)
-SCORE_LIMITS = (0.0, 1.0)
-# fp16 (unquantized), uniform palettized variants, or the name of a mixed-bit recipe variant
-QUANTIZATIONS = ("fp16", "8bit", "6bit", "4bit")
+# A mixed-bit recipe variant's name (a quantization beside contract.limits.QUANTIZATIONS).
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
-MAX_PROMPT_CHARS = 10_000
-MAX_EXTRA = 100  # metadata entries of a job (meta_*, var_*, preset): the RQ payload's limit
 MAX_PROMPT_TEXT = 2_000_000_000  # characters of prompt text one submit may expand to
 MAX_JOBS = 1_000_000  # jobs one submit may expand to (a few hundred MB while validated)
 EXTRA_PREFIX = "meta_"
@@ -166,10 +166,10 @@ def job_limits(job: dict[str, object]) -> list[str]:
     """What in a job from elsewhere (a PNG's metadata) is outside a manifest's limits."""
     problems = []
     for name, (low, high) in (
-        ("steps", INT_LIMITS["steps"]),
-        ("width", INT_LIMITS["size"]),
-        ("height", INT_LIMITS["size"]),
-        ("seed", (0, SEED_MAX)),
+        ("steps", STEPS),
+        ("width", SIZE),
+        ("height", SIZE),
+        ("seed", SEED),
     ):
         value = job.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -178,10 +178,10 @@ def job_limits(job: dict[str, object]) -> list[str]:
     if (
         isinstance(g, bool)
         or not isinstance(g, int | float)
-        or not (GUIDANCE_LIMITS[0] <= g <= GUIDANCE_LIMITS[1])
+        or not (GUIDANCE.min <= g <= GUIDANCE.max)
     ):
         problems.append(
-            f"guidance_scale must be from {GUIDANCE_LIMITS[0]:g} to {GUIDANCE_LIMITS[1]:g} (got {g!r})"
+            f"guidance_scale must be from {GUIDANCE.min:g} to {GUIDANCE.max:g} (got {g!r})"
         )
     prompt = job.get("prompt")
     if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
@@ -295,7 +295,7 @@ class _RowChecker:
         return value
 
     def size(self, column: str, raw: str) -> int | None:
-        low, high = INT_LIMITS["size"]
+        low, high = SIZE
         value = self.integer(column, raw, low, high)
         if value is not None and value % 8:
             self.fail(column, raw, "must be a multiple of 8 (Stable Diffusion's VAE scale)")
@@ -321,7 +321,7 @@ class _RowChecker:
         self.fail(
             column,
             raw,
-            "must be fp16, 8bit, 6bit, 4bit, mixed or a recipe name "
+            f"must be {', '.join((*QUANTIZATIONS, MIXED))} or a recipe name "
             "(letters, digits, '_', '-', '.')",
         )
         return None
@@ -330,11 +330,11 @@ class _RowChecker:
         """One value of a grid column, or None (and an issue) when it is bad."""
         if column == "seed":
             hint = "; leave it empty for a seed derived from the prompt"
-            return self.integer(column, raw, 0, SEED_MAX, hint)
+            return self.integer(column, raw, *SEED, hint)
         if column == "steps":
-            return self.integer(column, raw, *INT_LIMITS["steps"])
+            return self.integer(column, raw, *STEPS)
         if column == "guidance_scale":
-            return self.number(column, raw, *GUIDANCE_LIMITS)
+            return self.number(column, raw, *GUIDANCE)
         if column in ("width", "height"):
             return self.size(column, raw)
         if column == "scheduler":
@@ -388,10 +388,10 @@ def _quality_gate(
     """A row's quality gate: (min score, seeds per attempt), or (None, None) for none. A
     row's cell wins over the defaults; tries without a gate are a mistake worth naming."""
     raw = cell("min_score")
-    min_score = row.number(score_column, raw, *SCORE_LIMITS) if raw.strip() else defaults.min_score
+    min_score = row.number(score_column, raw, *SCORE) if raw.strip() else defaults.min_score
     raw_tries = cell("quality_tries")
     tries = (
-        row.integer("quality_tries", raw_tries, *INT_LIMITS["quality_tries"])
+        row.integer("quality_tries", raw_tries, *QUALITY_TRIES)
         if raw_tries.strip()
         else defaults.quality_tries
     )
@@ -580,17 +580,9 @@ def parse_manifest(
             prompt_t, negative_t = Template((prompt,)), Template((negative,) if negative else ())
         axes = {name: row.axis(name, cell(name), defaults) for name in GRID_COLUMNS}
         raw = cell("num_images")
-        count = (
-            row.integer("num_images", raw, *INT_LIMITS["num_images"])
-            if raw.strip()
-            else defaults.num_images
-        )
+        count = row.integer("num_images", raw, *NUM_IMAGES) if raw.strip() else defaults.num_images
         raw = cell("priority")
-        priority = (
-            row.integer("priority", raw, *INT_LIMITS["priority"])
-            if raw.strip()
-            else defaults.priority
-        )
+        priority = row.integer("priority", raw, *PRIORITY) if raw.strip() else defaults.priority
         min_score, tries = _quality_gate(
             row, cell, defaults, named_as.get("min_score", "min_score")
         )
@@ -671,11 +663,11 @@ def parse_manifest(
                                 (c for c in ("scheduler", "steps") if cell(c).strip()), None
                             )
                             raise _RowFailed(named, cell(named) if named else None, problem)
-                        if seed + count - 1 > SEED_MAX:
+                        if seed + count - 1 > SEED.max:
                             raise _RowFailed(
                                 "num_images",
                                 cell("num_images"),
-                                f"seed {seed} + num_images passes {SEED_MAX}",
+                                f"seed {seed} + num_images passes {SEED.max}",
                             )
                         variants = {
                             VARIANT_PREFIX + name: str(value)

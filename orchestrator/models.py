@@ -6,8 +6,6 @@ stage timing is its own column on ``attempts``.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 from typing import cast
 
 from sqlalchemy import (
@@ -22,30 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from workers.backends import GenerationRequest
-from workers.quality import GATE_FIELDS
-
-# The job's fields, spelled once. What decides an image's pixels is the worker's request; a
-# manifest row adds the model variant; a worker's payload adds where the job belongs. The
-# manifest's columns, the fingerprint, the payload, the insert and the export derive from
-# these (and the Job model below has a column for each: a test checks it).
-PIXEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationRequest))
-JOB_FIELDS: tuple[str, ...] = (*PIXEL_FIELDS, "model", "quantization")
-# The job's quality gate (``workers.quality``): the least score its image must reach, and how
-# many seeds one attempt may try for it. Both None when the job has none; then they are left
-# out of the fingerprint, the payload and the PNG, so an ungated job is exactly as before.
-PAYLOAD_FIELDS: tuple[str, ...] = (
-    "id",
-    "batch_id",
-    *JOB_FIELDS,
-    *GATE_FIELDS,
-    "output_dir",
-    "output_name",
-    "line",
-    "image_index",
-    "tags",
-    "extra_json",  # the manifest's own metadata columns; a worker gets them as ``extra``
-)
+from contract.status import BatchState
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -53,39 +28,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class JobStatus(enum.StrEnum):
-    LOADING = "loading"  # inserted by a submit still in progress: invisible to workers
-    PENDING = "pending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
-FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-# What users count and see: a job still loading belongs to no one yet.
-VISIBLE_STATUSES = (*ACTIVE_STATUSES, *FINAL_STATUSES)
-
-
-class BatchState(enum.StrEnum):
-    LOADING = "loading"  # its jobs are being inserted, in short transactions
-    PUBLISHING = "publishing"  # all inserted; being made pending (anyone may finish this)
-    READY = "ready"
-
-
-class AttemptStatus(enum.StrEnum):
-    DISPATCHED = "dispatched"  # sent to Redis, no worker has it yet
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    LOST = "lost"  # the worker stopped renewing its lease (killed, hung, cut off)
-    RELEASED = "released"  # the worker gave the job back on shutdown
-    SUPERSEDED = "superseded"  # a result came after the job was finished or cancelled
-    CANCELLED = "cancelled"  # the user cancelled the job while this attempt was open
 
 
 class Base(DeclarativeBase):
@@ -241,12 +183,6 @@ class JobCount(Base):
     batch_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = mapped_column(Integer)
-
-
-# What a worker says it is doing: loading a model (at start, or for its job), busy on a job,
-# idle, paused (and why: disk full, database busy), stopped (it exited cleanly). What status
-# shows adds stale and gone for a worker not heard from (``orchestrator.status.presence``).
-WORKER_STATES: tuple[str, ...] = ("loading", "idle", "busy", "paused", "stopped")
 
 
 class Worker(Base):

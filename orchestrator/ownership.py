@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
 
 MARKER = ".orchestrate-owner.json"
 

@@ -10,7 +10,7 @@ model outside its world.
 
 The checks mirror how the backends find a model (``workers.backends.diffusers.model_source``,
 ``workers.task.resolve_variant`` and ``resolve_coreml_folder``) but touch only the file system,
-the local Hugging Face cache, and the hub when it can answer quickly (``workers.hub``).
+the local Hugging Face cache, and the hub when it can answer quickly (``workers.models.hub``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import JobInputError
-from workers import families, hub
-from workers.models import expand_path, looks_like_path
+from contract.errors import JobInputError
+from contract.limits import UNIFORM_BITS
+from workers.models import expand_path, families, hub, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
 
@@ -108,7 +108,7 @@ def refusal(problems: Sequence[ModelProblem], *, submitting: bool) -> str:
 
 def _hub_problem(model: str) -> str | None:
     """Why a hub id cannot be loaded here: not a valid id; not cached while the hub cannot
-    be reached (HF_HUB_OFFLINE, or its host does not answer: ``workers.hub.reachable``); or
+    be reached (HF_HUB_OFFLINE, or its host does not answer: ``workers.models.hub.reachable``); or
     not a model the hub has (one request, no retries). None when it is cached, or the hub
     has it (or cannot tell): the first job downloads it."""
     from huggingface_hub.errors import HFValidationError
@@ -165,7 +165,7 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
 
     from workers.compression import registry
 
-    if quantization in ("8bit", "6bit", "4bit"):
+    if quantization in UNIFORM_BITS:
         return None  # a uniform variant: built from the model on first use
     if registry.lookup(model, quantization, "torch") is None:
         return (
@@ -191,7 +191,7 @@ def _checkpoint_problem(path: Path) -> str | None:
     """A single-file checkpoint loads if it is a readable safetensors file; one of the tiny
     family brings its configuration, others need their family's in the Hugging Face cache
     (which diffusers alone can tell, from the weights: the load says so if it is missing)."""
-    from workers.checkpoints import family
+    from workers.models.checkpoints import family
 
     try:
         family(path)
@@ -227,7 +227,8 @@ def pending_by_batch(store: Any) -> dict[ModelKey, list[Waiting]]:
     it)."""
     from sqlalchemy import func, select
 
-    from orchestrator.models import Batch, Job, JobStatus, QueueState
+    from contract.status import JobStatus
+    from orchestrator.models import Batch, Job, QueueState
 
     stmt = (
         select(Job.model, Job.quantization, Batch.id, Batch.name, func.count())
@@ -257,7 +258,7 @@ def device_problem(device: str) -> str | None:
     if device not in ("cuda", "mps"):
         return None
     # Through the backend's module: it sets torch's environment before torch is imported.
-    from workers.backends import ModelLoadError
+    from contract.errors import ModelLoadError
     from workers.backends.diffusers import pick_device
 
     try:
@@ -284,7 +285,7 @@ def refuse_missing_folders(manifest: Any, flag_model: str) -> None:
     """Refuse a manifest whose model values look like local paths (``looks_like_path``) and
     are not on this machine: a ManifestError with one issue per such model, at the first
     line naming it (and the others counted), or a UsageError when it is ``--model``'s."""
-    from orchestrator.errors import ManifestError, ManifestIssue, UsageError
+    from contract.errors import ManifestError, ManifestIssue, UsageError
 
     lines: dict[str, list[int]] = {}
     seen: dict[str, bool] = {}
@@ -315,11 +316,11 @@ def refuse_missing_folders(manifest: Any, flag_model: str) -> None:
 
 def tiny_world_warning(manifest: Any, *, shown: int = 10) -> str | None:
     """One sentence naming the lines whose prompts for the built-in tiny model are outside the
-    world it was trained on (``workers.scenes``' grammar: it draws them anyway, and the
+    world it was trained on (``workers.tiny.scenes``' grammar: it draws them anyway, and the
     built-in judge cannot score them), with the first such prompt and why; None when there
     are none."""
     from workers.models import is_tiny
-    from workers.scenes import prompt_problem
+    from workers.tiny.scenes import prompt_problem
 
     why: dict[str, str | None] = {}
     lines: dict[int, tuple[str, str]] = {}  # line -> its first prompt outside, and why

@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from contract.status import FINAL_STATUSES, JobStatus
 from orchestrator.events import JobEvent
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def format_eta(seconds: float | None) -> str:
@@ -41,7 +40,7 @@ class Progress:
         self.made = 0
         self._bar: Bar | None = None
         c = counts()
-        self.initial_done = sum(c[s] for s in FINISHED)
+        self.initial_done = sum(c[s] for s in FINAL_STATUSES)
         if self.tty:
             self._bar = Bar("", unit="img", stream=self.stream)
             self._bar.update(self.initial_done, sum(c.values()))
@@ -51,15 +50,15 @@ class Progress:
         return 60.0 * self.made / elapsed if elapsed > 0 else 0.0
 
     def __call__(self, event: JobEvent) -> None:
-        if event.status == "succeeded":
+        if event.status == JobStatus.SUCCEEDED:
             self.made += 1
         c = self.counts()
         total = sum(c.values())
-        done = sum(c[s] for s in FINISHED)
+        done = sum(c[s] for s in FINAL_STATUSES)
         rate = self.rate_per_minute()
         eta = (total - done) / rate * 60 if rate > 0 else None
         if self._bar is not None:
-            self._bar.update(done, total, f"{rate:.1f} img/min, {c['failed']} failed")
+            self._bar.update(done, total, f"{rate:.1f} img/min, {c[JobStatus.FAILED]} failed")
         else:
             what = event.status
             if event.status == "retrying" and event.retry_in is not None:

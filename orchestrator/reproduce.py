@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import UNRECORDED_THREADS
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
+from contract.job import PIXEL_FIELDS
+from contract.limits import UNRECORDED_THREADS
 from orchestrator.manifest import job_limits
 from orchestrator.output import write_atomic
-from workers.task import REQUEST_FIELDS
 
 # What run_job reads from a job; an image missing any of them cannot be regenerated.
-JOB_FIELDS = (*REQUEST_FIELDS, "model")
+NEEDED_FIELDS = (*PIXEL_FIELDS, "model")
 
 
 @dataclass
@@ -74,7 +74,7 @@ def read_recorded(path: Path) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
             "reproduced)"
         )
     job, run = meta["job"], meta.get("run") or {}
-    missing = [k for k in JOB_FIELDS if k not in job]
+    missing = [k for k in NEEDED_FIELDS if k not in job]
     if missing:
         raise UsageError(f"{path}: the recorded job lacks {', '.join(missing)}")
     problems = job_limits(job)
@@ -110,8 +110,7 @@ def reproduce_image(
     ``device`` overrides the recorded one (a different device rarely gives equal pixels);
     ``write_copy`` writes the regenerated image as ``<name>.reproduced.png`` beside it.
     """
-    from workers.backends import JobInputError
-    from workers.backends.diffusers import ModelLoadError
+    from contract.errors import JobInputError, ModelLoadError
     from workers.task import run_job
 
     path = Path(path)

@@ -54,8 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import faults
-from orchestrator.errors import (
+from contract import faults
+from contract.errors import (
     DiskFull,
     OrchestratorError,
     OutputUnwritable,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator.models import ACTIVE_STATUSES, FINAL_STATUSES, VISIBLE_STATUSES
+from contract.status import ACTIVE_STATUSES, FINAL_STATUSES, VISIBLE_STATUSES, JobStatus
 from orchestrator.store import JobStore
 from orchestrator.store.reports import THROUGHPUT_WINDOW_S
 from workers.quality import fmt_score
@@ -414,9 +414,9 @@ def render_text(data: dict[str, Any]) -> str:
         )
         for b in data["batches"]:
             c = b["counts"]
-            done = f"{c['succeeded']}/{b['jobs']}"
+            done = f"{c[JobStatus.SUCCEEDED]}/{b['jobs']}"
             lines.append(
-                f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c['failed']:>6}  "
+                f"  {b['id']:>4}  {b['name'][:24]:<24} {done:>15}  {c[JobStatus.FAILED]:>6}  "
                 f"{c['running']:>7}  {percent(b['fraction']):>6}  {b['images_per_min']:>7.1f}"
                 f"  {duration(b['eta_s'])}" + ("  (paused)" if b.get("paused_at") else "")
             )
@@ -496,9 +496,9 @@ def render_rich(data: dict[str, Any]) -> Any:
                 b["name"] + (" (paused)" if b.get("paused_at") else ""),
                 ProgressBar(total=max(b["jobs"], 1), completed=b["done"], width=20),
                 percent(b["fraction"]),
-                f"{c['succeeded']}/{b['jobs']}",
-                str(c["failed"]),
-                str(c["running"]),
+                f"{c[JobStatus.SUCCEEDED]}/{b['jobs']}",
+                str(c[JobStatus.FAILED]),
+                str(c[JobStatus.RUNNING]),
                 f"{b['images_per_min']:.1f}",
                 duration(b["eta_s"]),
             )

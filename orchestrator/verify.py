@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.errors import UsageError
+from contract.status import ACTIVE_STATUSES, JobStatus
 from orchestrator import ownership
-from orchestrator.errors import UsageError
 from orchestrator.output import image_path
 from orchestrator.results import Results, sha256_file
 from orchestrator.store import JobStore
@@ -316,7 +317,11 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> tuple[dict[str
         now = store.image_owners(report.unpublished)
         count(
             "unpublished results published",
-            sum(1 for j, row in now.items() if row["status"] == "succeeded" and j not in still),
+            sum(
+                1
+                for j, row in now.items()
+                if row["status"] == JobStatus.SUCCEEDED and j not in still
+            ),
         )
     for row in report.missing + report.corrupt:
         path = row["output_path"]
@@ -344,7 +349,7 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> tuple[dict[str
     for path in report.orphans:
         job = jobs.get(_job_id_of(path))
         # A job that may publish (again) since the check, or one that owns the file now.
-        if job is None or job["status"] in ("pending", "queued", "running"):
+        if job is None or job["status"] in ACTIVE_STATUSES:
             continue
         recorded = job["output_path"]
         if recorded and _identity(recorded) == _identity(path):

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Train the built-in tiny Stable Diffusion from code and save it as a diffusers folder.
 
-    .venv/bin/python scripts/train_tiny.py                  # the shipped model, into workers/assets/tiny
+    .venv/bin/python scripts/train_tiny.py                  # the shipped model, into workers/tiny/model
     .venv/bin/python scripts/train_tiny.py --out DIR        # elsewhere
     .venv/bin/python scripts/train_tiny.py --scale 0.05     # a short smoke run (5% of the steps)
     .venv/bin/python scripts/train_tiny.py --out DIR --set unet_steps=8000 \
         --set 'unet_channels=[32,64,64]'                    # another recipe (JSON values)
 
-It draws its own dataset (``workers/scenes.py``), trains the VAE, then the UNet with the text
-encoder (``workers/training.py``), prints the losses and times, and writes the folder with
+It draws its own dataset (``workers/tiny/scenes.py``), trains the VAE, then the UNet with the text
+encoder (``workers/tiny/training.py``), prints the losses and times, and writes the folder with
 ``save_pretrained`` plus ``training.json``. Given the same seed, thread count, torch version
 and CPU it writes the same weights, bit for bit: compare ``sha256sum DIR/*/*.safetensors``.
 """
@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 from orchestrator.progress import Bar  # noqa: E402
-from workers.evaluation import contact_sheet, evaluate  # noqa: E402
 from workers.task import PipelineCache  # noqa: E402
 from workers.tiny import SHIPPED_TINY  # noqa: E402
-from workers.training import TrainConfig, train  # noqa: E402
+from workers.tiny.evaluation import contact_sheet, evaluate  # noqa: E402
+from workers.tiny.training import TrainConfig, train  # noqa: E402
 
 
 def overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:

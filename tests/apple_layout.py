@@ -21,7 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from workers.compression.coreml import UNET, _trace_and_convert, _wrappers
+from workers.backends.coreml_folder import UNET
+from workers.compression.coreml import _trace_and_convert, _wrappers
 
 COMPILED_FROM: dict[Path, Path] = {}  # a stand-in .mlmodelc -> the package it was made from
 _DTYPE_NAMES = {65568: "Float32", 65552: "Float16", 131104: "Int32"}

@@ -125,7 +125,7 @@ def sample_job(**fields: object) -> dict[str, object]:
 @pytest.fixture
 def redis(redis_server: RedisServer) -> Any:
     """A client of this test's own Redis."""
-    from workers.rq import protocol as proto
+    from contract import protocol as proto
 
     return proto.connect(redis_server.url)
 

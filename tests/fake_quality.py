@@ -10,7 +10,8 @@ from typing import Any
 
 from PIL import Image
 
-from workers.backends import GenerationRequest, GenerationResult
+from contract.job import GenerationRequest
+from workers.backends import GenerationResult
 from workers.quality import CommandJudge, Judge
 from workers.task import PipelineCache
 
@@ -52,7 +53,7 @@ class SeedBackend:
         if self.render_scene:
             import numpy as np
 
-            from workers.scenes import parse_prompt, render
+            from workers.tiny.scenes import parse_prompt, render
 
             scene = parse_prompt(request.prompt)
             assert scene is not None

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from workers.rq import protocol as proto
+from contract import protocol as proto
 from workers.rq.worker import run_worker
 from workers.task import PipelineCache, TaskOutput
 

@@ -1,4 +1,12 @@
-"""The data plane: load a pipeline once, take JSON jobs, return JSON results and image bytes."""
+"""The data plane: load a pipeline once, take JSON jobs, return JSON results and image bytes.
+
+The runtime is at the top: ``task`` (the one task both transports run), ``backends/``,
+``rq/`` (the RQ worker), ``batching``, ``tuning``, ``metadata``, ``quality``, ``memory`` and
+``cache``. Beside it: ``models/`` (where a model comes from and what it is), ``tiny/`` (the
+built-in models' world: the tiny models, their scenes, training and judge) and
+``compression/`` (mixed-bit palettization and Core ML conversion, built on the backends).
+Below everything is ``contract``; nothing here imports ``orchestrator``.
+"""
 
 import os
 

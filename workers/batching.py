@@ -7,14 +7,15 @@ guidance); each keeps its own seed, prompt, attempt, PNG and exactly-once record
 image is bit-identical to its lone run (``DiffusersBackend.fused_batches``), which saves little
 (benchmarks/throughput.py); ``--fused-batches`` with an explicit size is the user's trade of
 identity for speed. 1 with Core ML too, whose converted UNet has a fixed batch. On CUDA and MPS it is what the free device memory holds of the
-batch's activations, by an estimate (below), between 1 and ``MAX_BATCH``.
+batch's activations, by an estimate (below), between 1 and ``BATCH_SIZE.max``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-MAX_BATCH = 16
+from contract.limits import BATCH_SIZE
+
 AUTO = "auto"
 # Estimated peak activation memory of one image (its guidance pair) in the UNet, per output
 # pixel, in fp16 with PyTorch's SDPA attention: about 1 GiB for SD 1.5 at 512 x 512 and 4 GiB
@@ -25,15 +26,16 @@ FREE_MEMORY_SHARE = 0.8  # of what the device has free once the model is loaded
 
 
 def parse_batch_size(value: str | int) -> int | str:
-    """``auto`` or a whole number from 1 to ``MAX_BATCH``; ValueError otherwise."""
+    """``auto`` or a whole number in ``BATCH_SIZE``; ValueError otherwise."""
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
+    low, high = BATCH_SIZE
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"batch size must be 'auto' or 1 to {MAX_BATCH}, not {value!r}") from None
-    if not 1 <= n <= MAX_BATCH:
-        raise ValueError(f"batch size must be 'auto' or 1 to {MAX_BATCH}, not {n}")
+        raise ValueError(f"batch size must be 'auto' or {low} to {high}, not {value!r}") from None
+    if not low <= n <= high:
+        raise ValueError(f"batch size must be 'auto' or {low} to {high}, not {n}")
     return n
 
 
@@ -57,7 +59,7 @@ def auto_batch_size(device: str, width: int, height: int, *, dtype: str = "fp16"
     if free is None:
         return 1
     per_image = ACTIVATION_BYTES_PER_PIXEL * width * height * (2 if dtype == "fp32" else 1)
-    return max(1, min(MAX_BATCH, int(free * FREE_MEMORY_SHARE // per_image)))
+    return max(BATCH_SIZE.min, min(BATCH_SIZE.max, int(free * FREE_MEMORY_SHARE // per_image)))
 
 
 def batch_limit(setting: int | str, backend: Any, job: dict[str, Any]) -> int:

@@ -6,7 +6,7 @@ import io
 import json
 from typing import Any
 
-from workers.schedulers import SCHEDULERS
+from workers.models.schedulers import SCHEDULERS
 
 PARAMETERS_KEY = "parameters"
 JSON_KEY = "orchestrate"

@@ -6,8 +6,8 @@ A job with a ``min_score`` keeps the first image whose score reaches it, trying 
 worker's configuration, never the job's: a payload naming a command would run code on every
 worker that takes it.
 
-- ``BuiltinJudge``: ``workers.judge``, which reads the synthetic scenes world
-  (``workers.scenes``) back from an image; a prompt outside that world's grammar is an input
+- ``BuiltinJudge``: ``workers.tiny.judge``, which reads the synthetic scenes world
+  (``workers.tiny.scenes``) back from an image; a prompt outside that world's grammar is an input
   error, found before any image is made.
 - ``CommandJudge``: any program, run as ``CMD IMAGE_PATH PROMPT`` (split like a shell would,
   run without one), whose last line on stdout is a score from 0 to 1.
@@ -30,26 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.errors import JobInputError, JobInterrupted, JudgeError, QualityGateFailed
+from contract.errors import JobInputError, JobInterrupted, JudgeError, QualityGateFailed
+from contract.limits import MAX_JUDGE_NAME, SEED
 
 if TYPE_CHECKING:
     from PIL import Image
 
-# The job's gate fields (None: no gate) and what a gated job's result reports besides its
-# timings. The store's schema, the payload and the protocol derive from these.
-GATE_FIELDS: tuple[str, ...] = ("min_score", "quality_tries")
-QUALITY_RESULT_FIELDS: tuple[str, ...] = ("score", "image_seed", "judge")
-DEFAULT_QUALITY_TRIES = 3
-MAX_QUALITY_TRIES = 20
-# How a failed gate's error begins as the transports record it ("<error class>: <message>").
-GATE_ERROR_PREFIX = f"{QualityGateFailed.__name__}: "
-
 BUILTIN = "builtin"
 JUDGE_TIMEOUT_S = 60.0
-MAX_JUDGE_NAME = 255
 _POLL_S = 0.2  # how often a running judge command is checked for a stop request
 
-SEED_SPACE = 2**32
+SEED_SPACE = SEED.max + 1
 # The step from one of a gated job's seeds to its next: 2^32 over the golden ratio, odd. Not 1:
 # in a ``num_images`` row the next job's own seed is this job's seed + 1, so two jobs could keep
 # the same image. For the first 2,000 tries these steps stay more than 1.2 million seeds away
@@ -128,12 +119,12 @@ def _refusal(prompt: str) -> JobInputError:
 
 
 class BuiltinJudge:
-    """``workers.judge``: which stated attributes of a scenes-world prompt the image shows."""
+    """``workers.tiny.judge``: which stated attributes of a scenes-world prompt the image shows."""
 
     name = BUILTIN
 
     def check(self, prompt: str) -> None:
-        from workers.scenes import parse_prompt
+        from workers.tiny.scenes import parse_prompt
 
         if parse_prompt(prompt) is None:
             raise _refusal(prompt)
@@ -141,7 +132,7 @@ class BuiltinJudge:
     def score(
         self, image: Image.Image, prompt: str, should_stop: Callable[[], bool] | None = None
     ) -> float:
-        from workers.judge import judge
+        from workers.tiny.judge import judge
 
         judgement = judge(image, prompt)
         if judgement is None:

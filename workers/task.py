@@ -13,34 +13,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config import DEFAULT_THREADS, TINY_THREADS
-from workers import memory
-from workers.backends import (
+from contract.errors import JobInputError, JobInterrupted
+from contract.job import BATCH_FIELDS, GATE_FIELDS, PIXEL_FIELDS, GenerationRequest
+from contract.limits import (
     BACKENDS,
-    BATCH_FIELDS,
-    GenerationRequest,
-    GenerationResult,
-    JobInputError,
-    JobInterrupted,
-)
-from workers.metadata import a1111_parameters, encode_png
-from workers.quality import (
     DEFAULT_QUALITY_TRIES,
-    GATE_FIELDS,
-    Judge,
-    attempt_seeds,
-    gate_failure,
-    gate_round,
-    make_judge,
+    DEFAULT_THREADS,
+    TINY_THREADS,
+    UNIFORM_BITS,
 )
+from workers import memory
+from workers.backends import GenerationResult
+from workers.metadata import a1111_parameters, encode_png
+from workers.quality import Judge, attempt_seeds, gate_failure, gate_round, make_judge
 from workers.tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BatchRunner",
-    "JobInputError",
-    "JobInterrupted",
     "Outcome",
     "PipelineCache",
     "Runner",
@@ -55,22 +46,6 @@ __all__ = [
 
 # Fields of a payload that belong to one try of a job, not to the job: kept out of the PNG.
 _DISPATCH_FIELDS = ("attempt", "attempts", "gate_round", "token", "sig")
-# What decides the pixels: the backend's request, field for field.
-REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest))
-
-
-# What a job's result reports, by type: the run (text), counts, and seconds (peak MB last).
-RESULT_TEXT = ("backend", "device", "dtype", "tuning")
-RESULT_COUNTS = ("torch_threads", "unet_evaluations", "width", "height", "batch_size")
-RESULT_TIMINGS = (
-    "load_s",
-    "text_encode_s",
-    "denoise_s",
-    "decode_s",
-    "encode_s",
-    "total_s",
-    "peak_mem_mb",
-)
 
 
 @dataclass
@@ -173,9 +148,9 @@ def resolve_variant(model: str, quantization: str) -> str | None:
     if quantization == "fp16":
         return None
     from workers.compression import registry
-    from workers.compression.variants import UNIFORM, ensure_uniform_variant
+    from workers.compression.variants import ensure_uniform_variant
 
-    if quantization in UNIFORM:
+    if quantization in UNIFORM_BITS:
         return str(ensure_uniform_variant(model, quantization))
     found = registry.lookup(model, quantization, "torch")
     if found is None:
@@ -404,7 +379,7 @@ def run_jobs(
 
 
 def _request(job: dict[str, Any]) -> GenerationRequest:
-    return GenerationRequest(**{k: job[k] for k in REQUEST_FIELDS})
+    return GenerationRequest(**{k: job[k] for k in PIXEL_FIELDS})
 
 
 def _one_by_one(

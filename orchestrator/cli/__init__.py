@@ -12,37 +12,8 @@ from collections.abc import Sequence
 
 import click
 
-from orchestrator import __version__
-from orchestrator.cli.common import CONTEXT, State, print_manifest_error
-from orchestrator.config import DEFAULT_OUTPUT
-from orchestrator.errors import ManifestError, OrchestratorError
-
-
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="orchestrate")
-@click.option(
-    "--db",
-    envvar="ORCHESTRATE_DB",
-    show_envvar=True,
-    default=None,
-    help="Job database: a path or SQLAlchemy URL [default: ./orchestrate.db].",
-)
-@click.option(
-    "--output",
-    envvar="ORCHESTRATE_OUTPUT",
-    show_envvar=True,
-    default=DEFAULT_OUTPUT,
-    help="Folder for images: <output>/<batch>/<job-id>.png.",
-)
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.pass_context
-def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
-    """Turn a CSV of prompts into a finished, reproducible image dataset."""
-    ctx.obj = State(db, output)
-    ctx.meta["verbose"] = verbose
-
-
-from orchestrator.cli import (  # noqa: E402  (they register on main)
+from contract.errors import ManifestError, OrchestratorError
+from orchestrator.cli import (  # they register on main
     control,
     dashboard,
     dataset,
@@ -53,13 +24,14 @@ from orchestrator.cli import (  # noqa: E402  (they register on main)
     model,
     presets,
 )
+from orchestrator.cli.common import main, print_manifest_error
 
 _ = (control, dashboard, dataset, distributed, jobs, judge, local, model, presets)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """Entry point: library errors become clean messages and exit codes, never tracebacks
-    (the codes are on the errors: ``orchestrator.errors``)."""
+    (the codes are on the errors: ``contract.errors``)."""
     try:
         main.main(args=argv, prog_name="orchestrate", standalone_mode=False)
     except ManifestError as exc:
@@ -93,8 +65,8 @@ def _foreign_error(exc: Exception) -> OrchestratorError | None:
     import redis
     from sqlalchemy.exc import SQLAlchemyError
 
+    from contract.errors import DatabaseError, RedisUnavailable
     from orchestrator import extras
-    from orchestrator.errors import DatabaseError, RedisUnavailable
 
     if isinstance(exc, ModuleNotFoundError) and (extra := extras.extra_for(exc.name)):
         return extras.refusal(extra, [str(exc.name).partition(".")[0]])

@@ -1,4 +1,5 @@
-"""What the commands share: settings from flags or environment, option groups, helpers."""
+"""What the commands share: the ``orchestrate`` group they register on, settings from flags or
+environment, option groups, helpers."""
 
 from __future__ import annotations
 
@@ -13,22 +14,30 @@ from typing import Any, TypeVar
 
 import click
 
+from contract.errors import ManifestError, TransientError, UsageError
+from contract.limits import (
+    BACKENDS,
+    COMPUTE_UNITS,
+    DEFAULT_QUALITY_TRIES,
+    DEVICES,
+    GUIDANCE,
+    QUALITY_TRIES,
+    QUANTIZATIONS,
+    SCORE,
+    SIZE,
+    STEPS,
+)
+from orchestrator import __version__
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_OUTPUT,
 )
-from orchestrator.errors import ManifestError, TransientError, UsageError
 from orchestrator.extras import require as require_extra
-from orchestrator.manifest import (
-    MAX_JOBS,
-    QUANTIZATIONS,
-    VARIANT_NAME,
-    Defaults,
-    Manifest,
-)
+from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
 from orchestrator.presets import MIXED, PRESET_NAMES
-from workers.quality import BUILTIN, DEFAULT_QUALITY_TRIES, MAX_QUALITY_TRIES
-from workers.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
+from workers.quality import BUILTIN
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -72,6 +81,31 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
+# The ``orchestrate`` group: every command module registers on it.
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="orchestrate")
+@click.option(
+    "--db",
+    envvar="ORCHESTRATE_DB",
+    show_envvar=True,
+    default=None,
+    help="Job database: a path or SQLAlchemy URL [default: ./orchestrate.db].",
+)
+@click.option(
+    "--output",
+    envvar="ORCHESTRATE_OUTPUT",
+    show_envvar=True,
+    default=DEFAULT_OUTPUT,
+    help="Folder for images: <output>/<batch>/<job-id>.png.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, db: str | None, output: str, verbose: int) -> None:
+    """Turn a CSV of prompts into a finished, reproducible image dataset."""
+    ctx.obj = State(db, output)
+    ctx.meta["verbose"] = verbose
+
+
 def claim_output(state: State) -> None:
     """Before anything is submitted or run: refuse an output folder that belongs to another
     database (without creating this one), and record this database as the owner of one that
@@ -102,10 +136,10 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """What decides one image's pixels (defaults for a manifest's columns; ``generate``'s own)."""
     d = Defaults()
     opts = [
-        option("--steps", type=click.IntRange(1, 500), default=d.steps, help="Denoising steps."),
+        option("--steps", type=click.IntRange(*STEPS), default=d.steps, help="Denoising steps."),
         option(
             "--guidance-scale",
-            type=click.FloatRange(0, 50),
+            type=click.FloatRange(*GUIDANCE),
             default=d.guidance_scale,
             help="CFG scale.",
         ),
@@ -125,13 +159,13 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         option(
             "--width",
-            type=click.IntRange(64, 4096),
+            type=click.IntRange(*SIZE),
             default=None,
             help="Image width [default: the model's native size].",
         ),
         option(
             "--height",
-            type=click.IntRange(64, 4096),
+            type=click.IntRange(*SIZE),
             default=None,
             help="Image height [default: the model's native size].",
         ),
@@ -158,7 +192,7 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--min-score",
             "--min-adherence",
             "min_score",
-            type=click.FloatRange(0, 1),
+            type=click.FloatRange(*SCORE),
             default=None,
             help="A quality gate for rows that name none (column min_score): a worker's judge "
             "scores each image from 0 to 1, and one under this is made again with the next "
@@ -166,7 +200,7 @@ def defaults_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         option(
             "--quality-tries",
-            type=click.IntRange(1, MAX_QUALITY_TRIES),
+            type=click.IntRange(*QUALITY_TRIES),
             default=d.quality_tries,
             help="Seeds one attempt of a gated job may try (column quality_tries).",
         ),
@@ -198,13 +232,13 @@ def backend_options() -> list[Callable[[Any], Any]]:
     return [
         option(
             "--backend",
-            type=click.Choice(["diffusers", "coreml"]),
+            type=click.Choice(BACKENDS),
             default="diffusers",
             help="diffusers (PyTorch: CPU, CUDA, MPS) or coreml (macOS only).",
         ),
         option(
             "--compute-units",
-            type=click.Choice(["CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY"]),
+            type=click.Choice(COMPUTE_UNITS),
             default="CPU_AND_NE",
             help="Core ML compute units (with --backend coreml).",
         ),
@@ -253,7 +287,7 @@ def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
         threads_option(),
         option(
             "--device",
-            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+            type=click.Choice(DEVICES),
             default="auto",
             help="Torch device.",
         ),

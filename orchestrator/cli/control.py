@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import main
-from orchestrator.cli.common import State, option, pass_state
+from orchestrator.cli.common import State, main, option, pass_state
 from orchestrator.cli.jobs import jobs
 
 

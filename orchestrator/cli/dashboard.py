@@ -9,9 +9,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import main
-from orchestrator.cli.common import State, option, pass_state
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
+from orchestrator.cli.common import State, main, option, pass_state
 
 DEFAULT_WATCH_SECONDS = 2.0
 

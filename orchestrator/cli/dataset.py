@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli import main
-from orchestrator.cli.common import State, configure_logging, option, pass_state
+from contract.limits import DEVICES
+from orchestrator.cli.common import State, configure_logging, main, option, pass_state
 from orchestrator.export import DEFAULT_SHARD_SIZE, FORMATS
 from orchestrator.extras import require as require_extra
 
@@ -62,7 +62,7 @@ def export(
 )
 @option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=click.Choice(DEVICES),
     default=None,
     help="Torch device [default: the one recorded in the image].",
 )

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import main
+from contract.errors import OrchestratorError
+from contract.limits import DEVICES
 from orchestrator.cli.common import (
     State,
     backend_options,
@@ -18,6 +19,7 @@ from orchestrator.cli.common import (
     hook_options,
     judge_from,
     judge_option,
+    main,
     option,
     pass_state,
     patiently,
@@ -27,7 +29,6 @@ from orchestrator.cli.common import (
     tuning_from,
     tuning_options,
 )
-from orchestrator.errors import OrchestratorError
 from orchestrator.hooks import Hooks
 
 
@@ -93,9 +94,9 @@ def coordinator(
     One coordinator runs per database: a second one refuses to start, naming the first.
     With ORCHESTRATE_SECRET set (the same on every worker), payloads and results are signed.
     """
+    from contract.protocol import connect_patiently, redact, secret_from_env
     from orchestrator.progress import Progress
     from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
-    from workers.rq.protocol import connect_patiently, redact, secret_from_env
 
     configure_logging(ctx.find_root().meta["verbose"], service=True)
     store = patiently(state.store, "open the database")
@@ -157,7 +158,7 @@ def backend_decorators(f: Any) -> Any:
 @threads_option()
 @option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=click.Choice(DEVICES),
     default="auto",
     help="Torch device.",
 )

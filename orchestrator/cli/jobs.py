@@ -8,13 +8,16 @@ from collections.abc import Sequence
 
 import click
 
-from orchestrator.cli import main
+from contract.job import GATE_FIELDS, QUALITY_RESULT_FIELDS
+from contract.limits import SCORE
+from contract.status import VISIBLE_STATUSES, JobStatus
 from orchestrator.cli.common import (
     State,
+    main,
     option,
     pass_state,
 )
-from workers.quality import GATE_FIELDS, QUALITY_RESULT_FIELDS, fmt_score
+from workers.quality import fmt_score
 
 
 @main.group()
@@ -50,12 +53,12 @@ def _short(text: str, n: int) -> str:
 @option("--batch", "batch_id", type=int, default=None, help="Only this batch.")
 @option(
     "--status",
-    type=click.Choice(["pending", "queued", "running", "succeeded", "failed", "cancelled"]),
+    type=click.Choice([s.value for s in VISIBLE_STATUSES]),
     default=None,
 )
 @option(
     "--below",
-    type=click.FloatRange(0, 1),
+    type=click.FloatRange(*SCORE),
     default=None,
     metavar="SCORE",
     help="Only jobs with a quality gate whose kept image scored under SCORE.",
@@ -96,7 +99,7 @@ def jobs_list(
             + (f"{score:>5} " if gated else "")
             + _short(r["prompt"], 50)
         )
-        if r["status"] == "failed" and r["last_error"]:
+        if r["status"] == JobStatus.FAILED and r["last_error"]:
             click.echo(f"{'':>6} error: {_short(r['last_error'], 100)}")
 
 
@@ -160,7 +163,7 @@ def jobs_retry(
     if all_failed:
         # By condition, in short transactions: no list of ids (SQLite caps a statement's
         # variables at 32,766 in many builds), no long write lock.
-        n = store.retry(job_ids, batch_id=batch_id, statuses=["failed"], everything=True)
+        n = store.retry(job_ids, batch_id=batch_id, statuses=[JobStatus.FAILED], everything=True)
     else:
         n = store.retry(list(job_ids), batch_id=batch_id)
     click.echo(f"{n} jobs back in the queue")

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import main
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
+from contract.limits import SCORE
+from orchestrator.cli.common import main
 
 
 def _images(paths: tuple[Path, ...]) -> list[Path]:
@@ -43,7 +44,7 @@ def _recorded_prompt(path: Path) -> str | None:
 )
 @click.option(
     "--min-adherence",
-    type=click.FloatRange(0, 1),
+    type=click.FloatRange(*SCORE),
     help="Exit 1 when the adherence over all judged images is below this.",
 )
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
@@ -57,8 +58,8 @@ def judge(
     prompts are listed as not judged."""
     from PIL import Image, UnidentifiedImageError
 
-    from workers.judge import Judgement, adherence
-    from workers.judge import judge as judge_image
+    from workers.tiny.judge import Judgement, adherence
+    from workers.tiny.judge import judge as judge_image
 
     rows: list[dict[str, Any]] = []
     judged: list[Judgement] = []

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import main
+from contract.errors import OrchestratorError, UsageError
+from contract.limits import SEED
+from contract.status import JobStatus
 from orchestrator.cli.common import (
     State,
     claim_output,
@@ -22,6 +24,7 @@ from orchestrator.cli.common import (
     image_options,
     judge_from,
     judge_option,
+    main,
     option,
     pass_state,
     patiently,
@@ -36,7 +39,6 @@ from orchestrator.cli.common import (
 from orchestrator.config import (
     WorkerSettings,
 )
-from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.hooks import Hooks, batch_summary
 from orchestrator.manifest import Defaults, load_manifest
 from workers.quality import fmt_score
@@ -275,23 +277,25 @@ def _work_and_report(
     counts = (getattr(scope, "__wrapped__", scope) or store.counts)()
     total = sum(counts.values())
     click.echo(
-        f"{counts['succeeded']}/{total} succeeded, {counts['failed']} failed, "
-        f"{counts['cancelled']} cancelled; images in {state.output}"
+        f"{counts[JobStatus.SUCCEEDED]}/{total} succeeded, {counts[JobStatus.FAILED]} failed, "
+        f"{counts[JobStatus.CANCELLED]} cancelled; images in {state.output}"
     )
-    if counts["failed"]:
+    if counts[JobStatus.FAILED]:
         click.echo(
             "see `orchestrate jobs list --status failed`; `orchestrate jobs retry --failed` tries them again",
             err=True,
         )
-    if counts["pending"] and not worker.stopping:
+    if counts[JobStatus.PENDING] and not worker.stopping:
         from orchestrator.cli.control import report_paused
 
         report_paused(store)  # the worker stops when only paused jobs are left
     unpublished = report_unpublished(store, state.output)
-    finished = counts["succeeded"] + counts["cancelled"]  # a job the user cancelled is no failure
+    finished = (
+        counts[JobStatus.SUCCEEDED] + counts[JobStatus.CANCELLED]
+    )  # a job the user cancelled is no failure
     if worker.stopping and (finished != total or unpublished):
         return 130
-    return 0 if finished == total and counts["failed"] == 0 and not unpublished else 1
+    return 0 if finished == total and counts[JobStatus.FAILED] == 0 and not unpublished else 1
 
 
 def report_unpublished(store: Any, output: Path) -> int:
@@ -349,7 +353,7 @@ def work(
 @option("--negative-prompt", default="", help="The negative prompt.")
 @option(
     "--seed",
-    type=click.IntRange(0, 2**32 - 1),
+    type=click.IntRange(*SEED),
     default=None,
     help="Seed [default: derived from the prompt].",
 )

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import main
-from orchestrator.cli.common import option
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
+from orchestrator.cli.common import main, option
 from orchestrator.extras import require as require_extra
 
 

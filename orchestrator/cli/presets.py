@@ -6,7 +6,7 @@ import json
 
 import click
 
-from orchestrator.cli import main
+from orchestrator.cli.common import main
 from orchestrator.presets import MIXED, MIXED_TARGET_BITS, PRESETS
 
 

@@ -20,16 +20,9 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine, func, select, update
 
-from orchestrator.models import (
-    ATTEMPTS,
-    JOBS,
-    PAYLOAD_FIELDS,
-    Attempt,
-    AttemptStatus,
-    Job,
-    JobStatus,
-)
-from workers.task import RESULT_TEXT, RESULT_TIMINGS
+from contract.job import PAYLOAD_FIELDS, RESULT_TEXT, RESULT_TIMINGS
+from contract.status import AttemptStatus, JobStatus
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Job
 
 # What a worker gets: the job's fields plus the number of this attempt.
 JOB_PAYLOAD_COLUMNS = PAYLOAD_FIELDS

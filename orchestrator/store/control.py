@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.errors import JobNotFound, UsageError
-from orchestrator.models import JOBS, Batch, Job, JobCount, JobStatus, QueueState
+from contract.errors import JobNotFound, UsageError
+from contract.status import JobStatus
+from orchestrator.models import JOBS, Batch, Job, JobCount, QueueState
 from orchestrator.store.base import _CHUNK, CHUNK_ROWS, StoreBase, chunks
 
 # The manifest's own bounds for a priority.

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.errors import CoordinatorConflict
+from contract.errors import CoordinatorConflict
 from orchestrator.models import CoordinatorLease, DeadLetter, Worker
 from orchestrator.store.base import Fence, StoreBase, process_gone
 

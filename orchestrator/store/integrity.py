@@ -10,16 +10,9 @@ from typing import Any
 
 from sqlalchemy import and_, select, update
 
+from contract.status import AttemptStatus, JobStatus
 from orchestrator.database import sqlite_path
-from orchestrator.models import (
-    ATTEMPTS,
-    JOBS,
-    Attempt,
-    AttemptStatus,
-    DatabaseInfo,
-    Job,
-    JobStatus,
-)
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, DatabaseInfo, Job
 from orchestrator.output import PATH_FIELDS
 from orchestrator.ownership import Owner
 from orchestrator.store.base import HELD_STATUSES, OPEN_ATTEMPTS, StoreBase, chunks

@@ -14,21 +14,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 
-from orchestrator.errors import JobNotFound, UsageError
+from contract.errors import JobNotFound, UsageError
+from contract.status import ACTIVE_STATUSES, VISIBLE_STATUSES, AttemptStatus, BatchState, JobStatus
 from orchestrator.manifest import JobSpec, Manifest
-from orchestrator.models import (
-    ACTIVE_STATUSES,
-    ATTEMPTS,
-    JOBS,
-    VISIBLE_STATUSES,
-    Attempt,
-    AttemptStatus,
-    Batch,
-    BatchState,
-    Job,
-    JobCount,
-    JobStatus,
-)
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job, JobCount
 from orchestrator.store.base import (
     _CHUNK,
     CHUNK_ROWS,

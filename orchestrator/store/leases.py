@@ -17,17 +17,9 @@ from typing import Any
 
 from sqlalchemy import Connection, exists, func, insert, select, text, update
 
-from orchestrator.models import (
-    ATTEMPTS,
-    GATE_FIELDS,
-    JOBS,
-    Attempt,
-    AttemptStatus,
-    Batch,
-    Job,
-    JobStatus,
-    QueueState,
-)
+from contract.job import BATCH_FIELDS, GATE_ERROR_PREFIX, GATE_FIELDS, QUALITY_RESULT_FIELDS
+from contract.status import AttemptStatus, JobStatus
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job, QueueState
 from orchestrator.store.base import (
     HELD_STATUSES,
     JOB_PAYLOAD_COLUMNS,
@@ -40,8 +32,6 @@ from orchestrator.store.base import (
     chunks,
 )
 from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_runs, queue_runs
-from workers.backends import BATCH_FIELDS
-from workers.quality import GATE_ERROR_PREFIX, QUALITY_RESULT_FIELDS
 
 PUBLISH_BACKOFF_CAP_S = 300.0  # the longest wait between tries to publish a committed image
 

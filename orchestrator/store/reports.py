@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import aliased
 
-from orchestrator.models import VISIBLE_STATUSES, Attempt, AttemptStatus, Job, JobStatus, Worker
+from contract.job import GATE_ERROR_PREFIX
+from contract.status import VISIBLE_STATUSES, AttemptStatus, JobStatus
+from orchestrator.models import Attempt, Job, Worker
 from orchestrator.store.base import OPEN_ATTEMPTS, TIMING_WINDOW, StoreBase, chunks
-from workers.quality import GATE_ERROR_PREFIX
 
 THROUGHPUT_WINDOW_S = 600.0
 RECENT_WINDOW = 10_000

@@ -50,15 +50,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import faults
-from orchestrator.errors import CoordinatorConflict, PublishBlocked, TransientError
+from contract import faults
+from contract import protocol as proto
+from contract.errors import CoordinatorConflict, PublishBlocked, TransientError
+from contract.limits import BATCH_SIZE
+from contract.status import WORKER_STATES, JobStatus
 from orchestrator.events import JobEvent
 from orchestrator.hooks import HookRunner, Hooks, batch_summary
-from orchestrator.models import WORKER_STATES
 from orchestrator.results import STAGING, ImageMismatch, Results
 from orchestrator.status import presence
 from orchestrator.store import Claim, JobStore, backoff_seconds
-from workers.rq import protocol as proto
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class Coordinator:
                 s.output_dir / STAGING,
                 extra={"action": "unpublished_left"},
             )
-        return 1 if waiting or blocked or self.store.counts()["failed"] else 0
+        return 1 if waiting or blocked or self.store.counts()[JobStatus.FAILED] else 0
 
     def _due(self, what: str, every: float) -> bool:
         now = time.monotonic()
@@ -468,11 +469,11 @@ class Coordinator:
         new = self.store.fail(claim, error, retryable=event.retryable, scores=event.scores)
         logger.warning("job %s failed on %s: %s", claim.job_id, event.worker, error)
         self._missing_since.pop(event.rq_id, None)
-        retry_in = backoff_seconds(claim.job["attempt"]) if new == "pending" else None
+        retry_in = backoff_seconds(claim.job["attempt"]) if new == JobStatus.PENDING else None
         self._emit(
             JobEvent(
                 claim.job_id,
-                "failed" if new == "failed" else "retrying",
+                JobStatus.FAILED if new == JobStatus.FAILED else "retrying",
                 self._ran_for(claim),
                 error=error,
                 retry_in=retry_in,
@@ -498,7 +499,12 @@ class Coordinator:
             )
             self.redis.delete(key)
             self._emit(
-                JobEvent(job_id, "failed", self._ran_for(claim), error="image over the size limit")
+                JobEvent(
+                    job_id,
+                    JobStatus.FAILED,
+                    self._ran_for(claim),
+                    error="image over the size limit",
+                )
             )
             return
         if size == 0 or size != event.size:
@@ -529,7 +535,7 @@ class Coordinator:
         self._missing_since.pop(event.rq_id, None)
         if published:
             total = float(event.result.get("total_s") or 0.0)
-            self._emit(JobEvent(job_id, "succeeded", total, str(delivery.final)))
+            self._emit(JobEvent(job_id, JobStatus.SUCCEEDED, total, str(delivery.final)))
         else:
             logger.info("job %s result dropped", job_id, extra={"action": "late_result"})
 
@@ -595,7 +601,7 @@ class Coordinator:
             if rq_id not in claims:
                 continue  # finished meanwhile
             claim, status = claims[rq_id]
-            started = status == "running"
+            started = status == JobStatus.RUNNING
             why = (
                 "worker stopped heartbeating"
                 if started
@@ -708,10 +714,8 @@ class Coordinator:
 
 def _batch_size(value: str | None) -> int:
     """A worker's published batch size (an older worker publishes none: 1)."""
-    from workers.batching import MAX_BATCH
-
     try:
-        return min(MAX_BATCH, max(1, int(value or 1)))
+        return min(BATCH_SIZE.max, max(BATCH_SIZE.min, int(value or 1)))
     except ValueError:
         return 1
 

@@ -28,14 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from orchestrator.config import WorkerSettings
-from orchestrator.errors import (
+from contract.errors import (
     JobInputError,
     JobInterrupted,
     PublishBlocked,
     QualityGateFailed,
     TransientError,
 )
+from contract.status import JobStatus
+from orchestrator.config import WorkerSettings
 from orchestrator.events import JobEvent
 from orchestrator.results import Results
 from orchestrator.store import Claim, JobStore, WorkerIdentity, backoff_seconds
@@ -373,13 +374,13 @@ class LocalWorker:
         )
         # INFO: the progress line (or the service log, at INFO) says it once.
         logger.info("job %s failed: %s", job_id, error, extra={**log_extra, "action": "job_failed"})
-        if status == "failed":
+        if status == JobStatus.FAILED:
             self.stats.failed += 1
-        retry_in = backoff_seconds(claim.job["attempt"]) if status == "pending" else None
+        retry_in = backoff_seconds(claim.job["attempt"]) if status == JobStatus.PENDING else None
         self._emit(
             JobEvent(
                 job_id,
-                "failed" if status == "failed" else "retrying",
+                JobStatus.FAILED if status == JobStatus.FAILED else "retrying",
                 seconds,
                 error=error,
                 retry_in=retry_in,
@@ -445,7 +446,9 @@ class LocalWorker:
             float(output.result.get("total_s") or 0.0),
             extra={**log_extra, "action": "job_succeeded", "path": str(delivery.final)},
         )
-        self._emit(JobEvent(job_id, "succeeded", time.perf_counter() - t0, str(delivery.final)))
+        self._emit(
+            JobEvent(job_id, JobStatus.SUCCEEDED, time.perf_counter() - t0, str(delivery.final))
+        )
 
     def _leave(
         self, claim: Claim, delivery: Any, seconds: float, log_extra: dict[str, Any]

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from contract.errors import JobNotFound, UsageError
+from contract.status import ACTIVE_STATUSES, VISIBLE_STATUSES, AttemptStatus, JobStatus
 from orchestrator import status as st
-from orchestrator.errors import JobNotFound, UsageError
-from orchestrator.models import ACTIVE_STATUSES, VISIBLE_STATUSES, JobStatus
 from orchestrator.store import JobStore
 from orchestrator.store.control import check_priority
 
@@ -145,7 +145,7 @@ def ran_as(quantization: str, attempts: Sequence[dict[str, Any]]) -> dict[str, A
     reported = [a for a in attempts if a.get("dtype")]
     if not reported:
         return None
-    done = [a for a in reported if a["status"] == "succeeded"]
+    done = [a for a in reported if a["status"] == AttemptStatus.SUCCEEDED]
     a = (done or reported)[-1]
     dtype = str(a["dtype"])
     where = f" on {a['device']}" if a.get("device") else ""
@@ -410,7 +410,7 @@ class DashboardApp:
             "failures.html",
             groups=self.store.failure_groups(),
             failed_jobs=self.store.failed_jobs(),
-            failed=self.store.counts()["failed"],
+            failed=self.store.counts()[JobStatus.FAILED],
         )
 
     def batch(self, request: Request, batch_id: str) -> Response:
@@ -524,7 +524,9 @@ class DashboardApp:
         for a in job["attempt_rows"]:
             a["denoise_per_step_s"] = _per_step(a, job["steps"])
             a["scores"] = json.loads(a.pop("scores_json") or "null")  # [[seed, score], ...]
-        job["image_url"] = f"/images/{job['id']}.png" if job["status"] == "succeeded" else None
+        job["image_url"] = (
+            f"/images/{job['id']}.png" if job["status"] == JobStatus.SUCCEEDED else None
+        )
         job["can_retry"] = job["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
         job["can_cancel"] = job["status"] in [s.value for s in ACTIVE_STATUSES]
         job["ran"] = ran_as(job["quantization"], job["attempt_rows"])
@@ -677,7 +679,7 @@ class DashboardApp:
         return self._json(
             {
                 "generated_at": time.time(),
-                "failed": self.store.counts()["failed"],
+                "failed": self.store.counts()[JobStatus.FAILED],
                 "groups": self.store.failure_groups(),
                 "failed_jobs": self.store.failed_jobs(),
             }

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from workers.backends import JobInterrupted
+from contract.errors import JobInterrupted
 from workers.task import PipelineCache, TaskOutput
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from contract import protocol as proto
 from tests.e2e.conftest import Cli, write
 from tests.e2e.test_crashes import query, wait_for_running
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 
 pytestmark = pytest.mark.slow
 

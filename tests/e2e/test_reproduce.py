@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from orchestrator.errors import UsageError
+from contract.errors import UsageError
 from orchestrator.reproduce import compare_pixels, read_recorded
 from tests.e2e.conftest import Cli
 from workers.metadata import read_png_metadata

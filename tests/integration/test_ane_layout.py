@@ -114,7 +114,7 @@ def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(tmp_path: Pat
 
 @OFF_MACOS
 def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Path) -> None:
-    from workers.backends import GenerationRequest
+    from contract.job import GenerationRequest
     from workers.backends.coreml import CoreMLBackend
     from workers.compression.coreml import convert_pipeline
     from workers.task import PipelineCache

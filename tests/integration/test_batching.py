@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.errors import JobInterrupted
+from contract.job import GenerationRequest
 from orchestrator.config import WorkerSettings
 from orchestrator.database import database_url, open_engine
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import manifest_of, submit_text, worker
-from workers.backends import GenerationRequest, JobInterrupted
 from workers.batching import AUTO, auto_batch_size, batch_limit, parse_batch_size
 from workers.task import PipelineCache, TaskOutput, batch_key, run_job, run_jobs
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.errors import ModelLoadError
+from contract.errors import ModelLoadError
 from orchestrator.manifest import parse_manifest
 from orchestrator.preflight import model_problem
 from tests.conftest import sample_job
-from workers.checkpoints import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, family
 from workers.compression.commands import export_checkpoint_file
+from workers.models.checkpoints import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, family
 from workers.task import PipelineCache, run_job
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_loading_is_the_inverse_of_exporting_for_any_per_level_layout() -> None:
 
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    from workers.checkpoints import from_single_file, to_single_file
+    from workers.models.checkpoints import from_single_file, to_single_file
     from workers.tiny import ensure_tiny_model
 
     pipe = StableDiffusionPipeline.from_pretrained(

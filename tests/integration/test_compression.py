@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from tests.integration.test_pipeline import JOB as PIPELINE_JOB
 from workers.compression.analysis import AnalysisPlan, ProbeConfig, analyze
 from workers.compression.palettize import NBITS, kmeans_lut, mean, psnr
@@ -497,7 +497,7 @@ def test_split_einsum_attention_matches_the_original() -> None:
 
 
 def test_coreml_backend_refuses_off_macos_in_one_sentence() -> None:
-    from workers.backends import JobInputError
+    from contract.errors import JobInputError
     from workers.task import PipelineCache, run_job
 
     cache = PipelineCache(backend="coreml")

@@ -14,12 +14,12 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from orchestrator.errors import CoordinatorConflict
+from contract import protocol as proto
+from contract.errors import CoordinatorConflict
 from orchestrator.store import JobStore
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests.conftest import coordinator, submit_text
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 
 
 def png(color: tuple[int, int, int] = (1, 2, 3)) -> bytes:
@@ -509,7 +509,7 @@ def test_a_full_disk_keeps_the_result_for_the_next_tick(
     store: JobStore, redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import orchestrator.results as results_module
-    from orchestrator.errors import DiskFull
+    from contract.errors import DiskFull
 
     submit_text(store, "prompt\na\n")
     c = coordinator(store, redis, tmp_path, window=1)

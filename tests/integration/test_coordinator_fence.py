@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import CoordinatorConflict
+from contract import protocol as proto
+from contract.errors import CoordinatorConflict
 from orchestrator.hooks import Hooks
 from orchestrator.store import JobStore
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests.conftest import coordinator, submit_text
 from tests.integration.test_coordinator import finish, in_flight, push
-from workers.rq import protocol as proto
 
 EVENT_LISTS = (proto.EVENTS_KEY, proto.PROCESSING_KEY)
 

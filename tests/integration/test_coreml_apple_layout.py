@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.errors import JobInputError
+from contract.job import GenerationRequest
 from tests.apple_layout import apple_packages, apple_resources
 from tests.coreml_standin import OFF_MACOS, backends_on, image_psnr, pixels
-from workers.backends import GenerationRequest, JobInputError
-from workers.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
 
 pytestmark = [pytest.mark.slow, OFF_MACOS]
 

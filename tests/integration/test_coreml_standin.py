@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.job import GenerationRequest
 from tests.coreml_standin import (
     OFF_MACOS,
     StandInModel,
@@ -19,8 +20,7 @@ from tests.coreml_standin import (
     install,
     pixels,
 )
-from workers.backends import GenerationRequest
-from workers.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache
 
 pytestmark = [OFF_MACOS, pytest.mark.slow]  # converts the tiny UNet to Core ML
@@ -95,7 +95,8 @@ def test_the_backend_sends_each_input_in_the_dtype_the_package_declares(
 def test_the_stand_in_refuses_what_the_package_does_not_declare(
     tiny: object, folders: dict[str, Path]
 ) -> None:
-    from workers.compression.coreml import VAE_DECODER, _wrappers
+    from workers.backends.coreml_folder import VAE_DECODER
+    from workers.compression.coreml import _wrappers
 
     path = folders["fp16"] / "VAEDecoder.mlpackage"
     model = StandInModel(path, _wrappers(tiny.pipe)[VAE_DECODER][0])  # type: ignore[attr-defined]
@@ -239,7 +240,7 @@ def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: 
     from workers.backends.coreml import CoreMLBackend
     from workers.backends.diffusers import DiffusersBackend
     from workers.compression.coreml import convert_pipeline
-    from workers.training import TrainConfig, assemble, build_components
+    from workers.tiny.training import TrainConfig, assemble, build_components
 
     config = TrainConfig(
         vae_channels=(32, 32, 64),

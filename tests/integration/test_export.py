@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from contract.errors import JobInputError, UsageError
 from orchestrator.cli import cli
 from orchestrator.config import WorkerSettings
-from orchestrator.errors import UsageError
 from orchestrator.export import COLUMNS, export_dataset
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
-from workers.backends import JobInputError
 from workers.task import PipelineCache, TaskOutput
 
 MANIFEST = (
@@ -306,7 +305,7 @@ def test_jobs_show_says_what_was_asked_and_what_ran(done: JobStore, db_url: str)
     """It said "quantization: fp16" of an image computed in fp32 on the CPU."""
     from click.testing import CliRunner
 
-    from orchestrator.cli import main
+    from orchestrator.cli.common import main
 
     shown = CliRunner().invoke(main, ["--db", db_url, "jobs", "show", "1"], catch_exceptions=False)
     assert shown.exit_code == 0, shown.output

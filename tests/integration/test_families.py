@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import JobInputError
+from contract.errors import JobInputError
 from tests.conftest import sample_job
 from tests.e2e.conftest import Cli
-from workers import families
+from workers.cache import default_cache_dir
 from workers.metadata import read_png_metadata
-from workers.schedulers import SCHEDULER_NAMES, build_scheduler
+from workers.models import families
+from workers.models.schedulers import SCHEDULER_NAMES, build_scheduler
 from workers.task import PipelineCache, run_job
-from workers.tiny import default_cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_tiny_xl_is_an_sdxl_folder_built_once_in_the_cache() -> None:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from workers.tiny_xl import ensure_tiny_xl_model
+    from workers.tiny.xl import ensure_tiny_xl_model
 
     path = ensure_tiny_xl_model()
     assert path == default_cache_dir() / "models" / "tiny-xl-v1"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import DiskFull, UsageError
+from contract.errors import DiskFull, UsageError
 from orchestrator.generate import Target, resolve_target, slug, write_image
 from orchestrator.manifest import Defaults
 

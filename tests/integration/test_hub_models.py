@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.errors import JobInputError, ModelLoadError, ModelNotFound
 from orchestrator.config import WorkerSettings
-from orchestrator.errors import JobInputError, ModelLoadError, ModelNotFound
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
-from workers import hub
+from workers.models import hub
 from workers.task import PipelineCache
 
 pytestmark = pytest.mark.slow

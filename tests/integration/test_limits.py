@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
+from contract import protocol as proto
+from contract.errors import DatabaseError, ManifestError, UsageError
 from orchestrator.database import open_engine, upgrade
-from orchestrator.errors import DatabaseError, ManifestError, UsageError
 from orchestrator.manifest import parse_manifest
 from orchestrator.reproduce import read_recorded
 from tests.conftest import fixed_size
 from tests.redis_server import RedisServer
 from workers.metadata import encode_png
-from workers.rq import protocol as proto
 
 
 @pytest.mark.slow

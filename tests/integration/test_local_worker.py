@@ -12,12 +12,12 @@ from typing import Any
 from PIL import Image
 from sqlalchemy import text
 
+from contract.errors import JobInterrupted
 from orchestrator.config import WorkerSettings
 from orchestrator.events import JobEvent
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
-from workers.backends import JobInterrupted
 from workers.task import PipelineCache, TaskOutput
 
 
@@ -96,7 +96,7 @@ def test_a_job_that_fails_twice_then_succeeds(store: JobStore, tmp_path: Path) -
 
 
 def test_input_errors_are_not_retried(store: JobStore, tmp_path: Path) -> None:
-    from workers.backends import JobInputError
+    from contract.errors import JobInputError
 
     submit_text(store, "prompt\na\n", max_attempts=3)
 

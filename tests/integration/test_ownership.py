@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from contract.errors import UsageError
 from orchestrator.cli import cli
 from orchestrator.config import WorkerSettings
 from orchestrator.database import database_url, open_engine
-from orchestrator.errors import UsageError
 from orchestrator.export import export_dataset
 from orchestrator.ownership import MARKER, FolderOwnedElsewhere, read_owner
 from orchestrator.results import STAGING, Results, stage

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import JobNotFound, UsageError
+from contract import protocol as proto
+from contract.errors import JobNotFound, UsageError
 from orchestrator.store import JobStore
 from tests.conftest import coordinator, submit_text, worker
-from workers.rq import protocol as proto
 
 
 def claim_all(store: JobStore) -> list[str]:

@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 
+from contract.errors import JobInputError, JobInterrupted
 from tests.conftest import sample_payload
-from workers.backends import JobInputError, JobInterrupted
-from workers.evaluation import SHIPPED_ADHERENCE, evaluate
-from workers.judge import HELD_OUT_PROMPTS, judge
 from workers.metadata import read_png_metadata
-from workers.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache, run_job
 from workers.tiny import SHIPPED_TINY, ensure_tiny_model
+from workers.tiny.evaluation import SHIPPED_ADHERENCE, evaluate
+from workers.tiny.judge import HELD_OUT_PROMPTS, judge
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +170,7 @@ def test_missing_local_model_folder_is_a_clear_error_not_retried(tmp_path) -> No
 
 
 def test_an_uncached_hub_id_offline_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.backends import ModelLoadError
+    from contract.errors import ModelLoadError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError) as info:

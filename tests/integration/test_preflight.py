@@ -66,7 +66,7 @@ def test_a_recipe_variant_must_have_been_made() -> None:
 def test_hub_ids_offline_need_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
-    from workers import hub
+    from workers.models import hub
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache(tmp_path, "me/cached")))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

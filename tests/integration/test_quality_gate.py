@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+from contract import protocol as proto
+from contract.errors import JobInterrupted
 from orchestrator.config import WorkerSettings
 from orchestrator.export import export_dataset
 from orchestrator.status import overview, render_text
@@ -37,8 +39,7 @@ from tests.fake_quality import (
 from tests.redis_server import RedisServer
 from workers.metadata import read_png_metadata
 from workers.quality import CommandJudge, candidate_seed
-from workers.rq import protocol as proto
-from workers.task import JobInterrupted, run_job
+from workers.task import run_job
 
 SCENE = "a large red circle on a black background"
 

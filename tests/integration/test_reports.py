@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import event, text
 
-from orchestrator.cli import main
+from contract.errors import JobInputError
+from orchestrator.cli.common import main
 from orchestrator.config import WorkerSettings
 from orchestrator.database import downgrade, upgrade
 from orchestrator.status import overview, render_rich, render_text
@@ -26,7 +27,6 @@ from orchestrator.store import JobStore
 from orchestrator.store.reports import error_key, percentile, summarize
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import submit_text
-from workers.backends import JobInputError
 from workers.task import PipelineCache, TaskOutput
 
 FOX = 'a red fox <b>in "snow"</b> & ice'

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from contract.errors import DiskFull
 from orchestrator.config import WorkerSettings
-from orchestrator.errors import DiskFull
 from orchestrator.results import STAGING, Results, stage, staged_path
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker

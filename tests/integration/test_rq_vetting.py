@@ -16,10 +16,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
 
+from contract import protocol as proto
 from tests import fake_workers
 from tests.conftest import sample_payload
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 
 TOKEN = "ab" * 16
 

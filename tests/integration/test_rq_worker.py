@@ -12,12 +12,12 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from contract import protocol as proto
 from orchestrator.store import JobStore, backoff_seconds
 from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 from tests import fake_workers
 from tests.conftest import submit_text
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 from workers.rq.worker import plain_json
 
 
@@ -102,7 +102,8 @@ def test_a_worker_takes_only_compatible_vetted_jobs_into_its_batch(
     """``take_companions``: compatible jobs leave the queue with their heartbeat started in
     one step; another kind of job, and a foreign one, stay queued for the normal path."""
     from workers.rq.batches import take_companions
-    from workers.rq.worker import OrchestrateWorker, vet
+    from workers.rq.vetting import vet
+    from workers.rq.worker import OrchestrateWorker
     from workers.task import PipelineCache
 
     submit_text(store, "prompt,seed,steps\na,1,4\nb,2,5\nc,3,4\nd,4,4\ne,5,4\n")

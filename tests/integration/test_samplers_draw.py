@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from workers.evaluation import evaluate
-from workers.judge import HELD_OUT_PROMPTS, judge
-from workers.schedulers import MIN_STEPS, SCHEDULER_NAMES
+from workers.models.schedulers import MIN_STEPS, SCHEDULER_NAMES
 from workers.task import PipelineCache
+from workers.tiny.evaluation import evaluate
+from workers.tiny.judge import HELD_OUT_PROMPTS, judge
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,8 @@ def test_karras_spacing_draws_at_few_steps(backend: Any) -> None:
 def test_every_row_of_the_example_manifest_draws(backend: Any) -> None:
     """README command 1's manifest, as submit reads it: each row's first image shows most of
     what it states."""
+    from contract.job import GenerationRequest
     from orchestrator.manifest import load_manifest
-    from workers.backends import GenerationRequest
 
     firsts = [j for j in load_manifest(REPO / "jobs.example.csv").jobs if j.image_index == 0]
     scores = {}

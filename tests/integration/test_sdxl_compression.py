@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression.palettize import mean, psnr
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import time
 import pytest
 from sqlalchemy import text
 
+from contract.errors import JobNotFound
 from orchestrator.database import open_engine
-from orchestrator.errors import JobNotFound
 from orchestrator.store import JobStore
 from tests.conftest import submit_text, worker
 

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from contract.errors import DatabaseBusy, JobInterrupted
 from orchestrator.config import WorkerSettings
 from orchestrator.database import open_engine
-from orchestrator.errors import DatabaseBusy
 from orchestrator.store import JobStore
 from orchestrator.transports.local import LocalWorker
 from tests.conftest import manifest_of, submit_text, worker
-from workers.backends import JobInterrupted
 from workers.task import PipelineCache, TaskOutput
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from transformers import CLIPTokenizer
 
-from workers.judge import HELD_OUT_PROMPTS
-from workers.scenes import parse_prompt
 from workers.tiny import write_clip_vocabulary
-from workers.training import (
+from workers.tiny.judge import HELD_OUT_PROMPTS
+from workers.tiny.scenes import parse_prompt
+from workers.tiny.training import (
     TrainConfig,
     draw_scenes,
     learn_merges,
@@ -91,7 +91,7 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from workers.schedulers import SCHEDULER_NAMES, build_scheduler
+    from workers.models.schedulers import SCHEDULER_NAMES, build_scheduler
 
     config = TrainConfig(
         vae_steps=1,
@@ -161,7 +161,7 @@ def test_vae_selection_keeps_the_checkpoint_the_judge_reads_best(
 ) -> None:
     import torch
 
-    from workers import training
+    from workers.tiny import training
 
     config = TrainConfig(
         vae_steps=4, vae_batch=2, warmup=1, threads=1, vae_select_every=1, vae_select_scenes=2
@@ -186,7 +186,7 @@ def test_vae_selection_keeps_the_checkpoint_the_judge_reads_best(
 def test_reconstruction_adherence_of_a_lossless_round_trip_is_the_judges_own() -> None:
     import torch
 
-    from workers.training import reconstruction_adherence
+    from workers.tiny.training import reconstruction_adherence
 
     class Lossless:  # encodes an image as itself
         def encode(self, x: torch.Tensor) -> object:
@@ -203,7 +203,7 @@ def test_reconstruction_adherence_of_a_lossless_round_trip_is_the_judges_own() -
 
 
 def test_the_unet_has_one_cross_attention_level_per_channel_count(tmp_path: Path) -> None:
-    from workers.training import build_components
+    from workers.tiny.training import build_components
 
     config = TrainConfig(unet_channels=(32, 64, 64), unet_attention=None, unet_layers=2)
     unet = build_components(config, tmp_path)["unet"]
@@ -216,7 +216,7 @@ def test_a_three_level_vae_makes_a_16x16_latent_and_the_unet_can_vary_its_levels
 ) -> None:
     import torch
 
-    from workers.training import build_components
+    from workers.tiny.training import build_components
 
     config = TrainConfig(
         vae_channels=(32, 32, 64),
@@ -262,7 +262,7 @@ def test_a_recipe_that_does_not_fit_together_is_refused() -> None:
 def test_the_unet_denoises_as_many_latent_channels_as_the_vae_makes(tmp_path: Path) -> None:
     import torch
 
-    from workers.training import build_components
+    from workers.tiny.training import build_components
 
     parts = build_components(TrainConfig(latent_channels=8, vae_layers=2), tmp_path)
     vae, unet = parts["vae"], parts["unet"]

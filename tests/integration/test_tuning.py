@@ -48,7 +48,7 @@ def test_fused_cpu_batches_are_a_recorded_choice_close_to_the_lone_images() -> N
     the lone images (other kernels for other batch sizes), but within a level or two."""
     import numpy as np
 
-    from workers.backends import GenerationRequest
+    from contract.job import GenerationRequest
 
     exact, _ = PipelineCache(threads=1).get("tiny")
     fused, _ = PipelineCache(threads=1, tuning=Tuning(fused_batches=True)).get("tiny")

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import faults
-from orchestrator.errors import DiskFull, OutputUnwritable, PublishBlocked
+from contract import faults
+from contract import protocol as proto
+from contract.errors import DiskFull, OutputUnwritable, PublishBlocked
 from orchestrator.ownership import MARKER
 from orchestrator.results import STAGING, Results, stage
 from orchestrator.status import health_lines, overview
@@ -36,7 +37,6 @@ from tests.integration.test_coordinator import finish, payload
 from tests.integration.test_coordinator import png as rgb
 from tests.integration.test_results import local_worker, output, png, published
 from tests.unwritable import unwritable
-from workers.rq import protocol as proto
 from workers.task import PipelineCache, TaskOutput
 
 

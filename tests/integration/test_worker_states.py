@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from contract import protocol as proto
 from orchestrator.config import WorkerSettings
 from orchestrator.status import overview, render_text, workers
 from orchestrator.store import JobStore
@@ -23,7 +24,6 @@ from tests.conftest import coordinator, submit_text
 from tests.integration.test_dashboard_pages import Client, visible
 from tests.integration.test_rq_worker import spawn
 from tests.redis_server import RedisServer
-from workers.rq import protocol as proto
 from workers.task import PipelineCache, TaskOutput
 
 

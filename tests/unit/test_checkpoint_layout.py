@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from workers.checkpoints import unet_prefixes
+from workers.models.checkpoints import unet_prefixes
 
 
 def config(layers: int | list[int]) -> SimpleNamespace:

@@ -6,7 +6,7 @@ import plistlib
 
 from click.testing import CliRunner
 
-from orchestrator.cli import main
+from orchestrator.cli.common import main
 from tests.conftest import REPO
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ManifestError
+from contract.errors import ManifestError
 from orchestrator.manifest import Defaults, derived_seed, load_manifest, parse_manifest
 from orchestrator.presets import PRESETS, nearest_mixed
 from tests.conftest import fixed_size, manifest_of
@@ -252,10 +252,8 @@ def test_a_wildcard_named_like_a_grid_column_keeps_its_own_variant(tmp_path: Pat
 
 
 def test_too_many_metadata_entries_are_refused_before_a_worker_would() -> None:
-    from orchestrator.manifest import MAX_EXTRA
-    from workers.rq.protocol import MAX_EXTRA as PAYLOAD_MAX_EXTRA
+    from contract.limits import MAX_EXTRA  # what a worker's payload check allows, too
 
-    assert MAX_EXTRA == PAYLOAD_MAX_EXTRA
-    header = ",".join(f"meta_{i}" for i in range(100))
-    (error,) = errors_of(f"prompt,steps,{header}\na,1|2,{','.join('x' * 100)}\n")
-    assert "101 metadata entries" in error
+    header = ",".join(f"meta_{i}" for i in range(MAX_EXTRA))
+    (error,) = errors_of(f"prompt,steps,{header}\na,1|2,{','.join('x' * MAX_EXTRA)}\n")
+    assert f"{MAX_EXTRA + 1} metadata entries" in error

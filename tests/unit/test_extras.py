@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from contract.errors import UsageError
 from orchestrator import extras
-from orchestrator.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"orchestrator", "workers", "migrations", "tests", "benchmarks"}
+FIRST_PARTY = {"contract", "orchestrator", "workers", "migrations", "tests", "benchmarks"}
 # Distributions imported under another name.
 IMPORT_NAMES = {"pillow": "PIL", "scikit-learn": "sklearn"}
 
@@ -77,7 +77,7 @@ def test_the_base_install_holds_no_extra() -> None:
     assert {"click", "sqlalchemy", "alembic", "rq", "redis", "jinja2", "rich"} == base
 
 
-@pytest.mark.parametrize("folder", ["orchestrator", "workers", "migrations", "scripts"])
+@pytest.mark.parametrize("folder", ["contract", "orchestrator", "workers", "migrations", "scripts"])
 def test_every_imported_package_is_declared(folder: str) -> None:
     project = _project()
     declared = _modules(project["dependencies"])

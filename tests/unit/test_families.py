@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import JobInputError
+from contract.errors import JobInputError
 from orchestrator.manifest import parse_manifest
 from orchestrator.preflight import model_problem
-from workers import families
-from workers.models import is_builtin, native_size
+from workers.models import families, is_builtin, native_size
 
 SD_VAE = {"block_out_channels": [128, 256, 512, 512]}
 
@@ -252,7 +251,7 @@ def test_a_manifest_row_takes_its_models_native_size(tmp_path: Path) -> None:
 
 def test_reading_families_imports_no_torch() -> None:
     code = (
-        "import sys, workers.families, workers.models, orchestrator.preflight;"
+        "import sys, workers.models.families, workers.models, orchestrator.preflight;"
         "workers.models.native_size('tiny-xl');"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

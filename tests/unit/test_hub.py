@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from workers import hub
+from workers.models import hub
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ Endpoint = Callable[[str], None]
 
 @pytest.fixture
 def endpoint(monkeypatch: pytest.MonkeyPatch) -> Endpoint:
-    """Points huggingface_hub (and so ``workers.hub``) at a URL, HF_HUB_OFFLINE and proxies
+    """Points huggingface_hub (and so ``workers.models.hub``) at a URL, HF_HUB_OFFLINE and proxies
     unset."""
     from huggingface_hub import constants
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from workers.judge import (
+from workers.tiny.judge import (
     ATTRIBUTES,
     HELD_OUT_PROMPTS,
     Judgement,
@@ -17,7 +17,7 @@ from workers.judge import (
     held_out_scenes,
     judge,
 )
-from workers.scenes import (
+from workers.tiny.scenes import (
     COLOURS,
     POSITIONS,
     SHAPES,

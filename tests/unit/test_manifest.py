@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ManifestError
+from contract.errors import ManifestError
 from orchestrator.manifest import Defaults, derived_seed, load_manifest, parse_manifest
 from tests.conftest import fixed_size, manifest_of
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ManifestError
+from contract.errors import ManifestError
 from orchestrator.expansion import MAX_DEPTH
 from orchestrator.manifest import load_manifest
 from tests.conftest import fixed_size, manifest_of

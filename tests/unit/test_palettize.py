@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression.commands import layers_by_palette
 from workers.compression.palettize import (
     KEEP,

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.errors import JobInputError, JobInterrupted, JudgeError, ManifestError
+from contract import protocol as proto
+from contract.errors import JobInputError, JobInterrupted, JudgeError, ManifestError
 from orchestrator.manifest import Defaults, parse_manifest
 from tests.conftest import PAYLOAD_TOKEN, fixed_size, manifest_of, sample_payload
 from tests.fake_quality import seed_pixels
@@ -29,7 +30,6 @@ from workers.quality import (
     gate_round,
     make_judge,
 )
-from workers.rq import protocol as proto
 
 SCENE = "two small yellow squares on a black background"
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import orchestrator.config
+import contract.limits
 import workers.task
-from orchestrator.config import UNRECORDED_THREADS
+from contract.limits import UNRECORDED_THREADS
 from orchestrator.reproduce import reproduce_image
 from tests.conftest import sample_job
 from workers.metadata import encode_png
@@ -45,7 +45,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Fake:
     monkeypatch.setattr(workers.task, "PipelineCache", f.cache)
     monkeypatch.setattr(workers.task, "run_job", f.run_job)
     # Whatever the default becomes, an image is regenerated as it was made.
-    monkeypatch.setattr(orchestrator.config, "DEFAULT_THREADS", 7)
+    monkeypatch.setattr(contract.limits, "DEFAULT_THREADS", 7)
     return f
 
 

@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from workers.schedulers import (
+from workers.models.schedulers import (
     KARRAS_SIGMA_MAX,
     SCHEDULER_NAMES,
     TERMINAL_ALPHA_BAR,

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.preflight import tiny_world_warning
 from tests.conftest import manifest_of
-from workers.scenes import COLOURS, GRAMMAR, POSITIONS, SHAPES, parse_prompt, prompt_problem
+from workers.tiny.scenes import COLOURS, GRAMMAR, POSITIONS, SHAPES, parse_prompt, prompt_problem
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from workers.rq import protocol as proto
+from contract import protocol as proto
 
 
 class Clock:

@@ -1,4 +1,7 @@
-"""Pipeline backends: one module each, the same ``load`` arguments and ``generate`` entry point."""
+"""Pipeline backends: one module each, the same ``load`` arguments and ``generate`` entry point.
+
+A backend takes the job's ``contract.job.GenerationRequest`` and raises the job errors of
+``contract.errors``."""
 
 from __future__ import annotations
 
@@ -6,44 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# The job errors belong to the project's one hierarchy; re-exported here for the backends.
-from orchestrator.errors import (
-    JobError,
-    JobInputError,
-    JobInterrupted,
-    ModelLoadError,
-    ModelNotFound,
-)
+from contract.job import BATCH_FIELDS, GenerationRequest
 
-BACKENDS = ("diffusers", "coreml")
-
-__all__ = [
-    "BACKENDS",
-    "BATCH_FIELDS",
-    "Backend",
-    "GenerationRequest",
-    "GenerationResult",
-    "JobError",
-    "JobInputError",
-    "JobInterrupted",
-    "ModelLoadError",
-    "ModelNotFound",
-    "batch_key",
-]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What decides an image's pixels; the same fields for every backend."""
-
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    scheduler: str
+__all__ = ["Backend", "GenerationResult", "batch_key"]
 
 
 @dataclass
@@ -56,11 +24,6 @@ class GenerationResult:
     step_times: list[float] = field(default_factory=list)
     # Images made in the same pipeline call; above 1 the times above are the batch's shared out.
     batch_size: int = 1
-
-
-# What must be equal for requests to share one pipeline call (prompts, negative prompts and
-# seeds may differ).
-BATCH_FIELDS = ("steps", "guidance_scale", "width", "height", "scheduler")
 
 
 def batch_key(request: GenerationRequest) -> tuple[Any, ...]:

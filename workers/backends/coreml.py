@@ -26,15 +26,24 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends import GenerationRequest, GenerationResult, JobInputError, JobInterrupted
-from workers.backends.coreml_folder import SPEC_DTYPES, declared_inputs, read_folder
-from workers.compression.coreml import SEQ_LEN, TEXT_ENCODER, TEXT_ENCODER_2, VAE_DECODER
-from workers.families import sdxl_time_ids
+from contract.errors import JobInputError, JobInterrupted
+from contract.job import GenerationRequest
+from contract.limits import COMPUTE_UNITS
+from workers.backends import GenerationResult
+from workers.backends.coreml_folder import (
+    SEQ_LEN,
+    SPEC_DTYPES,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    VAE_DECODER,
+    declared_inputs,
+    read_folder,
+)
 from workers.models import model_fingerprint
+from workers.models.families import sdxl_time_ids
 
 __all__ = ["SPEC_DTYPES", "CoreMLBackend", "declared_inputs"]
 
-COMPUTE_UNITS = ("CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY")
 NEEDS_MACOS = (
     "the Core ML backend needs macOS: Core ML prediction (MLModel.predict) only runs on macOS, "
     "not on {system}; use --backend diffusers here"
@@ -213,7 +222,7 @@ class CoreMLBackend:
         import torch
         from PIL import Image
 
-        from workers.schedulers import build_scheduler
+        from workers.models.schedulers import build_scheduler
 
         height, width = (d * self.folder.vae_scale for d in self.folder.sample_shape[-2:])
         if (request.width, request.height) != (width, height):

@@ -29,16 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends import JobInputError
-from workers.compression.coreml import (
-    LAYOUT,
-    TEXT_ENCODER,
-    TEXT_ENCODER_2,
-    UNET,
-    VAE_DECODER,
-)
-from workers.families import vae_scale
+from contract.errors import JobInputError
+from workers.models.families import vae_scale
 
+# Our layout's names, which ``workers.compression.coreml`` writes and the backend reads: the
+# layout file, each model's package, and the text encoders' fixed sequence length.
+LAYOUT = "orchestrate-coreml.json"
+TEXT_ENCODER, TEXT_ENCODER_2 = "TextEncoder", "TextEncoder2"
+UNET, VAE_DECODER = "Unet", "VAEDecoder"
+SEQ_LEN = 77
 SPEC_DTYPES = {65568: np.float32, 65552: np.float16, 131104: np.int32}  # ArrayDataType
 _SCHEMA_DTYPES = {"Float32": np.float32, "Float16": np.float16, "Int32": np.int32}
 UNET_CHUNKS = ("UnetChunk1", "UnetChunk2")

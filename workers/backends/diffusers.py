@@ -1,6 +1,6 @@
 """The diffusers/PyTorch backend: Stable Diffusion 1.x, 2.x and SDXL on CPU, CUDA or Apple's MPS.
 
-The pipeline class comes from the model's family (``workers.families``): read from the model's
+The pipeline class comes from the model's family (``workers.models.families``): read from the model's
 configs before any weights are loaded, so a model of another kind is refused with one line.
 
 Noise comes from a CPU ``torch.Generator`` seeded per job, and torch runs with a fixed thread
@@ -19,26 +19,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers import families, hub
-from workers.backends import (
-    GenerationRequest,
-    GenerationResult,
-    JobInputError,
-    JobInterrupted,
-    ModelLoadError,
-    ModelNotFound,
-    batch_key,
-)
-from workers.checkpoints import is_checkpoint_file
+from contract.errors import JobInputError, JobInterrupted, ModelLoadError, ModelNotFound
+from contract.job import GenerationRequest
+from workers.backends import GenerationResult, batch_key
 from workers.models import (
     builtin_model,
     checkpoint_file,
     expand_path,
+    families,
+    hub,
     local_folder,
     looks_like_path,
     model_fingerprint,
 )
-from workers.schedulers import build_scheduler
+from workers.models.checkpoints import is_checkpoint_file
+from workers.models.schedulers import build_scheduler
 from workers.tuning import Tuning
 from workers.tuning import apply as apply_tuning
 
@@ -51,8 +46,6 @@ for _var, _value in (
     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
 ):
     os.environ.setdefault(_var, _value)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -209,7 +202,7 @@ def load_pipeline(source: str, dtype: Any) -> Any:
 
 
 def _load_checkpoint(path: Path, dtype: Any) -> Any:
-    from workers.checkpoints import load_checkpoint
+    from workers.models.checkpoints import load_checkpoint
 
     try:
         pipe = load_checkpoint(path, dtype)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression.palettize import (
     APPLE_MIN_SIZE,
     NBITS,
@@ -73,7 +73,7 @@ def guided_conditioning(
     SDXL's pipeline gives zeros where its config says so, as generation does."""
     import torch
 
-    from workers.families import sdxl_time_ids
+    from workers.models.families import sdxl_time_ids
 
     n = len(prompts)
     with torch.inference_mode():
@@ -98,7 +98,7 @@ class Probe:
     def __init__(self, pipe: Any, config: ProbeConfig) -> None:
         import torch
 
-        from workers.schedulers import build_scheduler
+        from workers.models.schedulers import build_scheduler
 
         torch.set_num_threads(config.threads)
         self.unet = pipe.unet.to(torch.float32).eval()

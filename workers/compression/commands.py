@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression import registry
 from workers.compression.analysis import GROUPED, AnalysisPlan, Probe, ProbeConfig, analyze
 from workers.compression.palettize import (
@@ -22,7 +22,7 @@ from workers.compression.palettize import (
     uniform_recipe,
 )
 from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
-from workers.families import PIPELINES, SD_PIPELINE
+from workers.models.families import PIPELINES, SD_PIPELINE
 
 FORMATS = ("torch", "coreml")
 
@@ -155,8 +155,8 @@ def compress_model(
     """Apply a recipe (or uniform ``bits``: ``4``, or ``"4g16"`` grouped) and register the
     variant under ``name``. A Core ML folder is converted for the oldest OS the recipe allows
     (macOS 15 / iOS 18 with any grouped layer)."""
+    from workers.backends.coreml_folder import UNET
     from workers.compression.coreml import (
-        UNET,
         compile_packages,
         convert_pipeline,
         load_package_weights,
@@ -236,12 +236,8 @@ def convert_model(
         return compress_model(
             model, out, fmt="coreml", recipe_spec=recipe_spec, bits=bits, attention=attention
         )
-    from workers.compression.coreml import (
-        UNET,
-        compile_packages,
-        convert_pipeline,
-        package_megabytes,
-    )
+    from workers.backends.coreml_folder import UNET
+    from workers.compression.coreml import compile_packages, convert_pipeline, package_megabytes
 
     t0 = time.perf_counter()
     layout = convert_pipeline(
@@ -272,7 +268,7 @@ def list_variants() -> list[dict[str, Any]]:
 def export_checkpoint_file(model: str, out: Path) -> dict[str, Any]:
     """``model`` (built in, a folder, a hub id in the cache, a compressed variant's folder, a
     checkpoint) as one ``.safetensors`` in the original Stable Diffusion layout."""
-    from workers.checkpoints import export_checkpoint, family_of
+    from workers.models.checkpoints import export_checkpoint, family_of
 
     if out.suffix.lower() != ".safetensors":
         raise ValueError(f"--out must name a .safetensors file, not {out}")

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
+from workers.backends.coreml_folder import (
+    LAYOUT,
+    SEQ_LEN,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    UNET,
+    VAE_DECODER,
+)
 from workers.compression.palettize import (
     GROUPED_OS,
     PER_TENSOR_OS,
@@ -34,10 +42,6 @@ logger = logging.getLogger(__name__)
 
 ATTENTIONS = ("original", "split_einsum", "split_einsum_v2")
 PRECISIONS = ("fp16", "fp32")
-LAYOUT = "orchestrate-coreml.json"
-TEXT_ENCODER, TEXT_ENCODER_2 = "TextEncoder", "TextEncoder2"
-UNET, VAE_DECODER = "Unet", "VAEDecoder"
-SEQ_LEN = 77
 # Deployment targets a folder is converted for (recorded as the layout's "minimum_os"); the
 # macOS 15 program is the iOS 18 one, the first with grouped-channel lookup tables.
 MINIMUM_OS = (PER_TENSOR_OS, GROUPED_OS)
@@ -211,7 +215,7 @@ def convert_pipeline(
     grouped-channel palettization needs; see :func:`workers.compression.palettize.recipe_minimum_os`)."""
     import torch
 
-    from workers.families import sdxl_time_ids
+    from workers.models.families import sdxl_time_ids
 
     ct = _quiet_coremltools()
     if attention not in ATTENTIONS:

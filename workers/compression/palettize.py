@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 
 NBITS = (1, 2, 4, 6, 8)  # the widths the Neural Engine accelerates
 KEEP = 16  # a recipe's "leave this layer in fp16"

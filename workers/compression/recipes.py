@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import CompressionError
+from contract.errors import CompressionError
 from workers.compression.palettize import (
     KEEP,
     NBITS,

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import CompressionError
-from workers.tiny import default_cache_dir
+from contract.errors import CompressionError
+from workers.cache import default_cache_dir
 
 FORMATS = ("torch", "coreml")
 
@@ -58,7 +58,7 @@ def entries() -> list[dict[str, Any]]:
 
 def source_fingerprint(model: str) -> str | None:
     """The fingerprint of the files ``model`` loads from now (None when there are none here)."""
-    from orchestrator.errors import OrchestratorError
+    from contract.errors import OrchestratorError
     from workers.backends.diffusers import model_source
     from workers.models import model_fingerprint
 

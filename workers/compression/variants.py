@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from contract.limits import UNIFORM_BITS
 from workers.compression.palettize import (
     KEEP,
     NBITS,
@@ -29,7 +30,6 @@ from workers.compression.palettize import (
 logger = logging.getLogger(__name__)
 
 NOTE = "orchestrate_compression.json"
-UNIFORM = {f"{n}bit": n for n in (8, 6, 4)}  # the uniform variants a manifest may name
 
 
 def unet_megabytes(unet: Any, recipe: Recipe) -> dict[str, float]:
@@ -109,7 +109,7 @@ def ensure_uniform_variant(model: str, variant: str) -> Path:
         found = registry.lookup(model, variant, "torch")
         if found is not None:
             return found
-        nbits = UNIFORM[variant]
+        nbits = UNIFORM_BITS[variant]
         assert nbits in NBITS
         pipe = load_pipeline(model_source(model), torch.float32)
         recipe = uniform_recipe(pipe.unet, nbits)

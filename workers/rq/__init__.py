@@ -1,2 +1,3 @@
-"""The data-plane half of the Redis/RQ transport: the worker that runs on every Mac (``worker``)
-and the contract it shares with the coordinator (``protocol``). Never opens the database."""
+"""The data-plane half of the Redis/RQ transport: the worker that runs on every Mac (``worker``),
+its heartbeats and micro-batches; what it shares with the coordinator is ``contract.protocol``.
+Never opens the database."""

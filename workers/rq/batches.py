@@ -19,7 +19,8 @@ from typing import Any
 from rq import Queue
 from rq.job import Job
 
-from workers.rq import protocol as proto
+from contract import protocol as proto
+from workers.rq.vetting import vet
 from workers.task import batch_key
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ def take_companions(
     key = batch_key(first)
     if limit <= 0 or key is None:
         return []
-    from workers.rq.worker import vet
-
     conn = worker.connection
     raw_ids = conn.lrange(queue.key, 0, limit * LOOK_AHEAD - 1)
     take = conn.register_script(_TAKE)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rx
 
-from workers.rq import protocol as proto
+from contract import protocol as proto
 
 if TYPE_CHECKING:
     from rq.job import Job

@@ -42,20 +42,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rq import Queue, SimpleWorker, get_current_job, worker_registration
-from rq.exceptions import DequeueTimeout, DeserializationError, StopRequested
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
-from orchestrator import faults
-from orchestrator.errors import QualityGateFailed
-from workers.backends import JobInputError, JobInterrupted
+from contract import faults
+from contract import protocol as proto
+from contract.errors import JobInputError, JobInterrupted, QualityGateFailed
+from contract.status import AttemptStatus
 from workers.batching import batch_limit
-from workers.rq import protocol as proto
 from workers.rq.batches import take_companions
 from workers.rq.heartbeats import Announcer, JobHeartbeat
+from workers.rq.vetting import vet
 from workers.task import (
     BatchRunner,
     Outcome,
@@ -110,36 +111,6 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
-def vet(job: Job, secret: bytes | None) -> dict[str, Any]:
-    """The payload of a job this worker may run, or BadMessage saying why not. Nothing of
-    the job is imported or called to find out: names and JSON are read, never resolved."""
-    try:
-        func_name = job.func_name  # JSON only: a pickled job never gets unpickled here
-        args, kwargs = job.args, job.kwargs
-    except DeserializationError:
-        raise proto.BadMessage("not JSON (pickle or garbage)") from None
-    if func_name != proto.TASK:
-        raise proto.BadMessage(f"this worker runs only {proto.TASK}, not {func_name!r}")
-    extras = [
-        name
-        for name, present in (
-            ("on_success", job._success_callback_name),
-            ("on_failure", job._failure_callback_name),
-            ("on_stopped", job._stopped_callback_name),
-            ("webhooks", job.webhooks),
-            ("depends_on", job._dependency_ids),
-            ("repeat", job.repeats_left),
-            ("retry", job.retries_left),
-        )
-        if present
-    ]
-    if extras:
-        raise proto.BadMessage(f"jobs here carry no {', '.join(extras)}")
-    if kwargs or len(args) != 1:
-        raise proto.BadMessage("the task takes exactly one payload argument")
-    return proto.check_payload(args[0], secret)
 
 
 class OrchestrateWorker(SimpleWorker):
@@ -400,7 +371,7 @@ class OrchestrateWorker(SimpleWorker):
         keepers = [JobHeartbeat(self, m.job, m.execution) for m in members]
         for keeper in keepers:
             keeper.start()
-        outcomes = ["failed"] * len(members)
+        outcomes = [AttemptStatus.FAILED] * len(members)
         try:
             timeout = sum(m.job.timeout or self.queue_class.DEFAULT_TIMEOUT for m in members)
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
@@ -418,7 +389,7 @@ class OrchestrateWorker(SimpleWorker):
         for m, outcome in zip(members, outcomes, strict=True):
             m.job.ended_at = _now()
             self._bookkeep(m.job, m.queue, m.execution, outcome)
-        return outcomes[0] == "succeeded"
+        return outcomes[0] == AttemptStatus.SUCCEEDED
 
     def _companions(self, queue: Queue, payload: dict[str, Any]) -> list[_Member]:
         """Jobs of ``queue`` to run with ``payload``'s in one pipeline call (workers.rq.batches),
@@ -444,7 +415,7 @@ class OrchestrateWorker(SimpleWorker):
         """RQ's own records of the job (``rq info``, its registries). Best effort: what
         counts was delivered to the coordinator already."""
         try:
-            if outcome == "succeeded":
+            if outcome == AttemptStatus.SUCCEEDED:
                 job._status = "finished"  # type: ignore[assignment]
                 self.handle_job_success(job, queue, queue.started_job_registry, execution)
             else:
@@ -477,12 +448,12 @@ class OrchestrateWorker(SimpleWorker):
             p.rpush(proto.EVENTS_KEY, event)
             p.execute()
 
-    def run_payload(self, rq_id: str, payload: dict[str, Any]) -> str:
+    def run_payload(self, rq_id: str, payload: dict[str, Any]) -> AttemptStatus:
         """Generate a checked payload's image and deliver the outcome to the coordinator:
         ``succeeded``, ``failed`` or ``released``."""
         return self.run_payloads([(rq_id, payload)])[0]
 
-    def run_payloads(self, members: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    def run_payloads(self, members: list[tuple[str, dict[str, Any]]]) -> list[AttemptStatus]:
         """Generate the images of checked payloads in one pipeline call and deliver each
         outcome on its own: ``succeeded``, ``failed`` or ``released``, in order."""
         self._current = members[0][1]
@@ -527,13 +498,13 @@ class OrchestrateWorker(SimpleWorker):
 
     def _report(
         self, rq_id: str, payload: dict[str, Any], out: Outcome, cancelled: bool, busy: float
-    ) -> str:
+    ) -> AttemptStatus:
         """Deliver one job's outcome; what it was."""
         if cancelled and isinstance(out, TaskOutput):
             out = JobInterrupted("cancelled while the rest of its batch ran")
         if isinstance(out, JobInterrupted):
             self._deliver(rq_id, self._event("released", rq_id, payload, error=str(out)))
-            return "released"
+            return AttemptStatus.RELEASED
         if isinstance(out, Exception):
             self.stats.failed += 1
             # A failed quality gate says what it tried, for the attempt's record.
@@ -547,7 +518,7 @@ class OrchestrateWorker(SimpleWorker):
                 **tried,
             )
             self._deliver(rq_id, event)
-            return "failed"
+            return AttemptStatus.FAILED
         result = plain_json(out.result)
         digest = hashlib.sha256(out.png).hexdigest()
         event = self._event(
@@ -555,10 +526,10 @@ class OrchestrateWorker(SimpleWorker):
         )
         faults.point("worker.result_ready")
         if not self._deliver(rq_id, event, png=out.png):
-            return "failed"
+            return AttemptStatus.FAILED
         self.stats.done += 1
         self.stats.busy_s += busy
-        return "succeeded"
+        return AttemptStatus.SUCCEEDED
 
     def _event(self, kind: str, rq_id: str, payload: dict[str, Any], **fields: Any) -> bytes:
         return proto.encode_event(

@@ -126,7 +126,8 @@ def _site(command: str) -> str:
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
-        if ("/orchestrator/" in path or "/workers/" in path) and not path.endswith("faults.py"):
+        ours = any(f"/{package}/" in path for package in ("contract", "orchestrator", "workers"))
+        if ours and not path.endswith("faults.py"):
             return f"{frame.f_code.co_name}.{command.lower()}"
         frame = frame.f_back  # type: ignore[assignment]
     return f"rq.{command.lower()}"

@@ -1,17 +1,20 @@
-"""The built-in tiny Stable Diffusion, so tests and the demo run with no download.
+"""The built-in models' world: the tiny Stable Diffusion (here) and the tiny SDXL (``xl``), the
+synthetic scenes they draw (``scenes``), how the tiny model is trained on them (``training``),
+the judge that reads a scene back from an image (``judge``) and the evaluation that scores a
+model with it (``evaluation``).
 
-The components are the real diffusers/transformers classes at toy size (``AutoencoderKL``,
+The built-in tiny Stable Diffusion is there so tests and the demo run with no download. The
+components are the real diffusers/transformers classes at toy size (``AutoencoderKL``,
 ``UNet2DConditionModel``, ``CLIPTextModel`` with a CLIP BPE tokenizer), trained from code on the
-synthetic scenes of ``workers.scenes`` by ``scripts/train_tiny.py`` (``workers.training``). Its
-weights ship in the package (``workers/assets/tiny``, a diffusers folder written with
-``save_pretrained``) and load with ``from_pretrained`` exactly as a user's real model folder does.
+synthetic scenes by ``scripts/train_tiny.py``. Its weights ship in the package
+(``workers/tiny/model``, a diffusers folder written with ``save_pretrained``) and load with
+``from_pretrained`` exactly as a user's real model folder does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny"
 # The trained weights that ship with the package (scripts/train_tiny.py writes them).
-SHIPPED_TINY = Path(__file__).resolve().parent / "assets" / "tiny"
+SHIPPED_TINY = Path(__file__).resolve().parent / "model"
 
 
 def byte_unicode_table() -> dict[int, str]:
@@ -58,15 +61,6 @@ def write_clip_vocabulary(folder: Path, merges: Sequence[tuple[str, str]] = ()) 
     return len(vocab)
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("ORCHESTRATE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "orchestrate"
-
-
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     """The built-in tiny model's folder: the trained weights shipped in the package.
 
@@ -74,7 +68,7 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     """
     del cache_dir
     if not (SHIPPED_TINY / "model_index.json").is_file():
-        from orchestrator.errors import ModelLoadError
+        from contract.errors import ModelLoadError
 
         raise ModelLoadError(
             f"the built-in tiny model's weights are missing from {SHIPPED_TINY}; "

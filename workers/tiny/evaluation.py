@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workers.judge import ATTRIBUTES, HELD_OUT_PROMPTS, Judgement, adherence, judge
+from workers.tiny.judge import ATTRIBUTES, HELD_OUT_PROMPTS, Judgement, adherence, judge
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -61,7 +61,7 @@ def evaluate(
 ) -> Evaluation:
     """Generate one image per prompt with ``backend`` (a loaded worker backend, e.g. from
     ``PipelineCache.get``) and judge it."""
-    from workers.backends import GenerationRequest
+    from contract.job import GenerationRequest
 
     judgements: list[Judgement] = []
     images = []

@@ -4,7 +4,7 @@ A scene is a plain background with one to three identical shapes on it ("two sma
 on a black background"). Its vocabulary is colours, shapes, counts, sizes and positions; each is an
 *attribute* a prompt may state and an image may or may not show. This module is the single place
 that vocabulary is spelled: the training script draws scenes from it, and the judge
-(``workers.judge``) parses a prompt back into the attributes it should find in an image.
+(``workers.tiny.judge``) parses a prompt back into the attributes it should find in an image.
 
 Nothing here imports torch: rendering is PIL and numpy.
 """

@@ -1,4 +1,10 @@
-"""Where a model named in a manifest comes from, without importing torch."""
+"""Model resolution: where a model named in a manifest comes from, without importing torch.
+
+Here: the built-in models, local folders, single-file checkpoints, native sizes and
+fingerprints. Beside it: ``families`` (what a model folder holds and which pipeline runs it),
+``checkpoints`` (single ``.safetensors`` files), ``schedulers`` (the samplers a job may name)
+and ``hub`` (the Hugging Face hub and cache as this machine sees them).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.tiny import TINY_MODEL_NAME
-from workers.tiny_xl import TINY_XL_MODEL_NAME
+from workers.tiny.xl import TINY_XL_MODEL_NAME
 
 SD_NATIVE = (512, 512)
 TINY_NATIVE = (64, 64)
@@ -32,7 +38,7 @@ def builtin_model(model: str) -> Path | None:
 
         return ensure_tiny_model()
     if model == TINY_XL_MODEL_NAME:
-        from workers.tiny_xl import ensure_tiny_xl_model
+        from workers.tiny.xl import ensure_tiny_xl_model
 
         return ensure_tiny_xl_model()
     return None
@@ -74,19 +80,19 @@ def checkpoint_file(model: str) -> Path | None:
 def native_size(model: str) -> tuple[int, int]:
     """The (width, height) a model was trained at: the size used when a row gives none.
 
-    Read from the model's configs (``workers.families``: UNet ``sample_size`` x the VAE's
+    Read from the model's configs (``workers.models.families``: UNet ``sample_size`` x the VAE's
     scale) for a local folder or a hub id in this machine's Hugging Face cache; a hub id not
     on disk is taken as Stable Diffusion 1.x's 512 px (give width and height in the manifest
     for other models). A model of a family this tool does not run still gets its size here:
     the preflight check refuses it with the reason.
     """
-    from workers import families
+    from workers.models import families
 
     if is_builtin(model):
         return TINY_NATIVE
     checkpoint = checkpoint_file(model)
     if checkpoint is not None:
-        from workers.checkpoints import TINY_FAMILY, family
+        from workers.models.checkpoints import TINY_FAMILY, family
 
         try:
             return TINY_NATIVE if family(checkpoint) == TINY_FAMILY else SD_NATIVE

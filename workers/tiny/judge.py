@@ -1,6 +1,6 @@
 """A judge that needs no network: what a scene image shows, read back by classical image analysis.
 
-For an image of the synthetic world (``workers.scenes``) it says which background colour, shape
+For an image of the synthetic world (``workers.tiny.scenes``) it says which background colour, shape
 colour, shape, count, size and position it shows, and compares that with what a prompt states, so
 a generated image can be scored against its prompt (``judge``) and a set of images against theirs
 (``adherence``).
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from workers.scenes import COLOURS, POSITIONS, SIDE_FRACTION, Scene, parse_prompt, sample_scene
+from workers.tiny.scenes import COLOURS, POSITIONS, SIDE_FRACTION, Scene, parse_prompt, sample_scene
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray

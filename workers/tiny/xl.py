@@ -23,7 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from workers.tiny import default_cache_dir, write_clip_vocabulary
+from workers.cache import default_cache_dir
+from workers.tiny import write_clip_vocabulary
 
 logger = logging.getLogger(__name__)
 

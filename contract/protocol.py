@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchestrator import faults
-from workers.quality import MAX_JUDGE_NAME, MAX_QUALITY_TRIES
-from workers.task import RESULT_COUNTS, RESULT_TEXT, RESULT_TIMINGS
+from contract import faults
+from contract.job import RESULT_COUNTS, RESULT_TEXT, RESULT_TIMINGS
+from contract.limits import MAX_EXTRA, MAX_JUDGE_NAME, QUALITY_TRIES, SCORE, SEED
 
 PREFIX = "orchestrate"
 TASK = "workers.rq.worker.generate"  # the only function a worker will execute
@@ -148,23 +148,20 @@ def _number(value: Any, name: str) -> float:
 
 def _score(value: Any, name: str) -> float:
     score = _number(value, name)
-    if not 0.0 <= score <= 1.0:
-        raise BadMessage(f"{name} must be from 0 to 1 ({score})")
+    if not SCORE.min <= score <= SCORE.max:
+        raise BadMessage(f"{name} must be from {SCORE.min} to {SCORE.max} ({score})")
     return score
 
 
-SEED_MAX = 2**32 - 1
-
-
 def check_scores(value: Any, name: str) -> list[list[Any]]:
-    """A gated attempt's tries: at most MAX_QUALITY_TRIES ``[seed, score]`` pairs."""
-    if not isinstance(value, list) or len(value) > MAX_QUALITY_TRIES:
-        raise BadMessage(f"{name} must be a list of at most {MAX_QUALITY_TRIES} [seed, score]")
+    """A gated attempt's tries: at most ``QUALITY_TRIES.max`` ``[seed, score]`` pairs."""
+    if not isinstance(value, list) or len(value) > QUALITY_TRIES.max:
+        raise BadMessage(f"{name} must be a list of at most {QUALITY_TRIES.max} [seed, score]")
     out = []
     for pair in value:
         if not isinstance(pair, list) or len(pair) != 2:
             raise BadMessage(f"{name} must hold [seed, score] pairs")
-        out.append([_int(pair[0], f"{name} seed", 0, SEED_MAX), _score(pair[1], f"{name} score")])
+        out.append([_int(pair[0], f"{name} seed", *SEED), _score(pair[1], f"{name} score")])
     return out
 
 
@@ -222,7 +219,7 @@ def check_result(value: Any) -> dict[str, Any]:
         if len(quality) != 4:
             raise BadMessage(f"result has {', '.join(quality)} of a quality gate, not all four")
         out["score"] = _score(value["score"], "result.score")
-        out["image_seed"] = _int(value["image_seed"], "result.image_seed", 0, SEED_MAX)
+        out["image_seed"] = _int(value["image_seed"], "result.image_seed", *SEED)
         out["judge"] = _text(value["judge"], "result.judge", MAX_JUDGE_NAME)
         out["scores"] = check_scores(value["scores"], "result.scores")
     return out
@@ -349,7 +346,6 @@ _PAYLOAD_TYPES: dict[str, type] = {
 # before rounds were counted does not send.
 _GATE_TYPES: dict[str, type] = {"min_score": float, "quality_tries": int}
 _GATE_OPTIONAL = ("gate_round",)
-MAX_EXTRA = 100  # metadata columns a payload may carry
 
 
 def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
@@ -367,7 +363,7 @@ def check_payload(payload: Any, secret: bytes | None = None) -> dict[str, Any]:
         raise BadMessage(f"payload fields: unknown {unknown}, missing {missing}")
     if gate:
         fields["min_score"] = _score(fields["min_score"], "min_score")
-        _int(fields["quality_tries"], "quality_tries", 1, MAX_QUALITY_TRIES)
+        _int(fields["quality_tries"], "quality_tries", *QUALITY_TRIES)
         if "gate_round" in fields:
             _int(fields["gate_round"], "gate_round", 0, 2**31)
     for name, kind in _PAYLOAD_TYPES.items():

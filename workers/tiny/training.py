@@ -2,7 +2,7 @@
 
 The model is Stable Diffusion's architecture at toy size (diffusers ``AutoencoderKL`` and
 ``UNet2DConditionModel``, a transformers ``CLIPTextModel`` with a CLIP BPE tokenizer), trained in
-two phases on the synthetic world of ``workers.scenes``:
+two phases on the synthetic world of ``workers.tiny.scenes``:
 
 1. the VAE learns to reconstruct 64 px scenes (MSE plus a small KL term); each of its levels
    after the first halves the side (SD's four make an image 8x its latent);
@@ -11,7 +11,7 @@ two phases on the synthetic world of ``workers.scenes``:
    terminal SNR, 10% empty prompts so classifier-free guidance works, an EMA of the weights).
 
 Everything is drawn from one seed, so a run is deterministic given its seed, torch version,
-thread count and CPU; the prompts of ``workers.judge.HELD_OUT_PROMPTS`` are never trained on.
+thread count and CPU; the prompts of ``workers.tiny.judge.HELD_OUT_PROMPTS`` are never trained on.
 The result is a diffusers folder written with ``save_pretrained`` plus ``training.json``
 (configuration, losses, times). ``scripts/train_tiny.py`` is the command line.
 """
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.families import vae_scale
-from workers.scenes import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, render, sample_scene
-from workers.schedulers import TERMINAL_ALPHA_BAR
+from workers.models.families import vae_scale
+from workers.models.schedulers import TERMINAL_ALPHA_BAR
+from workers.tiny.scenes import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, render, sample_scene
 
 PROMPT_DROPOUT = 0.1  # share of training prompts replaced by "" (the unconditional prompt)
 # v-prediction (as SD 2.x): with epsilon prediction a wrong colour costs almost nothing at the
@@ -208,7 +208,7 @@ def learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def held_out_prompts() -> frozenset[str]:
-    from workers.judge import HELD_OUT_PROMPTS
+    from workers.tiny.judge import HELD_OUT_PROMPTS
 
     return frozenset(HELD_OUT_PROMPTS)
 
@@ -382,7 +382,7 @@ def reconstruction_adherence(vae: Any, images: np.ndarray, prompts: Sequence[str
     import torch
     from PIL import Image
 
-    from workers.judge import adherence, judge
+    from workers.tiny.judge import adherence, judge
 
     with torch.no_grad():
         decoded = vae.decode(vae.encode(to_tensor(images)).latent_dist.mean).sample
