@@ -92,12 +92,15 @@ def test_a_busy_worker_finishes_its_job_then_stops_within_seconds(
     try:
         job = wait_for_running(db, timeout=120)
         proc.send_signal(signal.SIGTERM)
-        assert stopped_in_time(proc, tmp_path / "busy.log") == 0
-        # The job it was on was finished and delivered (docs/reliability.md: the first signal finishes it).
+        # The job it was on is finished and delivered (docs/reliability.md: the first signal
+        # finishes it), however long the model's load and the job take on a loaded machine;
+        # then the worker stops within seconds.
         wait_until(
             lambda: query(db, "SELECT status FROM jobs WHERE id = ?", job) == [("succeeded",)],
             "the job to be recorded",
+            timeout=600,
         )
+        assert stopped_in_time(proc, tmp_path / "busy.log") == 0
         assert query(
             db, "SELECT worker, status FROM attempts WHERE job_id = ? ORDER BY id", job
         ) == [("busy", "succeeded")]

@@ -156,7 +156,7 @@ def test_a_slow_completion_hook_does_not_stop_the_lease_being_renewed(
     c = Coordinator(
         store,
         redis,
-        settings(tmp_path, window=1, lease_ttl=1.5, workers_every=0.1),
+        settings(tmp_path, window=1, lease_ttl=6, workers_every=0.1),
         hooks=Hooks(on_done=hook),
     )
     result: list[int] = []
