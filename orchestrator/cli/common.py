@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from contract import waiting
 from contract.errors import ManifestError, TransientError, UsageError
 from contract.limits import (
     BACKENDS,
@@ -27,6 +27,7 @@ from contract.limits import (
     SIZE,
     STEPS,
 )
+from contract.waiting import Backoff
 from orchestrator import __version__
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
@@ -501,15 +502,16 @@ def configure_logging(verbose: int, service: bool = False) -> None:
 def patiently(fn: Callable[[], T], what: str, every: float = 5.0) -> T:
     """``fn()`` for a service's start: a busy or full database (or disk) is waited out, with
     one line each time the reason changes, not a crash; Ctrl-C stops the wait."""
-    said = None
-    while True:
-        try:
-            return fn()
-        except TransientError as exc:
-            if str(exc) != said:
-                click.echo(f"waiting to {what}: {exc} (trying again every {every:.0f}s)", err=True)
-                said = str(exc)
-            time.sleep(every)
+    said: list[str] = []
+
+    def tell(exc: BaseException, _delay: float) -> None:
+        if not said or str(exc) != said[-1]:
+            click.echo(f"waiting to {what}: {exc} (trying again every {every:.0f}s)", err=True)
+            said.append(str(exc))
+
+    return waiting.patiently(
+        fn, retry_on=(TransientError,), backoff=Backoff.every(every), on_failure=tell
+    )
 
 
 def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
