@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -33,12 +33,17 @@ from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_OUTPUT,
+    RunSettings,
+    WorkerSettings,
 )
 from orchestrator.extras import require as require_extra
 from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
 from orchestrator.presets import MIXED, PRESET_NAMES
 from workers.models.schedulers import SCHEDULER_NAMES
 from workers.quality import BUILTIN
+
+if TYPE_CHECKING:  # the store (and SQLAlchemy) is loaded by the first command that opens it
+    from orchestrator.store import JobStore
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ class State:
     def __init__(self, db: str | None, output: str) -> None:
         self.db = db
         self.output = Path(output).expanduser().absolute()
-        self._store: Any = None
+        self._store: JobStore | None = None
 
     @property
     def url(self) -> str:
@@ -62,7 +67,7 @@ class State:
 
         return database_url(self.db)
 
-    def store(self, *, existing: bool = False) -> Any:
+    def store(self, *, existing: bool = False) -> JobStore:
         """The job store; with ``existing``, refuse to create a database that is not there
         (commands that only read or act on jobs: an empty new database would only mislead)."""
         if self._store is None:
@@ -467,6 +472,31 @@ def print_manifest_error(exc: ManifestError, limit: int = 100) -> None:
     if len(exc.issues) > limit:
         click.echo(f"error: ... and {len(exc.issues) - limit} more", err=True)
     click.echo(f"{exc}", err=True)
+
+
+def settings_from_options(output: Path, kw: dict[str, Any], **worker: Any) -> RunSettings:
+    """The typed settings of the worker options in ``kw`` (``worker``: settings of the command
+    itself), refusing a backend this machine cannot run, or a --judge command it does not
+    have."""
+    require_backend(kw["backend"])
+    judge_from(kw.get("judge"))
+    return RunSettings(
+        worker=WorkerSettings(
+            output_dir=output,
+            lease_seconds=kw["lease_seconds"],
+            threads=kw["threads"],
+            device=kw["device"],
+            max_jobs=kw["max_jobs"],
+            backend=kw["backend"],
+            compute_units=kw["compute_units"],
+            judge=kw.get("judge"),
+            batch_size=kw.get("batch_size", 1),
+            tuning=tuning_from(kw, kw["device"]),
+            **worker,
+        ),
+        notify_url=kw.get("notify_url"),
+        on_done=kw.get("on_done"),
+    )
 
 
 def submit_manifest(state: State, manifest: Manifest, name: str, kw: dict[str, Any]) -> Any:
