@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Generic, NamedTuple, TypeVar
 
+from contract.waiting import Backoff
+
 N = TypeVar("N", int, float)
 
 
@@ -44,6 +46,8 @@ QUANTIZATIONS = ("fp16", *UNIFORM_BITS)
 # -- defaults --------------------------------------------------------------------------------
 
 DEFAULT_QUALITY_TRIES = 3
+# Before a failed job's next attempt (after attempt n: 2**n s, at most 5 minutes).
+JOB_RETRY_BACKOFF = Backoff(1.0, factor=2.0, cap=300.0)
 # Fixed, not the core count: torch's thread count changes the pixels, so every machine uses
 # the same one unless told otherwise (and records it with each attempt). Kept at 2 (issue 12):
 # the cliff on a busy machine came from OpenMP's spinning waits, not from the count, and the

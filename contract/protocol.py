@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from contract import faults
 from contract.job import RESULT_COUNTS, RESULT_TEXT, RESULT_TIMINGS
 from contract.limits import MAX_EXTRA, MAX_JUDGE_NAME, QUALITY_TRIES, SCORE, SEED
+from contract.waiting import Backoff, patiently
 
 PREFIX = "orchestrate"
 TASK = "workers.rq.worker.generate"  # the only function a worker will execute
@@ -46,6 +47,8 @@ HEARTBEAT_PATTERN = f"{PREFIX}:hb:*"
 DISPATCH_PREFIX = "rq:"  # lease_owner of a job dispatched through Redis: rq:<rq id>/<token>
 SECRET_ENV = "ORCHESTRATE_SECRET"
 
+# Between tries while Redis is away, for a worker or a coordinator: 1 s, doubling, up to 5 s.
+REDIS_BACKOFF = Backoff(1.0, factor=2.0, cap=5.0)
 MAX_TEXT = 2000  # error texts and other strings are cut to this many characters
 _RQ_ID = re.compile(r"^orc-(\d{1,12})-(\d{1,6})-[0-9a-f]{6}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -482,17 +485,16 @@ def connect_patiently(url: str, *, say: Any = None, every: float = 2.0) -> Any:
     waits for it rather than exiting), and saying so again at a growing interval; wrong
     credentials or URLs still raise at once."""
     waiting = Waiting(say or (lambda _m: None), address(url), every=every)
-    while True:
-        try:
-            client = connect(url)
-        except Unreachable as exc:
-            waiting.failed(exc.__cause__ or exc)
-            time.sleep(every)
-            continue
-        waited = waiting.ended()
-        if waited is not None and say is not None:
-            say(f"reached Redis at {address(url)} after {_took(waited)}")
-        return client
+    client = patiently(
+        lambda: connect(url),
+        retry_on=(Unreachable,),
+        backoff=Backoff.every(every),
+        on_failure=lambda exc, _delay: waiting.failed(exc.__cause__ or exc),
+    )
+    waited = waiting.ended()
+    if waited is not None and say is not None:
+        say(f"reached Redis at {address(url)} after {_took(waited)}")
+    return client
 
 
 def connect(url: str, *, socket_timeout: float | None = 30.0) -> Any:

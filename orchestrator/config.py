@@ -27,3 +27,13 @@ class WorkerSettings:
     judge: str | None = None  # --judge: a command that scores gated jobs' images (None: built in)
     batch_size: int | str = 1  # --batch-size: jobs per pipeline call, or "auto" (workers.batching)
     tuning: Any = None  # workers.tuning.Tuning (--compile, --channels-last, --low-memory)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What ``orchestrator.run.run_manifest`` needs: the worker's settings, and the
+    completion hooks of each batch a run finishes."""
+
+    worker: WorkerSettings
+    notify_url: str | None = None  # --notify-url
+    on_done: str | None = None  # --on-done

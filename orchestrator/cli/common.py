@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from contract import waiting
 from contract.errors import ManifestError, TransientError, UsageError
 from contract.limits import (
     BACKENDS,
@@ -27,17 +27,23 @@ from contract.limits import (
     SIZE,
     STEPS,
 )
+from contract.waiting import Backoff
 from orchestrator import __version__
 from orchestrator.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_OUTPUT,
+    RunSettings,
+    WorkerSettings,
 )
 from orchestrator.extras import require as require_extra
 from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
 from orchestrator.presets import MIXED, PRESET_NAMES
 from workers.models.schedulers import SCHEDULER_NAMES
 from workers.quality import BUILTIN
+
+if TYPE_CHECKING:  # the store (and SQLAlchemy) is loaded by the first command that opens it
+    from orchestrator.store import JobStore
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -53,7 +59,7 @@ class State:
     def __init__(self, db: str | None, output: str) -> None:
         self.db = db
         self.output = Path(output).expanduser().absolute()
-        self._store: Any = None
+        self._store: JobStore | None = None
 
     @property
     def url(self) -> str:
@@ -61,7 +67,7 @@ class State:
 
         return database_url(self.db)
 
-    def store(self, *, existing: bool = False) -> Any:
+    def store(self, *, existing: bool = False) -> JobStore:
         """The job store; with ``existing``, refuse to create a database that is not there
         (commands that only read or act on jobs: an empty new database would only mislead)."""
         if self._store is None:
@@ -468,6 +474,31 @@ def print_manifest_error(exc: ManifestError, limit: int = 100) -> None:
     click.echo(f"{exc}", err=True)
 
 
+def settings_from_options(output: Path, kw: dict[str, Any], **worker: Any) -> RunSettings:
+    """The typed settings of the worker options in ``kw`` (``worker``: settings of the command
+    itself), refusing a backend this machine cannot run, or a --judge command it does not
+    have."""
+    require_backend(kw["backend"])
+    judge_from(kw.get("judge"))
+    return RunSettings(
+        worker=WorkerSettings(
+            output_dir=output,
+            lease_seconds=kw["lease_seconds"],
+            threads=kw["threads"],
+            device=kw["device"],
+            max_jobs=kw["max_jobs"],
+            backend=kw["backend"],
+            compute_units=kw["compute_units"],
+            judge=kw.get("judge"),
+            batch_size=kw.get("batch_size", 1),
+            tuning=tuning_from(kw, kw["device"]),
+            **worker,
+        ),
+        notify_url=kw.get("notify_url"),
+        on_done=kw.get("on_done"),
+    )
+
+
 def submit_manifest(state: State, manifest: Manifest, name: str, kw: dict[str, Any]) -> Any:
     defaults = defaults_from(kw)
     return state.store().submit(
@@ -501,15 +532,16 @@ def configure_logging(verbose: int, service: bool = False) -> None:
 def patiently(fn: Callable[[], T], what: str, every: float = 5.0) -> T:
     """``fn()`` for a service's start: a busy or full database (or disk) is waited out, with
     one line each time the reason changes, not a crash; Ctrl-C stops the wait."""
-    said = None
-    while True:
-        try:
-            return fn()
-        except TransientError as exc:
-            if str(exc) != said:
-                click.echo(f"waiting to {what}: {exc} (trying again every {every:.0f}s)", err=True)
-                said = str(exc)
-            time.sleep(every)
+    said: list[str] = []
+
+    def tell(exc: BaseException, _delay: float) -> None:
+        if not said or str(exc) != said[-1]:
+            click.echo(f"waiting to {what}: {exc} (trying again every {every:.0f}s)", err=True)
+            said.append(str(exc))
+
+    return waiting.patiently(
+        fn, retry_on=(TransientError,), backoff=Backoff.every(every), on_failure=tell
+    )
 
 
 def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,17 +30,18 @@ from orchestrator.cli.common import (
     report_submit,
     require_backend,
     runtime_options,
+    settings_from_options,
     submit_manifest,
     tuning_from,
     tuning_options,
     worker_options,
 )
-from orchestrator.config import (
-    WorkerSettings,
-)
-from orchestrator.hooks import Hooks, batch_summary
 from orchestrator.manifest import Defaults, load_manifest
 from workers.quality import fmt_score
+
+if TYPE_CHECKING:
+    from orchestrator.run import RunReport
+    from orchestrator.store import JobStore
 
 
 @main.command()
@@ -99,77 +99,6 @@ def warn_outside_tiny_world(manifest: Any) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-def check_models_here(state: State, kw: dict[str, Any], manifest: Any | None) -> None:
-    """Refuse to start a run whose models this machine cannot load: every distinct model of
-    the manifest (before it is submitted) and of the jobs already waiting, which a run works
-    through too, with job counts, their batches and the way out."""
-    from orchestrator.preflight import (
-        check_models,
-        device_problem,
-        manifest_models,
-        pending_by_batch,
-        refusal,
-    )
-
-    problem = device_problem(kw["device"])
-    if problem is not None:
-        raise UsageError(problem)
-    waiting = pending_by_batch(state.store())
-    counts = {key: sum(w.jobs for w in batches) for key, batches in waiting.items()}
-    if manifest is not None:
-        # max, not sum: re-running a manifest finds its own jobs already waiting
-        for key, n in manifest_models(manifest.jobs).items():
-            counts[key] = max(counts.get(key, 0), n)
-    problems = check_models(counts, kw["backend"], waiting)
-    if not problems:
-        return
-    for p in problems:
-        click.echo(f"error: {p}", err=True)
-    raise UsageError(refusal(problems, submitting=manifest is not None))
-
-
-def _run_worker(
-    state: State,
-    ctx: click.Context,
-    settings: WorkerSettings,
-    scope: Callable[[], dict[str, int]] | None,
-    progress: bool,
-) -> Any:
-    from orchestrator.progress import Progress
-    from orchestrator.transports.local import LocalWorker
-
-    store = state.store()
-    bar = Progress(scope or store.counts) if progress else None
-    worker = LocalWorker(store, settings, on_event=bar)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if worker.stopping:
-            click.echo("\nreleasing the current job and stopping now", err=True)
-        elif worker.paused:
-            click.echo(
-                f"\n{signal.Signals(signum).name}: stopping now; paused ({worker.paused}), so a "
-                "job whose image cannot be saved is given back",
-                err=True,
-            )
-        else:
-            click.echo(
-                f"\n{signal.Signals(signum).name}: finishing the current job, then stopping "
-                "(again to release it now)",
-                err=True,
-            )
-        worker.request_stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stats = worker.run()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if bar is not None:
-            bar.close()
-    return worker, stats
-
-
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False), required=False)
 @defaults_options
@@ -191,8 +120,9 @@ def run(
     missing folder, or a hub id not cached on an offline machine, stops the run before it
     starts. Exits 0 when every job of the manifest (or, without one, of the queue) succeeded.
     """
+    from orchestrator.run import ModelsMissing, check_models_here, run_manifest
+
     configure_logging(ctx.find_root().meta["verbose"])
-    scope = None
     m = None
     if manifest:
         m = load_manifest(
@@ -204,107 +134,55 @@ def run(
     require_backend(kw["backend"])
     judge_from(kw["judge"])  # a --judge that cannot run here: refused before anything is submitted
     if not skip_model_check:
-        check_models_here(state, kw, m)
+        try:
+            check_models_here(state.store(), m, device=kw["device"], backend=kw["backend"])
+        except ModelsMissing as exc:
+            for p in exc.problems:
+                click.echo(f"error: {p}", err=True)
+            raise
     claim_output(state)
+    submitted = None
     if manifest and m is not None:
-        result = submit_manifest(state, m, Path(manifest).name, kw)
-        report_submit(result)
+        submitted = submit_manifest(state, m, Path(manifest).name, kw)
+        report_submit(submitted)
         warn_outside_tiny_world(m)
-        scope = manifest_scope(state.store(), m, result)
-    sys.exit(_work_and_report(ctx, state, kw, scope))
+    settings = settings_from_options(state.output, kw, burst=True)
+    report = run_manifest(state.store(), m, settings, submitted=submitted, say=_say)
+    report_run(state.store(), report)
+    sys.exit(report.exit_code())
 
 
-def manifest_scope(store: Any, manifest: Any, result: Any) -> Callable[[], dict[str, int]]:
-    """Counts of a manifest's jobs. All of them new: its batch's trigger-kept counts (as
-    cheap at a million jobs as at ten); some already known: counted by id, at most every
-    few seconds (a million ids take seconds to count)."""
-    if result.duplicates == 0 and result.batch_id is not None:
-        return lambda: store.counts(result.batch_id)
-    job_ids = store.job_ids_for([j.fingerprint() for j in manifest.jobs])
-    return throttled(lambda: store.counts_for_jobs(job_ids))
+def _say(line: str) -> None:
+    click.echo(line, err=True)
 
 
-def throttled(fn: Callable[[], dict[str, int]], share: float = 0.1) -> Callable[[], dict[str, int]]:
-    """``fn``, called again only once ``1 / share`` times its last duration (and a second)
-    has passed; in between, its last value."""
-    last: dict[str, Any] = {"at": -1e9, "value": None, "cost": 0.0}
-
-    def call() -> dict[str, int]:
-        now = time.monotonic()
-        if last["value"] is None or now - last["at"] >= max(1.0, last["cost"] / share):
-            value = fn()
-            last.update(at=time.monotonic(), value=value, cost=time.monotonic() - now)
-        return dict(last["value"])
-
-    call.__wrapped__ = fn  # type: ignore[attr-defined]  # the unthrottled count, for the summary
-    return call
-
-
-def worker_settings(state: State, kw: dict[str, Any], **extra: Any) -> WorkerSettings:
-    """Settings from the shared worker options (refusing a backend this machine cannot run,
-    or a --judge command it does not have)."""
-    require_backend(kw["backend"])
-    judge_from(kw.get("judge"))
-    return WorkerSettings(
-        output_dir=state.output,
-        lease_seconds=kw["lease_seconds"],
-        threads=kw["threads"],
-        device=kw["device"],
-        max_jobs=kw["max_jobs"],
-        backend=kw["backend"],
-        compute_units=kw["compute_units"],
-        judge=kw.get("judge"),
-        batch_size=kw.get("batch_size", 1),
-        tuning=tuning_from(kw, kw["device"]),
-        **extra,
-    )
-
-
-def _work_and_report(
-    ctx: click.Context,
-    state: State,
-    kw: dict[str, Any],
-    scope: Callable[[], dict[str, int]] | None,
-) -> int:
-    store = state.store()
-    settings = worker_settings(state, kw, burst=True)
-    active_before = store.active_batches()
-    worker, _ = _run_worker(state, ctx, settings, scope, progress=True)
-    hooks = Hooks(kw.get("notify_url"), kw.get("on_done"))
-    if hooks:
-        for batch_id in sorted(active_before - store.active_batches()):
-            hooks.batch_done(batch_summary(store, batch_id))
-    counts = (getattr(scope, "__wrapped__", scope) or store.counts)()
-    total = sum(counts.values())
+def report_run(store: JobStore, report: RunReport) -> None:
+    """How a run ended, in words: counts on stdout, then on stderr what to do about failed,
+    paused or unpublished jobs."""
+    counts = report.counts
     click.echo(
-        f"{counts[JobStatus.SUCCEEDED]}/{total} succeeded, {counts[JobStatus.FAILED]} failed, "
-        f"{counts[JobStatus.CANCELLED]} cancelled; images in {state.output}"
+        f"{counts[JobStatus.SUCCEEDED]}/{report.total} succeeded, {counts[JobStatus.FAILED]} "
+        f"failed, {counts[JobStatus.CANCELLED]} cancelled; images in {report.output}"
     )
     if counts[JobStatus.FAILED]:
         click.echo(
             "see `orchestrate jobs list --status failed`; `orchestrate jobs retry --failed` tries them again",
             err=True,
         )
-    if counts[JobStatus.PENDING] and not worker.stopping:
+    if counts[JobStatus.PENDING] and not report.stopped:
         from orchestrator.cli.control import report_paused
 
         report_paused(store)  # the worker stops when only paused jobs are left
-    unpublished = report_unpublished(store, state.output)
-    finished = (
-        counts[JobStatus.SUCCEEDED] + counts[JobStatus.CANCELLED]
-    )  # a job the user cancelled is no failure
-    if worker.stopping and (finished != total or unpublished):
-        return 130
-    return 0 if finished == total and counts[JobStatus.FAILED] == 0 and not unpublished else 1
+    report_unpublished(report.unpublished, report.output)
 
 
-def report_unpublished(store: Any, output: Path) -> int:
+def report_unpublished(u: dict[str, Any], output: Path) -> int:
     """Say which succeeded jobs' images are not in place (the folder could not be written, or
-    a stop came while the disk was full), why, and what publishes them; how many."""
+    a stop came while the disk was full), why, and what publishes them (``u``:
+    ``JobStore.unpublished_summary()``); how many."""
     from orchestrator.results import STAGING
     from orchestrator.status import unpublished_lines
 
-    u = store.unpublished_summary()
     if not u["count"]:
         return 0
     n = u["count"]
@@ -340,10 +218,12 @@ def work(
 ) -> None:
     """Run a worker on this machine (several may share one database)."""
     configure_logging(ctx.find_root().meta["verbose"], service=True)
-    patiently(state.store, "open the database")
-    settings = worker_settings(state, kw, burst=burst, poll_seconds=poll_seconds)
+    from orchestrator.run import work_queue
+
+    store = patiently(state.store, "open the database")
+    settings = settings_from_options(state.output, kw, burst=burst, poll_seconds=poll_seconds)
     claim_output(state)
-    _worker, stats = _run_worker(state, ctx, settings, None, progress=sys.stderr.isatty())
+    _worker, stats = work_queue(store, settings.worker, progress=sys.stderr.isatty(), say=_say)
     sys.exit(0 if stats.failed == 0 else 1)
 
 

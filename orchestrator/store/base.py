@@ -21,6 +21,7 @@ from typing import Any, Self, TypeVar
 from sqlalchemy import Connection, Engine, func, select, update
 
 from contract.job import PAYLOAD_FIELDS, RESULT_TEXT, RESULT_TIMINGS
+from contract.limits import JOB_RETRY_BACKOFF
 from contract.status import AttemptStatus, JobStatus
 from orchestrator.models import ATTEMPTS, JOBS, Attempt, Job
 
@@ -100,9 +101,9 @@ def process_gone(host: str | None, pid: int | None) -> bool:
     return False
 
 
-def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
-    """Delay before retry ``attempt + 1``: exponential, capped."""
-    return float(min(cap, base ** max(0, attempt)))
+def backoff_seconds(attempt: int) -> float:
+    """Delay before retry ``attempt + 1``: ``JOB_RETRY_BACKOFF``."""
+    return JOB_RETRY_BACKOFF.delay(attempt)
 
 
 class StoreBase:

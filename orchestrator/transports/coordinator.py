@@ -175,17 +175,17 @@ class Coordinator:
         s = self.settings
         if not self._acquired:
             self.acquire()
-        wait = 1.0
+        failed = 0  # ticks in a row that Redis failed
         try:
             while not self._stop.is_set():
                 try:
                     busy = self.tick()
                     self._resume()
-                    wait = 1.0
+                    failed = 0
                 except redis.exceptions.RedisError as exc:
                     self._pause(f"Redis: {exc}")
-                    self._stop.wait(wait)
-                    wait = min(wait * 2, 5.0)
+                    self._stop.wait(proto.REDIS_BACKOFF.delay(failed))
+                    failed += 1
                     continue
                 except TransientError as exc:
                     self._pause(str(exc))

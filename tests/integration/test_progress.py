@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import time
 
-from orchestrator.cli.local import manifest_scope, throttled
 from orchestrator.events import JobEvent
 from orchestrator.progress import Progress
+from orchestrator.run import manifest_scope, throttled
 from orchestrator.store import JobStore
 from tests.conftest import manifest_of
 

@@ -1,5 +1,6 @@
 """What a process waiting for Redis says: what it tried, for how long, at a growing interval,
-and when the host name does not resolve."""
+and when the host name does not resolve; and the one way every outage is waited out
+(``contract.waiting``), with its clock and its sleep given, so nothing here sleeps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import redis
 
 from contract import protocol as proto
+from contract.limits import JOB_RETRY_BACKOFF
+from contract.waiting import FOREVER, Backoff, Patience, patiently
 
 
 class Clock:
@@ -130,3 +133,113 @@ def test_connect_patiently_says_when_it_got_through(
         "Connection refused; waiting for it, trying every 2s",
         "reached Redis at 10.0.0.9:6379 after 4s",
     ]
+
+
+# -- contract.waiting --------------------------------------------------------------------------
+
+
+def test_a_backoff_doubles_up_to_its_cap() -> None:
+    assert [proto.REDIS_BACKOFF.delay(n) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert [JOB_RETRY_BACKOFF.delay(n) for n in (0, 1, 2, 8, 9, 50)] == [1, 2, 4, 256, 300, 300]
+    assert proto.REDIS_BACKOFF.delay(10**6) == 5.0  # a long outage's count does not overflow
+    assert Backoff.every(2.0).delay(7) == 2.0
+
+
+def test_jitter_spreads_a_delay_by_at_most_its_fraction() -> None:
+    b = Backoff(10.0, factor=1.0, jitter=0.2)
+    assert b.delay(0, rand=lambda: 0.0) == pytest.approx(8.0)
+    assert b.delay(0, rand=lambda: 0.5) == pytest.approx(10.0)
+    assert b.delay(0, rand=lambda: 1.0) == pytest.approx(12.0)
+    assert all(8.0 <= b.delay(3) <= 12.0 for _ in range(100))
+
+
+def test_patience_gives_up_on_tries_time_or_a_stop() -> None:
+    assert not FOREVER.exhausted(10**6, 10.0**9)
+    assert Patience(tries=4).exhausted(4, 0.0)
+    assert not Patience(tries=4).exhausted(3, 0.0)
+    assert Patience(seconds=30).exhausted(1, 30.5)
+    assert not Patience(seconds=30).exhausted(1, 30.0)
+    stopped = [False]
+    p = Patience(stop=lambda: stopped[0])
+    assert not p.exhausted(1, 0.0)
+    stopped[0] = True
+    assert p.exhausted(1, 0.0)
+
+
+class Flaky:
+    """Fails ``times`` times with ``exc``, then returns "ok"."""
+
+    def __init__(self, times: int, exc: type[Exception] = ConnectionError) -> None:
+        self.left, self.exc, self.calls = times, exc, 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise self.exc(f"down {self.calls}")
+        return "ok"
+
+
+def test_patiently_waits_each_failure_out_and_tells_of_it(clock: Clock) -> None:
+    slept: list[float] = []
+    told: list[tuple[str, float]] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    fn = Flaky(4)
+    result = patiently(
+        fn,
+        retry_on=(ConnectionError,),
+        backoff=proto.REDIS_BACKOFF,
+        on_failure=lambda exc, delay: told.append((str(exc), delay)),
+        sleep=sleep,
+        clock=clock,
+    )
+    assert result == "ok" and fn.calls == 5
+    assert slept == [1.0, 2.0, 4.0, 5.0]
+    assert told == [("down 1", 1.0), ("down 2", 2.0), ("down 3", 4.0), ("down 4", 5.0)]
+
+
+def test_patiently_gives_up_with_the_last_error_after_telling_of_it(clock: Clock) -> None:
+    told: list[str] = []
+    slept: list[float] = []
+    with pytest.raises(ConnectionError, match="down 4"):
+        patiently(
+            Flaky(10),
+            retry_on=(ConnectionError,),
+            backoff=Backoff.every(1.0),
+            patience=Patience(tries=4),
+            on_failure=lambda exc, _d: told.append(str(exc)),
+            sleep=slept.append,
+            clock=clock,
+        )
+    assert told == ["down 1", "down 2", "down 3", "down 4"]
+    assert slept == [1.0, 1.0, 1.0]  # no wait after the last try
+
+
+def test_patiently_gives_up_once_its_time_is_spent(clock: Clock) -> None:
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    fn = Flaky(100)
+    with pytest.raises(ConnectionError):
+        patiently(
+            fn,
+            retry_on=(ConnectionError,),
+            backoff=Backoff.every(2.0),
+            patience=Patience(seconds=5.0),
+            sleep=sleep,
+            clock=clock,
+        )
+    assert fn.calls == 4  # tried at 0, 2, 4 and 6 s: 6 s is past the 5 s
+
+
+def test_patiently_lets_any_other_error_through_at_once() -> None:
+    fn = Flaky(1, exc=ValueError)
+    with pytest.raises(ValueError):
+        patiently(
+            fn, retry_on=(ConnectionError,), backoff=Backoff.every(1.0), sleep=lambda _s: None
+        )
+    assert fn.calls == 1

@@ -53,6 +53,7 @@ from contract import faults
 from contract import protocol as proto
 from contract.errors import JobInputError, JobInterrupted, QualityGateFailed
 from contract.status import AttemptStatus
+from contract.waiting import FOREVER, Backoff, Patience, patiently
 from workers.batching import batch_limit
 from workers.rq.batches import take_companions
 from workers.rq.heartbeats import Announcer, JobHeartbeat
@@ -183,24 +184,21 @@ class OrchestrateWorker(SimpleWorker):
             logger.warning("Redis is back after %.0fs (was: %s)", waited, self._outage)
             self._outage = None
 
-    def _until_redis(
-        self, fn: Callable[[], Any], *, give_up: Callable[[], bool] | None = None
-    ) -> Any:
-        """``fn()``, retried with backoff (1 s, doubling, up to 5 s) while Redis is away; None
-        if ``give_up()`` says so first."""
-        wait = 1.0
-        while True:
-            try:
-                value = fn()
-            except _redis_errors() as exc:
-                self._redis_down(exc, wait)
-                if give_up is not None and give_up():
-                    return None
-                time.sleep(wait)
-                wait = min(wait * 2, 5.0)
-                continue
-            self._redis_up()
-            return value
+    def _until_redis(self, fn: Callable[[], Any], *, patience: Patience = FOREVER) -> Any:
+        """``fn()``, retried with ``proto.REDIS_BACKOFF`` while Redis is away; None if
+        ``patience`` runs out first."""
+        try:
+            value = patiently(
+                fn,
+                retry_on=_redis_errors(),
+                backoff=proto.REDIS_BACKOFF,
+                patience=patience,
+                on_failure=self._redis_down,
+            )
+        except _redis_errors():
+            return None
+        self._redis_up()
+        return value
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -288,7 +286,7 @@ class OrchestrateWorker(SimpleWorker):
         preferred queue. ``timeout=None`` (burst) returns when every queue is empty;
         ``max_idle_time`` returns after that long without a job."""
         idle_since = time.monotonic()
-        wait = 1.0
+        failed = 0  # tries in a row that Redis failed
         while True:
             try:
                 self.set_state(WorkerStatus.IDLE)
@@ -314,11 +312,12 @@ class OrchestrateWorker(SimpleWorker):
                     time.sleep(self.block_seconds)  # no queue exists yet: nothing to block on
                     self._no_queue_for(time.monotonic() - idle_since)
                 self._redis_up()
-                wait = 1.0
+                failed = 0
             except _redis_errors() as exc:
+                wait = proto.REDIS_BACKOFF.delay(failed)
+                failed += 1
                 self._redis_down(exc, wait)
                 time.sleep(wait)
-                wait = min(wait * 2, 5.0)
 
     def _no_queue_for(self, seconds: float) -> None:
         """Say once when this Redis database has had no queue of an orchestrate coordinator
@@ -458,7 +457,6 @@ class OrchestrateWorker(SimpleWorker):
         outcome on its own: ``succeeded``, ``failed`` or ``released``, in order."""
         self._current = members[0][1]
         conn = self.connection
-        attempts = iter(range(3))
 
         def started() -> None:
             with conn.pipeline(transaction=False) as p:
@@ -467,7 +465,7 @@ class OrchestrateWorker(SimpleWorker):
                 p.execute()
 
         # A result counts without its "started": give up after a few tries.
-        self._until_redis(started, give_up=lambda: next(attempts, None) is None)
+        self._until_redis(started, patience=Patience(tries=4))
         cancelled: set[str] = set()
         last_check = [0.0]
 
@@ -548,7 +546,6 @@ class OrchestrateWorker(SimpleWorker):
         """Image, event and the end of our heartbeat in one transaction (the coordinator never
         sees a job without a heartbeat whose event is not already on the list), retried while
         Redis is away, for up to ``deliver_for`` seconds or until a second signal."""
-        deadline = time.monotonic() + self.deliver_for
 
         def send() -> bool:
             with self.connection.pipeline(transaction=True) as p:
@@ -559,10 +556,8 @@ class OrchestrateWorker(SimpleWorker):
                 p.execute()
             return True
 
-        def give_up() -> bool:
-            return self.abort.is_set() or time.monotonic() > deadline
-
-        sent = self._until_redis(send, give_up=give_up)
+        patience = Patience(seconds=self.deliver_for, stop=self.abort.is_set)
+        sent = self._until_redis(send, patience=patience)
         if not sent:
             logger.error("job %s: gave up delivering its outcome (Redis away too long)", rq_id)
         return bool(sent)
@@ -688,12 +683,12 @@ def _address(conn: Any) -> str:
 def _retry_redis(fn: Callable[[], Any], where: str, every: float = 2.0) -> Any:
     """``fn()``, waiting while Redis is away (and saying so, at a growing interval)."""
     waiting = proto.Waiting(logger.error, where, every=every)
-    while True:
-        try:
-            return fn()
-        except _redis_errors() as exc:
-            waiting.failed(exc)
-            time.sleep(every)
+    return patiently(
+        fn,
+        retry_on=_redis_errors(),
+        backoff=Backoff.every(every),
+        on_failure=lambda exc, _delay: waiting.failed(exc),
+    )
 
 
 # -- the task ------------------------------------------------------------------------------------
