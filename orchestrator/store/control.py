@@ -17,21 +17,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, select, text, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contract.errors import JobNotFound, UsageError
 from contract.status import JobStatus
 from orchestrator.models import JOBS, Batch, Job, JobCount, QueueState
 from orchestrator.store.base import _CHUNK, CHUNK_ROWS, StoreBase, chunks
+from orchestrator.store.sql import HAS_WORKABLE
 
 # The manifest's own bounds for a priority.
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
-
-# SQL fragments for the claim's raw statement (``leases``): a pending job may be taken only
-# while the queue runs and its batch is not paused.
-QUEUE_RUNS_SQL = "NOT EXISTS (SELECT 1 FROM queue_state WHERE paused_at IS NOT NULL)"
-BATCH_RUNS_SQL = "batch_id NOT IN (SELECT id FROM batches WHERE paused_at IS NOT NULL)"
 
 
 def queue_runs() -> ColumnElement[bool]:
@@ -138,17 +134,8 @@ class ControlMixin(StoreBase):
         """Whether any job is queued or running, or pending and not held back by a pause:
         what ``run`` and ``coordinator --until-done`` wait for (``has_active`` also counts
         paused jobs, which nobody will take until they are resumed)."""
-        sql = text(
-            f"""
-            SELECT EXISTS (
-                SELECT 1 FROM job_counts
-                 WHERE n > 0
-                   AND (status IN ('queued', 'running')
-                        OR (status = 'pending' AND {QUEUE_RUNS_SQL} AND {BATCH_RUNS_SQL})))
-            """
-        )
         with self.engine.connect() as conn:
-            return bool(conn.execute(sql).scalar())
+            return bool(conn.execute(HAS_WORKABLE).scalar())
 
     def set_priority(
         self, value: int, job_ids: Sequence[int] = (), *, batch_id: int | None = None

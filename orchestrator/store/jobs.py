@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
@@ -16,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, 
 
 from contract.errors import JobNotFound, UsageError
 from contract.status import ACTIVE_STATUSES, VISIBLE_STATUSES, AttemptStatus, BatchState, JobStatus
-from orchestrator.manifest import JobSpec, Manifest
+from orchestrator.manifest import Manifest
 from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job, JobCount
 from orchestrator.store.base import (
     _CHUNK,
@@ -31,27 +30,16 @@ from orchestrator.store.base import (
     chunks,
     process_gone,
 )
+from orchestrator.store.sql import (
+    DROP_LOADING_CHUNK,
+    INSERT_JOBS,
+    PUBLISH_LOADED_CHUNK,
+    SPEC_COLUMNS,
+)
 
 # A batch whose loader has not written for this long is abandoned (its loader died on
 # another host, or this host's pid was reused).
 LOADER_STALE_S = 600.0
-# The columns of a submitted job: the manifest's job spec (its extra metadata as JSON)
-# plus the bookkeeping the store sets.
-_SPEC_COLUMNS = tuple(f.name for f in dataclasses.fields(JobSpec) if f.name != "extra")
-_INSERT_COLUMNS = (
-    "batch_id",
-    "fingerprint",
-    "status",
-    *_SPEC_COLUMNS,
-    "extra_json",
-    "attempts",
-    "max_attempts",
-    "created_at",
-)
-_INSERT_JOBS = (
-    f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) ON CONFLICT (fingerprint) DO NOTHING"
-)
 
 
 def _loader_dead(loader: str | None, seen_at: float | None, now: float) -> bool:
@@ -113,7 +101,7 @@ class JobsMixin(StoreBase):
                     batch_id,
                     s.fingerprint(),
                     status.value,
-                    *(getattr(s, c) for c in _SPEC_COLUMNS),
+                    *(getattr(s, c) for c in SPEC_COLUMNS),
                     extra_json[start + i],
                     0,
                     max_attempts,
@@ -161,7 +149,7 @@ class JobsMixin(StoreBase):
                 batch = rows(batch_id, 0, len(manifest.jobs))
                 # The driver's executemany directly: SQLAlchemy's per-row parameter
                 # processing would double the time of a 100k-row manifest.
-                added = conn.exec_driver_sql(_INSERT_JOBS, batch).rowcount if batch else 0
+                added = conn.exec_driver_sql(INSERT_JOBS, batch).rowcount if batch else 0
                 return counted(conn, batch_id, added)
 
         with self._tx(write=True) as conn:
@@ -175,7 +163,7 @@ class JobsMixin(StoreBase):
                 chunk = rows(batch_id, start, start + pace.rows)
                 t0 = time.perf_counter()
                 with self._tx(write=True) as conn:
-                    added += conn.exec_driver_sql(_INSERT_JOBS, chunk).rowcount
+                    added += conn.exec_driver_sql(INSERT_JOBS, chunk).rowcount
                     conn.execute(
                         update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
                     )
@@ -203,15 +191,11 @@ class JobsMixin(StoreBase):
     def _publish_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Make a fully loaded batch's jobs pending, a chunk per transaction, then the batch
         ready. Idempotent: anyone may finish what a dead loader started."""
-        flip = (
-            "UPDATE jobs SET status = 'pending' WHERE id IN "
-            "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
-        )
         pace = _Pace(chunk_rows)
         while True:
             t0 = time.perf_counter()
             with self._tx(write=True) as conn:
-                n = conn.exec_driver_sql(flip, (batch_id, pace.rows)).rowcount
+                n = conn.exec_driver_sql(PUBLISH_LOADED_CHUNK, (batch_id, pace.rows)).rowcount
                 if n == 0:
                     conn.execute(
                         update(Batch)
@@ -226,13 +210,9 @@ class JobsMixin(StoreBase):
 
     def _drop_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Remove a half-loaded batch, a chunk per transaction."""
-        drop = (
-            "DELETE FROM jobs WHERE id IN "
-            "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
-        )
         while True:
             with self._tx(write=True) as conn:
-                if conn.exec_driver_sql(drop, (batch_id, chunk_rows)).rowcount == 0:
+                if conn.exec_driver_sql(DROP_LOADING_CHUNK, (batch_id, chunk_rows)).rowcount == 0:
                     conn.execute(delete(Batch).where(Batch.id == batch_id))
                     return
 

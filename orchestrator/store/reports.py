@@ -20,6 +20,7 @@ from contract.job import GATE_ERROR_PREFIX
 from contract.status import VISIBLE_STATUSES, AttemptStatus, JobStatus
 from orchestrator.models import Attempt, Job, Worker
 from orchestrator.store.base import OPEN_ATTEMPTS, TIMING_WINDOW, StoreBase, chunks
+from orchestrator.store.sql import FAILURE_GROUPS, NO_ERROR_TEXT, THROUGHPUT
 
 THROUGHPUT_WINDOW_S = 600.0
 RECENT_WINDOW = 10_000
@@ -42,7 +43,6 @@ FAILED_ATTEMPTS = (AttemptStatus.FAILED.value, AttemptStatus.LOST.value)
 # A local lease owner is "<worker>/<claim token>": without the token, one dead worker's lost
 # jobs share one error text instead of one each. The same rule in Python and in SQL.
 _LEASE_TOKEN = re.compile(r"^(lease expired: worker .+)/[0-9a-f]{8}( stopped renewing it)$")
-NO_ERROR_TEXT = "(no error text)"
 # What the gallery shows of a succeeded job.
 _IMAGE_COLUMNS = (
     Job.id,
@@ -58,13 +58,6 @@ _IMAGE_COLUMNS = (
     Job.model,
     Job.finished_at,
     Job.output_path,
-)
-# 29 = len("/<8 hex digits> stopped renewing it")
-ERROR_KEY_SQL = (
-    "CASE WHEN error GLOB 'lease expired: worker */"
-    + "[0-9a-f]" * 8
-    + " stopped renewing it' THEN substr(error, 1, length(error) - 29) || ' stopped renewing it'"
-    f" ELSE coalesce(nullif(error, ''), '{NO_ERROR_TEXT}') END"
 )
 
 
@@ -140,13 +133,7 @@ class ReportsMixin(StoreBase):
         """
         now = time.time() if now is None else now
         since = now - window_s
-        # INDEXED BY: with statistics SQLite prefers ix_attempts_batch_status_id, which saves
-        # the GROUP BY's sort but reads every succeeded attempt ever; this reads the window.
-        stmt = text(
-            "SELECT batch_id, count(*) AS images, min(started_at) AS first_start "
-            "FROM attempts INDEXED BY ix_attempts_status_finished_at "
-            "WHERE status = :succeeded AND finished_at >= :since GROUP BY batch_id"
-        ).bindparams(succeeded=AttemptStatus.SUCCEEDED.value, since=since)
+        stmt = THROUGHPUT.bindparams(succeeded=AttemptStatus.SUCCEEDED.value, since=since)
         failed = (
             select(func.count())
             .select_from(Attempt)
@@ -267,31 +254,6 @@ class ReportsMixin(StoreBase):
                     out[job_id]["attempts"][worker] = started_at
         return out
 
-    _FAILURE_GROUPS_SQL = f"""
-        WITH w AS (
-            SELECT * FROM (SELECT id, job_id, finished_at, worker, status, {ERROR_KEY_SQL} AS key
-                             FROM attempts WHERE status = 'failed' {{batch}}
-                            ORDER BY id DESC LIMIT :window)
-            UNION ALL
-            SELECT * FROM (SELECT id, job_id, finished_at, worker, status, {ERROR_KEY_SQL} AS key
-                             FROM attempts WHERE status = 'lost' {{batch}}
-                            ORDER BY id DESC LIMIT :window)
-        ),
-        per_job AS (
-            SELECT key, job_id, max(id) AS last_id,
-                   row_number() OVER (PARTITION BY key ORDER BY max(id) DESC) AS rn
-              FROM w GROUP BY key, job_id
-        )
-        SELECT g.key, g.attempts, g.lost, g.jobs, g.last_seen, g.workers, e.examples
-          FROM (SELECT key, count(*) AS attempts, sum(status = 'lost') AS lost,
-                       count(DISTINCT job_id) AS jobs, max(finished_at) AS last_seen,
-                       group_concat(DISTINCT worker) AS workers
-                  FROM w GROUP BY key) AS g
-          JOIN (SELECT key, group_concat(last_id || ':' || job_id) AS examples
-                  FROM per_job WHERE rn <= :examples GROUP BY key) AS e ON e.key = g.key
-         ORDER BY g.attempts DESC, g.last_seen DESC
-    """
-
     def failure_groups(
         self, batch_id: int | None = None, window: int = RECENT_WINDOW, examples: int = 5
     ) -> list[dict[str, Any]]:
@@ -299,12 +261,10 @@ class ReportsMixin(StoreBase):
         most frequent first: attempts, lost, distinct jobs, workers, last seen, and the ids of
         the latest ``examples`` jobs. Grouped in SQL: a window holds thousands of rows, the
         answer a handful."""
-        sql = self._FAILURE_GROUPS_SQL.format(
-            batch="" if batch_id is None else "AND batch_id = :batch"
-        )
+        stmt = FAILURE_GROUPS.format(batch="" if batch_id is None else "AND batch_id = :batch")
         params = {"window": window, "examples": examples, "batch": batch_id}
         with self.engine.connect() as conn:
-            rows = conn.execute(text(sql), params).all()
+            rows = conn.execute(text(stmt), params).all()
         out = []
         for key, attempts, lost, jobs, last_seen, workers, pairs in rows:
             latest = sorted((tuple(map(int, p.split(":"))) for p in pairs.split(",")), reverse=True)
