@@ -15,23 +15,22 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from contract.job import BATCH_FIELDS, GATE_ERROR_PREFIX, GATE_FIELDS, QUALITY_RESULT_FIELDS
 from contract.status import AttemptStatus, JobStatus
-from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job, QueueState
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Job
 from orchestrator.store.base import (
     HELD_STATUSES,
     JOB_PAYLOAD_COLUMNS,
     OPEN_ATTEMPTS,
     RESULT_COLUMNS,
     Claim,
-    StoreBase,
     WorkerIdentity,
     backoff_seconds,
     chunks,
 )
-from orchestrator.store.control import batch_runs, queue_runs
+from orchestrator.store.reads import ReadModel, batch_runs, queue_runs
 from orchestrator.store.sql import CLAIM, COMPANIONS, PICK_ONE, TAKE_ID
 
 PUBLISH_BACKOFF_CAP_S = 300.0  # the longest wait between tries to publish a committed image
@@ -72,7 +71,7 @@ def _scores_json(scores: Any) -> str | None:
     return json.dumps([[int(s), float(v)] for s, v in scores]) if scores else None
 
 
-class LeasesMixin(StoreBase):
+class LeasesMixin(ReadModel):
     # -- the worker's side -------------------------------------------------------------------
 
     # The claim's statements (``sql``: why each is shaped so), as attributes so that a test
@@ -174,18 +173,6 @@ class LeasesMixin(StoreBase):
         if min_score is None:
             return 0
         return int(conn.execute(select(_gate_rounds(job_id))).scalar() or 0)
-
-    def anything_paused(self) -> bool:
-        """Whether any batch, or the queue, is paused (one cheap read)."""
-        with self.engine.connect() as conn:
-            return bool(
-                conn.execute(
-                    select(
-                        exists().where(Batch.paused_at.is_not(None))
-                        | exists().where(QueueState.paused_at.is_not(None))
-                    )
-                ).scalar()
-            )
 
     def renew(self, claim: Claim, lease_seconds: float, *, busy_timeout_s: float = 30.0) -> bool:
         """Extend the lease; False when it is no longer this worker's (expired and taken,
