@@ -29,6 +29,7 @@ from contract.job import JOB_FIELDS
 from orchestrator.models import Job
 from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse
+from orchestrator.store import ReadModel
 from orchestrator.store.base import EXPORT_RUN, EXPORT_TIMINGS
 
 FORMATS = ("imagefolder", "parquet", "webdataset")
@@ -97,7 +98,7 @@ class ExportResult:
 
 
 def export_dataset(
-    store: Any,
+    store: ReadModel,
     outdir: Path,
     fmt: str,
     *,

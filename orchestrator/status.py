@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from contract.status import ACTIVE_STATUSES, FINAL_STATUSES, VISIBLE_STATUSES, JobStatus
-from orchestrator.store import JobStore
+from orchestrator.store import ReadModel
 from orchestrator.store.reports import THROUGHPUT_WINDOW_S
 from workers.quality import fmt_score
 
@@ -56,7 +56,7 @@ def progress(counts: dict[str, int], images_per_min: float) -> dict[str, Any]:
 
 
 def batch_rows(
-    store: JobStore, rate: dict[str, Any], batch_id: int | None = None
+    store: ReadModel, rate: dict[str, Any], batch_id: int | None = None
 ) -> list[dict[str, Any]]:
     """Each batch (or just ``batch_id``) with its counts, progress, rate and ETA; ``rate`` is
     what ``store.throughput`` returned."""
@@ -81,7 +81,7 @@ def batch_rows(
 
 
 def overview(
-    store: JobStore,
+    store: ReadModel,
     batch_id: int | None = None,
     *,
     window_s: float = THROUGHPUT_WINDOW_S,
@@ -154,7 +154,7 @@ def presence(w: dict[str, Any], now: float, *, relayed: bool = True) -> str:
 
 
 def workers(
-    store: JobStore, now: float | None = None, *, seen_within: float | None = WORKERS_SEEN_WITHIN
+    store: ReadModel, now: float | None = None, *, seen_within: float | None = WORKERS_SEEN_WITHIN
 ) -> list[dict[str, Any]]:
     """The workers as status and the dashboard show them: each row of ``store.worker_stats``
     with ``state`` as :func:`presence` tells it (``reported_state``: what the worker said),

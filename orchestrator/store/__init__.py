@@ -1,10 +1,14 @@
 """JobStore: every SQL statement of the orchestrator, so transaction rules live in one place.
 
-One class, written in parts by concept: ``jobs`` (submission, queries, user actions),
-``leases`` (a job's lifecycle under a lease, for local workers and the Redis dispatcher),
-``fleet`` (workers, the coordinator's lease, dead letters), ``reports`` (status and the
-dashboard), ``integrity`` (what ``verify`` checks and mends) and ``control`` (pause, resume,
-priority changes).
+Two sides. ``reads.ReadModel`` holds every query that status, the dashboard, export and the
+user's read commands ask (counts, batches, the pause state, the fleet, reports, images); code
+that only reads takes one. ``JobStore`` is the write path over it, the one the transports
+and the commands that change things use, written in parts by concept: ``jobs``
+(submission, the user's retry and cancel), ``leases`` (a job's lifecycle under a lease, for
+local workers and the Redis dispatcher), ``fleet`` (workers, the coordinator's lease, dead
+letters), ``integrity`` (what ``verify`` checks and mends) and ``control`` (pause, resume,
+priority changes). The long SQL statements are named in ``sql``; the reports' arithmetic is
+``reports``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from orchestrator.store.fleet import FleetMixin
 from orchestrator.store.integrity import IntegrityMixin
 from orchestrator.store.jobs import JobsMixin
 from orchestrator.store.leases import LeasesMixin
-from orchestrator.store.reports import ReportsMixin
+from orchestrator.store.reads import ReadModel
 
 __all__ = [
     "JOB_PAYLOAD_COLUMNS",
@@ -32,6 +36,7 @@ __all__ = [
     "TIMING_COLUMNS",
     "Claim",
     "JobStore",
+    "ReadModel",
     "SubmitResult",
     "WorkerIdentity",
     "backoff_seconds",
@@ -39,5 +44,5 @@ __all__ = [
 ]
 
 
-class JobStore(JobsMixin, LeasesMixin, FleetMixin, ReportsMixin, IntegrityMixin, ControlMixin):
-    """The job database's one door."""
+class JobStore(JobsMixin, LeasesMixin, FleetMixin, IntegrityMixin, ControlMixin):
+    """The job database's one door: the write path, over the read model (``ReadModel``)."""

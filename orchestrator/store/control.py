@@ -15,33 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, select, text, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contract.errors import JobNotFound, UsageError
 from contract.status import JobStatus
-from orchestrator.models import JOBS, Batch, Job, JobCount, QueueState
-from orchestrator.store.base import _CHUNK, CHUNK_ROWS, StoreBase, chunks
+from orchestrator.models import JOBS, Batch, Job, QueueState
+from orchestrator.store.base import _CHUNK, CHUNK_ROWS, chunks
+from orchestrator.store.reads import ReadModel
 
 # The manifest's own bounds for a priority.
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
-
-# SQL fragments for the claim's raw statement (``leases``): a pending job may be taken only
-# while the queue runs and its batch is not paused.
-QUEUE_RUNS_SQL = "NOT EXISTS (SELECT 1 FROM queue_state WHERE paused_at IS NOT NULL)"
-BATCH_RUNS_SQL = "batch_id NOT IN (SELECT id FROM batches WHERE paused_at IS NOT NULL)"
-
-
-def queue_runs() -> ColumnElement[bool]:
-    """True while the whole queue is not paused (for Core statements)."""
-    return ~exists().where(QueueState.paused_at.is_not(None))
-
-
-def batch_runs() -> ColumnElement[bool]:
-    """The job's batch is not paused (for Core statements on jobs)."""
-    return Job.batch_id.not_in(select(Batch.id).where(Batch.paused_at.is_not(None)))
 
 
 def check_priority(value: int) -> int:
@@ -51,7 +36,7 @@ def check_priority(value: int) -> int:
     return value
 
 
-class ControlMixin(StoreBase):
+class ControlMixin(ReadModel):
     def _check_batch(self, batch_id: int) -> None:
         with self.engine.connect() as conn:
             if conn.execute(select(Batch.id).where(Batch.id == batch_id)).first() is None:
@@ -101,54 +86,6 @@ class ControlMixin(StoreBase):
                 .values(paused_at=None)
             ).rowcount
         return n == 1
-
-    def paused(self) -> dict[str, Any]:
-        """What is paused: ``queue_paused_at`` (None while the queue runs) and ``batches``,
-        each paused batch with id, name, paused_at and ``pending`` (its jobs that wait);
-        ``waiting``: pending jobs that no worker may take now because of a pause."""
-        pending = JobStatus.PENDING.value
-        with self._tx(write=False) as conn:
-            queue = conn.execute(select(QueueState.paused_at).where(QueueState.id == 1)).scalar()
-            batches = [
-                dict(r)
-                for r in conn.execute(
-                    select(
-                        Batch.id,
-                        Batch.name,
-                        Batch.paused_at,
-                        select(func.coalesce(func.sum(JobCount.n), 0))
-                        .where(JobCount.batch_id == Batch.id)
-                        .where(JobCount.status == pending)
-                        .scalar_subquery()
-                        .label("pending"),
-                    )
-                    .where(Batch.paused_at.is_not(None))
-                    .order_by(Batch.id)
-                ).mappings()
-            ]
-            if queue is not None:
-                waiting = conn.execute(
-                    select(func.coalesce(func.sum(JobCount.n), 0)).where(JobCount.status == pending)
-                ).scalar_one()
-            else:
-                waiting = sum(b["pending"] for b in batches)
-        return {"queue_paused_at": queue, "batches": batches, "waiting": int(waiting)}
-
-    def has_workable(self) -> bool:
-        """Whether any job is queued or running, or pending and not held back by a pause:
-        what ``run`` and ``coordinator --until-done`` wait for (``has_active`` also counts
-        paused jobs, which nobody will take until they are resumed)."""
-        sql = text(
-            f"""
-            SELECT EXISTS (
-                SELECT 1 FROM job_counts
-                 WHERE n > 0
-                   AND (status IN ('queued', 'running')
-                        OR (status = 'pending' AND {QUEUE_RUNS_SQL} AND {BATCH_RUNS_SQL})))
-            """
-        )
-        with self.engine.connect() as conn:
-            return bool(conn.execute(sql).scalar())
 
     def set_priority(
         self, value: int, job_ids: Sequence[int] = (), *, batch_id: int | None = None

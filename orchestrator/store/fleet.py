@@ -12,7 +12,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contract.errors import CoordinatorConflict
 from orchestrator.models import CoordinatorLease, DeadLetter, Worker
-from orchestrator.store.base import Fence, StoreBase, process_gone
+from orchestrator.store.base import Fence, process_gone
+from orchestrator.store.reads import ReadModel
 
 DEAD_LETTERS_KEPT = 10_000  # the newest ones; the count of all is kept apart
 
@@ -36,7 +37,7 @@ WORKER_FIELDS = (
 )
 
 
-class FleetMixin(StoreBase):
+class FleetMixin(ReadModel):
     def upsert_workers(
         self, rows: Iterable[dict[str, Any]], *, busy_timeout_s: float | None = None
     ) -> None:
@@ -50,18 +51,6 @@ class FleetMixin(StoreBase):
         )
         with self._tx(write=True, busy_timeout_s=busy_timeout_s) as conn:
             conn.execute(stmt, rows)
-
-    def workers(self, seen_within: float | None = 3600.0) -> list[dict[str, Any]]:
-        """Workers seen in the last ``seen_within`` seconds (all when None), newest first, with
-        mean seconds per image."""
-        stmt = select(Worker).order_by(Worker.last_seen.desc())
-        if seen_within is not None:
-            stmt = stmt.where(Worker.last_seen >= time.time() - seen_within)
-        with self.engine.connect() as conn:
-            out = [dict(r) for r in conn.execute(stmt).mappings()]
-        for w in out:
-            w["s_per_image"] = w["busy_s"] / w["jobs_done"] if w["jobs_done"] else None
-        return out
 
     # -- the one coordinator -------------------------------------------------------------------
 
@@ -152,16 +141,6 @@ class FleetMixin(StoreBase):
                 .values(state="stopped", expires_at=time.time(), message=None)
             )
 
-    def coordinator(self) -> dict[str, Any] | None:
-        """The coordinator lease row (who, since when, live until, doing what), if any."""
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(CoordinatorLease).where(CoordinatorLease.id == 1))
-                .mappings()
-                .first()
-            )
-        return dict(row) if row is not None else None
-
     # -- dead letters ----------------------------------------------------------------------------
 
     def add_dead_letters(self, letters: Iterable[tuple[str, str, str]]) -> int:
@@ -178,15 +157,3 @@ class FleetMixin(StoreBase):
             newest = conn.execute(select(func.max(DeadLetter.id))).scalar_one()
             conn.execute(delete(DeadLetter).where(DeadLetter.id <= newest - DEAD_LETTERS_KEPT))
         return len(rows)
-
-    def dead_letters(self, limit: int = 20) -> dict[str, Any]:
-        """How many messages were refused (all time: ids count them), and the newest."""
-        with self.engine.connect() as conn:
-            total = conn.execute(select(func.max(DeadLetter.id))).scalar() or 0
-            recent = [
-                dict(r)
-                for r in conn.execute(
-                    select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
-                ).mappings()
-            ]
-        return {"count": int(total), "recent": recent}

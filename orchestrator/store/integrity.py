@@ -3,7 +3,6 @@ and leases nobody holds any more."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -11,30 +10,15 @@ from typing import Any
 from sqlalchemy import and_, select, update
 
 from contract.status import AttemptStatus, JobStatus
-from orchestrator.database import sqlite_path
-from orchestrator.models import ATTEMPTS, JOBS, Attempt, DatabaseInfo, Job
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Job
 from orchestrator.output import PATH_FIELDS
-from orchestrator.ownership import Owner
-from orchestrator.store.base import HELD_STATUSES, OPEN_ATTEMPTS, StoreBase, chunks
+from orchestrator.store.base import HELD_STATUSES, OPEN_ATTEMPTS, chunks
+from orchestrator.store.reads import ReadModel
 
 _PAGE = 5000
 
 
-class IntegrityMixin(StoreBase):
-    _owner: Owner | None = None
-
-    def owner(self) -> Owner:
-        """This database as the owner an output folder records: its id, and where it is."""
-        if self._owner is None:
-            with self.engine.connect() as conn:
-                uid, created = conn.execute(
-                    select(DatabaseInfo.uid, DatabaseInfo.created_at).where(DatabaseInfo.id == 1)
-                ).one()
-            path = sqlite_path(self.engine.url.render_as_string(hide_password=False))
-            where = os.path.realpath(path) if path is not None else str(self.engine.url)
-            self._owner = Owner(uid, where, created)
-        return self._owner
-
+class IntegrityMixin(ReadModel):
     def succeeded_images(self) -> Iterator[list[dict[str, Any]]]:
         """Every succeeded job's id, batch, path, sha256 and publication, a page at a time."""
         last = 0

@@ -3,55 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, insert, select, update
 
 from contract.errors import JobNotFound, UsageError
-from contract.status import ACTIVE_STATUSES, VISIBLE_STATUSES, AttemptStatus, BatchState, JobStatus
-from orchestrator.manifest import JobSpec, Manifest
-from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job, JobCount
+from contract.status import ACTIVE_STATUSES, AttemptStatus, BatchState, JobStatus
+from orchestrator.manifest import Manifest
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job
 from orchestrator.store.base import (
-    _CHUNK,
     CHUNK_ROWS,
-    EXPORT_RUN,
-    EXPORT_TIMINGS,
     OPEN_ATTEMPTS,
-    TIMING_COLUMNS,
-    TIMING_WINDOW,
-    StoreBase,
     SubmitResult,
     chunks,
     process_gone,
+)
+from orchestrator.store.reads import ReadModel
+from orchestrator.store.sql import (
+    DROP_LOADING_CHUNK,
+    INSERT_JOBS,
+    PUBLISH_LOADED_CHUNK,
+    SPEC_COLUMNS,
 )
 
 # A batch whose loader has not written for this long is abandoned (its loader died on
 # another host, or this host's pid was reused).
 LOADER_STALE_S = 600.0
-# The columns of a submitted job: the manifest's job spec (its extra metadata as JSON)
-# plus the bookkeeping the store sets.
-_SPEC_COLUMNS = tuple(f.name for f in dataclasses.fields(JobSpec) if f.name != "extra")
-_INSERT_COLUMNS = (
-    "batch_id",
-    "fingerprint",
-    "status",
-    *_SPEC_COLUMNS,
-    "extra_json",
-    "attempts",
-    "max_attempts",
-    "created_at",
-)
-_INSERT_JOBS = (
-    f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) ON CONFLICT (fingerprint) DO NOTHING"
-)
 
 
 def _loader_dead(loader: str | None, seen_at: float | None, now: float) -> bool:
@@ -77,7 +60,7 @@ class _Pace:
             self.rows = int(min(self.high, max(self.low, self.target_s / per_row)))
 
 
-class JobsMixin(StoreBase):
+class JobsMixin(ReadModel):
     def submit(
         self,
         manifest: Manifest,
@@ -113,7 +96,7 @@ class JobsMixin(StoreBase):
                     batch_id,
                     s.fingerprint(),
                     status.value,
-                    *(getattr(s, c) for c in _SPEC_COLUMNS),
+                    *(getattr(s, c) for c in SPEC_COLUMNS),
                     extra_json[start + i],
                     0,
                     max_attempts,
@@ -161,7 +144,7 @@ class JobsMixin(StoreBase):
                 batch = rows(batch_id, 0, len(manifest.jobs))
                 # The driver's executemany directly: SQLAlchemy's per-row parameter
                 # processing would double the time of a 100k-row manifest.
-                added = conn.exec_driver_sql(_INSERT_JOBS, batch).rowcount if batch else 0
+                added = conn.exec_driver_sql(INSERT_JOBS, batch).rowcount if batch else 0
                 return counted(conn, batch_id, added)
 
         with self._tx(write=True) as conn:
@@ -175,7 +158,7 @@ class JobsMixin(StoreBase):
                 chunk = rows(batch_id, start, start + pace.rows)
                 t0 = time.perf_counter()
                 with self._tx(write=True) as conn:
-                    added += conn.exec_driver_sql(_INSERT_JOBS, chunk).rowcount
+                    added += conn.exec_driver_sql(INSERT_JOBS, chunk).rowcount
                     conn.execute(
                         update(Batch).where(Batch.id == batch_id).values(loader_seen_at=time.time())
                     )
@@ -203,15 +186,11 @@ class JobsMixin(StoreBase):
     def _publish_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Make a fully loaded batch's jobs pending, a chunk per transaction, then the batch
         ready. Idempotent: anyone may finish what a dead loader started."""
-        flip = (
-            "UPDATE jobs SET status = 'pending' WHERE id IN "
-            "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
-        )
         pace = _Pace(chunk_rows)
         while True:
             t0 = time.perf_counter()
             with self._tx(write=True) as conn:
-                n = conn.exec_driver_sql(flip, (batch_id, pace.rows)).rowcount
+                n = conn.exec_driver_sql(PUBLISH_LOADED_CHUNK, (batch_id, pace.rows)).rowcount
                 if n == 0:
                     conn.execute(
                         update(Batch)
@@ -226,13 +205,9 @@ class JobsMixin(StoreBase):
 
     def _drop_batch(self, batch_id: int, chunk_rows: int = CHUNK_ROWS) -> None:
         """Remove a half-loaded batch, a chunk per transaction."""
-        drop = (
-            "DELETE FROM jobs WHERE id IN "
-            "(SELECT id FROM jobs WHERE batch_id = ? AND status = 'loading' LIMIT ?)"
-        )
         while True:
             with self._tx(write=True) as conn:
-                if conn.exec_driver_sql(drop, (batch_id, chunk_rows)).rowcount == 0:
+                if conn.exec_driver_sql(DROP_LOADING_CHUNK, (batch_id, chunk_rows)).rowcount == 0:
                     conn.execute(delete(Batch).where(Batch.id == batch_id))
                     return
 
@@ -258,150 +233,7 @@ class JobsMixin(StoreBase):
                 done["removed"].append(r.id)
         return done
 
-    def loading_batches(self) -> list[dict[str, Any]]:
-        """Batches still being submitted, with the jobs inserted so far."""
-        with self._tx(write=False) as conn:
-            batches = [
-                dict(r)
-                for r in conn.execute(
-                    select(Batch.id, Batch.name, Batch.state, Batch.loader, Batch.rows)
-                    .where(Batch.state != BatchState.READY.value)
-                    .order_by(Batch.id)
-                ).mappings()
-            ]
-            for b in batches:
-                b["jobs_so_far"] = int(
-                    conn.execute(
-                        select(func.coalesce(func.sum(JobCount.n), 0)).where(
-                            JobCount.batch_id == b["id"]
-                        )
-                    ).scalar_one()
-                )
-        return batches
-
-    def job_ids_for(self, fingerprints: Sequence[str]) -> list[int]:
-        ids: list[int] = []
-        with self._tx(write=False) as conn:
-            for i in range(0, len(fingerprints), _CHUNK):
-                chunk = fingerprints[i : i + _CHUNK]
-                ids.extend(conn.execute(select(Job.id).where(Job.fingerprint.in_(chunk))).scalars())
-        return sorted(ids)
-
     # -- queries -----------------------------------------------------------------------------
-
-    def counts(self, batch_id: int | None = None) -> dict[str, int]:
-        """Jobs by status (every status present, zeros included), from the trigger-kept table."""
-        stmt = select(JobCount.status, func.sum(JobCount.n)).group_by(JobCount.status)
-        if batch_id is not None:
-            stmt = stmt.where(JobCount.batch_id == batch_id)
-        out = {s.value: 0 for s in VISIBLE_STATUSES}
-        with self.engine.connect() as conn:
-            for status, n in conn.execute(stmt):
-                if status in out:  # not `loading`: a submit in progress is nobody's yet
-                    out[status] = int(n or 0)
-        return out
-
-    def counts_for_jobs(self, job_ids: Sequence[int]) -> dict[str, int]:
-        out = {s.value: 0 for s in VISIBLE_STATUSES}
-        with self._tx(write=False) as conn:
-            for i in range(0, len(job_ids), _CHUNK):
-                chunk = job_ids[i : i + _CHUNK]
-                for status, n in conn.execute(
-                    select(Job.status, func.count()).where(Job.id.in_(chunk)).group_by(Job.status)
-                ):
-                    if status in out:
-                        out[status] += n
-        return out
-
-    def has_active(self, batch_ids: Iterable[int] | None = None) -> bool:
-        """Whether any job is pending, queued or running (in these batches)."""
-        stmt = select(func.coalesce(func.sum(JobCount.n), 0)).where(
-            JobCount.status.in_([s.value for s in ACTIVE_STATUSES])
-        )
-        if batch_ids is not None:
-            stmt = stmt.where(JobCount.batch_id.in_(list(batch_ids)))
-        with self.engine.connect() as conn:
-            return bool(conn.execute(stmt).scalar_one())
-
-    def active_batches(self) -> set[int]:
-        """Batches with a job pending, queued or running."""
-        stmt = (
-            select(JobCount.batch_id)
-            .where(JobCount.status.in_([s.value for s in ACTIVE_STATUSES]))
-            .where(JobCount.n > 0)
-            .distinct()
-        )
-        with self.engine.connect() as conn:
-            return set(conn.execute(stmt).scalars())
-
-    def batches(self) -> list[dict[str, Any]]:
-        with self._tx(write=False) as conn:
-            batches = [
-                dict(r)
-                for r in conn.execute(
-                    select(Batch).where(Batch.state == BatchState.READY.value).order_by(Batch.id)
-                ).mappings()
-            ]
-            per: dict[int, dict[str, int]] = {}
-            for bid, status, n in conn.execute(
-                select(JobCount.batch_id, JobCount.status, JobCount.n)
-            ):
-                per.setdefault(bid, {})[status] = n
-        for b in batches:
-            b["counts"] = {s.value: per.get(b["id"], {}).get(s.value, 0) for s in VISIBLE_STATUSES}
-        return batches
-
-    def stage_timings(
-        self, batch_id: int | None = None, window: int = TIMING_WINDOW
-    ) -> dict[str, float | None]:
-        """Mean seconds per stage over the most recent ``window`` succeeded attempts (``n`` is
-        how many there were): what the fleet does now, at a cost that does not grow with the
-        queue."""
-        sub = self._recent(
-            AttemptStatus.SUCCEEDED.value,
-            *(getattr(Attempt, c) for c in TIMING_COLUMNS),
-            window=window,
-            batch_id=batch_id,
-        ).subquery()
-        stmt = select(
-            func.count().label("n"), *(func.avg(sub.c[c]).label(c) for c in TIMING_COLUMNS)
-        )
-        with self.engine.connect() as conn:
-            return dict(conn.execute(stmt).mappings().one())
-
-    def get_job(self, job_id: int) -> dict[str, Any]:
-        with self._tx(write=False) as conn:
-            job = conn.execute(select(Job).where(Job.id == job_id)).mappings().first()
-            if job is None:
-                raise JobNotFound(f"no job with id {job_id}")
-            out = dict(job)
-            out["attempt_rows"] = [
-                dict(r)
-                for r in conn.execute(
-                    select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)
-                ).mappings()
-            ]
-        return out
-
-    def list_jobs(
-        self,
-        *,
-        batch_id: int | None = None,
-        status: str | None = None,
-        below: float | None = None,
-        limit: int = 50,
-    ) -> list[dict[str, Any]]:
-        """Jobs by id; ``below``: only gated jobs whose kept image scored under it."""
-        stmt = select(Job).order_by(Job.id).limit(limit)
-        if batch_id is not None:
-            stmt = stmt.where(Job.batch_id == batch_id)
-        if status is not None:
-            stmt = stmt.where(Job.status == status)
-        if below is not None:
-            # min_score: the partial index of gated jobs (only they have a score)
-            stmt = stmt.where(Job.min_score.is_not(None)).where(Job.score < below)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
 
     # -- user actions ------------------------------------------------------------------------
 
@@ -507,30 +339,3 @@ class JobsMixin(StoreBase):
             ).rowcount
 
         return self._bulk(job_ids, batch_id, [s.value for s in ACTIVE_STATUSES], change)
-
-    def succeeded_for_export(self, batch_id: int | None = None) -> list[dict[str, Any]]:
-        """The rows of a dataset export: succeeded jobs by id, each with the stage timings of
-        its succeeded attempt (the newest one, should a job ever have two)."""
-        # An alias, so the subquery correlates with the outer jobs row only (found by the
-        # attempts.job_id index).
-        mine = Attempt.__table__.alias("succeeded_attempt")
-        attempt_id = (
-            select(func.max(mine.c.id))
-            .where(mine.c.job_id == Job.id)
-            .where(mine.c.status == AttemptStatus.SUCCEEDED.value)
-            .correlate(Job)
-            .scalar_subquery()
-        )
-        stmt = (
-            select(
-                *Job.__table__.columns,
-                *(getattr(Attempt, c) for c in (*EXPORT_RUN, *EXPORT_TIMINGS)),
-            )
-            .outerjoin(Attempt, Attempt.id == attempt_id)
-            .where(Job.status == JobStatus.SUCCEEDED.value)
-            .order_by(Job.id)
-        )
-        if batch_id is not None:
-            stmt = stmt.where(Job.batch_id == batch_id)
-        with self._tx(write=False) as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -15,23 +15,23 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from contract.job import BATCH_FIELDS, GATE_ERROR_PREFIX, GATE_FIELDS, QUALITY_RESULT_FIELDS
 from contract.status import AttemptStatus, JobStatus
-from orchestrator.models import ATTEMPTS, JOBS, Attempt, Batch, Job, QueueState
+from orchestrator.models import ATTEMPTS, JOBS, Attempt, Job
 from orchestrator.store.base import (
     HELD_STATUSES,
     JOB_PAYLOAD_COLUMNS,
     OPEN_ATTEMPTS,
     RESULT_COLUMNS,
     Claim,
-    StoreBase,
     WorkerIdentity,
     backoff_seconds,
     chunks,
 )
-from orchestrator.store.control import BATCH_RUNS_SQL, QUEUE_RUNS_SQL, batch_runs, queue_runs
+from orchestrator.store.reads import ReadModel, batch_runs, queue_runs
+from orchestrator.store.sql import CLAIM, COMPANIONS, PICK_ONE, TAKE_ID
 
 PUBLISH_BACKOFF_CAP_S = 300.0  # the longest wait between tries to publish a committed image
 
@@ -71,46 +71,14 @@ def _scores_json(scores: Any) -> str | None:
     return json.dumps([[int(s), float(v)] for s, v in scores]) if scores else None
 
 
-class LeasesMixin(StoreBase):
+class LeasesMixin(ReadModel):
     # -- the worker's side -------------------------------------------------------------------
 
-    # Paused batches (and everything, while the queue is paused) are skipped: the pause is
-    # read in the same write transaction that takes the job, so a committed pause stops every
-    # later claim. The pick: the highest priority, then the oldest; among equals, one for the
-    # model this worker has loaded.
-    _PICK = f"""COALESCE(
-               (SELECT id FROM jobs
-                 WHERE status = 'pending' AND model = :model
-                   AND (not_before IS NULL OR not_before <= :now)
-                   AND {BATCH_RUNS_SQL}
-                   AND priority = (SELECT priority FROM jobs
-                                    WHERE status = 'pending'
-                                      AND (not_before IS NULL OR not_before <= :now)
-                                      AND {BATCH_RUNS_SQL}
-                                    ORDER BY priority DESC, id LIMIT 1)
-                 ORDER BY priority DESC, id LIMIT 1),
-               (SELECT id FROM jobs
-                 WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now)
-                   AND {BATCH_RUNS_SQL}
-                 ORDER BY priority DESC, id LIMIT 1))"""
-    _TAKE = f"""UPDATE jobs
-           SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
-               attempts = attempts + 1, started_at = COALESCE(started_at, :now)
-         WHERE status = 'pending'
-           AND {QUEUE_RUNS_SQL}"""
-    _RETURNING = "RETURNING {columns}, created_at, not_before".format(
-        columns=", ".join(JOB_PAYLOAD_COLUMNS)
-    )
-    # One statement: pick and take under the write lock (nothing paused: the pick is an index
-    # seek).
-    _CLAIM_SQL = text(f"{_TAKE} AND id = {_PICK} {_RETURNING}")
-    # Two steps while something is paused: the pick, which may walk past many paused jobs,
-    # is read without the write lock; the take re-checks everything under it.
-    _PICK_SQL = text(f"SELECT {_PICK}")
-    _TAKE_ID_SQL = text(
-        f"""{_TAKE} AND id = :id AND (not_before IS NULL OR not_before <= :now)
-           AND {BATCH_RUNS_SQL} {_RETURNING}"""
-    )
+    # The claim's statements (``sql``: why each is shaped so), as attributes so that a test
+    # can put a stale pick in.
+    _CLAIM_SQL = CLAIM
+    _PICK_SQL = PICK_ONE
+    _TAKE_ID_SQL = TAKE_ID
     PICK_TRIES = 5
 
     def claim(
@@ -144,19 +112,8 @@ class LeasesMixin(StoreBase):
                 return None
             return self._open_attempt(conn, row, worker, owner, now)
 
-    # Jobs that may share the first claim's pipeline call (``workers.task.batch_key``): the
-    # same model variant, size, steps, scheduler and guidance, no quality gate, and the same
-    # priority (a batch never pulls lower-priority work ahead of other jobs), oldest first.
-    _COMPANIONS_SQL = text(
-        f"""SELECT id FROM jobs
-             WHERE status = 'pending' AND model = :model AND quantization = :quantization
-               AND {" AND ".join(f"{c} = :{c}" for c in BATCH_FIELDS)}
-               AND min_score IS NULL AND id != :first
-               AND priority = (SELECT priority FROM jobs WHERE id = :first)
-               AND (not_before IS NULL OR not_before <= :now)
-               AND {BATCH_RUNS_SQL}
-             ORDER BY id LIMIT :limit"""
-    )
+    # Jobs that may share the first claim's pipeline call (``sql.COMPANIONS``).
+    _COMPANIONS_SQL = COMPANIONS
 
     def claim_companions(
         self, first: Claim, worker: WorkerIdentity, *, lease_seconds: float, limit: int
@@ -216,18 +173,6 @@ class LeasesMixin(StoreBase):
         if min_score is None:
             return 0
         return int(conn.execute(select(_gate_rounds(job_id))).scalar() or 0)
-
-    def anything_paused(self) -> bool:
-        """Whether any batch, or the queue, is paused (one cheap read)."""
-        with self.engine.connect() as conn:
-            return bool(
-                conn.execute(
-                    select(
-                        exists().where(Batch.paused_at.is_not(None))
-                        | exists().where(QueueState.paused_at.is_not(None))
-                    )
-                ).scalar()
-            )
 
     def renew(self, claim: Claim, lease_seconds: float, *, busy_timeout_s: float = 30.0) -> bool:
         """Extend the lease; False when it is no longer this worker's (expired and taken,

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from contract.errors import JobNotFound, UsageError
 from contract.status import ACTIVE_STATUSES, VISIBLE_STATUSES, AttemptStatus, JobStatus
 from orchestrator import status as st
-from orchestrator.store import JobStore
+from orchestrator.store import JobStore, ReadModel
 from orchestrator.store.control import check_priority
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,8 @@ class DashboardApp:
     ) -> None:
         from jinja2 import Environment, FileSystemLoader
 
-        self.store = store
+        self.store = store  # the user's actions (retry, cancel, pause, priority) write
+        self.reads: ReadModel = store  # every page and API view only reads
         self.refresh_s = refresh_s
         self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
         self.token = secrets.token_urlsafe(24)
@@ -340,7 +341,7 @@ class DashboardApp:
 
     def _context(self, path: str, query: dict[str, list[str]]) -> dict[str, Any]:
         try:
-            active = self.store.has_active()
+            active = self.reads.has_active()
         except Exception:  # an error page must render even when the database does not
             active = False
         keep = [(k, v) for k, vs in query.items() for v in vs if k != "msg"]
@@ -384,33 +385,33 @@ class DashboardApp:
 
     def overview(self, request: Request) -> Response:
         batch_id = request.int_arg("batch", None)
-        data = st.overview(self.store, batch_id)
+        data = st.overview(self.reads, batch_id)
         if batch_id is not None and not data["batches"]:
             raise HTTPError("404 Not Found", f"no batch {batch_id}")
         return self._page(
-            request, "overview.html", data=data, images=self.store.recent_images(limit=8)
+            request, "overview.html", data=data, images=self.reads.recent_images(limit=8)
         )
 
     def batches(self, request: Request) -> Response:
-        rate = self.store.throughput()
+        rate = self.reads.throughput()
         return self._page(
             request,
             "batches.html",
-            batches=st.batch_rows(self.store, rate),
+            batches=st.batch_rows(self.reads, rate),
             rate=rate,
-            paused=self.store.paused(),
+            paused=self.reads.paused(),
         )
 
     def workers(self, request: Request) -> Response:
-        return self._page(request, "workers.html", workers=st.workers(self.store))
+        return self._page(request, "workers.html", workers=st.workers(self.reads))
 
     def failures(self, request: Request) -> Response:
         return self._page(
             request,
             "failures.html",
-            groups=self.store.failure_groups(),
-            failed_jobs=self.store.failed_jobs(),
-            failed=self.store.counts()[JobStatus.FAILED],
+            groups=self.reads.failure_groups(),
+            failed_jobs=self.reads.failed_jobs(),
+            failed=self.reads.counts()[JobStatus.FAILED],
         )
 
     def batch(self, request: Request, batch_id: str) -> Response:
@@ -422,7 +423,7 @@ class DashboardApp:
         bid = int(batch_id)
         status = request.choice_arg("status", _VISIBLE)
         page = request.int_arg("page", 1, high=MAX_PAGE) or 1
-        rows = st.batch_rows(self.store, self.store.throughput(), bid)
+        rows = st.batch_rows(self.reads, self.reads.throughput(), bid)
         if not rows:
             raise HTTPError("404 Not Found", f"no batch {bid}")
         b = rows[0]
@@ -436,7 +437,7 @@ class DashboardApp:
                 f"there is no page {page}",
             )
         offset = (page - 1) * BATCH_PAGE
-        jobs = self.store.batch_jobs(bid, status, limit=BATCH_PAGE, offset=offset)
+        jobs = self.reads.batch_jobs(bid, status, limit=BATCH_PAGE, offset=offset)
         for j in jobs:
             j["url"] = f"/jobs/{j['id']}"
 
@@ -477,9 +478,9 @@ class DashboardApp:
                 f"listed on each batch's page (/batches/ID?status={status})",
             )
         page = request.int_arg("page", 1, high=MAX_PAGE) or 1
-        if batch_id is not None and all(b["id"] != batch_id for b in self.store.batches()):
+        if batch_id is not None and all(b["id"] != batch_id for b in self.reads.batches()):
             raise HTTPError("404 Not Found", f"no batch {batch_id}")
-        found = self.store.gallery_images(
+        found = self.reads.gallery_images(
             text=q,
             tag=tag,
             batch_id=batch_id,
@@ -518,7 +519,7 @@ class DashboardApp:
 
     def _job_data(self, job_id: str) -> dict[str, Any]:
         try:
-            job = self.store.get_job(int(job_id))
+            job = self.reads.get_job(int(job_id))
         except JobNotFound as exc:
             raise HTTPError("404 Not Found", str(exc)) from exc
         for a in job["attempt_rows"]:
@@ -537,7 +538,7 @@ class DashboardApp:
 
     def image(self, request: Request, job_id: str) -> Response:
         # Only the file the database names as a succeeded job's image: never a path from the URL.
-        path = self.store.image_file(int(job_id))
+        path = self.reads.image_file(int(job_id))
         if not path or not path.endswith(".png") or not Path(path).is_file():
             raise HTTPError("404 Not Found", f"no image for job {job_id}")
         return Response(
@@ -562,7 +563,7 @@ class DashboardApp:
     def batch_action(self, request: Request, batch_id: str, action: str) -> Response:
         bid = int(batch_id)
         if action == "retry":
-            n = self._retry_ids(self.store.failed_job_ids(batch_id=bid))
+            n = self._retry_ids(self.reads.failed_job_ids(batch_id=bid))
             return self._redirect(request, f"batch {bid}: {_jobs(n)} retried")
         n = self.store.cancel(batch_id=bid)
         return self._redirect(request, f"batch {bid}: {_jobs(n)} cancelled")
@@ -571,7 +572,7 @@ class DashboardApp:
         """Retry the failed jobs whose error groups under the form's ``error`` (all failed
         jobs without one)."""
         error = request.field("error")
-        n = self._retry_ids(self.store.failed_job_ids(error=error or None))
+        n = self._retry_ids(self.reads.failed_job_ids(error=error or None))
         return self._redirect(request, f"{n} failed {'job' if n == 1 else 'jobs'} retried")
 
     def _set_paused(self, action: str, batch_id: int | None) -> tuple[bool, str]:
@@ -621,15 +622,15 @@ class DashboardApp:
         return self._json({"token": self.token, "header": "X-Orchestrate-Token"})
 
     def api_paused(self, request: Request) -> Response:
-        return self._json({"generated_at": time.time(), **self.store.paused()})
+        return self._json({"generated_at": time.time(), **self.reads.paused()})
 
     def api_queue_pause(self, request: Request, action: str) -> Response:
         changed, message = self._set_paused(action, None)
-        return self._json({"changed": changed, "message": message, **self.store.paused()})
+        return self._json({"changed": changed, "message": message, **self.reads.paused()})
 
     def api_batch_pause(self, request: Request, batch_id: str, action: str) -> Response:
         changed, message = self._set_paused(action, int(batch_id))
-        return self._json({"changed": changed, "message": message, **self.store.paused()})
+        return self._json({"changed": changed, "message": message, **self.reads.paused()})
 
     @staticmethod
     def _priority(request: Request) -> int:
@@ -654,11 +655,11 @@ class DashboardApp:
         return self._set_priority(self._priority(request), [int(job_id)], None)
 
     def api_overview(self, request: Request) -> Response:
-        return self._json(st.overview(self.store, request.int_arg("batch", None)))
+        return self._json(st.overview(self.reads, request.int_arg("batch", None)))
 
     def api_batches(self, request: Request) -> Response:
-        rate = self.store.throughput()
-        rows = st.batch_rows(self.store, rate)
+        rate = self.reads.throughput()
+        rows = st.batch_rows(self.reads, rate)
         return self._json(
             {
                 "generated_at": time.time(),
@@ -669,7 +670,7 @@ class DashboardApp:
 
     def api_workers(self, request: Request) -> Response:
         now = time.time()
-        return self._json({"generated_at": now, "workers": st.workers(self.store, now)})
+        return self._json({"generated_at": now, "workers": st.workers(self.reads, now)})
 
     def api_batch_jobs(self, request: Request, batch_id: str) -> Response:
         data = self._batch_jobs_data(request, batch_id)
@@ -679,9 +680,9 @@ class DashboardApp:
         return self._json(
             {
                 "generated_at": time.time(),
-                "failed": self.store.counts()[JobStatus.FAILED],
-                "groups": self.store.failure_groups(),
-                "failed_jobs": self.store.failed_jobs(),
+                "failed": self.reads.counts()[JobStatus.FAILED],
+                "groups": self.reads.failure_groups(),
+                "failed_jobs": self.reads.failed_jobs(),
             }
         )
 
