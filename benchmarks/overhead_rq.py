@@ -109,7 +109,7 @@ def run_batch(tmp: Path, url: str, jobs: int, workers: int, tag: str) -> dict[st
     wall = time.perf_counter() - t0
     for p in procs:
         p.join(30)
-    counts = store.counts()
+    counts = store.count_jobs()
     assert counts["succeeded"] == jobs, counts
     with store.engine.connect() as c:
         per_job = [

@@ -67,11 +67,11 @@ def main() -> None:
         fill_s = time.perf_counter() - t0
         meter = LockMeter(store.engine)
         run(store, meter, 5)  # warm-up, both ways
-        one = store.anything_paused
-        store.anything_paused = lambda: False  # type: ignore[method-assign]
+        one = store.has_pauses
+        store.has_pauses = lambda: False  # type: ignore[method-assign]
         run(store, meter, 5)
         single = run(store, meter, args.claims)
-        store.anything_paused = one  # type: ignore[method-assign]
+        store.has_pauses = one  # type: ignore[method-assign]
         two = run(store, meter, args.claims)
     ratio = single["lock_hold_median_ms"] / two["lock_hold_median_ms"]
     print(

@@ -209,10 +209,10 @@ def bench_status(tmp: Path, jobs: int) -> dict[str, float]:
         conn.exec_driver_sql("UPDATE jobs SET status = 'running' WHERE id % 1000 = 7")
         conn.exec_driver_sql("COMMIT")
         conn.exec_driver_sql("ANALYZE")
-    counts = store.counts()
+    counts = store.count_jobs()
     assert sum(counts.values()) == jobs
-    counts_ms, counts_max = timed(store.counts)
-    batch_ms, _ = timed(lambda: store.counts(1))
+    counts_ms, counts_max = timed(store.count_jobs)
+    batch_ms, _ = timed(lambda: store.count_jobs(1))
     overview_ms, overview_max = timed(lambda: overview(store), repeat=5)
     claim_ms, _ = timed(
         lambda: store.claim(WorkerIdentity("bench", "h", 1), lease_seconds=30), repeat=50

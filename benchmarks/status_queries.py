@@ -133,26 +133,26 @@ def fill(store: JobStore, jobs: int) -> float:
 
 def queries(store: JobStore) -> dict[str, Callable[[], Any]]:
     """Every query a dashboard page or ``status`` makes, by name."""
-    some_job = store.recent_images(limit=1)[0]["id"]
+    some_job = store.list_recent_images(limit=1)[0]["id"]
     return {
-        "counts": store.counts,
-        "counts_batch": lambda: store.counts(5),
+        "counts": store.count_jobs,
+        "counts_batch": lambda: store.count_jobs(5),
         "has_active": store.has_active,
-        "batches": store.batches,
-        "throughput": store.throughput,
-        "batch_rows": lambda: batch_rows(store, store.throughput()),
-        "stage_timings": store.stage_timings,
-        "stage_percentiles": store.stage_percentiles,
-        "stage_percentiles_batch": lambda: store.stage_percentiles(5),
-        "worker_stats": store.worker_stats,
-        "failure_groups": store.failure_groups,
-        "failure_groups_batch": lambda: store.failure_groups(5),
-        "failed_jobs": store.failed_jobs,
-        "slowest_jobs": store.slowest_jobs,
-        "slowest_jobs_batch": lambda: store.slowest_jobs(5),
-        "recent_images": store.recent_images,
-        "recent_images_page_40": lambda: store.recent_images(limit=25, offset=39 * 24),
-        "image_file": lambda: store.image_file(some_job),
+        "batches": store.list_batches,
+        "throughput": store.measure_throughput,
+        "batch_rows": lambda: batch_rows(store, store.measure_throughput()),
+        "stage_timings": store.read_stage_timings,
+        "stage_percentiles": store.read_stage_percentiles,
+        "stage_percentiles_batch": lambda: store.read_stage_percentiles(5),
+        "worker_stats": store.read_worker_stats,
+        "failure_groups": store.group_failures,
+        "failure_groups_batch": lambda: store.group_failures(5),
+        "failed_jobs": store.list_failed_jobs,
+        "slowest_jobs": store.list_slowest_jobs,
+        "slowest_jobs_batch": lambda: store.list_slowest_jobs(5),
+        "recent_images": store.list_recent_images,
+        "recent_images_page_40": lambda: store.list_recent_images(limit=25, offset=39 * 24),
+        "image_file": lambda: store.find_image_file(some_job),
         "get_job": lambda: store.get_job(some_job),
     }
 

@@ -113,7 +113,7 @@ def export_dataset(
         raise UsageError(f"split name {split!r} must be letters, digits and '_' (e.g. 'train')")
     if shard_size < 1:
         raise UsageError(f"shard size must be at least 1 (got {shard_size})")
-    everything = store.succeeded_for_export(batch_id)
+    everything = store.list_export_rows(batch_id)
     if not everything:
         where = f"in batch {batch_id}" if batch_id is not None else "in the database"
         raise UsageError(f"nothing to export: no succeeded jobs {where}")
@@ -124,7 +124,7 @@ def export_dataset(
             "place (being published now; if no worker or coordinator is running, "
             "`orchestrate verify --repair` puts them in place)"
         )
-    _check_sources(rows, store.owner())
+    _check_sources(rows, store.identify_owner())
     outdir = Path(outdir)
     if fmt == "imagefolder":
         result = _imagefolder(rows, outdir / split)

@@ -191,6 +191,6 @@ def _drain(q: queue.Queue[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def batch_summary(store: Any, batch_id: int) -> dict[str, Any]:
-    counts = store.counts(batch_id)
-    name = next((b["name"] for b in store.batches() if b["id"] == batch_id), "")
+    counts = store.count_jobs(batch_id)
+    name = next((b["name"] for b in store.list_batches() if b["id"] == batch_id), "")
     return {"event": "batch_done", "batch_id": batch_id, "name": name, "counts": counts}

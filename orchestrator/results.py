@@ -181,7 +181,7 @@ class Results:
         if self._claimed:
             return
         try:
-            claim_folder(self.output_dir, self.store.owner())
+            claim_folder(self.output_dir, self.store.identify_owner())
         except OSError as exc:
             if is_no_space(exc):
                 raise DiskFull(f"no room to write into {self.output_dir}: {exc.strerror}") from exc
@@ -217,7 +217,7 @@ class Results:
             except FileNotFoundError:
                 # Someone (recovery, or the writer itself) moved it first, or it is lost.
                 if not (final.is_file() and sha256_file(final) == sha256):
-                    self.store.image_lost(
+                    self.store.mark_image_lost(
                         job_id, f"image {staged} lost before publishing", sha256=sha256
                     )
                     logger.error("job %s: its staged image is gone; back to pending", job_id)
@@ -234,7 +234,7 @@ class Results:
         """Record on the job why its committed image cannot be put in place, and when that is
         tried again; the error to raise or report."""
         error = f"cannot publish {final}: {describe_os_error(exc)}"
-        retry_at = self.store.publish_failed(job_id, sha256, error)
+        retry_at = self.store.mark_publish_failed(job_id, sha256, error)
         logger.warning(
             "job %s: %s (its image waits in %s; tried again in %.0fs)",
             job_id,
@@ -250,7 +250,7 @@ class Results:
         gone back to pending. A job whose image cannot be published now is skipped (its error
         recorded); with ``backoff``, one that failed before is looked at only once its next
         try is due. Returns how many it looked at."""
-        rows = self.store.unpublished(limit, due=time.time() if backoff else None)
+        rows = self.store.list_unpublished(limit, due=time.time() if backoff else None)
         for row in rows:
             final = Path(row["output_path"])
             sha = row["output_sha256"]
@@ -265,7 +265,7 @@ class Results:
                     else staged_path(final, row["attempt_id"] or 0, self.output_dir)
                 )
                 if staged.is_file() and sha256_file(staged) != sha:
-                    self.store.image_lost(
+                    self.store.mark_image_lost(
                         row["id"], f"staged image {staged} is corrupt", sha256=sha
                     )
                     continue
@@ -313,7 +313,7 @@ class Results:
                 m = _STAGED.match(entry.name)
                 if m is not None:
                     staged.setdefault(int(m[1]), []).append(Path(entry.path))
-        keep = self.store.attempts_that_may_publish(list(staged))
+        keep = self.store.find_publishable_attempts(list(staged))
         for attempt_id, paths in staged.items():
             for path in paths:
                 if attempt_id not in keep:

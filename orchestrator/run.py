@@ -71,9 +71,9 @@ def manifest_scope(store: JobStore, manifest: Manifest, result: SubmitResult) ->
     few seconds (a million ids take seconds to count)."""
     batch_id = result.batch_id
     if result.duplicates == 0 and batch_id is not None:
-        return lambda: store.counts(batch_id)
-    job_ids = store.job_ids_for([j.fingerprint() for j in manifest.jobs])
-    return throttled(lambda: store.counts_for_jobs(job_ids))
+        return lambda: store.count_jobs(batch_id)
+    job_ids = store.find_job_ids([j.fingerprint() for j in manifest.jobs])
+    return throttled(lambda: store.count_jobs_among(job_ids))
 
 
 def throttled(fn: Counts, share: float = 0.1) -> Counts:
@@ -107,7 +107,7 @@ def work_queue(
     from orchestrator.progress import Progress
     from orchestrator.transports.local import LocalWorker
 
-    bar = Progress(scope or store.counts) if progress else None
+    bar = Progress(scope or store.count_jobs) if progress else None
     if bar is not None and on_event is not None:
         listener: Callable[[JobEvent], None] | None = _both(bar, on_event)
     else:
@@ -197,18 +197,18 @@ def run_manifest(
         if manifest is not None and submitted is not None
         else None
     )
-    active_before = store.active_batches()
+    active_before = store.list_active_batches()
     worker, _ = work_queue(
         store, settings.worker, scope=scope, progress=progress, on_event=on_event, say=say
     )
     hooks = Hooks(settings.notify_url, settings.on_done)
     if hooks:
-        for batch_id in sorted(active_before - store.active_batches()):
+        for batch_id in sorted(active_before - store.list_active_batches()):
             hooks.batch_done(batch_summary(store, batch_id))
-    counts = (getattr(scope, "__wrapped__", scope) or store.counts)()
+    counts = (getattr(scope, "__wrapped__", scope) or store.count_jobs)()
     return RunReport(
         counts=counts,
         output=settings.worker.output_dir,
         stopped=worker.stopping,
-        unpublished=store.unpublished_summary(),
+        unpublished=store.summarize_unpublished(),
     )

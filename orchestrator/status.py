@@ -59,9 +59,9 @@ def batch_rows(
     store: ReadModel, rate: dict[str, Any], batch_id: int | None = None
 ) -> list[dict[str, Any]]:
     """Each batch (or just ``batch_id``) with its counts, progress, rate and ETA; ``rate`` is
-    what ``store.throughput`` returned."""
+    what ``store.measure_throughput`` returned."""
     rows = []
-    for b in store.batches():
+    for b in store.list_batches():
         if batch_id is not None and b["id"] != batch_id:
             continue
         b_rate = rate["by_batch"].get(b["id"], {}).get("images_per_min", 0.0)
@@ -89,14 +89,14 @@ def overview(
 ) -> dict[str, Any]:
     """Everything ``status --json`` prints and the dashboard shows, for one batch or all."""
     now = time.time()
-    counts = store.counts(batch_id)
-    rate = store.throughput(window_s, now=now)
+    counts = store.count_jobs(batch_id)
+    rate = store.measure_throughput(window_s, now=now)
     per_min = (
         rate["images_per_min"]
         if batch_id is None
         else rate["by_batch"].get(batch_id, {}).get("images_per_min", 0.0)
     )
-    stages = store.stage_percentiles(batch_id)
+    stages = store.read_stage_percentiles(batch_id)
     return {
         "generated_at": now,
         "batch": batch_id,
@@ -111,19 +111,19 @@ def overview(
             "images_per_min": per_min,
             "failed_attempts": rate["failed_attempts"],
         },
-        "timings": store.stage_timings(batch_id),
+        "timings": store.read_stage_timings(batch_id),
         "stages": stages["stages"],
         "stages_n": stages["n"],
         "workers": workers(store, now, seen_within=seen_within),
         "batches": batch_rows(store, rate, batch_id),
-        "failures": store.failure_groups(batch_id),
-        "slowest": store.slowest_jobs(batch_id),
-        "coordinator": coordinator_view(store.coordinator(), now),
-        "dead_letters": store.dead_letters(limit=5),
-        "loading": store.loading_batches(),
-        "paused": store.paused(),
-        "quality": store.quality(batch_id),
-        "unpublished": store.unpublished_summary(batch_id),
+        "failures": store.group_failures(batch_id),
+        "slowest": store.list_slowest_jobs(batch_id),
+        "coordinator": coordinator_view(store.read_coordinator(), now),
+        "dead_letters": store.read_dead_letters(limit=5),
+        "loading": store.list_loading_batches(),
+        "paused": store.read_pauses(),
+        "quality": store.summarize_quality(batch_id),
+        "unpublished": store.summarize_unpublished(batch_id),
     }
 
 
@@ -156,13 +156,13 @@ def presence(w: dict[str, Any], now: float, *, relayed: bool = True) -> str:
 def workers(
     store: ReadModel, now: float | None = None, *, seen_within: float | None = WORKERS_SEEN_WITHIN
 ) -> list[dict[str, Any]]:
-    """The workers as status and the dashboard show them: each row of ``store.worker_stats``
+    """The workers as status and the dashboard show them: each row of ``store.read_worker_stats``
     with ``state`` as :func:`presence` tells it (``reported_state``: what the worker said),
     ``relayed`` (False: an RQ worker while no coordinator runs) and ``liveness`` (the phrase)."""
     now = time.time() if now is None else now
-    live = coordinator_live(store.coordinator(), now)
+    live = coordinator_live(store.read_coordinator(), now)
     out = []
-    for w in store.worker_stats(seen_within=seen_within):
+    for w in store.read_worker_stats(seen_within=seen_within):
         w = {**w, "reported_state": w["state"], "relayed": live or w["transport"] != "rq"}
         w["state"] = presence(w, now, relayed=w["relayed"])
         w["liveness"] = liveness(w, now)

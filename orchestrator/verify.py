@@ -190,11 +190,11 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 def _check(store: JobStore, output_dir: Path) -> Report:
     r = Report()
-    owner = ownership.check(output_dir, store.owner())
+    owner = ownership.check(output_dir, store.identify_owner())
     r.owner = owner.describe() if owner else None
     root_real = os.path.realpath(output_dir)
     owned: set[tuple[int, int]] = set()
-    for page in store.succeeded_images():
+    for page in store.iter_succeeded_images():
         for row in page:
             r.checked += 1
             path = row["output_path"]
@@ -219,13 +219,13 @@ def _check(store: JobStore, output_dir: Path) -> Report:
                 r.corrupt.append(row)
     r.orphans, r.other_files = _orphans(store, output_dir, owned)
     r.staged = sum(Results(store, output_dir).sweep(dry_run=True).values())
-    stranded = store.stranded()
+    stranded = store.find_stranded()
     r.expired_leases = [j["id"] for j in stranded["expired_leases"]]
     r.open_attempts = [a["id"] for a in stranded["open_attempts"]]
     now = time.time()
     r.half_submitted = [
         b["id"]
-        for b in store.loading_batches()
+        for b in store.list_loading_batches()
         if _loader_dead(b.get("loader"), b.get("loader_seen_at"), now)
     ]
     return r
@@ -249,7 +249,7 @@ def _orphans(
     """Files exactly where one of this database's jobs publishes its image that its job does
     not own (orphans), and the other image-like files (left alone: not provably ours)."""
     candidates = _image_files(output_dir)
-    jobs = store.image_owners([_job_id_of(p) for p in candidates])
+    jobs = store.read_image_owners([_job_id_of(p) for p in candidates])
     orphans: list[str] = []
     others: list[str] = []
     for path in candidates:
@@ -313,8 +313,8 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> tuple[dict[str
     count("expired leases recovered", store.recover_expired())
     results.recover(limit=10**9, backoff=False)
     if report.unpublished:
-        still = {r["id"] for r in store.unpublished(10**9)}
-        now = store.image_owners(report.unpublished)
+        still = {r["id"] for r in store.list_unpublished(10**9)}
+        now = store.read_image_owners(report.unpublished)
         count(
             "unpublished results published",
             sum(
@@ -332,7 +332,7 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> tuple[dict[str
             # aside before the job becomes pending again.
             move_aside(path)
         why = "missing" if row in report.missing else "damaged"
-        if store.image_lost(row["id"], f"image {why}: made again by verify --repair"):
+        if store.mark_image_lost(row["id"], f"image {why}: made again by verify --repair"):
             count("jobs with a missing or damaged image put back to pending", 1)
     for job_id in report.unrecorded:
         path = store.get_job(job_id)["output_path"]
@@ -344,7 +344,7 @@ def _repair(store: JobStore, output_dir: Path, report: Report) -> tuple[dict[str
     count("stranded attempts closed", closed)
     swept = results.sweep()
     count("staged or temporary files removed", swept["staged"] + swept["tmp"])
-    jobs = store.image_owners([_job_id_of(p) for p in report.orphans])
+    jobs = store.read_image_owners([_job_id_of(p) for p in report.orphans])
     orphans = 0
     for path in report.orphans:
         job = jobs.get(_job_id_of(path))

@@ -126,7 +126,7 @@ def claim_output(state: State) -> None:
         if owner is not None:
             raise refuse(state.output, owner, Owner("", str(path.absolute()), 0.0))
     try:
-        claim(state.output, state.store().owner())
+        claim(state.output, state.store().identify_owner())
     except OSError as exc:
         logger.warning(
             "cannot write into the output folder %s: %s", state.output, exc.strerror or exc

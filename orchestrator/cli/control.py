@@ -17,7 +17,7 @@ def _jobs(n: int) -> str:
 
 
 def _waiting_line(store: object) -> str:
-    paused = store.paused()  # type: ignore[attr-defined]
+    paused = store.read_pauses()  # type: ignore[attr-defined]
     parts = []
     if paused["queue_paused_at"] is not None:
         parts.append("the queue is paused")
@@ -42,7 +42,7 @@ def pause(state: State, batch_id: int | None) -> None:
     """
     store = state.store(existing=True)
     changed = store.pause(batch_id)
-    paused = store.paused()
+    paused = store.read_pauses()
     if batch_id is None:
         if not changed:
             click.echo("the queue was already paused")
@@ -72,7 +72,7 @@ def resume(state: State, batch_id: int | None) -> None:
     """
     store = state.store(existing=True)
     changed = store.resume(batch_id)
-    paused = store.paused()
+    paused = store.read_pauses()
     what = "the queue" if batch_id is None else f"batch {batch_id}"
     line = f"{what} {'is running again' if changed else 'was not paused'}"
     if batch_id is None and paused["batches"]:
@@ -110,7 +110,7 @@ def jobs_priority(
 
 def report_paused(store: Any) -> None:
     """Say (on stderr) which paused jobs a run left waiting, and how to go on."""
-    paused = store.paused()
+    paused = store.read_pauses()
     if not paused["waiting"]:
         return
     if paused["queue_paused_at"] is not None:

@@ -86,7 +86,7 @@ def status(
 
     store = state.store(existing=True)
     rich = not as_json and not plain and sys.stdout.isatty()
-    if batch_id is not None and all(b["id"] != batch_id for b in store.batches()):
+    if batch_id is not None and all(b["id"] != batch_id for b in store.list_batches()):
         raise UsageError(f"no batch {batch_id}")
     if watch is None:
         data = overview(store, batch_id)

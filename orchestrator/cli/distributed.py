@@ -117,7 +117,7 @@ def coordinator(
     claim_output(state)
     coord = Coordinator(store, redis, settings, hooks=Hooks(notify_url, on_done))
     patiently(coord.acquire, "take the coordinator lease")
-    bar = Progress(store.counts)
+    bar = Progress(store.count_jobs)
     coord.on_event = bar
     click.echo(
         f"coordinator on {redact(redis_url)}: {len(coord.in_flight())} jobs in flight", err=True

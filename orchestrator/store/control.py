@@ -4,7 +4,7 @@ priority of jobs still waiting.
 Paused means: no job of a paused batch (of any batch, while the queue is paused) is claimed
 by a local worker or dispatched to Redis by the coordinator. Jobs already running finish;
 jobs the coordinator dispatched that no worker has taken yet are taken back by it (see
-``paused_dispatches``). Pausing changes no job row, so it is one short write however big
+``list_paused_dispatches``). Pausing changes no job row, so it is one short write however big
 the batch, and resuming makes every job claimable again in its old order.
 
 The claim and the dispatch read the pause in the same ``BEGIN IMMEDIATE`` transaction that

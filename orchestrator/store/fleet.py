@@ -90,7 +90,7 @@ class FleetMixin(ReadModel):
                 )
         return None
 
-    def coordinator_fence(self, holder: str) -> Fence:
+    def make_coordinator_fence(self, holder: str) -> Fence:
         """The coordinator's fence (see ``fenced``): raises CoordinatorConflict unless
         ``holder`` still holds the coordinator lease and has not given it up. An expired lease
         nobody took over still fences: taking it over rewrites this row under the write lock,

@@ -19,7 +19,7 @@ _PAGE = 5000
 
 
 class IntegrityMixin(ReadModel):
-    def succeeded_images(self) -> Iterator[list[dict[str, Any]]]:
+    def iter_succeeded_images(self) -> Iterator[list[dict[str, Any]]]:
         """Every succeeded job's id, batch, path, sha256 and publication, a page at a time."""
         last = 0
         while True:
@@ -45,7 +45,7 @@ class IntegrityMixin(ReadModel):
             yield rows
             last = rows[-1]["id"]
 
-    def image_owners(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    def read_image_owners(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """These jobs' status, recorded output path and the fields their image's path is made
         of (``orchestrator.output.image_path``); absent: no such job."""
         cols = [Job.id, Job.status, Job.output_path, *(Job.__table__.c[f] for f in PATH_FIELDS)]
@@ -71,7 +71,7 @@ class IntegrityMixin(ReadModel):
                 == 1
             )
 
-    def stranded(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    def find_stranded(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """Leases and attempts left behind: running jobs whose lease expired (their worker
         died and nobody has claimed since), and open attempts whose job no longer holds them
         (finished, cancelled or pending again)."""

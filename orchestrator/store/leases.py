@@ -95,7 +95,7 @@ class LeasesMixin(ReadModel):
             "now": now,
             "model": prefer_model or "",
         }
-        if self.anything_paused():
+        if self.has_pauses():
             for _ in range(self.PICK_TRIES):
                 with self.engine.connect() as conn:
                     picked = conn.execute(self._PICK_SQL, params).scalar()
@@ -245,7 +245,7 @@ class LeasesMixin(ReadModel):
                 == 1
             )
 
-    def publish_failed(
+    def mark_publish_failed(
         self, job_id: int, sha256: str, error: str, *, now: float | None = None
     ) -> float | None:
         """A committed image could not be put in place: record why on the job, and when to try
@@ -271,7 +271,9 @@ class LeasesMixin(ReadModel):
             )
         return retry_at
 
-    def unpublished(self, limit: int = 1000, *, due: float | None = None) -> list[dict[str, Any]]:
+    def list_unpublished(
+        self, limit: int = 1000, *, due: float | None = None
+    ) -> list[dict[str, Any]]:
         """Succeeded jobs whose image is not yet in place, with the attempt that made it and
         where that attempt staged it (None for attempts older than migration 0009); with
         ``due``, only those whose next try (after a failed publish) is due by then."""
@@ -302,7 +304,7 @@ class LeasesMixin(ReadModel):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def attempts_that_may_publish(self, attempt_ids: list[int]) -> dict[int, str | None]:
+    def find_publishable_attempts(self, attempt_ids: list[int]) -> dict[int, str | None]:
         """Of these attempts, those whose staged image may still be published: open ones
         (mapped to None: any of their writers' files may be the one), and succeeded ones
         whose job is not published yet (mapped to the file their commit recorded)."""
@@ -331,7 +333,7 @@ class LeasesMixin(ReadModel):
                         keep[attempt_id] = staged
         return keep
 
-    def image_lost(self, job_id: int, error: str, *, sha256: str | None = None) -> bool:
+    def mark_image_lost(self, job_id: int, error: str, *, sha256: str | None = None) -> bool:
         """A succeeded job's image is gone or damaged: the job goes back to pending (a fresh
         attempt budget: not its fault) and its succeeded attempt is marked lost. With
         ``sha256``, only while that image is still unpublished (recovery found its staged
@@ -484,7 +486,7 @@ class LeasesMixin(ReadModel):
                 self._finish_attempt(conn, claim, AttemptStatus.LOST, error=error)
         return status.value if n else None
 
-    def attempt_seconds(self, attempt_id: int) -> float | None:
+    def read_attempt_seconds(self, attempt_id: int) -> float | None:
         """How long an attempt has run: from its start (the database host's clock; for a
         dispatch no worker took, from the dispatch) to its end, or to now while it is open.
         None for an attempt there is no row of."""
@@ -519,7 +521,7 @@ class LeasesMixin(ReadModel):
             & batch_runs()
         )
         picked = None
-        if self.anything_paused():
+        if self.has_pauses():
             # walking past paused jobs is done without the write lock; the write re-checks
             with self.engine.connect() as conn:
                 picked = list(
@@ -633,11 +635,11 @@ class LeasesMixin(ReadModel):
                 for r in rows
             ]
 
-    def paused_dispatches(self, owner_prefix: str) -> list[Claim]:
+    def list_paused_dispatches(self, owner_prefix: str) -> list[Claim]:
         """Jobs dispatched to Redis (queued: no worker has started them) under owners with
         this prefix whose batch, or the whole queue, is paused: the coordinator takes back
         those that no worker has taken yet (see ``Coordinator._take_back_paused``)."""
-        if not self.anything_paused():
+        if not self.has_pauses():
             return []  # the common case: one cheap look
         held = self._held(
             (Job.status == JobStatus.QUEUED.value)
@@ -646,12 +648,12 @@ class LeasesMixin(ReadModel):
         )
         return [claim for claim, _status in held]
 
-    def in_flight(self, owner_prefix: str) -> list[tuple[Claim, str]]:
+    def list_in_flight(self, owner_prefix: str) -> list[tuple[Claim, str]]:
         """Queued or running jobs whose lease owner starts with ``owner_prefix``, with their
         open attempts and statuses: what the coordinator rebuilds on every reconcile."""
         return self._held(Job.lease_owner.startswith(owner_prefix, autoescape=True))
 
-    def held_owners(self, owner_prefix: str) -> list[str]:
+    def list_held_owners(self, owner_prefix: str) -> list[str]:
         """Lease owners of the queued or running jobs held by owners with this prefix: what is
         in flight, cheaply (no payloads)."""
         with self.engine.connect() as conn:
@@ -662,13 +664,13 @@ class LeasesMixin(ReadModel):
             ).scalars()
             return [o for o in owners if o is not None]
 
-    def claim_for(self, job_id: int, lease_owner: str) -> tuple[Claim, str] | None:
+    def find_claim(self, job_id: int, lease_owner: str) -> tuple[Claim, str] | None:
         """The claim of ``lease_owner`` on this job, if it still holds it, with the job's
         status; None for a late, repeated or forged message."""
         found = self._held((Job.id == job_id) & (Job.lease_owner == lease_owner))
         return found[0] if found else None
 
-    def holders(self, job_ids: list[int]) -> dict[int, str | None]:
+    def read_holders(self, job_ids: list[int]) -> dict[int, str | None]:
         """The current lease owner of each job (None when nobody holds it)."""
         out: dict[int, str | None] = {}
         with self.engine.connect() as conn:

@@ -79,7 +79,7 @@ class ReadModel(StoreBase):
 
     # -- counting --------------------------------------------------------------------------------
 
-    def counts(self, batch_id: int | None = None) -> dict[str, int]:
+    def count_jobs(self, batch_id: int | None = None) -> dict[str, int]:
         """Jobs by status (every status present, zeros included), from the trigger-kept table."""
         stmt = select(JobCount.status, func.sum(JobCount.n)).group_by(JobCount.status)
         if batch_id is not None:
@@ -91,7 +91,7 @@ class ReadModel(StoreBase):
                     out[status] = int(n or 0)
         return out
 
-    def counts_for_jobs(self, job_ids: Sequence[int]) -> dict[str, int]:
+    def count_jobs_among(self, job_ids: Sequence[int]) -> dict[str, int]:
         out = {s.value: 0 for s in VISIBLE_STATUSES}
         with self._tx(write=False) as conn:
             for i in range(0, len(job_ids), _CHUNK):
@@ -120,7 +120,7 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return bool(conn.execute(HAS_WORKABLE).scalar())
 
-    def active_batches(self) -> set[int]:
+    def list_active_batches(self) -> set[int]:
         """Batches with a job pending, queued or running."""
         stmt = (
             select(JobCount.batch_id)
@@ -133,7 +133,7 @@ class ReadModel(StoreBase):
 
     # -- batches and jobs ------------------------------------------------------------------------
 
-    def batches(self) -> list[dict[str, Any]]:
+    def list_batches(self) -> list[dict[str, Any]]:
         with self._tx(write=False) as conn:
             batches = [
                 dict(r)
@@ -150,7 +150,7 @@ class ReadModel(StoreBase):
             b["counts"] = {s.value: per.get(b["id"], {}).get(s.value, 0) for s in VISIBLE_STATUSES}
         return batches
 
-    def loading_batches(self) -> list[dict[str, Any]]:
+    def list_loading_batches(self) -> list[dict[str, Any]]:
         """Batches still being submitted, with the jobs inserted so far."""
         with self._tx(write=False) as conn:
             batches = [
@@ -171,7 +171,7 @@ class ReadModel(StoreBase):
                 )
         return batches
 
-    def job_ids_for(self, fingerprints: Sequence[str]) -> list[int]:
+    def find_job_ids(self, fingerprints: Sequence[str]) -> list[int]:
         ids: list[int] = []
         with self._tx(write=False) as conn:
             for i in range(0, len(fingerprints), _CHUNK):
@@ -213,7 +213,7 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def batch_jobs(
+    def list_batch_jobs(
         self,
         batch_id: int,
         status: str | None = None,
@@ -228,7 +228,7 @@ class ReadModel(StoreBase):
 
         Every read is a range of ``ix_jobs_batch_status`` (batch, status, id): with a status,
         one range; without, one per status, each cut at ``offset + limit``, then merged.
-        How many jobs match is ``counts(batch_id)`` (kept by triggers), not a count here."""
+        How many jobs match is ``count_jobs(batch_id)`` (kept by triggers), not a count here."""
         now = time.time() if now is None else now
         statuses = [status] if status is not None else [s.value for s in VISIBLE_STATUSES]
 
@@ -290,7 +290,7 @@ class ReadModel(StoreBase):
 
     # -- the pause -------------------------------------------------------------------------------
 
-    def paused(self) -> dict[str, Any]:
+    def read_pauses(self) -> dict[str, Any]:
         """What is paused: ``queue_paused_at`` (None while the queue runs) and ``batches``,
         each paused batch with id, name, paused_at and ``pending`` (its jobs that wait);
         ``waiting``: pending jobs that no worker may take now because of a pause."""
@@ -322,7 +322,7 @@ class ReadModel(StoreBase):
                 waiting = sum(b["pending"] for b in batches)
         return {"queue_paused_at": queue, "batches": batches, "waiting": int(waiting)}
 
-    def anything_paused(self) -> bool:
+    def has_pauses(self) -> bool:
         """Whether any batch, or the queue, is paused (one cheap read)."""
         with self.engine.connect() as conn:
             return bool(
@@ -336,7 +336,7 @@ class ReadModel(StoreBase):
 
     # -- the fleet -------------------------------------------------------------------------------
 
-    def workers(self, seen_within: float | None = 3600.0) -> list[dict[str, Any]]:
+    def list_workers(self, seen_within: float | None = 3600.0) -> list[dict[str, Any]]:
         """Workers seen in the last ``seen_within`` seconds (all when None), newest first, with
         mean seconds per image."""
         stmt = select(Worker).order_by(Worker.last_seen.desc())
@@ -348,7 +348,7 @@ class ReadModel(StoreBase):
             w["s_per_image"] = w["busy_s"] / w["jobs_done"] if w["jobs_done"] else None
         return out
 
-    def worker_stats(
+    def read_worker_stats(
         self, seen_within: float | None = 24 * 3600.0, window: int = RECENT_WINDOW
     ) -> list[dict[str, Any]]:
         """Workers seen in the last ``seen_within`` seconds (all when None), newest first: the
@@ -405,7 +405,7 @@ class ReadModel(StoreBase):
                     out[job_id]["attempts"][worker] = started_at
         return out
 
-    def coordinator(self) -> dict[str, Any] | None:
+    def read_coordinator(self) -> dict[str, Any] | None:
         """The coordinator lease row (who, since when, live until, doing what), if any."""
         with self.engine.connect() as conn:
             row = (
@@ -415,7 +415,7 @@ class ReadModel(StoreBase):
             )
         return dict(row) if row is not None else None
 
-    def dead_letters(self, limit: int = 20) -> dict[str, Any]:
+    def read_dead_letters(self, limit: int = 20) -> dict[str, Any]:
         """How many messages were refused (all time: ids count them), and the newest."""
         with self.engine.connect() as conn:
             total = conn.execute(select(func.max(DeadLetter.id))).scalar() or 0
@@ -429,7 +429,7 @@ class ReadModel(StoreBase):
 
     # -- timings ---------------------------------------------------------------------------------
 
-    def throughput(
+    def measure_throughput(
         self, window_s: float = THROUGHPUT_WINDOW_S, *, now: float | None = None
     ) -> dict[str, Any]:
         """Images per minute from the attempts that succeeded in the last ``window_s`` seconds,
@@ -472,7 +472,7 @@ class ReadModel(StoreBase):
             "by_batch": by_batch,
         }
 
-    def stage_timings(
+    def read_stage_timings(
         self, batch_id: int | None = None, window: int = TIMING_WINDOW
     ) -> dict[str, float | None]:
         """Mean seconds per stage over the most recent ``window`` succeeded attempts (``n`` is
@@ -490,7 +490,7 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return dict(conn.execute(stmt).mappings().one())
 
-    def stage_percentiles(
+    def read_stage_percentiles(
         self, batch_id: int | None = None, window: int = TIMING_WINDOW
     ) -> dict[str, Any]:
         """p50/p95 (and mean) seconds of each stage over the last ``window`` succeeded
@@ -522,7 +522,7 @@ class ReadModel(StoreBase):
                     columns[s].append(r[s])
         return {"n": len(rows), "stages": {s: summarize(v) for s, v in columns.items()}}
 
-    def slowest_jobs(
+    def list_slowest_jobs(
         self, batch_id: int | None = None, window: int = RECENT_WINDOW, limit: int = 10
     ) -> list[dict[str, Any]]:
         """The ``limit`` slowest succeeded attempts (by total seconds) among the last
@@ -552,7 +552,7 @@ class ReadModel(StoreBase):
 
     # -- failures and the quality gate -----------------------------------------------------------
 
-    def failure_groups(
+    def group_failures(
         self, batch_id: int | None = None, window: int = RECENT_WINDOW, examples: int = 5
     ) -> list[dict[str, Any]]:
         """Failed and lost attempts among the last ``window`` of each, grouped by error text,
@@ -579,7 +579,7 @@ class ReadModel(StoreBase):
             )
         return out
 
-    def failed_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list_failed_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The most recently failed jobs, newest first."""
         stmt = (
             select(
@@ -598,7 +598,9 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def failed_job_ids(self, error: str | None = None, batch_id: int | None = None) -> list[int]:
+    def list_failed_job_ids(
+        self, error: str | None = None, batch_id: int | None = None
+    ) -> list[int]:
         """Failed jobs (of one batch), only those whose last error groups under ``error``
         when given: what the dashboard's retry buttons retry. Reads every such job: an
         action's query, not a dashboard view's."""
@@ -608,7 +610,9 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return [jid for jid, e in conn.execute(stmt) if error is None or error_key(e) == error]
 
-    def unpublished_summary(self, batch_id: int | None = None, examples: int = 5) -> dict[str, Any]:
+    def summarize_unpublished(
+        self, batch_id: int | None = None, examples: int = 5
+    ) -> dict[str, Any]:
         """Succeeded jobs whose image is not in place yet: ``count`` (a process killed between
         commit and publish, soon recovered, counts too), ``blocked`` (those a publish failed
         for: the folder cannot be written) and the first ``examples`` of these: id batch_id
@@ -642,7 +646,7 @@ class ReadModel(StoreBase):
             ],
         }
 
-    def quality(self, batch_id: int | None = None) -> list[dict[str, Any]]:
+    def summarize_quality(self, batch_id: int | None = None) -> list[dict[str, Any]]:
         """Each batch with jobs under a quality gate: ``gated`` (such jobs), ``judged`` (those
         with a verdict), ``passed`` (succeeded: their image reached the gate),
         ``failed_gate`` (failed because no seed did), ``mean_score`` (of the images kept) and
@@ -682,7 +686,7 @@ class ReadModel(StoreBase):
 
     # -- images and export -----------------------------------------------------------------------
 
-    def recent_images(self, limit: int = 24, offset: int = 0) -> list[dict[str, Any]]:
+    def list_recent_images(self, limit: int = 24, offset: int = 0) -> list[dict[str, Any]]:
         """Succeeded jobs, most recently finished first, with what made their image."""
         stmt = (
             select(*IMAGE_COLUMNS)
@@ -694,7 +698,7 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def gallery_images(
+    def list_gallery_images(
         self,
         *,
         text: str | None = None,
@@ -742,7 +746,7 @@ class ReadModel(StoreBase):
             rows = [dict(r) for r in conn.execute(stmt).mappings()]
         return {"images": rows, "searched": searched, "cut": cut, "window": window}
 
-    def image_file(self, job_id: int) -> str | None:
+    def find_image_file(self, job_id: int) -> str | None:
         """The output path of a succeeded job: the only files the dashboard serves."""
         stmt = (
             select(Job.output_path)
@@ -752,7 +756,7 @@ class ReadModel(StoreBase):
         with self.engine.connect() as conn:
             return conn.execute(stmt).scalar()
 
-    def succeeded_for_export(self, batch_id: int | None = None) -> list[dict[str, Any]]:
+    def list_export_rows(self, batch_id: int | None = None) -> list[dict[str, Any]]:
         """The rows of a dataset export: succeeded jobs by id, each with the stage timings of
         its succeeded attempt (the newest one, should a job ever have two)."""
         # An alias, so the subquery correlates with the outer jobs row only (found by the
@@ -779,7 +783,7 @@ class ReadModel(StoreBase):
         with self._tx(write=False) as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def owner(self) -> Owner:
+    def identify_owner(self) -> Owner:
         """This database as the owner an output folder records: its id, and where it is."""
         if self._owner is None:
             with self.engine.connect() as conn:

@@ -103,7 +103,7 @@ class Coordinator:
         # The lease itself is taken, renewed and given up through the plain store; everything
         # else this coordinator writes, through the view its lease fences.
         self.lease_store = store
-        self.store = store.fenced(store.coordinator_fence(self.holder))
+        self.store = store.fenced(store.make_coordinator_fence(self.holder))
         self.redis = redis
         self.settings = settings
         self.results = Results(self.store, settings.output_dir)
@@ -148,21 +148,22 @@ class Coordinator:
                 f"{other['host']}, since {since} (lease renewed {time.time() - other['renewed_at']:.0f}s "
                 f"ago); stop it first, or, if it died, start again in {left:.0f}s"
             )
-        self._active_batches = self.store.active_batches()
+        self._active_batches = self.store.list_active_batches()
         self._acquired = True
         logger.info("coordinator %s holds the database", self.holder)
 
     def held(self) -> set[str]:
         """RQ job ids of the dispatches that hold a job now (from SQLite, without payloads)."""
         return {
-            proto.split_owner(owner)[0] for owner in self.store.held_owners(proto.DISPATCH_PREFIX)
+            proto.split_owner(owner)[0]
+            for owner in self.store.list_held_owners(proto.DISPATCH_PREFIX)
         }
 
     def in_flight(self) -> dict[str, tuple[Claim, str]]:
         """Dispatches that hold a job now, by RQ job id, with the job's status: from SQLite."""
         return {
             proto.split_owner(claim.lease_owner)[0]: (claim, status)
-            for claim, status in self.store.in_flight(proto.DISPATCH_PREFIX)
+            for claim, status in self.store.list_in_flight(proto.DISPATCH_PREFIX)
         }
 
     # -- the loop ----------------------------------------------------------------------------
@@ -199,7 +200,7 @@ class Coordinator:
             self._shutdown()
         if not s.until_done:
             return 0
-        waiting = self.store.paused()["waiting"] if self.store.has_active() else 0
+        waiting = self.store.read_pauses()["waiting"] if self.store.has_active() else 0
         if waiting:
             logger.warning(
                 "stopping with %d jobs paused: `orchestrate resume` them, then start the "
@@ -207,7 +208,7 @@ class Coordinator:
                 waiting,
                 extra={"action": "paused_left"},
             )
-        blocked = self.store.unpublished_summary()["blocked"]
+        blocked = self.store.summarize_unpublished()["blocked"]
         if blocked:
             logger.warning(
                 "stopping with %d succeeded jobs' images not in place (the folder cannot be "
@@ -217,7 +218,7 @@ class Coordinator:
                 s.output_dir / STAGING,
                 extra={"action": "unpublished_left"},
             )
-        return 1 if waiting or blocked or self.store.counts()[JobStatus.FAILED] else 0
+        return 1 if waiting or blocked or self.store.count_jobs()[JobStatus.FAILED] else 0
 
     def _due(self, what: str, every: float) -> bool:
         now = time.monotonic()
@@ -414,7 +415,7 @@ class Coordinator:
             self._dead_letter(raw, reason, source="worker")
             self._refused(event.rq_id, reason)
             return
-        found = self.store.claim_for(event.job_id, event.owner)
+        found = self.store.find_claim(event.job_id, event.owner)
         if found is None:
             self._unheld(event, raw)
             return
@@ -433,7 +434,7 @@ class Coordinator:
         after its attempts rather than going round the reconcile for ever."""
         if not rq_id:
             return
-        for claim, _status in self.store.in_flight(f"{proto.DISPATCH_PREFIX}{rq_id}/"):
+        for claim, _status in self.store.list_in_flight(f"{proto.DISPATCH_PREFIX}{rq_id}/"):
             if proto.split_owner(claim.lease_owner)[0] == rq_id:
                 self.store.fail(claim, reason)
                 logger.warning(
@@ -443,7 +444,7 @@ class Coordinator:
     def _unheld(self, event: proto.Event, raw: bytes) -> None:
         """An event for a dispatch that does not hold its job: late or repeated (dropped), or
         naming the current dispatch with the wrong token (forged: dead-lettered)."""
-        holder = self.store.holders([event.job_id]).get(event.job_id)
+        holder = self.store.read_holders([event.job_id]).get(event.job_id)
         if holder is not None and proto.split_owner(holder)[0] == event.rq_id:
             self._dead_letter(raw, f"wrong token for dispatch {event.rq_id}")
             return
@@ -545,7 +546,7 @@ class Coordinator:
 
     def _ran_for(self, claim: Claim) -> float:
         """Seconds the claim's attempt ran, by its row (this host's clock), for the log line."""
-        return self.store.attempt_seconds(claim.attempt_id) or 0.0
+        return self.store.read_attempt_seconds(claim.attempt_id) or 0.0
 
     def _emit(self, event: JobEvent) -> None:
         if self.on_event is not None:
@@ -657,7 +658,7 @@ class Coordinator:
         back leaves a dispatch in no queue, which the reconcile puts back after ``lost_after``.
         Returns the RQ ids taken back."""
         taken: set[str] = set()
-        for claim in self.store.paused_dispatches(proto.DISPATCH_PREFIX):
+        for claim in self.store.list_paused_dispatches(proto.DISPATCH_PREFIX):
             rq_id = proto.split_owner(claim.lease_owner)[0]
             queue = f"rq:queue:{proto.queue_for(claim.job['model'])}"
             self.store.check_fence()
@@ -678,7 +679,7 @@ class Coordinator:
         the hook runner's thread, never in the tick)."""
         if not self.hooks:
             return
-        active = self.store.active_batches()
+        active = self.store.list_active_batches()
         for batch_id in sorted(self._active_batches - active):
             self._hook_runner.submit(batch_summary(self.store, batch_id))
         self._active_batches = active

@@ -389,17 +389,17 @@ class DashboardApp:
         if batch_id is not None and not data["batches"]:
             raise HTTPError("404 Not Found", f"no batch {batch_id}")
         return self._page(
-            request, "overview.html", data=data, images=self.reads.recent_images(limit=8)
+            request, "overview.html", data=data, images=self.reads.list_recent_images(limit=8)
         )
 
     def batches(self, request: Request) -> Response:
-        rate = self.reads.throughput()
+        rate = self.reads.measure_throughput()
         return self._page(
             request,
             "batches.html",
             batches=st.batch_rows(self.reads, rate),
             rate=rate,
-            paused=self.reads.paused(),
+            paused=self.reads.read_pauses(),
         )
 
     def workers(self, request: Request) -> Response:
@@ -409,9 +409,9 @@ class DashboardApp:
         return self._page(
             request,
             "failures.html",
-            groups=self.reads.failure_groups(),
-            failed_jobs=self.reads.failed_jobs(),
-            failed=self.reads.counts()[JobStatus.FAILED],
+            groups=self.reads.group_failures(),
+            failed_jobs=self.reads.list_failed_jobs(),
+            failed=self.reads.count_jobs()[JobStatus.FAILED],
         )
 
     def batch(self, request: Request, batch_id: str) -> Response:
@@ -423,7 +423,7 @@ class DashboardApp:
         bid = int(batch_id)
         status = request.choice_arg("status", _VISIBLE)
         page = request.int_arg("page", 1, high=MAX_PAGE) or 1
-        rows = st.batch_rows(self.reads, self.reads.throughput(), bid)
+        rows = st.batch_rows(self.reads, self.reads.measure_throughput(), bid)
         if not rows:
             raise HTTPError("404 Not Found", f"no batch {bid}")
         b = rows[0]
@@ -437,7 +437,7 @@ class DashboardApp:
                 f"there is no page {page}",
             )
         offset = (page - 1) * BATCH_PAGE
-        jobs = self.reads.batch_jobs(bid, status, limit=BATCH_PAGE, offset=offset)
+        jobs = self.reads.list_batch_jobs(bid, status, limit=BATCH_PAGE, offset=offset)
         for j in jobs:
             j["url"] = f"/jobs/{j['id']}"
 
@@ -478,9 +478,9 @@ class DashboardApp:
                 f"listed on each batch's page (/batches/ID?status={status})",
             )
         page = request.int_arg("page", 1, high=MAX_PAGE) or 1
-        if batch_id is not None and all(b["id"] != batch_id for b in self.reads.batches()):
+        if batch_id is not None and all(b["id"] != batch_id for b in self.reads.list_batches()):
             raise HTTPError("404 Not Found", f"no batch {batch_id}")
-        found = self.reads.gallery_images(
+        found = self.reads.list_gallery_images(
             text=q,
             tag=tag,
             batch_id=batch_id,
@@ -538,7 +538,7 @@ class DashboardApp:
 
     def image(self, request: Request, job_id: str) -> Response:
         # Only the file the database names as a succeeded job's image: never a path from the URL.
-        path = self.reads.image_file(int(job_id))
+        path = self.reads.find_image_file(int(job_id))
         if not path or not path.endswith(".png") or not Path(path).is_file():
             raise HTTPError("404 Not Found", f"no image for job {job_id}")
         return Response(
@@ -563,7 +563,7 @@ class DashboardApp:
     def batch_action(self, request: Request, batch_id: str, action: str) -> Response:
         bid = int(batch_id)
         if action == "retry":
-            n = self._retry_ids(self.reads.failed_job_ids(batch_id=bid))
+            n = self._retry_ids(self.reads.list_failed_job_ids(batch_id=bid))
             return self._redirect(request, f"batch {bid}: {_jobs(n)} retried")
         n = self.store.cancel(batch_id=bid)
         return self._redirect(request, f"batch {bid}: {_jobs(n)} cancelled")
@@ -572,7 +572,7 @@ class DashboardApp:
         """Retry the failed jobs whose error groups under the form's ``error`` (all failed
         jobs without one)."""
         error = request.field("error")
-        n = self._retry_ids(self.reads.failed_job_ids(error=error or None))
+        n = self._retry_ids(self.reads.list_failed_job_ids(error=error or None))
         return self._redirect(request, f"{n} failed {'job' if n == 1 else 'jobs'} retried")
 
     def _set_paused(self, action: str, batch_id: int | None) -> tuple[bool, str]:
@@ -622,15 +622,15 @@ class DashboardApp:
         return self._json({"token": self.token, "header": "X-Orchestrate-Token"})
 
     def api_paused(self, request: Request) -> Response:
-        return self._json({"generated_at": time.time(), **self.reads.paused()})
+        return self._json({"generated_at": time.time(), **self.reads.read_pauses()})
 
     def api_queue_pause(self, request: Request, action: str) -> Response:
         changed, message = self._set_paused(action, None)
-        return self._json({"changed": changed, "message": message, **self.reads.paused()})
+        return self._json({"changed": changed, "message": message, **self.reads.read_pauses()})
 
     def api_batch_pause(self, request: Request, batch_id: str, action: str) -> Response:
         changed, message = self._set_paused(action, int(batch_id))
-        return self._json({"changed": changed, "message": message, **self.reads.paused()})
+        return self._json({"changed": changed, "message": message, **self.reads.read_pauses()})
 
     @staticmethod
     def _priority(request: Request) -> int:
@@ -658,7 +658,7 @@ class DashboardApp:
         return self._json(st.overview(self.reads, request.int_arg("batch", None)))
 
     def api_batches(self, request: Request) -> Response:
-        rate = self.reads.throughput()
+        rate = self.reads.measure_throughput()
         rows = st.batch_rows(self.reads, rate)
         return self._json(
             {
@@ -680,9 +680,9 @@ class DashboardApp:
         return self._json(
             {
                 "generated_at": time.time(),
-                "failed": self.reads.counts()[JobStatus.FAILED],
-                "groups": self.reads.failure_groups(),
-                "failed_jobs": self.reads.failed_jobs(),
+                "failed": self.reads.count_jobs()[JobStatus.FAILED],
+                "groups": self.reads.group_failures(),
+                "failed_jobs": self.reads.list_failed_jobs(),
             }
         )
 

@@ -163,7 +163,7 @@ def test_pages_show_what_the_database_holds(browser: Any, dash: Dashboard) -> No
 
     browser.get(dash.url + "/")
     wait_for(browser, "#count-total")
-    counts = dash.store.counts()
+    counts = dash.store.count_jobs()
     for status, n in counts.items():
         assert browser.find_element(By.ID, f"count-{status}").text == str(n), status
     assert browser.find_element(By.ID, "count-total").text == "8"
@@ -238,8 +238,8 @@ def test_retry_and_cancel_from_the_browser(browser: Any, dash: Dashboard) -> Non
     click(browser, "#batch-2 form[action='/batches/2/cancel'] button")
     browser.switch_to.alert.accept()  # "Cancel every pending, queued and running job...?"
     assert wait_for_text(browser, "#flash", "batch 2: 2 jobs cancelled")
-    assert store.counts(2) == {**store.counts(2), "cancelled": 3, "pending": 0}
-    assert store.counts(1)["pending"] == 2  # jobs 4 and 5, retried above
+    assert store.count_jobs(2) == {**store.count_jobs(2), "cancelled": 3, "pending": 0}
+    assert store.count_jobs(1)["pending"] == 2  # jobs 4 and 5, retried above
 
 
 def test_pages_refresh_while_work_runs(browser: Any, dash: Dashboard) -> None:
@@ -261,7 +261,7 @@ def test_pages_refresh_while_work_runs(browser: Any, dash: Dashboard) -> None:
 def test_json_api_has_the_same_numbers(dash: Dashboard) -> None:
     store = dash.store
     overview = dash.api("/api/overview")
-    assert overview["counts"] == store.counts() and overview["total"] == 8
+    assert overview["counts"] == store.count_jobs() and overview["total"] == 8
     assert overview["progress"]["done"] == 5
     assert dash.api("/api/overview?batch=2")["total"] == 3
     batches = dash.api("/api/batches")

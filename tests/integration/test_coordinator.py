@@ -87,7 +87,7 @@ def test_dispatch_keeps_a_bounded_window_in_priority_order(
     in_redis = [x.decode() for x in redis.lrange(f"rq:queue:{queue}", 0, -1)]
     assert sorted(in_redis) == in_flight(c)
     assert [int(x.split("-")[1]) for x in in_redis] == [6, 1, 2]  # priority order
-    assert store.counts()["queued"] == 3
+    assert store.count_jobs()["queued"] == 3
     # each payload carries its dispatch's token, which only SQLite and the payload know
     p = payload(redis, in_redis[0])
     assert re.fullmatch(r"[0-9a-f]{32}", p["token"]) and p["attempt"] == 1
@@ -240,7 +240,7 @@ def test_a_restarted_coordinator_picks_up_jobs_in_flight(
     c2 = coordinator(store, redis, tmp_path, window=2)
     assert in_flight(c2) == ids
     c2._drain_events(block=False)
-    assert store.counts()["succeeded"] == 1
+    assert store.count_jobs()["succeeded"] == 1
     assert redis.llen(proto.PROCESSING_KEY) == 0
 
 
@@ -281,7 +281,7 @@ def test_until_done_returns_nonzero_when_a_job_failed(
     push(redis, "failed", rq_id, error="JobInputError: no", retryable=False)
     assert c.run() == 1
     assert store.get_job(1)["status"] == "failed"
-    assert store.coordinator()["state"] == "stopped"  # the lease is handed back
+    assert store.read_coordinator()["state"] == "stopped"  # the lease is handed back
 
 
 # -- defects of issue 8, each reproduced ---------------------------------------------------------
@@ -371,7 +371,7 @@ def test_malformed_events_are_dead_lettered_and_the_loop_goes_on(
     finish(redis, rq_id)  # a good event behind the bad one
     step(c)
     assert store.get_job(1)["status"] == "succeeded"
-    dead = store.dead_letters()
+    dead = store.read_dead_letters()
     assert dead["count"] == 1 and dead["recent"][0]["source"] == "event"
     assert redis.lrange(proto.DEAD_KEY, 0, -1) == [event]
     assert redis.llen(proto.PROCESSING_KEY) == 0
@@ -387,7 +387,7 @@ def test_a_forged_result_without_the_token_is_refused(
     finish(redis, rq_id, data=png((9, 9, 9)), token="f" * 32)  # knows the rq id, not the token
     step(c)
     assert store.get_job(1)["status"] == "queued"
-    assert "wrong token" in store.dead_letters()["recent"][0]["reason"]
+    assert "wrong token" in store.read_dead_letters()["recent"][0]["reason"]
     assert not (tmp_path / "out" / "1" / "000001.png").exists()
 
 
@@ -403,7 +403,7 @@ def test_with_a_secret_only_signed_results_count(
     finish(redis, rq_id)  # knows the token (it can read Redis), not the secret
     step(c)
     assert store.get_job(1)["status"] == "queued"
-    assert "unsigned" in store.dead_letters()["recent"][0]["reason"]
+    assert "unsigned" in store.read_dead_letters()["recent"][0]["reason"]
     data = png()
     redis.set(proto.image_key(rq_id), data)
     push(
@@ -466,7 +466,7 @@ def test_a_second_coordinator_refuses_to_start_naming_the_first(
     submit_text(store, "prompt\na\n")
     with pytest.raises(CoordinatorConflict, match="lost its lease"):
         first._dispatch()  # the old one is fenced off
-    assert store.counts()["queued"] == 0
+    assert store.count_jobs()["queued"] == 0
 
 
 def test_redis_urls_with_a_password_work_and_bad_ones_are_named(tmp_path: Path) -> None:
@@ -498,10 +498,10 @@ def test_a_worker_hash_with_a_bad_pid_is_reported_not_fatal(
     redis.hset(proto.WORKER_KEY + "good", mapping={"name": "good", "pid": "42", "state": "idle"})
     c._sync_workers()
     c._sync_workers()  # reported once per worker, not per sync
-    rows = {w["name"]: w for w in store.workers()}
+    rows = {w["name"]: w for w in store.list_workers()}
     assert rows["evil"]["pid"] is None and rows["evil"]["state"] == "busy"
     assert rows["good"]["pid"] == 42
-    dead = store.dead_letters()
+    dead = store.read_dead_letters()
     assert dead["count"] == 1 and "worker evil: bad fields pid" in dead["recent"][0]["reason"]
 
 

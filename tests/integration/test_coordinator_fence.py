@@ -122,7 +122,7 @@ def test_a_coordinator_taken_over_while_slow_changes_nothing_and_stops(
     assert [a["status"] for a in jobs[1]["attempt_rows"]] == ["succeeded"]
     assert jobs[2]["status"] == "pending" and jobs[2]["last_error"] == "boom"
     assert jobs[3]["status"] == "pending"
-    assert store.coordinator()["holder"] == b.holder  # type: ignore[index]
+    assert store.read_coordinator()["holder"] == b.holder  # type: ignore[index]
 
 
 def test_a_lease_that_expired_unclaimed_is_renewed_and_work_goes_on(
@@ -140,7 +140,7 @@ def test_a_lease_that_expired_unclaimed_is_renewed_and_work_goes_on(
     a._drain_events(block=False)
     assert store.get_job(1)["status"] == "succeeded"
     a.tick()
-    assert store.coordinator()["expires_at"] > time.time()  # type: ignore[index]
+    assert store.read_coordinator()["expires_at"] > time.time()  # type: ignore[index]
 
 
 def test_a_slow_completion_hook_does_not_stop_the_lease_being_renewed(
@@ -174,7 +174,7 @@ def test_a_slow_completion_hook_does_not_stop_the_lease_being_renewed(
         # The hook is still running (it waits for `release`); the lease must be renewed.
         hook_began = time.time()
         deadline = time.monotonic() + 20
-        while store.coordinator()["renewed_at"] <= hook_began:  # type: ignore[index]
+        while store.read_coordinator()["renewed_at"] <= hook_began:  # type: ignore[index]
             assert time.monotonic() < deadline, "the lease was not renewed while a hook ran"
             time.sleep(0.05)
         assert not done.exists()
@@ -184,4 +184,4 @@ def test_a_slow_completion_hook_does_not_stop_the_lease_being_renewed(
         thread.join(120)
     assert result == [0]
     assert done.read_text().split() == ["1"]  # run once, and finished before the exit
-    assert store.coordinator()["state"] == "stopped"  # type: ignore[index]
+    assert store.read_coordinator()["state"] == "stopped"  # type: ignore[index]

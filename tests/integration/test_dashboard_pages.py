@@ -168,11 +168,11 @@ def test_batch_jobs_read_index_ranges(store: JobStore, populated: dict[str, Any]
     plans = _plans(
         store,
         [
-            lambda: store.batch_jobs(1),
-            lambda: store.batch_jobs(1, "failed", offset=1),
-            lambda: store.gallery_images(),
-            lambda: store.gallery_images(text="fox", tag="x"),
-            lambda: store.gallery_images(batch_id=1, text="fox"),
+            lambda: store.list_batch_jobs(1),
+            lambda: store.list_batch_jobs(1, "failed", offset=1),
+            lambda: store.list_gallery_images(),
+            lambda: store.list_gallery_images(text="fox", tag="x"),
+            lambda: store.list_gallery_images(batch_id=1, text="fox"),
         ],
     )
     for plan in plans:
@@ -225,7 +225,7 @@ def test_a_worker_busy_on_a_long_job_is_not_shown_as_dead(store: JobStore, clien
         )
     assert store.renew(claim, 30)
 
-    (w,) = store.worker_stats()
+    (w,) = store.read_worker_stats()
     assert w["busy_job"] == claim.job_id and w["holds_job"]
     assert w["lease_expires_at"] > now
     body = client.page("/workers")
@@ -371,11 +371,11 @@ def test_gallery_pages_keep_the_filters(
 
 
 def test_a_search_reads_a_bounded_window(store: JobStore, populated: dict[str, Any]) -> None:
-    found = store.gallery_images(text="fox", window=2)
+    found = store.list_gallery_images(text="fox", window=2)
     assert (found["searched"], found["cut"]) == (2, True)
     assert [i["id"] for i in found["images"]] == [3, 2]
-    assert store.gallery_images(text="fox")["cut"] is False
-    assert all(i["prompt"] == FOX for i in store.gallery_images(text="RED")["images"])
+    assert store.list_gallery_images(text="fox")["cut"] is False
+    assert all(i["prompt"] == FOX for i in store.list_gallery_images(text="RED")["images"])
 
 
 # -- 4. the dtype a job ran in -----------------------------------------------------------------

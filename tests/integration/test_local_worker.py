@@ -53,7 +53,7 @@ def test_burst_worker_finishes_every_job_once(store: JobStore, tmp_path: Path) -
     w.on_event = events.append
     stats = w.run()
     assert stats.succeeded == 5
-    assert store.counts()["succeeded"] == 5
+    assert store.count_jobs()["succeeded"] == 5
     files = sorted(p.name for p in (tmp_path / "out" / "1").iterdir())
     assert files == [f"{i:06d}.png" for i in range(1, 6)]
     assert [e.status for e in events] == ["succeeded"] * 5
@@ -147,7 +147,7 @@ def test_stop_request_finishes_current_job_second_releases_it(
 
     w = make_worker(store, tmp_path, stopping)
     assert w.run().succeeded == 1
-    assert store.counts()["pending"] == 2
+    assert store.count_jobs()["pending"] == 2
 
     def twice(job: dict[str, Any], cache: PipelineCache, stop: Callable[[], bool]) -> TaskOutput:
         w.request_stop()
@@ -158,7 +158,7 @@ def test_stop_request_finishes_current_job_second_releases_it(
 
     w = make_worker(store, tmp_path, twice)
     assert w.run().released == 1
-    counts = store.counts()
+    counts = store.count_jobs()
     assert (counts["pending"], counts["running"]) == (2, 0)
     job = store.get_job(2)
     assert job["attempts"] == 0 and job["attempt_rows"][0]["status"] == "released"
@@ -167,4 +167,4 @@ def test_stop_request_finishes_current_job_second_releases_it(
 def test_max_jobs_stops_the_worker(store: JobStore, tmp_path: Path) -> None:
     submit_text(store, "prompt,num_images\na,4\n")
     assert make_worker(store, tmp_path, max_jobs=3).run().succeeded == 3
-    assert store.counts()["pending"] == 1
+    assert store.count_jobs()["pending"] == 1

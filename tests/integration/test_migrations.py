@@ -126,7 +126,7 @@ def test_quality_gate_columns_upgrade_and_downgrade_with_data(db_url: str) -> No
     old = store.get_job(1)  # a job from before the gate: none, and no verdict
     assert (old["min_score"], old["score"], old["image_seed"]) == (None, None, None)
     submit_text(store, "prompt,min_score\ngated,0.5\n")
-    assert store.quality() == [
+    assert store.summarize_quality() == [
         {
             "batch_id": 2,
             "gated": 1,

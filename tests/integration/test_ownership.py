@@ -123,7 +123,7 @@ def test_repair_refuses_a_folder_that_holds_none_of_the_images_and_records_no_ow
     # The user says it is the right folder: it is adopted and every image is made again.
     repaired = verify(store, out, repair=True, adopt=True)
     assert repaired.repaired["jobs with a missing or damaged image put back to pending"] == 2
-    assert read_owner(out) is not None and read_owner(out).uid == store.owner().uid  # type: ignore[union-attr]
+    assert read_owner(out) is not None and read_owner(out).uid == store.identify_owner().uid  # type: ignore[union-attr]
 
 
 def test_a_folder_with_our_marker_and_no_images_is_made_again(
@@ -147,7 +147,7 @@ def test_two_databases_never_share_an_output_folder(tmp_path: Path) -> None:
     submit_text(trial, "prompt\nfirst\n")
     assert work(trial, out, lambda j: 11) == 1
     first = images(out)
-    assert json.loads((out / MARKER).read_text())["uid"] == trial.owner().uid
+    assert json.loads((out / MARKER).read_text())["uid"] == trial.identify_owner().uid
 
     main_db = open_store(tmp_path / "orchestrate.db")
     submit_text(main_db, "prompt\nsecond\n")

@@ -32,7 +32,7 @@ def test_a_paused_batch_is_skipped_and_resume_makes_it_claimable(store: JobStore
     assert store.pause(1) is True
     assert store.pause(1) is False  # already paused
     assert claim_all(store) == ["b1"]
-    paused = store.paused()
+    paused = store.read_pauses()
     assert paused["queue_paused_at"] is None and paused["waiting"] == 2
     assert [(b["id"], b["pending"]) for b in paused["batches"]] == [(1, 2)]
     assert store.has_workable()  # b1 runs
@@ -72,7 +72,7 @@ def test_pausing_the_queue_stops_every_claim_and_keeps_batch_pauses(store: JobSt
     store.pause(2)
     assert store.pause() is True and store.pause() is False
     assert store.claim(worker(), lease_seconds=30) is None
-    assert store.paused()["waiting"] == 2
+    assert store.read_pauses()["waiting"] == 2
     assert store.resume() is True
     assert claim_all(store) == ["a"]  # batch 2 stays paused on its own
     store.resume(2)
@@ -180,7 +180,7 @@ def test_until_done_stops_when_only_paused_jobs_are_left(
     c = coordinator(store, redis, tmp_path, window=1, until_done=True)
     assert c.run() == 1  # returns (no endless wait), and says the work is not done
     assert store.get_job(1)["status"] == "pending"
-    assert store.coordinator()["state"] == "stopped"
+    assert store.read_coordinator()["state"] == "stopped"
 
 
 # -- the dashboard's JSON API ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ def test_a_new_manifest_is_counted_from_its_batch(store: JobStore) -> None:
     result = store.submit(m, name="x", defaults={}, max_attempts=3)
     scope = manifest_scope(store, m, result)
     calls = []
-    store.counts_for_jobs = lambda ids: calls.append(ids) or {}  # type: ignore[method-assign]
+    store.count_jobs_among = lambda ids: calls.append(ids) or {}  # type: ignore[method-assign]
     assert scope()["pending"] == 3
     assert calls == []  # the trigger-kept counts, not a recount by id
 
@@ -30,13 +30,13 @@ def test_a_partly_known_manifest_is_recounted_at_most_now_and_then(store: JobSto
     scope = manifest_scope(store, m, result)
     assert scope()["pending"] == 2
     calls = []
-    real = store.counts_for_jobs
+    real = store.count_jobs_among
 
     def counting(ids):  # type: ignore[no-untyped-def]
         calls.append(len(ids))
         return real(ids)
 
-    store.counts_for_jobs = counting  # type: ignore[method-assign]
+    store.count_jobs_among = counting  # type: ignore[method-assign]
     for _ in range(100):
         scope()
     assert len(calls) <= 1  # not once per event: at most once a second

@@ -339,7 +339,7 @@ def test_a_superseded_attempt_never_writes_its_verdict(store: JobStore) -> None:
     )
     assert scores_of(job) == [None, [[6, 0.1], [7, 0.9]]]
     # an image found lost is made (and judged) again
-    assert store.image_lost(1, "gone")
+    assert store.mark_image_lost(1, "gone")
     assert store.get_job(1)["score"] is None
 
 
@@ -417,4 +417,4 @@ def test_the_rq_transport_carries_the_gate_and_the_verdict(
     plain = store.get_job(3)
     assert (plain["status"], plain["score"], plain["image_seed"]) == ("succeeded", None, None)
     assert sorted(judged_seeds(tmp_path)) == sorted([100, second, *seeds])
-    assert store.dead_letters()["count"] == 0
+    assert store.read_dead_letters()["count"] == 0

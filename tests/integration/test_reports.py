@@ -212,13 +212,13 @@ def test_throughput_counts_only_the_window(store: JobStore) -> None:
     add_attempt(store, status="failed", finished_at=now - 5, error="x")
     add_attempt(store, status="lost", finished_at=now - 5, error="y")
     add_attempt(store, status="failed", finished_at=now - 3600, error="old")
-    rate = store.throughput(600, now=now)
+    rate = store.measure_throughput(600, now=now)
     assert rate["images"] == 30 and rate["failed_attempts"] == 2
     assert rate["images_per_min"] == pytest.approx(6.0)
     assert rate["by_batch"][1]["images"] == 30
     # a window entirely busy: the rate is over the whole window
-    assert store.throughput(59.5, now=now)["images_per_min"] == pytest.approx(6 * 60 / 59.5)
-    assert store.throughput(600, now=now + 7200)["images"] == 0
+    assert store.measure_throughput(59.5, now=now)["images_per_min"] == pytest.approx(6 * 60 / 59.5)
+    assert store.measure_throughput(600, now=now + 7200)["images"] == 0
 
 
 def test_failure_groups_window_and_examples(store: JobStore) -> None:
@@ -233,15 +233,15 @@ def test_failure_groups_window_and_examples(store: JobStore) -> None:
         store, job_id=8, status="lost", error="lease expired: worker w/0badf00d stopped renewing it"
     )
     add_attempt(store, job_id=8, status="succeeded")
-    groups = store.failure_groups(examples=3)
+    groups = store.group_failures(examples=3)
     assert [(g["error"], g["attempts"], g["jobs"], g["lost"]) for g in groups] == [
         ("OOM", 7, 7, 0),
         ("lease expired: worker w stopped renewing it", 2, 1, 2),
     ]
     assert groups[0]["job_ids"] == [7, 6, 5] and groups[0]["last_seen"] == pytest.approx(t + 7)
     # the window: only the latest 3 attempts of each kind
-    assert [g["attempts"] for g in store.failure_groups(window=3)] == [3, 2]
-    assert store.failure_groups(batch_id=2) == []
+    assert [g["attempts"] for g in store.group_failures(window=3)] == [3, 2]
+    assert store.group_failures(batch_id=2) == []
 
 
 def test_failures_group_alike_in_python_sql_and_the_view(store: JobStore) -> None:
@@ -268,13 +268,13 @@ def test_failures_group_alike_in_python_sql_and_the_view(store: JobStore) -> Non
     for job, error in enumerate(errors, 1):
         expected.setdefault(error_key(error), set()).add(job)
     assert len(expected) == 5  # two tokens of one worker, and no text at all, are one each
-    groups = store.failure_groups()
+    groups = store.group_failures()
     assert {g["error"]: set(g["job_ids"]) for g in groups} == expected
     with store.engine.connect() as conn:
         view = dict(conn.execute(text("SELECT error, jobs FROM v_failures")).all())
     assert view == {k: len(v) for k, v in expected.items()}
     for key, jobs in expected.items():
-        assert store.failed_job_ids(error=key) == sorted(jobs)
+        assert store.list_failed_job_ids(error=key) == sorted(jobs)
 
 
 def test_worker_stats_only_recent_workers(store: JobStore) -> None:
@@ -303,27 +303,30 @@ def test_worker_stats_only_recent_workers(store: JobStore) -> None:
     for s in (1.0, 2.0, 3.0, 10.0):
         add_attempt(store, worker="new", total_s=s)
     add_attempt(store, worker="new", status="lost", error="gone")
-    (w,) = store.worker_stats()
+    (w,) = store.read_worker_stats()
     assert w["name"] == "new" and w["s_per_image"] == 2.0
     assert (w["recent_images"], w["mean_s"], w["recent_failed_attempts"]) == (4, 4.0, 1)
     assert w["p95_s"] == pytest.approx(8.95)
-    assert [w["name"] for w in store.worker_stats(seen_within=None)] == ["new", "old"]
-    assert store.worker_stats(seen_within=None)[1]["mean_s"] is None
+    assert [w["name"] for w in store.read_worker_stats(seen_within=None)] == ["new", "old"]
+    assert store.read_worker_stats(seen_within=None)[1]["mean_s"] is None
 
 
 def test_images_and_failed_jobs(store: JobStore, populated: dict[str, Any], tmp_path: Path) -> None:
-    images = store.recent_images()
+    images = store.list_recent_images()
     assert [i["id"] for i in images] == [3, 2, 1]
     assert images[0]["prompt"] == FOX and Path(images[0]["output_path"]).is_file()
-    assert [i["id"] for i in store.recent_images(limit=2, offset=1)] == [2, 1]
-    assert store.image_file(1) == str(tmp_path / "out" / "1" / "000001.png")
-    assert store.image_file(4) is None  # failed: no image to serve
-    assert store.image_file(6) is None and store.image_file(999) is None
-    failed = store.failed_jobs()
+    assert [i["id"] for i in store.list_recent_images(limit=2, offset=1)] == [2, 1]
+    assert store.find_image_file(1) == str(tmp_path / "out" / "1" / "000001.png")
+    assert store.find_image_file(4) is None  # failed: no image to serve
+    assert store.find_image_file(6) is None and store.find_image_file(999) is None
+    failed = store.list_failed_jobs()
     assert [j["id"] for j in failed] == [5, 4] and failed[0]["last_error"] == INPUT_ERROR
-    assert store.failed_job_ids() == [4, 5]
-    assert store.failed_job_ids(error=INPUT_ERROR) == [4, 5]
-    assert store.failed_job_ids(error="other") == [] and store.failed_job_ids(batch_id=2) == []
+    assert store.list_failed_job_ids() == [4, 5]
+    assert store.list_failed_job_ids(error=INPUT_ERROR) == [4, 5]
+    assert (
+        store.list_failed_job_ids(error="other") == []
+        and store.list_failed_job_ids(batch_id=2) == []
+    )
 
 
 def _plans(store: JobStore, calls: list[Callable[[], Any]]) -> list[str]:
@@ -356,9 +359,9 @@ def test_dashboard_queries_never_scan_jobs_or_attempts(
         [
             lambda: overview(store),
             lambda: overview(store, 1),
-            store.failed_jobs,
-            store.recent_images,
-            lambda: store.image_file(1),
+            store.list_failed_jobs,
+            store.list_recent_images,
+            lambda: store.find_image_file(1),
             lambda: store.get_job(1),
         ],
     )

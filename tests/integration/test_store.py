@@ -15,7 +15,7 @@ from tests.conftest import submit_text, worker
 def job_counts_match_jobs(store: JobStore) -> None:
     with store.engine.connect() as conn:
         actual = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all())
-    kept = {k: v for k, v in store.counts().items() if v}
+    kept = {k: v for k, v in store.count_jobs().items() if v}
     assert kept == actual
 
 
@@ -26,8 +26,8 @@ def test_submit_inserts_and_resubmit_adds_nothing(store: JobStore) -> None:
     assert (again.added, again.duplicates) == (1, 3)
     none = submit_text(store, "prompt\na\n")
     assert (none.batch_id, none.added, none.duplicates) == (None, 0, 1)
-    assert [b["job_count"] for b in store.batches()] == [3, 1]
-    assert store.counts()["pending"] == 4
+    assert [b["job_count"] for b in store.list_batches()] == [3, 1]
+    assert store.count_jobs()["pending"] == 4
     job_counts_match_jobs(store)
 
 
@@ -117,7 +117,7 @@ def test_cancel_running_job_makes_its_renewal_fail(store: JobStore) -> None:
     assert not store.complete(c, "/x.png", "0" * 64, {})
     assert store.get_job(c.job["id"])["status"] == "cancelled"
     assert store.cancel(batch_id=1) == 1
-    assert store.counts()["cancelled"] == 2
+    assert store.count_jobs()["cancelled"] == 2
     job_counts_match_jobs(store)
 
 
@@ -151,5 +151,5 @@ def test_two_processes_never_claim_the_same_job(store: JobStore, db_url: str) ->
     assert len(claimed) == 400
     assert len(set(claimed)) == 400
     assert all(results), "both processes got work"
-    assert store.counts()["succeeded"] == 400
+    assert store.count_jobs()["succeeded"] == 400
     job_counts_match_jobs(store)

@@ -51,7 +51,7 @@ def test_a_big_submit_is_invisible_until_complete_and_holds_the_lock_briefly(
             ]
         )
         # ... and sees none of the batch's jobs yet.
-        seen.append((done, other.counts(), other.claim(worker(), lease_seconds=30)))
+        seen.append((done, other.count_jobs(), other.claim(worker(), lease_seconds=30)))
 
     result = store.submit(
         m, name="big", defaults={}, max_attempts=3, chunk_rows=100, on_progress=on_progress
@@ -60,8 +60,8 @@ def test_a_big_submit_is_invisible_until_complete_and_holds_the_lock_briefly(
     done = [d for d, _, _ in seen]
     assert len(done) >= 2 and done == sorted(done) and done[-1] == 1000
     assert all(sum(c.values()) == 0 and claim is None for _, c, claim in seen)
-    assert store.counts()["pending"] == 1000
-    assert [b["state"] for b in store.batches()] == ["ready"]
+    assert store.count_jobs()["pending"] == 1000
+    assert [b["state"] for b in store.list_batches()] == ["ready"]
 
 
 def test_a_submit_that_dies_half_way_leaves_nothing(store: JobStore) -> None:
@@ -73,7 +73,7 @@ def test_a_submit_that_dies_half_way_leaves_nothing(store: JobStore) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         store.submit(m, name="x", defaults={}, max_attempts=3, chunk_rows=100, on_progress=die)
-    assert sum(store.counts().values()) == 0 and store.batches() == []
+    assert sum(store.count_jobs().values()) == 0 and store.list_batches() == []
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar() == 0
     # and a resubmit finds no stale fingerprints in its way
@@ -98,8 +98,8 @@ def test_a_killed_loader_is_cleaned_up_or_finished_by_the_next_submit(store: Job
                 "'dpmpp_2m', 'tiny', 'fp16', '', '', 0, 3, 0)"
             )
     assert store.recover_submits() == {"published": [8], "removed": [7]}
-    assert [b["id"] for b in store.batches()] == [8]
-    assert store.counts()["pending"] == 1
+    assert [b["id"] for b in store.list_batches()] == [8]
+    assert store.count_jobs()["pending"] == 1
 
 
 def test_a_renewal_waits_briefly_for_the_lock_then_says_busy(store: JobStore, db_url: str) -> None:
@@ -207,5 +207,5 @@ def test_retry_of_every_failed_job_survives_a_small_variable_limit(db_url: str) 
     with engine.connect() as conn:
         conn.exec_driver_sql("UPDATE jobs SET status = 'failed'")
     assert store.retry(statuses=["failed"], everything=True) == 3000
-    assert store.counts()["pending"] == 3000
+    assert store.count_jobs()["pending"] == 3000
     assert store.cancel(list(range(1, 3001))) == 3000  # ids: chunked too

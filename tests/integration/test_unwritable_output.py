@@ -94,8 +94,10 @@ def test_a_job_whose_folder_cannot_be_written_waits_and_the_others_go_on(
         jobs = [blocked(store, 1), blocked(store, 2)]
         assert str(out / "1") in jobs[0]["last_error"]
         # the backoff: not due before its time, due at it
-        due = {r["id"] for r in store.unpublished(due=jobs[0]["not_before"] - 0.5)}
-        assert 1 not in due and 1 in {r["id"] for r in store.unpublished(due=jobs[0]["not_before"])}
+        due = {r["id"] for r in store.list_unpublished(due=jobs[0]["not_before"] - 0.5)}
+        assert 1 not in due and 1 in {
+            r["id"] for r in store.list_unpublished(due=jobs[0]["not_before"])
+        }
         data = overview(store)
         assert data["unpublished"]["count"] == 2 and data["unpublished"]["blocked"] == 2
         lines = health_lines(data)
@@ -168,7 +170,7 @@ def test_publish_raises_blocked_and_a_full_disk_stays_a_pause(
     submit_text(store, "prompt\na\n")
     out = tmp_path / "out"
     job_id = commit_unpublished(store, out, 1)
-    row = store.unpublished()[0]
+    row = store.list_unpublished()[0]
     results = Results(store, out)
     staged = out / STAGING / f"{row['attempt_id']}.png"
     faults.configure("results.publish=eacces")

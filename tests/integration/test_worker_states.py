@@ -279,8 +279,8 @@ def test_a_local_worker_keeps_its_row_fresh_while_idle_and_says_when_it_stopped(
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        first = wait_for(lambda: store.workers(), "its row")[0]["last_seen"]
-        wait_for(lambda: store.workers()[0]["last_seen"] > first + 0.15, "a fresher row")
+        first = wait_for(lambda: store.list_workers(), "its row")[0]["last_seen"]
+        wait_for(lambda: store.list_workers()[0]["last_seen"] > first + 0.15, "a fresher row")
         (w,) = workers(store)
         assert (w["state"], w["heartbeat_s"]) == ("idle", 0.1)
     finally:
