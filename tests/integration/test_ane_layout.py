@@ -117,17 +117,20 @@ def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(
 
 @OFF_MACOS
 def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Path) -> None:
+    """The conversion's fidelity, on the random-weight dummy (tests/dummy_pipeline.py)."""
     from contract.job import GenerationRequest
+    from tests.dummy_pipeline import dummy_pipe
     from workers.backends.coreml import CoreMLBackend
+    from workers.backends.diffusers import DiffusersBackend
     from workers.compression.coreml import convert_pipeline
-    from workers.task import PipelineCache
 
-    diffusers, _ = PipelineCache(device="cpu", threads=1).get("tiny")
-    ane_pipe = copy.deepcopy(diffusers.pipe)  # type: ignore[attr-defined]
+    pipe = dummy_pipe(tmp_path / "tokenizer")
+    diffusers = DiffusersBackend("dummy", device="cpu", threads=1, pipeline=pipe)
+    ane_pipe = copy.deepcopy(pipe)
     convert_pipeline(
         ane_pipe,
         tmp_path / "v2",
-        model_version="tiny",
+        model_version="dummy",
         attention="split_einsum_v2",
         precision="fp32",
     )
@@ -143,7 +146,7 @@ def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Pat
     )
     with pytest.MonkeyPatch.context() as mp:
         install(mp, ane_pipe)  # the stand-in evaluates the package's own (B, C, 1, S) graph
-        coreml = CoreMLBackend("tiny", tmp_path / "v2", compute_units="CPU_AND_NE")
+        coreml = CoreMLBackend("dummy", tmp_path / "v2", compute_units="CPU_AND_NE")
         got = pixels(coreml, req)
     want = pixels(diffusers, req)
     quality = image_psnr(got, want)
