@@ -76,15 +76,20 @@ def test_queries_chunked_give_the_same_attention(monkeypatch: pytest.MonkeyPatch
     assert unet_psnr(pipe, chunked, xl=False) >= 60
 
 
-def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(tmp_path: Path) -> None:
+def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plumbing, on the random-weight dummy (tests/dummy_pipeline.py): the command converts the
+    (B, C, 1, S) layout and palettizes it by layer name."""
     import coremltools as ct
-    import torch
 
-    from workers.compression.commands import compress_model
+    from tests.dummy_pipeline import dummy_pipe, resnet_count
+    from workers.compression import commands
     from workers.compression.coreml import read_palettization
 
-    info = compress_model(
-        "tiny", tmp_path / "ane", fmt="coreml", bits=4, attention="split_einsum_v2", name="ane4"
+    monkeypatch.setattr(commands, "_pipeline", lambda model, **kw: dummy_pipe(tmp_path / "tok"))
+    info = commands.compress_model(
+        "dummy", tmp_path / "ane", fmt="coreml", bits=4, attention="split_einsum_v2", name="ane4"
     )
     layout_bits = read_palettization(tmp_path / "ane" / "Unet.mlpackage")
     assert info["palettized_layers"] == len(layout_bits) > 0
@@ -100,31 +105,32 @@ def test_split_einsum_v2_converts_and_takes_a_recipe_by_layer_name(tmp_path: Pat
     ]
     # every linear layer of the transformer blocks is a convolution; the linear ops left are
     # the time embedding's and the ResNet blocks' projections of it, on (B, C) vectors
-    from workers.backends.diffusers import load_pipeline, model_source
-
-    unet = load_pipeline(model_source("tiny"), torch.float32).unet
+    unet = dummy_pipe(tmp_path / "tok2").unet
     outside = [
         n
         for n, m in unet.named_modules()
         if type(m).__name__ == "Linear" and ".attentions." not in n
     ]
-    assert ops.count("linear") == len(outside) == 22  # 2 time embedding, 20 resnets
+    assert ops.count("linear") == len(outside) == 2 + resnet_count(unet)  # time embedding: 2
     assert ops.count("conv") > sum(1 for n in layout_bits if "attn" in n)
 
 
 @OFF_MACOS
 def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Path) -> None:
+    """The conversion's fidelity, on the random-weight dummy (tests/dummy_pipeline.py)."""
     from contract.job import GenerationRequest
+    from tests.dummy_pipeline import dummy_pipe
     from workers.backends.coreml import CoreMLBackend
+    from workers.backends.diffusers import DiffusersBackend
     from workers.compression.coreml import convert_pipeline
-    from workers.task import PipelineCache
 
-    diffusers, _ = PipelineCache(device="cpu", threads=1).get("tiny")
-    ane_pipe = copy.deepcopy(diffusers.pipe)  # type: ignore[attr-defined]
+    pipe = dummy_pipe(tmp_path / "tokenizer")
+    diffusers = DiffusersBackend("dummy", device="cpu", threads=1, pipeline=pipe)
+    ane_pipe = copy.deepcopy(pipe)
     convert_pipeline(
         ane_pipe,
         tmp_path / "v2",
-        model_version="tiny",
+        model_version="dummy",
         attention="split_einsum_v2",
         precision="fp32",
     )
@@ -140,7 +146,7 @@ def test_an_fp32_split_einsum_v2_package_makes_the_diffusers_image(tmp_path: Pat
     )
     with pytest.MonkeyPatch.context() as mp:
         install(mp, ane_pipe)  # the stand-in evaluates the package's own (B, C, 1, S) graph
-        coreml = CoreMLBackend("tiny", tmp_path / "v2", compute_units="CPU_AND_NE")
+        coreml = CoreMLBackend("dummy", tmp_path / "v2", compute_units="CPU_AND_NE")
         got = pixels(coreml, req)
     want = pixels(diffusers, req)
     quality = image_psnr(got, want)

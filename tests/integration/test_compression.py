@@ -431,27 +431,35 @@ def test_grouped_recipe_on_a_macos_13_folder_is_refused_before_palettizing(
 
 
 def test_grouped_mixed_recipe_compresses_to_a_macos_15_folder(
-    analysis: tuple[Path, dict[str, Any]], tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Plumbing, on the random-weight dummy (tests/dummy_pipeline.py): a mixed recipe with a
+    grouped layer converts for macOS 15 and palettizes layer by layer."""
+    from tests.dummy_pipeline import dummy_pipe
+    from workers.compression import commands
     from workers.compression.analysis import Probe
-    from workers.compression.commands import compress_model
     from workers.compression.coreml import (
         coreml_weight_name,
         load_package_weights,
         read_palettization,
     )
-    from workers.compression.palettize import Palette
+    from workers.compression.palettize import UNIFORM_MIN_SIZE, Palette, candidate_layers
     from workers.compression.variants import unet_megabytes
 
-    _, result = analysis
-    recipe, _, _ = recipe_for_bits(result, 4.5)
-    # at least one grouped layer, whatever the analysis preferred
+    def dummy() -> Any:  # the same weights at each call (its seed)
+        return dummy_pipe(tmp_path / "tokenizer")
+
+    monkeypatch.setattr(commands, "_pipeline", lambda model, **kw: dummy())
+    # a mixed recipe over the dummy's layers, as an analysis makes one: some kept at fp16
+    widths = itertools.cycle((16, 8, 6, 4, 16, 4))
+    recipe = {n: next(widths) for n in candidate_layers(dummy().unet, UNIFORM_MIN_SIZE)}
+    # at least one grouped layer, whatever the mix gave
     name = next(n for n, v in recipe.items() if v != 16)
     recipe[name] = "4g16"
     (tmp_path / "r.json").write_text(json.dumps(recipe))
     out = tmp_path / "mixed-coreml"
-    info = compress_model(
-        "tiny", out, fmt="coreml", recipe_spec=str(tmp_path / "r.json"), name="g45"
+    info = commands.compress_model(
+        "dummy", out, fmt="coreml", recipe_spec=str(tmp_path / "r.json"), name="g45"
     )
     assert info["minimum_os"] == "macOS15"
     layout = json.loads((out / "orchestrate-coreml.json").read_text())
@@ -462,7 +470,7 @@ def test_grouped_mixed_recipe_compresses_to_a_macos_15_folder(
     assert layout["palettization"]["coreml_bits"] == expected
     # the package's size is what the accounting says (indices plus every group's table), plus
     # the package's own overhead, as large as the fp16 package's over the fp16 weights
-    pipe = tiny_pipe()
+    pipe = dummy()
     overhead = info["fp16_mb"] - unet_megabytes(pipe.unet, {})["fp16_mb"]
     assert 0 < overhead < 1
     assert info["palettized_mb"] - info["estimated_mb"] == pytest.approx(overhead, abs=0.05)

@@ -1,14 +1,16 @@
 """Apple's own Core ML folders work as they are: its Swift resources (compiled models, the UNet
 whole or in two chunks, vocab.json and merges.txt, nothing else) and its Python converter's
 ``Stable_Diffusion_version_<v>_*.mlpackage`` names, fp16 or fp32 inputs as each model declares.
-The folders are built from the tiny model in Apple's layout (tests/apple_layout.py) and run
-through the real ``CoreMLBackend.generate()`` with the stand-in (tests/coreml_standin.py)."""
+The folders are built in Apple's layout (tests/apple_layout.py) from the random-weight dummy
+pipeline (tests/dummy_pipeline.py: the tiny model's VAE and text encoder, a smaller UNet; these
+are plumbing checks, images compared bit for bit or fp16 against fp32) and run through the real
+``CoreMLBackend.generate()`` with the stand-in (tests/coreml_standin.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +20,42 @@ from contract.errors import JobInputError
 from contract.job import GenerationRequest
 from tests.apple_layout import apple_packages, apple_resources
 from tests.coreml_standin import OFF_MACOS, backends_on, image_psnr, pixels
+from tests.dummy_pipeline import dummy_pipe
 from workers.models.schedulers import SCHEDULER_NAMES
 
 pytestmark = [pytest.mark.slow, OFF_MACOS]
 
 
 @pytest.fixture(scope="module")
-def folders(
-    tiny: object, tiny_coreml: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    """Our fp32 and fp16 conversions of tiny, and Apple-layout folders made from them. The
-    tiny model is v-prediction with its own latent scale: its scheduler config and VAE config
-    go beside Apple's files, as a user of such a model puts them (Apple's folders default to
-    SD's epsilon schedule and 0.18215)."""
+def dummy(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The dummy pipeline through the diffusers backend."""
+    from workers.backends.diffusers import DiffusersBackend
+
+    pipe = dummy_pipe(tmp_path_factory.mktemp("dummy-tokenizer"))
+    return DiffusersBackend("dummy", device="cpu", threads=1, pipeline=pipe)
+
+
+@pytest.fixture(scope="module")
+def folders(dummy: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Our fp32 and fp16 conversions of the dummy, and Apple-layout folders made from them.
+    The model is v-prediction (as tiny is): its scheduler config and VAE config go beside
+    Apple's files, as a user of such a model puts them (Apple's folders default to SD's
+    epsilon schedule and 0.18215)."""
+    from workers.compression.coreml import convert_pipeline
+
     root = tmp_path_factory.mktemp("apple")
-    pipe = tiny.pipe  # type: ignore[attr-defined]
+    pipe = dummy.pipe  # type: ignore[attr-defined]
     out = {}
     for precision in ("fp32", "fp16"):
-        ours = out[f"ours-{precision}"] = tiny_coreml(precision)
+        ours = out[f"ours-{precision}"] = root / f"ours-{precision}"
+        convert_pipeline(pipe, ours, model_version="dummy", precision=precision)
         for chunked in (False, True):
             name = f"resources-{precision}{'-chunked' if chunked else ''}"
             out[name] = apple_resources(
                 ours, root / name, pipe, chunked=chunked, precision=precision
             )
             diffusers_files(ours, pipe, out[name])
-    out["packages-fp16"] = apple_packages(out["ours-fp16"], root / "packages-fp16", "tiny")
+    out["packages-fp16"] = apple_packages(out["ours-fp16"], root / "packages-fp16", "dummy")
     diffusers_files(out["ours-fp16"], pipe, out["packages-fp16"])
     return out
 
@@ -53,8 +66,8 @@ def diffusers_files(ours: Path, pipe: object, dest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def backends(tiny: object, folders: dict[str, Path]) -> Iterator[dict[str, object]]:
-    with backends_on(tiny.pipe, folders) as loaded:  # type: ignore[attr-defined]
+def backends(dummy: object, folders: dict[str, Path]) -> Iterator[dict[str, object]]:
+    with backends_on(dummy.pipe, folders) as loaded:  # type: ignore[attr-defined]
         yield loaded
 
 
@@ -91,11 +104,11 @@ def test_apple_folders_are_read_as_apple_writes_them(
     ]
     packages = backends["packages-fp16"].folder  # type: ignore[attr-defined]
     assert packages.layout == "apple-packages"
-    assert packages.paths["Unet"].name == "Stable_Diffusion_version_tiny_unet.mlpackage"
+    assert packages.paths["Unet"].name == "Stable_Diffusion_version_dummy_unet.mlpackage"
     # dtypes and shapes from the compiled models' metadata.json
     unet = resources.inputs["UnetChunk1"]
     assert {k: (np.dtype(d.dtype).name, d.shape) for k, d in unet.items()} == {
-        "sample": ("float16", (2, 8, 16, 16)),  # tiny: 8 latent channels, x4
+        "sample": ("float16", (2, 8, 16, 16)),  # tiny's VAE: 8 latent channels, x4
         "timestep": ("float16", (2,)),
         "encoder_hidden_states": ("float16", (2, 32, 1, 77)),
     }
@@ -106,10 +119,10 @@ def test_apple_folders_are_read_as_apple_writes_them(
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fp32_apple_resources_with_a_chunked_unet_make_the_diffusers_image(
-    scheduler: str, tiny: object, backends: dict[str, object]
+    scheduler: str, dummy: object, backends: dict[str, object]
 ) -> None:
     req = request(scheduler, negative="a red circle")
-    expected = pixels(tiny, req)
+    expected = pixels(dummy, req)
     assert np.array_equal(pixels(backends["resources-fp32-chunked"], req), expected)
     assert np.array_equal(pixels(backends["resources-fp32"], req), expected)
 
@@ -148,7 +161,7 @@ def test_apple_folders_that_cannot_work_say_why_in_one_line(
 ) -> None:
     from workers.backends.coreml_folder import is_coreml_folder, read_folder
 
-    no_tokenizer = apple_packages(folders["ours-fp16"], tmp_path / "p", "tiny", tokenizer=False)
+    no_tokenizer = apple_packages(folders["ours-fp16"], tmp_path / "p", "dummy", tokenizer=False)
     with pytest.raises(JobInputError, match=r"has no tokenizer: put the model's vocab\.json"):
         read_folder(no_tokenizer).tokenizers(77)
     half = tmp_path / "half"
@@ -159,7 +172,7 @@ def test_apple_folders_that_cannot_work_say_why_in_one_line(
     two = apple_packages(folders["ours-fp16"], tmp_path / "two", "a")
     for p in folders["packages-fp16"].glob("*.mlpackage"):
         shutil.copytree(p, two / p.name)
-    with pytest.raises(JobInputError, match=r"more than one model version \(a, tiny\)"):
+    with pytest.raises(JobInputError, match=r"more than one model version \(a, dummy\)"):
         read_folder(two)
     assert is_coreml_folder(folders["resources-fp16-chunked"])
     assert is_coreml_folder(folders["packages-fp16"])

@@ -20,6 +20,7 @@ from tests.coreml_standin import (
     install,
     pixels,
 )
+from tests.dummy_pipeline import dummy_pipe
 from workers.models.schedulers import SCHEDULER_NAMES
 from workers.task import PipelineCache
 
@@ -27,15 +28,36 @@ pytestmark = [OFF_MACOS, pytest.mark.slow]  # converts the tiny UNet to Core ML
 
 
 @pytest.fixture(scope="module")
-def folders(tiny_coreml: Callable[[str], Path]) -> dict[str, Path]:
-    return {precision: tiny_coreml(precision) for precision in ("fp32", "fp16")}
+def dummy(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The random-weight dummy pipeline (tests/dummy_pipeline.py) through the diffusers backend:
+    for the bit-for-bit checks, which need a pipeline's shape, not its training."""
+    from workers.backends.diffusers import DiffusersBackend
+
+    pipe = dummy_pipe(tmp_path_factory.mktemp("dummy-tokenizer"))
+    return DiffusersBackend("dummy", device="cpu", threads=1, pipeline=pipe)
 
 
 @pytest.fixture(scope="module")
-def backends(tiny: object, folders: dict[str, Path]) -> Iterator[dict[str, object]]:
+def folders(
+    tiny_coreml: Callable[[str], Path], dummy: object, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """tiny's fp16 conversion (shared with test_compression.py) and the dummy's fp32 one."""
+    from workers.compression.coreml import convert_pipeline
+
+    fp32 = tmp_path_factory.mktemp("coreml") / "dummy-fp32"
+    convert_pipeline(dummy.pipe, fp32, model_version="dummy", precision="fp32")  # type: ignore[attr-defined]
+    return {"fp32": fp32, "fp16": tiny_coreml("fp16")}
+
+
+@pytest.fixture(scope="module")
+def backends(tiny: object, dummy: object, folders: dict[str, Path]) -> Iterator[dict[str, object]]:
     """The Core ML backend on each folder, loaded once (stand-ins installed for the module)."""
-    with backends_on(tiny.pipe, folders) as loaded:  # type: ignore[attr-defined]
-        yield loaded
+    pipes = dummy.pipe, tiny.pipe  # type: ignore[attr-defined]
+    with (
+        backends_on(pipes[0], {"fp32": folders["fp32"]}, "dummy") as fp32,
+        backends_on(pipes[1], {"fp16": folders["fp16"]}) as fp16,
+    ):
+        yield {**fp32, **fp16}
 
 
 def request(scheduler: str, seed: int = 3) -> GenerationRequest:
@@ -53,11 +75,11 @@ def request(scheduler: str, seed: int = 3) -> GenerationRequest:
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_an_fp32_package_makes_the_diffusers_image_bit_for_bit(
-    scheduler: str, tiny: object, backends: dict[str, object]
+    scheduler: str, dummy: object, backends: dict[str, object]
 ) -> None:
     backend = backends["fp32"]
     got = pixels(backend, request(scheduler))
-    assert np.array_equal(got, pixels(tiny, request(scheduler)))
+    assert np.array_equal(got, pixels(dummy, request(scheduler)))
     # and again: ancestral noise comes from the job's generator, not torch's global RNG
     assert np.array_equal(got, pixels(backend, request(scheduler)))
 
