@@ -79,6 +79,7 @@ def test_sigkill_of_a_worker_mid_job_is_retried_elsewhere_once(rcli: Cli, tmp_pa
         stop(coord, victim)
 
 
+@pytest.mark.private_redis
 def test_redis_restart_mid_run_loses_nothing(
     rcli: Cli, tmp_path: Path, redis_server: RedisServer
 ) -> None:

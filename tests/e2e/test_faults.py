@@ -68,6 +68,7 @@ def test_a_second_coordinator_refuses_naming_the_first(rcli: Cli, tmp_path: Path
         stop(again)
 
 
+@pytest.mark.private_redis
 def test_a_busy_worker_rides_out_a_redis_outage(
     rcli: Cli, tmp_path: Path, redis_server: RedisServer
 ) -> None:
