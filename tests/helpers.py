@@ -241,7 +241,11 @@ def _torch_threads() -> int | None:
 
 
 def reset_caches() -> None:
-    """The project's process-wide caches, as a fresh process has them (those of modules loaded)."""
+    """The project's process-wide caches and settings read at import, as a fresh process with
+    this environment has them (those of modules loaded)."""
+    if (database := sys.modules.get("orchestrator.database")) is not None:
+        busy = float(os.environ.get("ORCHESTRATE_BUSY_TIMEOUT", "30"))  # as database.py reads it
+        database.BUSY_TIMEOUT_MS = int(busy * 1000)
     if (faults := sys.modules.get("contract.faults")) is not None:
         faults._rules, faults._record, faults._fired = None, None, None  # read again from env
         faults._hits.clear()
