@@ -11,7 +11,7 @@ import workers  # noqa: F401  (first: passive OpenMP waits, before any test modu
 from orchestrator.database import database_url, open_engine
 from orchestrator.manifest import Defaults, parse_manifest
 from orchestrator.store import JobStore, WorkerIdentity
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, SharedRedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,9 +49,25 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["ORCHESTRATE_CACHE"] = old
 
 
+@pytest.fixture(scope="session")
+def shared_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRedisServer]:
+    """One redis-server for this test process (each pytest-xdist worker has its own), on a free
+    port (never the system's 6379); the suite fails (never skips) without one."""
+    server = SharedRedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own; the suite fails (never skips) without one."""
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis emptied for this test: the process's shared server after FLUSHALL, or, for a test
+    marked ``private_redis`` (it kills, stops or restarts Redis), a redis-server of its own."""
+    if request.node.get_closest_marker("private_redis") is None:
+        shared: SharedRedisServer = request.getfixturevalue("shared_redis_server")
+        shared.flushall()
+        yield shared
+        return
     server = RedisServer(tmp_path)
     server.start()
     yield server

@@ -1,4 +1,5 @@
-"""A real redis-server on a free port, for tests that need to kill or restart it."""
+"""A real redis-server on a free port: one shared by a test process's tests (emptied before
+each), or one of a test's own, for tests that kill, stop or restart it."""
 
 from __future__ import annotations
 
@@ -74,3 +75,28 @@ class RedisServer:
         """Kill it and start an empty one on the same port: everything in it is forgotten."""
         self.stop()
         self.start()
+
+
+class SharedRedisServer(RedisServer):
+    """The test process's redis-server, emptied before each test (``flushall``). A test must
+    not stop or restart it: mark the test ``private_redis`` for a server of its own."""
+
+    def flushall(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as conn:
+            # a process an earlier test left behind must not take this test's jobs
+            conn.client_kill_filter(_type="normal", skipme=True)
+            conn.client_kill_filter(_type="pubsub", skipme=True)
+            conn.flushall()
+            conn.script_flush()
+
+    def stop(self) -> None:
+        raise RuntimeError("the shared redis-server: mark the test private_redis to stop it")
+
+    def restart(self) -> None:
+        raise RuntimeError("the shared redis-server: mark the test private_redis to restart it")
+
+    def close(self) -> None:
+        """At the end of the session."""
+        super().stop()

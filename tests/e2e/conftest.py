@@ -1,77 +1,41 @@
+"""The ``cli`` fixture: ``orchestrate`` as a user types it, in the test's temporary folder.
+
+A module that sets ``IN_PROCESS = True`` runs its commands in-process (``InProcessCli``: no
+interpreter start per command); a test of it marked ``@pytest.mark.subprocess`` still runs each
+command as a process of its own. ``cli.popen`` always starts a process."""
+
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
+from tests.helpers import ORCHESTRATE, Cli, cli_for, write
+from tests.redis_server import RedisServer
+
+__all__ = ["ORCHESTRATE", "Cli", "Writer", "cli", "rcli", "write"]
 
 
-class Cli:
-    """Runs ``orchestrate`` as a user types it, in a temporary working directory."""
-
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd = cwd
-        self.env = env
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def __call__(
-        self, *args: str, check: int | None = 0, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [ORCHESTRATE, *args],
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check is not None and proc.returncode != check:
-            raise AssertionError(
-                f"orchestrate {' '.join(args)} exited {proc.returncode}, expected {check}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-            )
-        return proc
-
-    def popen(self, *args: str, log: str = "worker.log") -> subprocess.Popen[bytes]:
-        """Start it in the background, its output going to ``log`` in the working directory."""
-        with open(self.cwd / log, "ab") as fh:
-            proc = subprocess.Popen(
-                [ORCHESTRATE, *args], cwd=self.cwd, env=self.env, stdout=fh, stderr=fh
-            )
-        self.started.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        """Every process this test started, gone when it ends, pass or fail."""
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
+def in_process(request: pytest.FixtureRequest) -> bool:
+    return (
+        bool(getattr(request.module, "IN_PROCESS", False))
+        and request.node.get_closest_marker("subprocess") is None
+    )
 
 
 @pytest.fixture
-def cli(tmp_path: Path, model_cache: Path) -> Iterator[Cli]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}
-    env["ORCHESTRATE_CACHE"] = str(model_cache)
-    env.pop("PYTEST_CURRENT_TEST", None)
-    runner = Cli(tmp_path, env)
+def cli(request: pytest.FixtureRequest, tmp_path: Path, model_cache: Path) -> Iterator[Cli]:
+    runner = cli_for(tmp_path, model_cache, in_process=in_process(request))
     yield runner
     runner.kill_all()
 
 
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 Writer = Callable[[Path, str], Path]
+
+
+@pytest.fixture
+def rcli(cli: Cli, redis_server: RedisServer) -> Cli:
+    """``cli`` with ``ORCHESTRATE_REDIS_URL`` set to this test's Redis."""
+    cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
+    return cli

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import Cli, write
-from tests.e2e.test_crashes import query, wait_for_running
-from tests.e2e.test_distributed import exactly_once, stop
+from tests.helpers import Cli, cli_for, exactly_once, query, stop, wait_for_running, write
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 MIXED = (
     "prompt,seed,model,steps,num_images\n"
@@ -43,14 +42,9 @@ def batch_sizes(db: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def unbatched(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict[int, str]:
     """The manifest's images run alone (once for the module), by job id."""
-    import os
-
     home = tmp_path_factory.mktemp("alone")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}
-    env["ORCHESTRATE_CACHE"] = str(model_cache)
-    env.pop("PYTEST_CURRENT_TEST", None)
     write(home / "mixed.csv", MIXED)
-    Cli(home, env)("run", "mixed.csv", timeout=600)
+    cli_for(home, model_cache, in_process=True)("run", "mixed.csv", timeout=600)
     return pixels_by_job(home / "orchestrate.db")
 
 
@@ -65,6 +59,7 @@ def test_local_batches_make_the_unbatched_images_once_each(
     assert pixels_by_job(db) == unbatched
 
 
+@pytest.mark.subprocess
 def test_rq_batches_make_the_unbatched_images_once_each(
     cli: Cli, tmp_path: Path, redis_server: RedisServer, unbatched: dict[int, str]
 ) -> None:
@@ -116,6 +111,7 @@ def test_sigkill_mid_batch_then_another_worker_finishes_all_exactly_once(
     assert len(list((tmp_path / "output" / "1").glob("*.png"))) == 6
 
 
+@pytest.mark.subprocess
 def test_rq_worker_sigkilled_mid_batch_loses_no_job(
     cli: Cli, tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 from workers.metadata import read_png_metadata
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 
+@pytest.mark.subprocess
 def test_example_manifest_end_to_end(cli: Cli, tmp_path: Path) -> None:
     manifest = tmp_path / "jobs.csv"
     shutil.copy(REPO / "jobs.example.csv", manifest)

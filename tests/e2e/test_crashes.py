@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, query, running_job, wait_for_running, write
 
 pytestmark = pytest.mark.slow
-
-
-def query(db: Path, sql: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
-    with closing(sqlite3.connect(db)) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def running_job(db: Path) -> int | None:
-    try:
-        rows = query(db, "SELECT id FROM jobs WHERE status = 'running'")
-    except sqlite3.OperationalError:  # not created yet
-        return None
-    return rows[0][0] if rows else None
-
-
-def wait_for_running(db: Path, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = running_job(db)
-        if job is not None:
-            return job
-        time.sleep(0.05)
-    raise AssertionError("no job started running")
 
 
 # 192 px with 12 steps: about a second a job on the tiny model, long enough to kill mid-job.

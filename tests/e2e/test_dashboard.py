@@ -24,7 +24,7 @@ from orchestrator.store import JobStore
 from orchestrator.web import make_server
 from orchestrator.web.server import url_of
 from tests.conftest import REPO
-from tests.e2e.conftest import ORCHESTRATE
+from tests.helpers import ORCHESTRATE
 from tests.integration.test_reports import FOX, INPUT_ERROR, populate
 
 pytestmark = pytest.mark.slow

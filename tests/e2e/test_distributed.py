@@ -11,40 +11,13 @@ from pathlib import Path
 import pytest
 
 from contract import protocol as proto
-from tests.e2e.conftest import Cli, write
-from tests.e2e.test_crashes import query, wait_for_running
+from tests.helpers import Cli, exactly_once, query, stop, wait_for_running, write
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
 SLOW_JOBS = "prompt,seed,steps,width,height,num_images\nslow,1,12,192,192,4\n"
 FAST_JOBS = "prompt,seed,steps,num_images\nfast,1,4,8\n"
-
-
-@pytest.fixture
-def rcli(cli: Cli, redis_server: RedisServer) -> Cli:
-    cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
-    return cli
-
-
-def stop(*procs: subprocess.Popen[bytes]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def exactly_once(db: Path, n: int) -> None:
-    assert query(db, "SELECT status, count(*) FROM jobs GROUP BY status") == [("succeeded", n)]
-    per_job = query(
-        db, "SELECT job_id, count(*) FROM attempts WHERE status = 'succeeded' GROUP BY job_id"
-    )
-    assert sorted(per_job) == [(i, 1) for i in range(1, n + 1)]
 
 
 def test_two_workers_and_a_coordinator_complete_a_batch(
@@ -106,6 +79,7 @@ def test_sigkill_of_a_worker_mid_job_is_retried_elsewhere_once(rcli: Cli, tmp_pa
         stop(coord, victim)
 
 
+@pytest.mark.private_redis
 def test_redis_restart_mid_run_loses_nothing(
     rcli: Cli, tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -12,23 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests import fake_workers
-from tests.e2e.conftest import Cli, write
-from tests.e2e.test_crashes import query, wait_for_running
-from tests.e2e.test_distributed import exactly_once, stop
+from tests.helpers import Cli, exactly_once, query, stop, wait_for_running, wait_until, write
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 SLOW_JOBS = "prompt,seed,steps,width,height,num_images\nslow,1,12,192,192,4\n"
-
-
-def wait_until(predicate, what: str, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_locked_database_is_a_clear_message_never_a_traceback(cli: Cli, tmp_path: Path) -> None:
@@ -57,12 +47,6 @@ def test_a_locked_database_is_a_clear_message_never_a_traceback(cli: Cli, tmp_pa
     assert query(tmp_path / "orchestrate.db", "SELECT status FROM jobs") == [("succeeded",)]
 
 
-@pytest.fixture
-def rcli(cli: Cli, redis_server: RedisServer) -> Cli:
-    cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
-    return cli
-
-
 def test_a_second_coordinator_refuses_naming_the_first(rcli: Cli, tmp_path: Path) -> None:
     write(tmp_path / "j.csv", "prompt\na\n")
     rcli("submit", "j.csv")
@@ -84,6 +68,7 @@ def test_a_second_coordinator_refuses_naming_the_first(rcli: Cli, tmp_path: Path
         stop(again)
 
 
+@pytest.mark.private_redis
 def test_a_busy_worker_rides_out_a_redis_outage(
     rcli: Cli, tmp_path: Path, redis_server: RedisServer
 ) -> None:

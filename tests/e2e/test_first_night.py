@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 GOOD = "prompt,steps\na red circle on a blue background,2\n"
 
@@ -81,6 +82,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.subprocess  # huggingface_hub reads HF_ENDPOINT and HF_HOME at import
 def test_a_model_name_found_nowhere_is_refused_before_the_night(cli: Cli, tmp_path: Path) -> None:
     # no network (the hub is a local port nothing listens on), HF_HUB_OFFLINE unset, an
     # empty cache: the machine the report was made on

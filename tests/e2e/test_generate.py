@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 from workers.metadata import read_png_metadata
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 BATCH_ONLY_FLAGS = (
     "--priority",
@@ -103,6 +104,7 @@ def test_generate_mistakes_are_one_line_before_any_work(
 # -- run checks the models of its jobs before it starts; submit warns -------------------------
 
 
+@pytest.mark.subprocess
 def test_run_refuses_models_it_cannot_load_and_submit_warns(cli: Cli, tmp_path: Path) -> None:
     cli.env["HF_HUB_OFFLINE"] = "1"
     cli.env["HF_HUB_CACHE"] = str(tmp_path / "hf-cache")  # empty: nothing cached

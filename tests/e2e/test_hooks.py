@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 
 def test_run_calls_on_done_and_notify_url(cli: Cli, tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 from workers.metadata import read_png_metadata
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 
 def test_an_expanded_manifest_runs_end_to_end_and_its_variants_reach_the_dataset(

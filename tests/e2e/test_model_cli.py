@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from tests.helpers import Cli
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 
 def test_model_commands_explain_bad_input(cli: Cli, tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 
 def test_pause_run_resume_and_priority(cli: Cli, tmp_path: Path) -> None:

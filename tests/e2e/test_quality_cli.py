@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
+from tests.helpers import Cli, write
 from workers.metadata import read_png_metadata
 from workers.quality import candidate_seed
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 SCENE = "two small yellow squares on a black background"
 # Scores its first image 0.2 and every later one 0.9 (the tiny model's images are noise: the

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli
-from tests.e2e.test_worker_signals import stopped_in_time, wait_until
+from tests.e2e.test_worker_signals import stopped_in_time
+from tests.helpers import Cli, wait_until
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -16,20 +15,18 @@ from PIL.PngImagePlugin import PngInfo
 
 from contract.errors import UsageError
 from orchestrator.reproduce import compare_pixels, read_recorded
-from tests.e2e.conftest import Cli
+from tests.helpers import Cli, cli_for
 from workers.metadata import read_png_metadata
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
     """One image from the real tiny pipeline, made with a non-default thread count."""
     home = tmp_path_factory.mktemp("generated")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}
-    env["ORCHESTRATE_CACHE"] = str(model_cache)
-    env.pop("PYTEST_CURRENT_TEST", None)
-    proc = Cli(home, env)(
+    proc = cli_for(home, model_cache, in_process=True)(
         "generate",
         "--prompt",
         "a lighthouse, at dusk",

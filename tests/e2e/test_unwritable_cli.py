@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli, write
-from tests.e2e.test_crashes import query
-from tests.e2e.test_distributed import exactly_once, stop
-from tests.e2e.test_faults import rcli, wait_until  # noqa: F401  (a fixture)
+from tests.helpers import Cli, exactly_once, query, stop, wait_until, write
 from tests.unwritable import unwritable
 
 pytestmark = pytest.mark.slow
+IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 ONE = "prompt,seed,steps\na,1,2\n"
 
@@ -106,8 +104,9 @@ def test_run_goes_on_past_a_batch_folder_it_cannot_write_and_says_so(
     assert cli("verify").stdout.strip().endswith("all is well")
 
 
+@pytest.mark.subprocess
 def test_the_coordinator_goes_on_past_a_batch_folder_it_cannot_write(
-    rcli: Cli,  # noqa: F811
+    rcli: Cli,
     tmp_path: Path,
 ) -> None:
     write(tmp_path / "a.csv", "prompt,seed,steps,num_images\na,1,2,2\n")

@@ -7,36 +7,17 @@ import functools
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contract import protocol as proto
-from tests.e2e.conftest import Cli, write
-from tests.e2e.test_crashes import query, wait_for_running
-from tests.redis_server import RedisServer
+from tests.helpers import Cli, query, wait_for_running, wait_until, write
 
 pytestmark = pytest.mark.slow
 
 STOP_WITHIN_S = 30  # generous: a worker stops in a second or two; RQ's pub/sub wait was 60 s
-
-
-@pytest.fixture
-def rcli(cli: Cli, redis_server: RedisServer) -> Cli:
-    cli.env["ORCHESTRATE_REDIS_URL"] = redis_server.url
-    return cli
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def idle_and_subscribed(redis: Any, name: str, proc: subprocess.Popen[bytes]) -> bool:
