@@ -30,6 +30,7 @@ from orchestrator.cli.common import (
     tuning_options,
 )
 from orchestrator.hooks import Hooks
+from orchestrator.run import stop_signals_handled
 
 
 @main.command()
@@ -128,12 +129,10 @@ def coordinator(
         click.echo(f"\n{name}: stopping (jobs in flight stay in Redis)", err=True)
         coord.request_stop()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = coord.run()
+        with stop_signals_handled(on_signal):
+            code = coord.run()
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         bar.close()
     sys.exit(code)
 

@@ -21,20 +21,11 @@ from orchestrator.transports import local
 from orchestrator.transports.local import LocalWorker
 from tests import fake_workers
 from tests.conftest import coordinator, submit_text
+from tests.helpers import wait_until
 from tests.integration.test_dashboard_pages import Client, visible
 from tests.integration.test_rq_worker import spawn
 from tests.redis_server import RedisServer
 from workers.task import PipelineCache, TaskOutput
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def row(name: str, state: str, silent: float, **kw: Any) -> dict[str, Any]:
@@ -180,9 +171,9 @@ def test_an_rq_worker_says_busy_when_it_takes_a_job_not_at_its_next_heartbeat(
     coord = coordinator(store, redis, tmp_path)
     redis.set("test:loaded", 1)
     gated("quick", 60.0)  # no heartbeat comes within this test
-    wait_for(lambda: hash_of(redis, "quick").get("state") == "idle", "the worker to be idle")
+    wait_until(lambda: hash_of(redis, "quick").get("state") == "idle", "the worker to be idle")
     assert coord._dispatch() == 1
-    h = wait_for(
+    h = wait_until(
         lambda: (h := hash_of(redis, "quick")).get("state") == "busy" and h, "the worker busy"
     )
     assert h["current_job"] == "1"
@@ -190,7 +181,7 @@ def test_an_rq_worker_says_busy_when_it_takes_a_job_not_at_its_next_heartbeat(
     (w,) = workers(store)
     assert (w["state"], w["busy_job"]) == ("busy", 1)
     redis.set("test:go:1", 1)
-    wait_for(lambda: hash_of(redis, "quick").get("state") == "idle", "the worker idle again")
+    wait_until(lambda: hash_of(redis, "quick").get("state") == "idle", "the worker idle again")
 
 
 @pytest.mark.slow  # waits for a killed worker to go stale, then gone
@@ -200,15 +191,17 @@ def test_a_killed_rq_worker_becomes_stale_then_gone_with_its_job(
     submit_text(store, "prompt\nx\n")
     coord = coordinator(store, redis, tmp_path)
     victim = gated("victim", 0.2)
-    wait_for(lambda: hash_of(redis, "victim").get("state") == "idle", "the worker to be idle")
+    wait_until(lambda: hash_of(redis, "victim").get("state") == "idle", "the worker to be idle")
     assert coord._dispatch() == 1
     # Its model loads for the job (a beat says so), then it runs the job.
-    h = wait_for(lambda: (h := hash_of(redis, "victim")).get("state") == "loading" and h, "loading")
+    h = wait_until(
+        lambda: (h := hash_of(redis, "victim")).get("state") == "loading" and h, "loading"
+    )
     assert (h["current_job"], h["model"]) == ("1", "tiny")
     coord._sync_workers()
     assert workers(store)[0]["liveness"].startswith("loading model tiny for job 1, last seen")
     redis.set("test:loaded", 1)
-    wait_for(lambda: hash_of(redis, "victim").get("state") == "busy", "busy")
+    wait_until(lambda: hash_of(redis, "victim").get("state") == "busy", "busy")
     coord._drain_events(block=False)  # its "started": job 1 runs under it
     coord._sync_workers()
     (w,) = workers(store)
@@ -222,7 +215,7 @@ def test_a_killed_rq_worker_becomes_stale_then_gone_with_its_job(
         (w,) = workers(store)
         return str(w["state"])
 
-    wait_for(lambda: shown() == "stale", "the killed worker to be shown stale", timeout=120)
+    wait_until(lambda: shown() == "stale", "the killed worker to be shown stale", timeout=120)
     (w,) = workers(store)
     assert re.fullmatch(
         r"stale: silent for \d+s; was busy on job 1 \(still running under it\)", w["liveness"]
@@ -279,8 +272,8 @@ def test_a_local_worker_keeps_its_row_fresh_while_idle_and_says_when_it_stopped(
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        first = wait_for(lambda: store.list_workers(), "its row")[0]["last_seen"]
-        wait_for(lambda: store.list_workers()[0]["last_seen"] > first + 0.15, "a fresher row")
+        first = wait_until(lambda: store.list_workers(), "its row")[0]["last_seen"]
+        wait_until(lambda: store.list_workers()[0]["last_seen"] > first + 0.15, "a fresher row")
         (w,) = workers(store)
         assert (w["state"], w["heartbeat_s"]) == ("idle", 0.1)
     finally:
