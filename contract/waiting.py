@@ -29,6 +29,14 @@ class Backoff:
     cap: float = float("inf")
     jitter: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.first < 0 or not 0 <= self.jitter < 1:
+            raise ValueError(f"a backoff needs first >= 0 and 0 <= jitter < 1, not {self}")
+        if self.factor > 1 and self.cap == float("inf"):
+            raise ValueError(
+                f"a growing backoff needs a cap (time.sleep takes no infinity): {self}"
+            )
+
     @classmethod
     def every(cls, seconds: float) -> Backoff:
         """The same delay every time."""

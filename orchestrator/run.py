@@ -168,7 +168,7 @@ class RunReport:
     counts: dict[str, int]
     output: Path
     stopped: bool
-    unpublished: dict[str, Any]  # ``JobStore.unpublished_summary()``
+    unpublished: dict[str, Any]  # ``JobStore.summarize_unpublished()``
 
     @property
     def total(self) -> int:

@@ -42,7 +42,7 @@ from orchestrator.presets import MIXED, PRESET_NAMES
 from workers.models.schedulers import SCHEDULER_NAMES
 from workers.quality import BUILTIN
 
-if TYPE_CHECKING:  # the store (and SQLAlchemy) is loaded by the first command that opens it
+if TYPE_CHECKING:
     from orchestrator.store import JobStore
 
 T = TypeVar("T")
@@ -529,15 +529,16 @@ def configure_logging(verbose: int, service: bool = False) -> None:
     logging.getLogger("workers").setLevel(level)
 
 
-def patiently(fn: Callable[[], T], what: str, every: float = 5.0) -> T:
+def wait_out(fn: Callable[[], T], what: str, every: float = 5.0) -> T:
     """``fn()`` for a service's start: a busy or full database (or disk) is waited out, with
-    one line each time the reason changes, not a crash; Ctrl-C stops the wait."""
-    said: list[str] = []
+    one line each time the reason changes, not a crash; Ctrl-C stops the wait (through
+    ``contract.waiting.patiently``)."""
+    said = [""]
 
     def tell(exc: BaseException, _delay: float) -> None:
-        if not said or str(exc) != said[-1]:
+        if str(exc) != said[0]:
             click.echo(f"waiting to {what}: {exc} (trying again every {every:.0f}s)", err=True)
-            said.append(str(exc))
+            said[0] = str(exc)
 
     return waiting.patiently(
         fn, retry_on=(TransientError,), backoff=Backoff.every(every), on_failure=tell

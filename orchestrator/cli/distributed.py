@@ -22,12 +22,12 @@ from orchestrator.cli.common import (
     main,
     option,
     pass_state,
-    patiently,
     redis_option,
     require_backend,
     threads_option,
     tuning_from,
     tuning_options,
+    wait_out,
 )
 from orchestrator.hooks import Hooks
 from orchestrator.run import stop_signals_handled
@@ -100,7 +100,7 @@ def coordinator(
     from orchestrator.transports.coordinator import Coordinator, CoordinatorSettings
 
     configure_logging(ctx.find_root().meta["verbose"], service=True)
-    store = patiently(state.store, "open the database")
+    store = wait_out(state.store, "open the database")
     try:
         redis = connect_patiently(redis_url, say=lambda m: click.echo(f"waiting: {m}", err=True))
     except ConnectionError as exc:
@@ -117,7 +117,7 @@ def coordinator(
     )
     claim_output(state)
     coord = Coordinator(store, redis, settings, hooks=Hooks(notify_url, on_done))
-    patiently(coord.acquire, "take the coordinator lease")
+    wait_out(coord.acquire, "take the coordinator lease")
     bar = Progress(store.count_jobs)
     coord.on_event = bar
     click.echo(

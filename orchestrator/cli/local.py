@@ -26,7 +26,6 @@ from orchestrator.cli.common import (
     main,
     option,
     pass_state,
-    patiently,
     report_submit,
     require_backend,
     runtime_options,
@@ -34,6 +33,7 @@ from orchestrator.cli.common import (
     submit_manifest,
     tuning_from,
     tuning_options,
+    wait_out,
     worker_options,
 )
 from orchestrator.manifest import Defaults, load_manifest
@@ -179,7 +179,7 @@ def report_run(store: JobStore, report: RunReport) -> None:
 def report_unpublished(u: dict[str, Any], output: Path) -> int:
     """Say which succeeded jobs' images are not in place (the folder could not be written, or
     a stop came while the disk was full), why, and what publishes them (``u``:
-    ``JobStore.unpublished_summary()``); how many."""
+    ``JobStore.summarize_unpublished()``); how many."""
     from orchestrator.results import STAGING
     from orchestrator.status import unpublished_lines
 
@@ -220,7 +220,7 @@ def work(
     configure_logging(ctx.find_root().meta["verbose"], service=True)
     from orchestrator.run import work_queue
 
-    store = patiently(state.store, "open the database")
+    store = wait_out(state.store, "open the database")
     settings = settings_from_options(state.output, kw, burst=burst, poll_seconds=poll_seconds)
     claim_output(state)
     _worker, stats = work_queue(store, settings.worker, progress=sys.stderr.isatty(), say=_say)

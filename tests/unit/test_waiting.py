@@ -243,3 +243,14 @@ def test_patiently_lets_any_other_error_through_at_once() -> None:
             fn, retry_on=(ConnectionError,), backoff=Backoff.every(1.0), sleep=lambda _s: None
         )
     assert fn.calls == 1
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"first": -1.0}, {"first": 1.0, "jitter": 1.0}, {"first": 1.0, "factor": 2.0}],
+)
+def test_a_backoff_that_could_not_be_slept_is_refused(kw: dict[str, float]) -> None:
+    # a negative first delay or a jitter of 100% could give a negative sleep; a growing
+    # backoff with no cap reaches infinity in a long outage: time.sleep takes neither
+    with pytest.raises(ValueError):
+        Backoff(**kw)
