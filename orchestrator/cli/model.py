@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from contract.errors import UsageError
-from orchestrator.cli.common import main, option
+from orchestrator.cli.common import main, option, threads_option
 from orchestrator.extras import require as require_extra
 
 
@@ -61,6 +61,7 @@ def _usage(fn: Any) -> Any:
     help="Grouped-channel candidates, BITSgGROUP comma-separated (4g16: 4-bit, one lookup table "
     "per 16 output channels; packages using them need macOS 15 / iOS 18); '' for none.",
 )
+@threads_option()
 @_usage
 def analyze_cmd(
     model_name: str,
@@ -70,6 +71,7 @@ def analyze_cmd(
     num_recipes: int,
     prompts: int,
     grouped: str,
+    threads: int | None,
 ) -> None:
     """Per-layer sensitivity of the UNet to 1/2/4/6/8-bit and grouped-channel palettization
     (hours on a real model)."""
@@ -91,6 +93,7 @@ def analyze_cmd(
             num_recipes=num_recipes,
             prompts=prompts,
             grouped=tuple(g.strip() for g in grouped.split(",") if g.strip()),
+            threads=threads,
             progress=progress,
         )
     finally:

@@ -55,10 +55,12 @@ def analyze_model(
     num_recipes: int = 7,
     prompts: int = 4,
     grouped: tuple[str, ...] | None = None,
+    threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """``grouped``: the grouped-channel candidates (``"4g16"``...) besides the per-tensor
-    widths [default: ``analysis.GROUPED``]; ``()`` for none."""
+    widths [default: ``analysis.GROUPED``]; ``()`` for none. ``threads``: torch CPU threads
+    [default: the model's own, as generation uses (``workers.task.threads_for``)]."""
     palettes = GROUPED if grouped is None else tuple(parse_palette(g, "--grouped") for g in grouped)
     per_tensor = [p.key for p in palettes if not p.grouped]
     if per_tensor:
@@ -67,8 +69,11 @@ def analyze_model(
             "grouped ones such as '4g16'"
         )
     pipe = _pipeline(model)
-    probe = ProbeConfig()
-    probe = ProbeConfig(prompts=probe.prompts[:prompts])
+    from workers.task import threads_for
+
+    probe = ProbeConfig(
+        prompts=ProbeConfig().prompts[:prompts], threads=threads_for(model, threads)
+    )
     plan = AnalysisPlan(
         model=model,
         out=out,
