@@ -18,6 +18,9 @@ The spec is ``;``-separated rules:
   them and then fail each in turn.
 - ``fired=PATH``: append the name of every rule that fires to PATH (one per line, before its
   action), so a test injecting several faults at once knows which it reached.
+- ``backoff=SECONDS``: every wait between tries (``contract.waiting.Backoff``) is at most
+  SECONDS, so that a test failing each Redis call site in turn does not spend its time in
+  waits it does not test (what happens after an error is the same, only sooner).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ _hits: Counter[str] = Counter()
 _rules: dict[str, tuple[str, int, bool]] | None = None
 _record: str | None = None
 _fired: str | None = None
+_backoff: float | None = None
 
 
 def _load() -> dict[str, tuple[str, int, bool]]:
-    global _rules, _record, _fired
+    global _rules, _record, _fired, _backoff
     if _rules is None:
         rules: dict[str, tuple[str, int, bool]] = {}
         for part in filter(None, (p.strip() for p in os.environ.get(_ENV, "").split(";"))):
@@ -48,6 +52,9 @@ def _load() -> dict[str, tuple[str, int, bool]]:
                 continue
             if name == "fired":
                 _fired = action
+                continue
+            if name == "backoff":
+                _backoff = float(action)
                 continue
             action, _, nth = action.partition("@")
             rules[name] = (action, int(nth.rstrip("+") or 1), nth.endswith("+"))
@@ -64,13 +71,21 @@ def active() -> bool:
 
 def configure(spec: str | None) -> None:
     """Set (or with None clear) this process's rules, as if ORCHESTRATE_FAULTS said so."""
-    global _rules, _record, _fired
+    global _rules, _record, _fired, _backoff
     if spec:
         os.environ[_ENV] = spec
     else:
         os.environ.pop(_ENV, None)
-    _rules, _record, _fired = None, None, None
+    _rules, _record, _fired, _backoff = None, None, None, None
     _hits.clear()
+
+
+def backoff_at_most(seconds: float) -> float:
+    """``seconds``, or the ``backoff=`` rule's ceiling when that is less."""
+    if not active():
+        return seconds
+    _load()
+    return seconds if _backoff is None else min(seconds, _backoff)
 
 
 def _append(path: str, line: str) -> None:

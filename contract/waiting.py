@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from contract import faults
+
 T = TypeVar("T")
 
 
@@ -50,7 +52,7 @@ class Backoff:
             seconds = self.cap
         if self.jitter:
             seconds *= 1.0 + self.jitter * (2.0 * rand() - 1.0)
-        return float(seconds)
+        return faults.backoff_at_most(float(seconds))
 
 
 @dataclass(frozen=True)

@@ -254,3 +254,17 @@ def test_a_backoff_that_could_not_be_slept_is_refused(kw: dict[str, float]) -> N
     # backoff with no cap reaches infinity in a long outage: time.sleep takes neither
     with pytest.raises(ValueError):
         Backoff(**kw)
+
+
+def test_a_backoff_fault_rule_shortens_every_wait_and_only_while_it_is_set() -> None:
+    from contract import faults
+
+    try:
+        faults.configure("backoff=0.25")
+        assert [proto.REDIS_BACKOFF.delay(n) for n in range(3)] == [0.25, 0.25, 0.25]
+        assert Backoff.every(0.1).delay(0) == 0.1  # a ceiling, never a longer wait
+        faults.configure("redis:*=error@1")
+        assert proto.REDIS_BACKOFF.delay(1) == 2.0
+    finally:
+        faults.configure(None)
+    assert JOB_RETRY_BACKOFF.delay(0) == 1.0
