@@ -69,11 +69,7 @@ def analyze_model(
             "grouped ones such as '4g16'"
         )
     pipe = _pipeline(model)
-    from workers.task import threads_for
-
-    probe = ProbeConfig(
-        prompts=ProbeConfig().prompts[:prompts], threads=threads_for(model, threads)
-    )
+    probe = _probe_config(model, prompts, threads)
     plan = AnalysisPlan(
         model=model,
         out=out,
@@ -142,8 +138,16 @@ def _choose_recipe(
     return name, uniform_recipe(pipe.unet, palette.to_json())
 
 
-def _probe_psnr(pipe: Any, reference: Any) -> float:
-    probe = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2]))
+def _probe_config(model: str, prompts: int, threads: int | None = None) -> ProbeConfig:
+    """The probe's first ``prompts`` prompts, on ``threads`` or the model's own thread count
+    (``workers.task.threads_for``: 1 for the built-in tiny models, as generation uses)."""
+    from workers.task import threads_for
+
+    return ProbeConfig(prompts=ProbeConfig().prompts[:prompts], threads=threads_for(model, threads))
+
+
+def _probe_psnr(pipe: Any, probe_config: ProbeConfig, reference: Any) -> float:
+    probe = Probe(pipe, probe_config)
     return round(mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True)), 2)
 
 
@@ -175,11 +179,12 @@ def compress_model(
     pipe = _pipeline(model)
     variant, recipe = _choose_recipe(pipe, recipe_spec, bits)
     variant = name or variant
-    reference = Probe(pipe, ProbeConfig(prompts=ProbeConfig().prompts[:2])).run()
+    probe_config = _probe_config(model, 2)
+    reference = Probe(pipe, probe_config).run()
     t0 = time.perf_counter()
     if fmt == "torch":
         note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
-        note["psnr_db"] = _probe_psnr(pipe, reference)
+        note["psnr_db"] = _probe_psnr(pipe, probe_config, reference)
         (out / "orchestrate_compression.json").write_text(json.dumps(note, indent=2))
         info = {
             k: note[k]
@@ -206,7 +211,7 @@ def compress_model(
             "fp16_mb": fp16_mb,
             "palettized_mb": package_megabytes(out / f"{UNET}.mlpackage"),
             "estimated_mb": sizes["palettized_mb"],
-            "psnr_db": _probe_psnr(pipe, reference),
+            "psnr_db": _probe_psnr(pipe, probe_config, reference),
             "palettized_layers": len(coreml_bits),
             **compile_packages(out),
         }
