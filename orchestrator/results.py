@@ -41,13 +41,13 @@ Errors are sorted by whom they hold up:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -75,6 +75,12 @@ TMP_STALE_S = 24 * 3600.0  # a temporary file this old is dead whoever wrote it
 _STAGED = re.compile(r"^(\d+)(?:\.[0-9a-f]+)?\.png$")
 _TMP = re.compile(r"^\d+\.(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
 _HOST = socket.gethostname()
+# This process's own temporary files that it could not remove when a write failed (the folder
+# turned read-only between creating one and removing it): by name, which holds this host, this
+# pid and a random token. Its writer is alive (it is us), so only this record lets a sweep
+# prove the file is dead; each sweep of this process removes them.
+_left_behind: set[str] = set()
+_left_lock = threading.Lock()
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -150,8 +156,13 @@ def stage(
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            with _left_lock:
+                _left_behind.add(tmp.name)
         if isinstance(exc, OSError) and is_no_space(exc):
             raise DiskFull(f"no room to write {target}: {exc.strerror}") from exc
         if isinstance(exc, OSError):
@@ -293,6 +304,9 @@ class Results:
         for kind, path in self._stale(time.time() if now is None else now):
             if dry_run or _unlink(path):
                 removed[kind] += 1
+                if not dry_run:
+                    with _left_lock:
+                        _left_behind.discard(path.name)
         return removed
 
     def _stale(self, now: float) -> list[tuple[str, Path]]:
@@ -307,7 +321,9 @@ class Results:
             for entry in entries:
                 m = _TMP.match(entry.name)
                 if m is not None:
-                    if _writer_dead(m["host"], int(m["pid"]), entry, now):
+                    if entry.name in _left_behind or _writer_dead(
+                        m["host"], int(m["pid"]), entry, now
+                    ):
                         stale.append(("tmp", Path(entry.path)))
                     continue
                 m = _STAGED.match(entry.name)

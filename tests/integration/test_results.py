@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -146,6 +147,35 @@ def test_temporary_files_of_dead_writers_are_swept(store: JobStore, tmp_path: Pa
     alive.write_bytes(b"being written")
     assert Results(store, out).sweep()["tmp"] == 1
     assert [p.name for p in folder.iterdir()] == [alive.name]
+
+
+def test_a_temporary_file_left_when_the_folder_turned_read_only_is_swept_by_its_writer(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder turns read-only between creating the temporary file and renaming it: the
+    write fails, and so does removing the file. Its writer is alive (this process), so only
+    its own record of the file lets its next sweep remove it (chaos seed 37 found one left)."""
+    from contract.errors import OutputUnwritable
+
+    out = tmp_path / "out"
+    real_unlink = os.unlink
+
+    def read_only(*args: object, **kw: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", read_only)
+        m.setattr(os, "unlink", read_only)
+        with pytest.raises(OutputUnwritable):
+            stage(out / "1" / "a.png", 3, png(1), root=out)
+    (left,) = (out / STAGING).iterdir()
+    assert left.name.startswith(f"3.{socket.gethostname()}.{os.getpid()}.")
+    other = out / STAGING / f"4.{socket.gethostname()}.{os.getpid()}.abcd1234.tmp"
+    other.write_bytes(b"being written by another thread")  # alive: never swept
+    assert os.unlink is real_unlink
+    assert Results(store, out).sweep() == {"staged": 0, "tmp": 1}
+    assert [p.name for p in (out / STAGING).iterdir()] == [other.name]
+    assert Results(store, out).sweep() == {"staged": 0, "tmp": 0}
 
 
 def test_a_full_disk_pauses_the_worker_and_keeps_its_image(
