@@ -22,7 +22,7 @@ from workers.tiny import ensure_tiny_model
 
 pytestmark = pytest.mark.slow
 MIN_SIZE = 20_000  # the tiny UNet's 55 larger layers (Apple's 1e5 would leave none)
-# two probe prompts, on one thread: the suite's two processes share two cores, and the tiny
+# two probe prompts, on one thread: the suite's processes share two cores, and the tiny
 # UNet's small tensors gain nothing from a second thread that the other process is using
 PROBE = ProbeConfig(prompts=ProbeConfig().prompts[:2], threads=1)
 
