@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "torch",
         "diffusers",
         "transformers",
+        "tokenizers",
         "huggingface_hub",
         "safetensors",
         "numpy",

@@ -1,0 +1,396 @@
+"""The built-in tiny flow-matching models (``model = tiny-sd3``, ``tiny-flux``, ``tiny-flux2``),
+so the Stable Diffusion 3, FLUX.1 and FLUX.2 [klein] paths run and are tested with no download.
+
+Built from code as the tiny SDXL is (``workers.tiny.xl``), the way diffusers' own fast tests
+build theirs: the real diffusers/transformers classes at toy size, with the parts that make
+each family what it is:
+
+* ``tiny-sd3`` (``StableDiffusion3Pipeline``): an MMDiT (``SD3Transformer2DModel``, 2x2
+  patches, RMS-normed queries and keys and one dual-attention layer as in SD 3.5), two CLIP
+  encoders with projections (their penultimate hidden states side by side, zero-padded to the
+  T5 width, are the context before T5's; their projected embeddings, concatenated, the pooled
+  one) and a T5 encoder; a 16-channel VAE with SD3's scaling and shift; SD 3.5's
+  ``FlowMatchEulerDiscreteScheduler(shift=3.0)``.
+* ``tiny-flux`` (``FluxPipeline``), FLUX.1 [dev]'s layout: a ``FluxTransformer2DModel`` with
+  guidance embedding (``guidance_embeds=True``: ``guidance_scale`` is an input of the model,
+  one pass a step; true CFG only with ``true_cfg_scale > 1`` and a negative prompt), the CLIP
+  encoder's pooled output and T5's hidden states; a 16-channel VAE whose latents are packed in
+  2x2 patches (64 channels a token); FLUX.1 [dev]'s scheduler, shifted by image size.
+* ``tiny-flux2`` (``Flux2KleinPipeline``), FLUX.2 [klein]'s layout, undistilled
+  (``is_distilled=False``: ``guidance_scale > 1`` runs true CFG against the empty prompt): a
+  ``Flux2Transformer2DModel`` without guidance embedding, a ``Qwen3ForCausalLM`` whose hidden
+  states at ``FLUX2_TEXT_LAYERS``, side by side, are the context (Klein 4B takes layers 9, 18
+  and 27 of 36; here 1, 2 and 3 of 4, which the caller must pass as ``text_encoder_out_layers``:
+  the pipeline's default would index layers this model does not have), Qwen's chat template;
+  an ``AutoencoderKLFlux2`` (2x2 patches, batch-normed latents); Klein's scheduler (FLUX.1
+  [dev]'s config, with Klein's own shift from image size and step count).
+
+All draw 64x64 images natively (VAEs with three downsamplings: 8x8 latents). The T5 and Qwen
+tokenizers are written by ``workers.tiny.tokenizers``, the CLIP ones are the byte-level
+vocabulary of ``workers.tiny``. Pass ``max_sequence_length=T5_MAX_LENGTH`` (the pipelines'
+defaults, 256 or 512 tokens, work but cost more) and ``height=width=64`` to FLUX and Klein
+(their default is 1024 px whatever the model). ``T5_MAX_LENGTH`` is also the T5 and Qwen
+tokenizers' ``model_max_length``.
+
+Weights are random, drawn from a fixed seed per model (the same torch builds the same bytes):
+they draw noise, not pictures, but the same noise for the same job. Each is saved with
+``save_pretrained`` into the cache once, under a versioned name, and loaded with
+``from_pretrained`` as a user's model folder is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workers.cache import default_cache_dir
+from workers.tiny import write_clip_vocabulary
+from workers.tiny.tokenizers import (
+    MODEL_MAX_LENGTH,
+    check_tokenizer_size,
+    write_qwen_tokenizer,
+    write_t5_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+TINY_SD3_MODEL_NAME = "tiny-sd3"
+TINY_FLUX_MODEL_NAME = "tiny-flux"
+TINY_FLUX2_MODEL_NAME = "tiny-flux2"
+# name -> family name
+FLOW_MODELS: dict[str, str] = {
+    TINY_SD3_MODEL_NAME: "tiny-sd3",
+    TINY_FLUX_MODEL_NAME: "tiny-flux",
+    TINY_FLUX2_MODEL_NAME: "tiny-flux2",
+}
+# Bump a model's version when its architecture, weights or tokenizers change, so old caches
+# are not reused.
+TINY_FLOW_MODEL_VERSIONS: dict[str, str] = {
+    TINY_SD3_MODEL_NAME: "tiny-sd3-v1",
+    TINY_FLUX_MODEL_NAME: "tiny-flux-v1",
+    TINY_FLUX2_MODEL_NAME: "tiny-flux2-v1",
+}
+TINY_FLOW_WEIGHT_SEEDS: dict[str, int] = {
+    TINY_SD3_MODEL_NAME: 20260301,
+    TINY_FLUX_MODEL_NAME: 20260302,
+    TINY_FLUX2_MODEL_NAME: 20260303,
+}
+
+# The max_sequence_length to pass to the pipelines: T5's tokens (tiny-sd3, tiny-flux) or the
+# chat-templated prompt's Qwen tokens (tiny-flux2). A prompt of the tiny world fits. Also the
+# T5 and Qwen tokenizers' model_max_length.
+T5_MAX_LENGTH = MODEL_MAX_LENGTH
+# The Qwen3 hidden states tiny-flux2's transformer reads (0 is the embeddings; 4, the last,
+# is after the final norm, which Klein never takes): pass as text_encoder_out_layers.
+QWEN_LAYERS = 4
+FLUX2_TEXT_LAYERS: tuple[int, ...] = (1, 2, 3)
+
+# Each model's tokenizer folders, by kind.
+TOKENIZERS: dict[str, dict[str, tuple[str, ...]]] = {
+    TINY_SD3_MODEL_NAME: {"clip": ("tokenizer", "tokenizer_2"), "t5": ("tokenizer_3",)},
+    TINY_FLUX_MODEL_NAME: {"clip": ("tokenizer",), "t5": ("tokenizer_2",)},
+    TINY_FLUX2_MODEL_NAME: {"qwen": ("tokenizer",)},
+}
+
+IMAGE_SIZE = 64  # native: 8x8 latents
+LATENT_SIZE = 8
+CLIP_WIDTH = 32  # each CLIP encoder's hidden size and projection
+T5_WIDTH = 64  # T5's d_model: the MMDiTs' joint_attention_dim
+QWEN_WIDTH = 16  # Qwen3's hidden size; Klein's context is len(FLUX2_TEXT_LAYERS) of it
+
+
+def tiny_flow_model_path(name: str, cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "models" / _version(name)
+
+
+def _version(name: str) -> str:
+    try:
+        return TINY_FLOW_MODEL_VERSIONS[name]
+    except KeyError:
+        known = ", ".join(FLOW_MODELS)
+        raise ValueError(f"{name!r} is not a built-in flow-matching model ({known})") from None
+
+
+def build_tiny_flow_model(name: str, destination: Path) -> None:
+    """Build a tiny flow-matching model's components from code and save them as a diffusers
+    folder."""
+    builders = {
+        TINY_SD3_MODEL_NAME: _build_sd3,
+        TINY_FLUX_MODEL_NAME: _build_flux,
+        TINY_FLUX2_MODEL_NAME: _build_flux2,
+    }
+    _version(name)
+    import torch
+
+    destination.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(TINY_FLOW_WEIGHT_SEEDS[name])
+    pipe = builders[name](destination)
+    pipe.save_pretrained(destination, safe_serialization=True)
+    # save_pretrained writes the CLIP tokenizers' tokenizer.json only: keep the plain files.
+    # It rewrites the T5 and Qwen ones its own way (transformers 5 adds keys such as
+    # "is_local", moves the chat template to a file of its own): keep the files written here.
+    for sub in TOKENIZERS[name].get("clip", ()):
+        write_clip_vocabulary(destination / sub)
+    for sub in TOKENIZERS[name].get("t5", ()):
+        write_t5_tokenizer(destination / sub)
+    for sub in TOKENIZERS[name].get("qwen", ()):
+        (destination / sub / "chat_template.jinja").unlink(missing_ok=True)
+        write_qwen_tokenizer(destination / sub)
+
+
+def ensure_tiny_flow_model(name: str, cache_dir: Path | None = None) -> Path:
+    """Return a tiny flow-matching model's folder, building it once (atomically, safe across
+    processes)."""
+    path = tiny_flow_model_path(name, cache_dir)
+    if (path / "model_index.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        logger.info(
+            "building the tiny model %s in %s", name, path, extra={"action": "tiny_model_build"}
+        )
+        build_tiny_flow_model(name, tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # Another process finished first; its copy is identical.
+            if not (path / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _clip_tokenizer(folder: Path, what: str) -> Any:
+    from transformers import CLIPTokenizer
+
+    vocab_size = write_clip_vocabulary(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    check_tokenizer_size(tokenizer, vocab_size, what)
+    return tokenizer
+
+
+def _clip_config(vocab_size: int) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=CLIP_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        projection_dim=CLIP_WIDTH,
+    )
+
+
+def _t5(folder: Path, what: str) -> tuple[Any, Any]:
+    """A T5 v1.1-style encoder (gated GELU, relative attention) and its tokenizer."""
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    vocab_size = write_t5_tokenizer(folder)
+    tokenizer = T5TokenizerFast.from_pretrained(folder)
+    check_tokenizer_size(tokenizer, vocab_size, what)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=T5_WIDTH,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config), tokenizer
+
+
+def _vae(latent_channels: int, scaling_factor: float, shift_factor: float) -> Any:
+    """Four blocks, three downsamplings (an image is 8x its latent), no quant convs, as the
+    SD3 and FLUX.1 VAEs."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
+def _flux_dev_scheduler() -> Any:
+    """FLUX.1 [dev]'s scheduler config (FLUX.2 [klein] ships the same)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
+def _build_sd3(destination: Path) -> Any:
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = _clip_tokenizer(destination / "tokenizer", "tiny-sd3 tokenizer")
+    tokenizer_2 = _clip_tokenizer(destination / "tokenizer_2", "tiny-sd3 tokenizer_2")
+    text_encoder = CLIPTextModelWithProjection(_clip_config(len(tokenizer)))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(tokenizer_2)))
+    text_encoder_3, tokenizer_3 = _t5(destination / "tokenizer_3", "tiny-sd3 tokenizer_3")
+    transformer = SD3Transformer2DModel(
+        sample_size=LATENT_SIZE,  # the pipeline's default size: 8 * 8 = 64 px
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=T5_WIDTH,
+        caption_projection_dim=32,  # = heads * head dim
+        pooled_projection_dim=2 * CLIP_WIDTH,
+        pos_embed_max_size=16,  # up to 16x16 patches: 256 px
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    # SD3's latent scaling and shift.
+    vae = _vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609)
+    # SD 3.5's scheduler config.
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def _build_flux(destination: Path) -> Any:
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tokenizer = _clip_tokenizer(destination / "tokenizer", "tiny-flux tokenizer")
+    text_encoder = CLIPTextModel(_clip_config(len(tokenizer)))
+    text_encoder_2, tokenizer_2 = _t5(destination / "tokenizer_2", "tiny-flux tokenizer_2")
+    latent_channels = 16
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,  # 2x2 packed latents
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=CLIP_WIDTH,  # CLIPTextModel's pooled output
+        guidance_embeds=True,  # FLUX.1 [dev]
+        axes_dims_rope=(4, 4, 8),  # sums to the head dim
+    )
+    # FLUX.1's latent scaling and shift.
+    vae = _vae(latent_channels=latent_channels, scaling_factor=0.3611, shift_factor=0.1159)
+    return FluxPipeline(
+        scheduler=_flux_dev_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def _build_flux2(destination: Path) -> Any:
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    folder = destination / "tokenizer"
+    vocab_size = write_qwen_tokenizer(folder)
+    tokenizer = Qwen2TokenizerFast.from_pretrained(folder)
+    check_tokenizer_size(tokenizer, vocab_size, "tiny-flux2 tokenizer")
+    # Qwen3 4B's layout at toy size: grouped-query attention, tied embeddings.
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=vocab_size,
+            hidden_size=QWEN_WIDTH,
+            intermediate_size=32,
+            num_hidden_layers=QWEN_LAYERS,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=512,  # the pipeline's default max_sequence_length
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        )
+    )
+    latent_channels = 8
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,  # 2x2 patchified latents
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=len(FLUX2_TEXT_LAYERS) * QWEN_WIDTH,
+        timestep_guidance_channels=256,
+        mlp_ratio=3.0,
+        axes_dims_rope=(4, 4, 4, 4),  # sums to the head dim
+        rope_theta=2000,
+        eps=1e-6,
+        guidance_embeds=False,  # Klein
+    )
+    vae = AutoencoderKLFlux2(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+    )
+    return Flux2KleinPipeline(
+        scheduler=_flux_dev_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=False,
+    )
