@@ -49,7 +49,12 @@ from orchestrator.expansion import (
 )
 from orchestrator.output import check_output_dir, check_output_name
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
-from workers.models.schedulers import SCHEDULER_NAMES, steps_problem
+from workers.models.schedulers import (
+    SCHEDULER_NAMES,
+    sampler_problem,
+    size_problem,
+    steps_problem,
+)
 
 # A mixed-bit recipe variant's name (a quantization beside contract.limits.QUANTIZATIONS).
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
@@ -484,6 +489,22 @@ def _header_columns(
     return names
 
 
+def _sampling_problem(spec: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    """Why the model a job names cannot sample it as asked (the scheduler's kind, the image
+    size, too few steps), with the columns that may have asked for it; None when it can."""
+    model, scheduler = str(spec["model"]), str(spec["scheduler"])
+    problem = sampler_problem(model, scheduler)
+    if problem:
+        return ("scheduler", "model"), problem
+    problem = size_problem(model, int(spec["width"]), int(spec["height"]))
+    if problem:
+        return ("width", "height", "model"), problem
+    problem = steps_problem(model, scheduler, int(spec["steps"]))
+    if problem:
+        return ("scheduler", "steps"), problem
+    return None
+
+
 def parse_manifest(
     data: bytes | str,
     path: str = "<manifest>",
@@ -655,13 +676,10 @@ def parse_manifest(
                         values = dict(zip(axes, combo, strict=True))
                         spec = resolver.resolve(values, defaults)
                         seed = base_seed if spec["seed"] is None else int(spec["seed"])
-                        problem = steps_problem(
-                            str(spec["model"]), str(spec["scheduler"]), int(spec["steps"])
-                        )
-                        if problem:  # named by the cell that asked for it, if one did
-                            named = next(
-                                (c for c in ("scheduler", "steps") if cell(c).strip()), None
-                            )
+                        found = _sampling_problem(spec)
+                        if found:  # named by the cell that asked for it, if one did
+                            asked, problem = found
+                            named = next((c for c in asked if cell(c).strip()), None)
                             raise _RowFailed(named, cell(named) if named else None, problem)
                         if seed + count - 1 > SEED.max:
                             raise _RowFailed(

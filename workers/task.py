@@ -285,6 +285,9 @@ def _package(
     }
     if run_info["tuning"]:
         extra["Tuning"] = run_info["tuning"]
+    fields = getattr(backend, "a1111_fields", None)  # a flow model's schedule and guidance
+    if fields is not None:
+        extra.update(fields(image_job))
     if gen.batch_size > 1:
         extra["Batch size"] = gen.batch_size
     parameters = a1111_parameters(image_job, extra)

@@ -3,13 +3,16 @@
 ``Tuning:`` and our JSON), and ``reproduce`` applies what an image records: any of them may
 change the pixels, so none is on by default.
 
-- ``compile``: ``torch.compile`` of the UNet, CUDA only (on the CPU the inductor's compile takes
+- ``compile``: ``torch.compile`` of the UNet (a flow model's transformer), CUDA only (on the CPU the inductor's compile takes
   minutes per shape and seldom pays for 20 steps; on MPS it is not supported well enough). The
   first image of each shape pays the compile.
 - ``channels_last``: the UNet's weights and activations in NHWC, which cuDNN's convolutions
   prefer.
 - ``low_memory``: attention computed a slice of heads at a time and the VAE decoding in tiles:
-  what lets SDXL fit a 16 GB Mac or a 1024 px image fit a small GPU, for some speed.
+  what lets SDXL fit a 16 GB Mac or a 1024 px image fit a small GPU, for some speed. For the
+  flow-matching families (SD3, FLUX): model CPU offload on a GPU (each component moved to the
+  GPU only while it runs) and the VAE in tiles, what lets FLUX.1 or SD 3.5 Large fit a 24-32 GB
+  Mac.
 - ``fused_batches``: on the CPU, a batch's UNet evaluations as one call (on CUDA and MPS they
   always are). Without it each image of a CPU batch is byte-identical to its lone run; with it
   small models run several times faster (benchmarks/throughput.py), and each image differs
@@ -67,10 +70,19 @@ def apply(pipe: Any, tuning: Tuning) -> None:
     """Switch ``tuning`` on in a loaded diffusers pipeline."""
     import torch
 
-    if tuning.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+    unet = getattr(pipe, "unet", None)  # None: a flow model's transformer denoises
+    if tuning.channels_last and unet is not None:  # a transformer has no conv layout to change
+        unet.to(memory_format=torch.channels_last)
     if tuning.low_memory:
-        pipe.enable_attention_slicing()
+        if unet is not None:
+            pipe.enable_attention_slicing()
+        elif pipe.device.type != "cpu":
+            # the flow pipelines have no attention slicing: their components (text encoders,
+            # transformer, VAE) wait in the CPU's memory and go to the GPU in turn
+            pipe.enable_model_cpu_offload(device=pipe.device)
         pipe.vae.enable_tiling()
     if tuning.compile:
-        pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+        if unet is not None:
+            pipe.unet = torch.compile(unet, fullgraph=False)
+        else:
+            pipe.transformer = torch.compile(pipe.transformer, fullgraph=False)

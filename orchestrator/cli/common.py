@@ -39,7 +39,8 @@ from orchestrator.config import (
 from orchestrator.extras import require as require_extra
 from orchestrator.manifest import MAX_JOBS, VARIANT_NAME, Defaults, Manifest
 from orchestrator.presets import MIXED, PRESET_NAMES
-from workers.models.schedulers import SCHEDULER_NAMES
+from workers.models import BUILTIN_MODELS
+from workers.models.schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES
 from workers.quality import BUILTIN
 
 if TYPE_CHECKING:
@@ -147,16 +148,19 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--guidance-scale",
             type=click.FloatRange(*GUIDANCE),
             default=d.guidance_scale,
-            help="CFG scale.",
+            help="CFG scale (FLUX.1 dev: its distilled guidance; schnell: none).",
         ),
         option(
-            "--scheduler", type=click.Choice(SCHEDULER_NAMES), default=d.scheduler, help="Sampler."
+            "--scheduler",
+            type=click.Choice(SCHEDULER_NAMES),
+            default=d.scheduler,
+            help="Sampler (flow models: " + ", ".join(FLOW_SCHEDULERS) + ").",
         ),
         option(
             "--model",
             default=d.model,
-            help="'tiny' or 'tiny-xl' (built in), a diffusers folder (SD 1.x, 2.x, SDXL), "
-            "or a hub id.",
+            help="A built-in model (" + ", ".join(BUILTIN_MODELS) + "), a diffusers folder "
+            "(SD 1.x, 2.x, SDXL, SD 3/3.5, FLUX.1, FLUX.2 Klein), or a hub id.",
         ),
         option(
             "--quantization",

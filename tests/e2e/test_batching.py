@@ -1,6 +1,7 @@
-"""Micro-batching end to end, in both transports, as a user runs it: a manifest mixing the two
-built-in models (tiny and tiny-xl) run with ``--batch-size 3`` makes, job for job, the pixels
-its unbatched run makes, each job exactly once; and a worker killed mid-batch loses none."""
+"""Micro-batching end to end, in both transports, as a user runs it: a manifest mixing the
+built-in models (tiny, tiny-xl and the flow-matching tiny-sd3, tiny-flux and tiny-flux2) run
+with ``--batch-size 3`` makes, job for job, the pixels its unbatched run makes, each job exactly
+once; and a worker killed mid-batch loses none."""
 
 from __future__ import annotations
 
@@ -20,11 +21,15 @@ pytestmark = pytest.mark.slow
 IN_PROCESS = True  # commands in-process (tests/e2e/conftest.py)
 
 MIXED = (
-    "prompt,seed,model,steps,num_images\n"
-    "a red circle on a blue background,1,tiny,6,3\n"
-    "two small yellow squares on a green background,10,tiny-xl,6,3\n"
-    "a white triangle at the top left on a black background,20,tiny,6,2\n"
+    "prompt,seed,model,steps,num_images,scheduler\n"
+    "a red circle on a blue background,1,tiny,6,3,\n"
+    "two small yellow squares on a green background,10,tiny-xl,6,3,\n"
+    "a white triangle at the top left on a black background,20,tiny,6,2,\n"
+    "a blue square,30,tiny-sd3,4,3,dpmpp_2m\n"
+    "a green circle,40,tiny-flux,4,2,flow_euler\n"
+    "a red triangle,50,tiny-flux2,4,3,unipc\n"
 )
+JOBS = 16
 
 
 def pixels_by_job(db: Path) -> dict[int, str]:
@@ -54,8 +59,8 @@ def test_local_batches_make_the_unbatched_images_once_each(
     write(tmp_path / "mixed.csv", MIXED)
     cli("run", "mixed.csv", "--batch-size", "3", timeout=600)
     db = tmp_path / "orchestrate.db"
-    exactly_once(db, 8)
-    assert batch_sizes(db) == [3, 3, 3, 3, 3, 3, 2, 2]
+    exactly_once(db, JOBS)
+    assert batch_sizes(db) == [3, 3, 3, 3, 3, 3, 2, 2, 3, 3, 3, 2, 2, 3, 3, 3]
     assert pixels_by_job(db) == unbatched
 
 
@@ -72,7 +77,7 @@ def test_rq_batches_make_the_unbatched_images_once_each(
     finally:
         stop(worker)
     db = tmp_path / "orchestrate.db"
-    exactly_once(db, 8)
+    exactly_once(db, JOBS)
     sizes = batch_sizes(db)
     assert max(sizes) > 1, f"no job shared a call: {sizes}"  # how jobs meet depends on timing
     assert pixels_by_job(db) == unbatched

@@ -90,16 +90,16 @@ def test_a_model_name_found_nowhere_is_refused_before_the_night(cli: Cli, tmp_pa
         cli.env.pop(var, None)
     cli.env["HF_HOME"] = str(tmp_path / "hf")
     cli.env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
-    manifest = write(tmp_path / "jobs.csv", "prompt,model,steps\na red circle,tiny-sd3,2\n")
+    manifest = write(tmp_path / "jobs.csv", "prompt,model,steps\na red circle,tiny-sdx,2\n")
     reason = (
-        "not a built-in model (did you mean 'tiny' or 'tiny-xl'?) or a folder on this machine, "
+        "not a built-in model (did you mean 'tiny-sd3'?) or a folder on this machine, "
         "and not in this machine's Hugging Face cache, and the hub cannot be reached "
         "(127.0.0.1 does not answer): download it where there is a network "
-        "(`hf download tiny-sd3`) or give a local diffusers folder"
+        "(`hf download tiny-sdx`) or give a local diffusers folder"
     )
     refused = cli("run", str(manifest), check=2)
     assert refused.stderr.splitlines() == [
-        f"error: model 'tiny-sd3', 1 job: {reason}",
+        f"error: model 'tiny-sdx', 1 job: {reason}",
         "error: 1 model (1 job) cannot be loaded on this machine; nothing was submitted or run "
         "(--skip-model-check runs anyway: those jobs fail)",
     ]
@@ -107,15 +107,15 @@ def test_a_model_name_found_nowhere_is_refused_before_the_night(cli: Cli, tmp_pa
     # retries; retried, as the network may come back
     ran = cli("run", "--skip-model-check", "--max-attempts", "2", str(manifest), check=1)
     assert "Retrying in" not in ran.stderr and "huggingface_hub" not in ran.stderr
-    assert ran.stderr.count(f"ModelLoadError: model 'tiny-sd3': {reason}") == 2
-    assert job_rows(tmp_path) == [(1, "tiny-sd3", "failed", 2)]
+    assert ran.stderr.count(f"ModelLoadError: model 'tiny-sdx': {reason}") == 2
+    assert job_rows(tmp_path) == [(1, "tiny-sdx", "failed", 2)]
     # HF_HUB_OFFLINE=1 says the hub will not be asked: a retry cannot help, so there is none
     cli.env["HF_HUB_OFFLINE"] = "1"
     cli("jobs", "retry", "--failed")
     again = cli("run", "--skip-model-check", check=1)
     assert "retrying" not in again.stderr
-    assert "ModelNotFound: model 'tiny-sd3': not a built-in model (did you mean" in again.stderr
-    assert job_rows(tmp_path) == [(1, "tiny-sd3", "failed", 1)]  # one try since the retry
+    assert "ModelNotFound: model 'tiny-sdx': not a built-in model (did you mean" in again.stderr
+    assert job_rows(tmp_path) == [(1, "tiny-sdx", "failed", 1)]  # one try since the retry
 
 
 def test_submit_warns_once_about_tiny_prompts_outside_its_world(cli: Cli, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from contract.job import GenerationRequest
 from tests.apple_layout import apple_packages, apple_resources
 from tests.coreml_standin import OFF_MACOS, backends_on, image_psnr, pixels
 from tests.dummy_pipeline import dummy_pipe
-from workers.models.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import DIFFUSION_SCHEDULERS
 
 pytestmark = [pytest.mark.slow, OFF_MACOS]
 
@@ -117,7 +117,7 @@ def test_apple_folders_are_read_as_apple_writes_them(
     } == {"float32"}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("scheduler", DIFFUSION_SCHEDULERS)
 def test_fp32_apple_resources_with_a_chunked_unet_make_the_diffusers_image(
     scheduler: str, dummy: object, backends: dict[str, object]
 ) -> None:

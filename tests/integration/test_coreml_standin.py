@@ -21,7 +21,7 @@ from tests.coreml_standin import (
     pixels,
 )
 from tests.dummy_pipeline import dummy_pipe
-from workers.models.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import DIFFUSION_SCHEDULERS
 from workers.task import PipelineCache
 
 pytestmark = [OFF_MACOS, pytest.mark.slow]  # converts the tiny UNet to Core ML
@@ -73,7 +73,7 @@ def request(scheduler: str, seed: int = 3) -> GenerationRequest:
     )
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("scheduler", DIFFUSION_SCHEDULERS)
 def test_an_fp32_package_makes_the_diffusers_image_bit_for_bit(
     scheduler: str, dummy: object, backends: dict[str, object]
 ) -> None:

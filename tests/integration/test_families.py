@@ -269,20 +269,22 @@ def test_v_prediction_folder_keeps_v_prediction_and_generates(v_model: tuple[Pat
 # -- other kinds of model --------------------------------------------------------------------
 
 
-def sd3_folder(path: Path) -> Path:
+def img2img_folder(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.42.1"})
+        json.dumps(
+            {"_class_name": "StableDiffusion3Img2ImgPipeline", "_diffusers_version": "0.42.1"}
+        )
     )
     return path
 
 
 def test_the_backend_refuses_another_kind_before_loading(tmp_path: Path) -> None:
-    folder = sd3_folder(tmp_path / "sd3")
+    folder = img2img_folder(tmp_path / "sd3")
     with pytest.raises(JobInputError) as info:
         run_job(sample_job(model=str(folder)), PipelineCache(device="cpu"))
     assert str(info.value) == f"model {str(folder)!r}: " + families.refusal(
-        "StableDiffusion3Pipeline"
+        "StableDiffusion3Img2ImgPipeline"
     )
 
 
@@ -330,13 +332,13 @@ def test_a_manifest_of_tiny_and_tiny_xl_runs_and_reproduces(cli: Cli, tmp_path: 
 
 
 def test_run_refuses_an_unsupported_folder_before_any_work(cli: Cli, tmp_path: Path) -> None:
-    folder = sd3_folder(tmp_path / "sd3")
+    folder = img2img_folder(tmp_path / "sd3")
     (tmp_path / "jobs.csv").write_text(f"prompt,model\na,tiny-xl\nb,{folder}\n")
     proc = cli("run", "jobs.csv", check=2)
     line = (
         f"error: model {str(folder)!r}, 1 job: its model_index.json names "
-        "StableDiffusion3Pipeline, a kind of model this tool does not run; it runs Stable "
-        "Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL base (StableDiffusionXLPipeline)"
+        "StableDiffusion3Img2ImgPipeline, a kind of model this tool does not run; it runs "
+        + families.SUPPORTED
     )
     assert line in proc.stderr.splitlines(), proc.stderr
     assert not (tmp_path / "output").exists()

@@ -75,14 +75,14 @@ def test_an_uncached_model_fails_in_one_quiet_line_while_the_hub_is_away(
 ) -> None:
     caplog.set_level(logging.WARNING)
     with pytest.raises(ModelLoadError) as info:
-        PipelineCache(device="cpu", threads=1).get("tiny-sd3")
+        PipelineCache(device="cpu", threads=1).get("tiny-sdx")
     # the network may come back: retried like any load that failed
     assert not isinstance(info.value, JobInputError)
     assert str(info.value) == (
-        "model 'tiny-sd3': not a built-in model (did you mean 'tiny' or 'tiny-xl'?) or a folder "
+        "model 'tiny-sdx': not a built-in model (did you mean 'tiny-sd3'?) or a folder "
         "on this machine, and not in this machine's Hugging Face cache, and the hub cannot be "
         "reached (127.0.0.1 does not answer): download it where there is a network "
-        "(`hf download tiny-sd3`) or give a local diffusers folder"
+        "(`hf download tiny-sdx`) or give a local diffusers folder"
     )
     assert hub_records(caplog) == []
 
@@ -91,14 +91,14 @@ def test_a_model_that_cannot_be_found_offline_fails_once_through_the_real_task(
     no_hub: Path, store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    submit_text(store, "prompt,model\na,tiny-sd3\n", max_attempts=3)
+    submit_text(store, "prompt,model\na,tiny-sdx\n", max_attempts=3)
     settings = WorkerSettings(output_dir=tmp_path / "out", burst=True, poll_seconds=0.05)
     worker = LocalWorker(store, settings, cache=PipelineCache(device="cpu"))
     assert worker.run().failed == 1
     job = store.get_job(1)
     assert (job["status"], job["attempts"]) == ("failed", 1)
     assert job["attempt_rows"][0]["error"].startswith(
-        "ModelNotFound: model 'tiny-sd3': not a built-in model (did you mean 'tiny' or 'tiny-xl'?)"
+        "ModelNotFound: model 'tiny-sdx': not a built-in model (did you mean 'tiny-sd3'?)"
     )
     assert "(HF_HUB_OFFLINE=1)" in job["attempt_rows"][0]["error"]
 

@@ -13,7 +13,7 @@ import pytest
 from contract.errors import JobInputError, JobInterrupted
 from tests.conftest import sample_payload
 from workers.metadata import read_png_metadata
-from workers.models.schedulers import SCHEDULER_NAMES
+from workers.models.schedulers import DIFFUSION_SCHEDULERS
 from workers.task import PipelineCache, run_job
 from workers.tiny import SHIPPED_TINY, ensure_tiny_model
 from workers.tiny.evaluation import SHIPPED_ADHERENCE, evaluate
@@ -136,7 +136,7 @@ def test_same_pixels_in_another_process(cache: PipelineCache) -> None:
     assert there == here
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("scheduler", DIFFUSION_SCHEDULERS)
 def test_every_scheduler_runs(cache: PipelineCache, scheduler: str) -> None:
     out = run_job({**JOB, "scheduler": scheduler, "steps": 4, "width": 64, "height": 96}, cache)
     assert pixels(out.png).shape == (96, 64, 3)

@@ -82,8 +82,8 @@ def test_hub_ids_offline_need_the_cache(tmp_path: Path, monkeypatch: pytest.Monk
         "not a model on the Hugging Face hub (or a private one: `hf auth login` with a token "
         "that may read it)"
     )
-    assert model_problem("tiny-sd3") == (
-        "not a built-in model (did you mean 'tiny' or 'tiny-xl'?) or a folder on this "
+    assert model_problem("tiny-sdx") == (
+        "not a built-in model (did you mean 'tiny-sd3'?) or a folder on this "
         "machine, and not a model on the Hugging Face hub (or a private one: `hf auth login` "
         "with a token that may read it)"
     )

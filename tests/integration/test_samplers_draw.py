@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from workers.models.schedulers import MIN_STEPS, SCHEDULER_NAMES
+from workers.models.schedulers import DIFFUSION_SCHEDULERS, MIN_STEPS
 from workers.task import PipelineCache
 from workers.tiny.evaluation import evaluate
 from workers.tiny.judge import HELD_OUT_PROMPTS, judge
@@ -26,7 +26,7 @@ def backend() -> Any:
     return PipelineCache(threads=1).get("tiny")[0]
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", DIFFUSION_SCHEDULERS)
 def test_every_sampler_draws_on_the_tiny_model(backend: Any, name: str) -> None:
     """At a manifest's usual 20 steps, or the fewest a manifest may give it on this model."""
     steps = max(20, MIN_STEPS.get(("tiny", name), 0))
@@ -63,5 +63,5 @@ def test_every_row_of_the_example_manifest_draws(backend: Any) -> None:
         verdict = judge(backend.generate(request).image, job.prompt)
         assert verdict is not None, job.prompt
         scores[job.line, job.scheduler, job.steps] = verdict.score
-    assert {s for _, s, _ in scores} == set(SCHEDULER_NAMES)
+    assert {s for _, s, _ in scores} == set(DIFFUSION_SCHEDULERS)
     assert min(scores.values()) >= 0.6, scores

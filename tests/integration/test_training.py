@@ -91,7 +91,7 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from workers.models.schedulers import SCHEDULER_NAMES, build_scheduler
+    from workers.models.schedulers import DIFFUSION_SCHEDULERS, build_scheduler
 
     config = TrainConfig(
         vae_steps=1,
@@ -116,7 +116,7 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
     else:
         assert scheduler_config["rescale_betas_zero_snr"] is False
         assert scheduler_config["trained_betas"] == pytest.approx(expected)
-    for name in SCHEDULER_NAMES:
+    for name in DIFFUSION_SCHEDULERS:
         alpha_bar = build_scheduler(name, scheduler_config).alphas_cumprod
         assert float(alpha_bar[-1]) < 1e-6, name
         if expected is not None:

@@ -97,7 +97,7 @@ def test_bad_grid_values_are_named_with_the_cell() -> None:
         "jobs.csv:2: column 'scheduler': lists 'pndm' twice (got 'pndm|pndm')",
         "jobs.csv:2: column 'guidance_scale': must be a number (got 'x')",
         "jobs.csv:3: column 'steps': must be between 1 and 500 (got '600')",
-        "jobs.csv:3: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim (got 'nope')",
+        "jobs.csv:3: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim, flow_euler, unipc (got 'nope')",
     ]
 
 

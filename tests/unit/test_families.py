@@ -166,8 +166,8 @@ def test_missing_configs_give_the_familys_usual_size(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "class_name",
     [
-        "StableDiffusion3Pipeline",
-        "FluxPipeline",
+        "StableDiffusion3Img2ImgPipeline",
+        "Flux2Pipeline",  # FLUX.2 dev (Mistral text): not Klein
         "StableDiffusionXLImg2ImgPipeline",  # the SDXL refiner's class
         "StableDiffusionXLInpaintPipeline",
         "StableDiffusionImg2ImgPipeline",
@@ -219,7 +219,7 @@ def test_a_cached_hub_model_of_another_kind_is_refused(
     from huggingface_hub import constants
 
     for repo, class_name in (
-        ("me/sd3", "StableDiffusion3Pipeline"),
+        ("me/sd3", "StableDiffusion3Img2ImgPipeline"),
         ("me/xl", "StableDiffusionXLPipeline"),
     ):
         snapshot = tmp_path / ("models--" + repo.replace("/", "--"))
@@ -229,7 +229,7 @@ def test_a_cached_hub_model_of_another_kind_is_refused(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     problem = model_problem("me/sd3")
-    assert problem is not None and "names StableDiffusion3Pipeline," in problem
+    assert problem is not None and "names StableDiffusion3Img2ImgPipeline," in problem
     assert model_problem("me/xl") is None
     assert native_size("me/xl") == (1024, 1024)  # from the cached model_index: SDXL's usual
 

@@ -83,7 +83,7 @@ def test_offline_by_setting_needs_no_look_at_the_network(
 @pytest.mark.parametrize(
     ("model", "close"),
     [
-        ("tiny-sd3", ["tiny", "tiny-xl"]),
+        ("tiny-sdx", ["tiny-sd3"]),
         ("Tiny", ["tiny"]),
         ("tiny-x1", ["tiny-xl"]),
         ("tinyxl", ["tiny-xl"]),

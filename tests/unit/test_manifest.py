@@ -70,7 +70,7 @@ def test_every_error_is_collected_with_line_column_and_value() -> None:
         "jobs.csv:3: column 'guidance_scale': must be between 0 and 50 (got 'nan')",
         "jobs.csv:3: column 'width': must be a multiple of 8 (Stable Diffusion's VAE scale) (got '65')",
         "jobs.csv:3: column 'height': must be between 64 and 4096 (got '8')",
-        "jobs.csv:3: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim; did you mean 'dpmpp_2m'? (got 'dpmpp2m')",
+        "jobs.csv:3: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim, flow_euler, unipc; did you mean 'dpmpp_2m'? (got 'dpmpp2m')",
         "jobs.csv:3: column 'num_images': must be between 1 and 10000 (got '0')",
         "jobs.csv:3: column 'output_name': must be a plain file name (letters, digits, space, '_', '-', '.', {fields}); no '/', '\\', '..' or leading '.' (got '../etc/passwd')",
         "jobs.csv:4: column 'seed': must be between 0 and 4294967295; leave it empty for a seed derived from the prompt (got '4294967296')",

@@ -5,8 +5,8 @@ import inspect
 import pytest
 
 from workers.models.schedulers import (
+    DIFFUSION_SCHEDULERS,
     KARRAS_SIGMA_MAX,
-    SCHEDULER_NAMES,
     TERMINAL_ALPHA_BAR,
     build_scheduler,
     steps_problem,
@@ -41,7 +41,7 @@ def test_karras_variant_uses_karras_sigmas() -> None:
     assert s.config.use_karras_sigmas
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", DIFFUSION_SCHEDULERS)
 def test_every_scheduler_sets_the_requested_steps(name: str) -> None:
     s = build_scheduler(name, SD_CONFIG)
     s.set_timesteps(20)
@@ -49,7 +49,7 @@ def test_every_scheduler_sets_the_requested_steps(name: str) -> None:
     assert "skip_prk_steps" not in s.config or name == "pndm"
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", DIFFUSION_SCHEDULERS)
 def test_every_scheduler_keeps_a_zero_terminal_snr_schedule(name: str) -> None:
     """A model trained on rescaled betas (last step pure noise) gets them in every sampler,
     including one without the option (PNDM takes the betas themselves)."""

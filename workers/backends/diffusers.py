@@ -1,4 +1,5 @@
-"""The diffusers/PyTorch backend: Stable Diffusion 1.x, 2.x and SDXL on CPU, CUDA or Apple's MPS.
+"""The diffusers/PyTorch backend: Stable Diffusion 1.x, 2.x, SDXL and the flow-matching families
+(SD 3/3.5, FLUX.1, FLUX.2 Klein: ``workers.backends.flow``) on CPU, CUDA or Apple's MPS.
 
 The pipeline class comes from the model's family (``workers.models.families``): read from the model's
 configs before any weights are loaded, so a model of another kind is refused with one line.
@@ -22,6 +23,7 @@ from typing import Any
 from contract.errors import JobInputError, JobInterrupted, ModelLoadError, ModelNotFound
 from contract.job import GenerationRequest
 from workers.backends import GenerationResult, batch_key
+from workers.backends import flow as flow_family
 from workers.models import (
     builtin_model,
     checkpoint_file,
@@ -33,7 +35,7 @@ from workers.models import (
     model_fingerprint,
 )
 from workers.models.checkpoints import is_checkpoint_file
-from workers.models.schedulers import build_scheduler
+from workers.models.schedulers import FLOW_A1111_SCHEDULE, SCHEDULERS, build_scheduler
 from workers.tuning import Tuning
 from workers.tuning import apply as apply_tuning
 
@@ -176,9 +178,10 @@ def load_pipeline(source: str, dtype: Any) -> Any:
     with hub.quiet():
         info = source_family(source)  # refuses an unsupported kind before loading any weights
     pipeline = info.pipeline if info is not None else families.SD_PIPELINE
+    options: dict[str, Any] = {}
     if pipeline == families.SDXL_PIPELINE:
-        options: dict[str, Any] = {"add_watermarker": False}
-    else:
+        options = {"add_watermarker": False}
+    elif pipeline == families.SD_PIPELINE:
         options = {"safety_checker": None, "requires_safety_checker": False}
     if local_only:
         options["local_files_only"] = True  # cached, and no hub to ask: never its retries
@@ -220,7 +223,8 @@ def _load_checkpoint(path: Path, dtype: Any) -> Any:
 
 
 class DiffusersBackend:
-    """A loaded Stable Diffusion or SDXL pipeline, kept for every job that names its model."""
+    """A loaded pipeline of one of the families (``workers.models.families``), kept for every
+    job that names its model."""
 
     name = "diffusers"
 
@@ -251,13 +255,26 @@ class DiffusersBackend:
         if problem is not None:
             raise JobInputError(problem)
         self.tuning_label = self.tuning.label
-        # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.
-        self._torch_dtype = torch.float32 if self.device == "cpu" else torch.float16
-        self.dtype = "fp32" if self._torch_dtype == torch.float32 else "fp16"
         # A compressed variant is a model folder of its own, found by the pipeline cache.
         self.fingerprint: str | None = None
+        where = None
         if pipeline is None:
             where = source or model_source(model)
+            with hub.quiet():
+                ahead = source_family(where)
+        else:
+            ahead = families.of_pipeline(pipeline)
+        flow = ahead is not None and ahead.family.kind == families.FLOW
+        # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.
+        # On a GPU the flow-matching transformers run in bf16 (FLUX overflows fp16), the
+        # UNets in fp16.
+        if self.device == "cpu":
+            self._torch_dtype, self.dtype = torch.float32, "fp32"
+        elif flow:
+            self._torch_dtype, self.dtype = torch.bfloat16, "bf16"
+        else:
+            self._torch_dtype, self.dtype = torch.float16, "fp16"
+        if where is not None:
             pipe = load_pipeline(where, self._torch_dtype)
             self.fingerprint = model_fingerprint(where)
         else:
@@ -266,7 +283,9 @@ class DiffusersBackend:
         self.pipe = pipe.to(self.device)
         self.info = families.of_pipeline(pipe)
         self.family = self.info.family.name
+        self._flow = self.info.family.kind == families.FLOW
         self._xl = self.info.pipeline == families.SDXL_PIPELINE
+        self._text_length = flow_family.max_sequence_length(pipe, self.info) if self._flow else None
         if self._xl and self.dtype == "fp16" and pipe.vae.config.get("force_upcast", False):
             # SDXL's VAE overflows in fp16 (its config says so): it decodes in fp32, as the
             # SDXL pipeline does (kept there, rather than cast back and forth per image).
@@ -291,10 +310,27 @@ class DiffusersBackend:
             # Not library versions, but as much causes of different pixels.
             "model_family": self.family,
             **({"model_fingerprint": self.fingerprint} if self.fingerprint else {}),
+            # What the job's guidance_scale meant to this model (families.CFG, ...).
+            **({"guidance": self.info.guidance} if self._flow else {}),
         }
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
+
+    def a1111_fields(self, job: dict[str, Any]) -> dict[str, object]:
+        """What A1111/Forge write for a flow model beside the usual infotext: the "Simple"
+        schedule its samplers step on, and FLUX.1 dev's guidance as "Distilled CFG Scale"
+        (its "CFG scale" is then 1, as Forge writes it)."""
+        if not self._flow:
+            return {}
+        fields: dict[str, object] = {}
+        if SCHEDULERS[job["scheduler"]].a1111_schedule is None:
+            fields["Schedule type"] = FLOW_A1111_SCHEDULE
+        if self.info.guidance != families.CFG:
+            fields["CFG scale"] = 1
+        if self.info.guidance == families.DISTILLED:
+            fields["Distilled CFG Scale"] = f"{float(job['guidance_scale']):g}"
+        return fields
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
@@ -317,9 +353,18 @@ class DiffusersBackend:
             raise ValueError("a batch mixes sizes, steps, schedulers or guidance scales")
         pipe = self.pipe
         n = len(requests)
-        do_cfg = first.guidance_scale > 1.0
+        if self._flow:
+            do_cfg = flow_family.uses_cfg(self.info, first.guidance_scale)
+            options = flow_family.call_options(
+                self.info, first.guidance_scale, self._text_length or 0
+            )
+        else:
+            do_cfg = first.guidance_scale > 1.0
+            options = {"guidance_scale": first.guidance_scale}
         # 1. A fresh scheduler of the batch's kind (schedulers keep per-run state).
-        pipe.scheduler = build_scheduler(first.scheduler, self._scheduler_config)
+        pipe.scheduler = build_scheduler(
+            first.scheduler, self._scheduler_config, self.info.family.kind
+        )
 
         with torch.inference_mode():
             # 2. Text encoding, prompt by prompt (the text encoder's cost is small), stacked.
@@ -348,8 +393,8 @@ class DiffusersBackend:
             with self._unet_layout(n, do_cfg):
                 latents = pipe(
                     **embeddings,
+                    **options,
                     num_inference_steps=first.steps,
-                    guidance_scale=first.guidance_scale,
                     height=first.height,
                     width=first.width,
                     generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
@@ -362,7 +407,7 @@ class DiffusersBackend:
             # and is not bit-identical to the lone image's.
             images = [
                 pipe.image_processor.postprocess(
-                    self._decode(latents[i : i + 1]), output_type="pil"
+                    self._decode(latents[i : i + 1], first), output_type="pil"
                 )[0]
                 for i in range(n)
             ]
@@ -376,7 +421,7 @@ class DiffusersBackend:
                 text_encode_s=(t1 - t0) / n,
                 denoise_s=(t2 - t1) / n,
                 decode_s=(t3 - t2) / n,
-                unet_evaluations=len(step_ends) * (2 if do_cfg else 1),
+                unet_evaluations=len(step_ends) * (2 if do_cfg else 1),  # denoiser calls
                 step_times=step_times,
                 batch_size=n,
             )
@@ -398,22 +443,28 @@ class DiffusersBackend:
     def _unet_layout(self, n: int, do_cfg: bool) -> Iterator[None]:
         """Within a batch of ``n`` images on an unfused device, the UNet evaluates image by
         image: the pipeline's batch is [negatives..., prompts...] (with guidance), and image
-        i's call gets rows (i, n + i), exactly the two rows its lone job's call has."""
+        i's call gets rows (i, n + i), exactly the two rows its lone job's call has. A flow
+        model's transformer likewise (Klein's guidance halves come as calls of their own);
+        FLUX.1's position ids (one 2-D table for the whole batch) are not split."""
         if n == 1 or self.fused_batches:
             yield
             return
         import torch
 
-        unet = self.pipe.unet
-        forward = unet.forward
-        halves = 2 if do_cfg else 1
+        denoiser = self.pipe.transformer if self._flow else self.pipe.unet
+        forward = denoiser.forward
+        halves = flow_family.stacked_halves(self.info, do_cfg) if self._flow else 2 if do_cfg else 1
 
-        def per_image(sample: Any, timestep: Any, *args: Any, **kwargs: Any) -> Any:
-            rows = sample.shape[0]
+        def per_image(*args: Any, **kwargs: Any) -> Any:
+            first = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+            assert first is not None, "a denoiser call without its latents"
+            rows = first.shape[0]
 
-            def part(value: Any, i: int) -> Any:
+            def part(value: Any, i: int, name: str = "") -> Any:
                 if isinstance(value, dict):
-                    return {k: part(v, i) for k, v in value.items()}
+                    return {k: part(v, i, k) for k, v in value.items()}
+                if name in ("img_ids", "txt_ids") and torch.is_tensor(value) and value.ndim == 2:
+                    return value  # FLUX.1's ids: shared by every row
                 if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == rows:
                     return value[[i + k * n for k in range(halves)]]
                 return value
@@ -421,26 +472,28 @@ class DiffusersBackend:
             kwargs["return_dict"] = False
             outs = [
                 forward(
-                    part(sample, i),
-                    part(timestep, i),
                     *(part(a, i) for a in args),
-                    **{k: part(v, i) for k, v in kwargs.items()},
+                    **{k: part(v, i, k) for k, v in kwargs.items()},
                 )[0]
                 for i in range(n)
             ]
             merged = torch.cat([out[k : k + 1] for k in range(halves) for out in outs])
             return (merged,)
 
-        unet.forward = per_image
+        denoiser.forward = per_image
         try:
             yield
         finally:
-            del unet.forward  # back to the class's method
+            del denoiser.forward  # back to the class's method
 
     def _encode(self, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
         """The prompt's embeddings as the pipeline's keyword arguments. SDXL's pipeline runs
         the prompt through both its text encoders (the second gives the pooled embedding); an
         empty negative prompt is its zeros, as SDXL was trained."""
+        if self._flow:
+            return flow_family.encode(
+                self.pipe, self.info, request, do_cfg, self.device, self._text_length or 0
+            )
         negative = request.negative_prompt or None
         if self._xl:
             prompt, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
@@ -461,9 +514,11 @@ class DiffusersBackend:
         )
         return {"prompt_embeds": prompt, "negative_prompt_embeds": negative_embeds}
 
-    def _decode(self, latents: Any) -> Any:
+    def _decode(self, latents: Any, request: GenerationRequest) -> Any:
         """Latents to an image tensor, as the family's pipeline decodes them (SDXL: in the
         VAE's dtype, unscaled by its latents' mean and spread when its config gives them)."""
+        if self._flow:
+            return flow_family.decode(self.pipe, self.info, latents, request.width, request.height)
         vae = self.pipe.vae
         config = vae.config
         if self._xl:

@@ -22,12 +22,12 @@ from workers.compression.palettize import (
     uniform_recipe,
 )
 from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
-from workers.models.families import PIPELINES, SD_PIPELINE
+from workers.models.families import DIFFUSION_PIPELINES, SD_PIPELINE
 
 FORMATS = ("torch", "coreml")
 
 
-def _pipeline(model: str, *, families: tuple[str, ...] = PIPELINES) -> Any:
+def _pipeline(model: str, *, families: tuple[str, ...] = DIFFUSION_PIPELINES) -> Any:
     """``model`` loaded in fp32 for the model commands, refused in one line when its pipeline
     is not one of ``families``: SD 1.x/2.x and SDXL for analyze, recipe, compress and convert
     (Apple's Core ML layouts for both); the single-file export is SD 1.x/2.x's layout only."""

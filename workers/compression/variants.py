@@ -48,6 +48,12 @@ def unet_megabytes(unet: Any, recipe: Recipe) -> dict[str, float]:
     return {"fp16_mb": fp16 / 1e6, "palettized_mb": palettized / 1e6}
 
 
+def denoiser(pipe: Any) -> Any:
+    """The network a pipeline runs every step: its UNet, or a flow model's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
 def build_torch_variant(
     pipe: Any,
     recipe: Recipe,
@@ -57,10 +63,11 @@ def build_torch_variant(
     name: str,
     psnr_db: float | None = None,
 ) -> dict[str, Any]:
-    """Apply ``recipe`` to ``pipe``'s UNet (in place) and save the pipeline to ``out``
-    atomically, with a note of the recipe, average bits and sizes."""
-    stats = apply_recipe(pipe.unet, recipe)
-    sizes = unet_megabytes(pipe.unet, recipe)
+    """Apply ``recipe`` to ``pipe``'s denoiser (in place: the UNet, or a flow model's
+    transformer) and save the pipeline to ``out`` atomically, with a note of the recipe,
+    average bits and sizes (named ``unet_*`` for either)."""
+    stats = apply_recipe(denoiser(pipe), recipe)
+    sizes = unet_megabytes(denoiser(pipe), recipe)
     note = {
         "source_model": source_model,
         "variant": name,
@@ -112,7 +119,7 @@ def ensure_uniform_variant(model: str, variant: str) -> Path:
         nbits = UNIFORM_BITS[variant]
         assert nbits in NBITS
         pipe = load_pipeline(model_source(model), torch.float32)
-        recipe = uniform_recipe(pipe.unet, nbits)
+        recipe = uniform_recipe(denoiser(pipe), nbits)
         logger.info("building the %s variant of %s in %s", variant, model, out)
         note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
         registry.register(

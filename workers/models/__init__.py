@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from workers.tiny import TINY_MODEL_NAME
+from workers.tiny.flow import FLOW_MODELS
 from workers.tiny.xl import TINY_XL_MODEL_NAME
 
 SD_NATIVE = (512, 512)
 TINY_NATIVE = (64, 64)
 
 # The models that come with the tool, by name: built-in family of each.
-BUILTIN_MODELS = {TINY_MODEL_NAME: "tiny", TINY_XL_MODEL_NAME: "tiny-xl"}
+BUILTIN_MODELS = {TINY_MODEL_NAME: "tiny", TINY_XL_MODEL_NAME: "tiny-xl", **FLOW_MODELS}
 
 
 def is_tiny(model: str) -> bool:
@@ -27,7 +28,8 @@ def is_tiny(model: str) -> bool:
 
 
 def is_builtin(model: str) -> bool:
-    """Whether ``model`` names a built-in model (``tiny``, ``tiny-xl``)."""
+    """Whether ``model`` names a built-in model (``tiny``, ``tiny-xl``, ``tiny-sd3``,
+    ``tiny-flux``, ``tiny-flux2``)."""
     return model in BUILTIN_MODELS
 
 
@@ -41,6 +43,10 @@ def builtin_model(model: str) -> Path | None:
         from workers.tiny.xl import ensure_tiny_xl_model
 
         return ensure_tiny_xl_model()
+    if model in FLOW_MODELS:
+        from workers.tiny.flow import ensure_tiny_flow_model
+
+        return ensure_tiny_flow_model(model)
     return None
 
 
@@ -111,6 +117,39 @@ def native_size(model: str) -> tuple[int, int]:
         return families.detect(read).native_size
     except families.UnsupportedModel:
         return families.native_of(read)
+
+
+@lru_cache(maxsize=64)
+def family_name(model: str) -> str | None:
+    """The family (``families.FAMILIES``) of the model a manifest names, as far as its configs
+    on this machine tell without loading it: a built-in model's, a local folder's, a cached hub
+    id's; None when nothing here says (a hub id not downloaded, a single file made elsewhere, a
+    kind this tool does not run: the preflight check and the load say why)."""
+    from workers.models import families
+
+    if is_builtin(model):
+        return BUILTIN_MODELS[model]
+    checkpoint = checkpoint_file(model)
+    if checkpoint is not None:
+        from workers.models.checkpoints import TINY_FAMILY, family
+
+        try:
+            return TINY_FAMILY if family(checkpoint) == TINY_FAMILY else None
+        except Exception:  # not readable as safetensors: the load will say so
+            return None
+    folder = local_folder(model)
+    if folder is not None:
+        read = families.folder_reader(folder)
+    elif looks_like_path(model):
+        return None
+    else:
+        read = families.hub_cache_reader(model)
+        if read("model_index.json") is None:
+            return None
+    try:
+        return families.detect(read).family.name
+    except families.UnsupportedModel:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

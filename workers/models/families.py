@@ -4,23 +4,40 @@ A diffusers model folder says what it is: ``model_index.json`` names its pipelin
 (``_class_name``), the scheduler's config its ``prediction_type``, the UNet's its latent
 ``sample_size``, text width (``cross_attention_dim``) and, for SDXL, ``addition_embed_type =
 "text_time"`` (pooled text embeddings and size/crop "time ids" added to the timestep), and the
-VAE's its downsampling (``block_out_channels``: one level fewer than blocks). From these:
+VAE's its downsampling (``block_out_channels``: one level fewer than blocks). The flow-matching
+families have a transformer instead of a UNet; its config gives the text width
+(``joint_attention_dim``), SD3's its ``sample_size`` and FLUX.1's whether guidance is an input
+of the model (``guidance_embeds``: dev) or not (schnell). From these:
 
-========  ============================  =====================================================
-family    pipeline                      told by
-========  ============================  =====================================================
-sd1       StableDiffusionPipeline       768-wide text (CLIP ViT-L); native 512
-sd2       StableDiffusionPipeline       1024-wide text (OpenCLIP ViT-H) or v-prediction;
-                                        native 768 (v-prediction, sample_size 96) or 512
-sdxl      StableDiffusionXLPipeline     two text encoders, ``text_time`` UNet; native 1024
-tiny      StableDiffusionPipeline       toy width (< 256): the built-in ``tiny`` and its
-                                        variants; native 64
-tiny-xl   StableDiffusionXLPipeline     toy width: the built-in ``tiny-xl``; native 64
-========  ============================  =====================================================
+===========  ==========================  ==============================================  ==========
+family       pipeline                    told by                                         guidance
+===========  ==========================  ==============================================  ==========
+sd1          StableDiffusionPipeline     768-wide text (CLIP ViT-L); native 512          cfg
+sd2          StableDiffusionPipeline     1024-wide text or v-prediction; native 768      cfg
+                                         (v-prediction, sample_size 96) or 512
+sdxl         StableDiffusionXLPipeline   two text encoders, ``text_time`` UNet; 1024     cfg
+sd3          StableDiffusion3Pipeline    MMDiT transformer (SD 3/3.5); native 1024       cfg
+flux1        FluxPipeline                FLUX.1: dev (``guidance_embeds``) or schnell    distilled
+                                         (without); native 1024                          or none
+flux2-klein  Flux2KleinPipeline          FLUX.2 Klein (Qwen3 text); native 1024          cfg, or
+                                                                                         none when
+                                                                                         distilled
+tiny         StableDiffusionPipeline     toy width (< 256): the built-in ``tiny``        cfg
+tiny-xl      StableDiffusionXLPipeline   toy width: the built-in ``tiny-xl``             cfg
+tiny-sd3     StableDiffusion3Pipeline    toy width: the built-in ``tiny-sd3``            cfg
+tiny-flux    FluxPipeline                toy width: the built-in ``tiny-flux`` (dev)     distilled
+tiny-flux2   Flux2KleinPipeline          toy width: the built-in ``tiny-flux2``          cfg
+===========  ==========================  ==============================================  ==========
 
-The native size is read from the configs when they are there (UNet ``sample_size`` x the VAE's
-scale), the family's usual one when not. Any other pipeline class (Stable Diffusion 3, Flux,
-an img2img, inpainting or refiner-only pipeline, ...) is refused with one line.
+``guidance`` is what a manifest's ``guidance_scale`` means for the model: ``cfg`` classifier-free
+guidance (the denoiser runs with and without the prompt), ``distilled`` the guidance value FLUX.1
+dev takes as an input (one denoiser call a step; A1111/Forge call it "Distilled CFG Scale"),
+``none`` a model that takes no guidance (FLUX.1 schnell, a step-distilled Klein): the value is
+recorded and does nothing.
+
+The native size is read from the configs when they are there (UNet or SD3 transformer
+``sample_size`` x the VAE's scale), the family's usual one when not. Any other pipeline class
+(an img2img, inpainting or refiner-only pipeline, ...) is refused with one line.
 
 No torch here: the manifest validator and preflight read configs, nothing more.
 """
@@ -37,7 +54,22 @@ from contract.errors import JobInputError
 
 SD_PIPELINE = "StableDiffusionPipeline"
 SDXL_PIPELINE = "StableDiffusionXLPipeline"
-PIPELINES = (SD_PIPELINE, SDXL_PIPELINE)
+SD3_PIPELINE = "StableDiffusion3Pipeline"
+FLUX_PIPELINE = "FluxPipeline"
+FLUX2_KLEIN_PIPELINE = "Flux2KleinPipeline"
+# Denoised with a UNet by a diffusion (noise/v-prediction) sampler; with a transformer by a
+# flow-matching one.
+DIFFUSION_PIPELINES = (SD_PIPELINE, SDXL_PIPELINE)
+FLOW_PIPELINES = (SD3_PIPELINE, FLUX_PIPELINE, FLUX2_KLEIN_PIPELINE)
+PIPELINES = DIFFUSION_PIPELINES + FLOW_PIPELINES
+
+# What a family's model is: denoised by a diffusion sampler or a flow-matching one.
+DIFFUSION = "diffusion"
+FLOW = "flow"
+# What a manifest's guidance_scale means (see the table above).
+CFG = "cfg"
+DISTILLED = "distilled"
+NO_GUIDANCE = "none"
 
 # Narrower text than any real family's (768, 1024, 2048): the built-in toy models.
 TOY_TEXT_WIDTH = 256
@@ -51,6 +83,11 @@ class Family:
     native: int  # side in pixels when the configs do not say
     title: str
 
+    @property
+    def kind(self) -> str:
+        """DIFFUSION (a UNet, noise or v-prediction) or FLOW (a transformer, flow matching)."""
+        return FLOW if self.pipeline in FLOW_PIPELINES else DIFFUSION
+
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -58,12 +95,26 @@ FAMILIES: dict[str, Family] = {
         Family("sd1", SD_PIPELINE, 512, "Stable Diffusion 1.x"),
         Family("sd2", SD_PIPELINE, 512, "Stable Diffusion 2.x"),
         Family("sdxl", SDXL_PIPELINE, 1024, "SDXL base"),
+        Family("sd3", SD3_PIPELINE, 1024, "Stable Diffusion 3/3.5"),
+        Family("flux1", FLUX_PIPELINE, 1024, "FLUX.1"),
+        Family("flux2-klein", FLUX2_KLEIN_PIPELINE, 1024, "FLUX.2 Klein"),
         Family("tiny", SD_PIPELINE, 64, "the built-in tiny Stable Diffusion"),
         Family("tiny-xl", SDXL_PIPELINE, 64, "the built-in tiny SDXL"),
+        Family("tiny-sd3", SD3_PIPELINE, 64, "the built-in tiny SD3"),
+        Family("tiny-flux", FLUX_PIPELINE, 64, "the built-in tiny FLUX.1"),
+        Family("tiny-flux2", FLUX2_KLEIN_PIPELINE, 64, "the built-in tiny FLUX.2 Klein"),
     )
 }
+# The full-size family of each pipeline, and its toy-width (built-in) one.
+_BY_PIPELINE = {
+    SD3_PIPELINE: ("sd3", "tiny-sd3"),
+    FLUX_PIPELINE: ("flux1", "tiny-flux"),
+    FLUX2_KLEIN_PIPELINE: ("flux2-klein", "tiny-flux2"),
+}
 SUPPORTED = (
-    "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL base (StableDiffusionXLPipeline)"
+    "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL base "
+    "(StableDiffusionXLPipeline), Stable Diffusion 3/3.5 (StableDiffusion3Pipeline), FLUX.1 "
+    "(FluxPipeline) and FLUX.2 Klein (Flux2KleinPipeline)"
 )
 
 
@@ -77,10 +128,11 @@ class ModelInfo:
 
     family: Family
     pipeline: str  # pipeline class to load it with
-    prediction_type: str  # epsilon, v_prediction or sample
+    prediction_type: str  # epsilon, v_prediction or sample; flow_prediction for flow models
     sample_size: int | None  # latent side, when the UNet config gives it
     vae_scale: int  # image side / latent side
     native_size: tuple[int, int]  # (width, height)
+    guidance: str = CFG  # what a manifest's guidance_scale means for it (CFG, DISTILLED, NONE)
 
 
 Reader = Callable[[str], Mapping[str, Any] | None]
@@ -168,13 +220,18 @@ def classify(
     unet: Mapping[str, Any] | None,
     scheduler: Mapping[str, Any] | None,
     vae: Mapping[str, Any] | None,
+    transformer: Mapping[str, Any] | None = None,
+    index: Mapping[str, Any] | None = None,
 ) -> ModelInfo:
     """The family of a model from its configs (any may be missing: a folder without a class
     name is taken as Stable Diffusion, as it always was here). UnsupportedModel when the
-    class is not one this tool runs, or the UNet is not the one the class needs."""
+    class is not one this tool runs, or the UNet is not the one the class needs. ``index``:
+    ``model_index.json`` itself (Klein says there whether it is step-distilled)."""
     pipeline = class_name or SD_PIPELINE
     if pipeline not in PIPELINES:
         raise UnsupportedModel(refusal(pipeline))
+    if pipeline in FLOW_PIPELINES:
+        return _classify_flow(pipeline, transformer or {}, vae, index or {})
     unet = unet or {}
     text_time = unet.get("addition_embed_type") == "text_time"
     if unet and text_time != (pipeline == SDXL_PIPELINE):
@@ -206,6 +263,42 @@ def classify(
     return ModelInfo(family, pipeline, prediction, sample_size, scale, (side, side))
 
 
+def _classify_flow(
+    pipeline: str,
+    transformer: Mapping[str, Any],
+    vae: Mapping[str, Any] | None,
+    index: Mapping[str, Any],
+) -> ModelInfo:
+    """SD3, FLUX.1 or FLUX.2 Klein (or a toy of each) from its transformer's config."""
+    full, toy = _BY_PIPELINE[pipeline]
+    width = transformer.get("joint_attention_dim")
+    narrow = isinstance(width, int) and width < TOY_TEXT_WIDTH
+    family = FAMILIES[toy if narrow else full]
+    if pipeline == FLUX_PIPELINE:
+        guidance = DISTILLED if transformer.get("guidance_embeds") else NO_GUIDANCE
+    elif pipeline == FLUX2_KLEIN_PIPELINE:
+        guidance = NO_GUIDANCE if index.get("is_distilled") else CFG
+    else:
+        guidance = CFG
+    # SD3's transformer gives its latent side; FLUX's configs do not (1024 px, or 64 for the
+    # built-in toys).
+    sample_size = _sample_size(transformer) if pipeline == SD3_PIPELINE else None
+    scale = vae_scale(vae)
+    side = sample_size * scale if sample_size is not None else family.native
+    return ModelInfo(
+        family, pipeline, "flow_prediction", sample_size, scale, (side, side), guidance
+    )
+
+
+def guidance_title(guidance: str) -> str:
+    """What ``guidance_scale`` is called for a model whose guidance is ``guidance``."""
+    return {
+        CFG: "classifier-free guidance",
+        DISTILLED: "distilled guidance (an input of the model)",
+        NO_GUIDANCE: "nothing (the model takes no guidance)",
+    }[guidance]
+
+
 def _sample_size(unet: Mapping[str, Any] | None) -> int | None:
     value = (unet or {}).get("sample_size")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -213,7 +306,7 @@ def _sample_size(unet: Mapping[str, Any] | None) -> int | None:
 
 def native_of(read: Reader) -> tuple[int, int]:
     """The native size the configs give, whatever the family (512 when they do not say)."""
-    sample_size = _sample_size(read("unet/config.json"))
+    sample_size = _sample_size(read("unet/config.json") or read("transformer/config.json"))
     if sample_size is None:
         return (512, 512)
     side = sample_size * vae_scale(read("vae/config.json"))
@@ -222,11 +315,16 @@ def native_of(read: Reader) -> tuple[int, int]:
 
 def detect(read: Reader) -> ModelInfo:
     """The family of the model whose files ``read`` reads (see ``classify``)."""
+    index = read("model_index.json")
+    name = (index or {}).get("_class_name")
+    flow = name in FLOW_PIPELINES
     return classify(
-        pipeline_class(read),
-        read("unet/config.json"),
+        name if isinstance(name, str) else None,
+        None if flow else read("unet/config.json"),
         read("scheduler/scheduler_config.json"),
         read("vae/config.json"),
+        read("transformer/config.json") if flow else None,
+        index,
     )
 
 
@@ -237,11 +335,15 @@ def detect_folder(folder: Path) -> ModelInfo:
 def of_pipeline(pipe: Any) -> ModelInfo:
     """The family of a loaded pipeline, from its components' configs (a single-file
     checkpoint has no folder to read)."""
+    name = type(pipe).__name__
+    flow = name in FLOW_PIPELINES
     return classify(
-        type(pipe).__name__,
-        dict(pipe.unet.config),
+        name,
+        None if flow else dict(pipe.unet.config),
         dict(pipe.scheduler.config),
         dict(pipe.vae.config),
+        dict(pipe.transformer.config) if flow else None,
+        dict(pipe.config),
     )
 
 

@@ -1,14 +1,24 @@
 """Scheduler names a manifest may use, how to build each from a model's config, and the
 names A1111 gives them in image metadata.
 
+A sampler applies to the diffusion families (a UNet predicting noise or velocity), to the
+flow-matching ones (SD3, FLUX), or to both. ``dpmpp_2m`` is the house sampler on both: on a flow
+model it is DPM-Solver++ with flow sigmas (``prediction_type="flow_prediction"``,
+``use_flow_sigmas``) and the model's own shift, resolution-dependent where the model's scheduler
+config says so (FLUX's ``use_dynamic_shifting``); ``flow_euler`` is the model's own
+FlowMatchEulerDiscrete, as its pipeline ships it.
+
 Only the builder imports diffusers, so the manifest validator can use the names cheaply.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from workers.models.families import DIFFUSION, FAMILIES, FLOW
 
 # Where diffusers' samplers with ``rescale_betas_zero_snr`` end a zero-terminal-SNR schedule:
 # alpha_bar at t=999 kept short of 0 (0 makes NaNs there). Betas written out by hand for such a
@@ -36,6 +46,7 @@ class SchedulerInfo:
     options: tuple[tuple[str, Any], ...]
     a1111_sampler: str
     a1111_schedule: str | None = None
+    kinds: tuple[str, ...] = (DIFFUSION,)  # the kinds of model it samples (families.Family.kind)
 
 
 SCHEDULERS: dict[str, SchedulerInfo] = {
@@ -44,6 +55,7 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
         "DPMSolverMultistepScheduler",
         (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", False)),
         "DPM++ 2M",
+        kinds=(DIFFUSION, FLOW),
     ),
     "dpmpp_2m_karras": SchedulerInfo(
         "DPMSolverMultistepScheduler",
@@ -56,7 +68,21 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
     "euler": SchedulerInfo("EulerDiscreteScheduler", (), "Euler"),
     "euler_a": SchedulerInfo("EulerAncestralDiscreteScheduler", (), "Euler a"),
     "ddim": SchedulerInfo("DDIMScheduler", (), "DDIM"),
+    # A flow model's own sampler: FlowMatch Euler with the model's shift (A1111/Forge: Euler on
+    # the "Simple" schedule).
+    "flow_euler": SchedulerInfo(
+        "FlowMatchEulerDiscreteScheduler", (), "Euler", "Simple", kinds=(FLOW,)
+    ),
+    # UniPC (bh2) with flow sigmas, as diffusers runs it for flow-prediction models.
+    "unipc": SchedulerInfo(
+        "UniPCMultistepScheduler",
+        (("solver_order", 2), ("solver_type", "bh2")),
+        "UniPC",
+        kinds=(FLOW,),
+    ),
 }
+# On a flow model the schedule is the model's shifted linear one (Forge's "Simple").
+FLOW_A1111_SCHEDULE = "Simple"
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 
 # Keys that one scheduler class leaves in a saved config and another would carry along.
@@ -75,6 +101,59 @@ _BASE_KEYS = (
 )
 
 
+def schedulers_for(kind: str) -> tuple[str, ...]:
+    """The scheduler names that sample a model of ``kind`` (DIFFUSION or FLOW)."""
+    return tuple(name for name, info in SCHEDULERS.items() if kind in info.kinds)
+
+
+DIFFUSION_SCHEDULERS = schedulers_for(DIFFUSION)
+FLOW_SCHEDULERS = schedulers_for(FLOW)
+
+
+def family_problem(family: str, scheduler: str) -> str | None:
+    """Why ``scheduler`` cannot sample a model of ``family`` (a families.FAMILIES name), or
+    None when it can."""
+    known = FAMILIES.get(family)
+    info = SCHEDULERS.get(scheduler)
+    if known is None or info is None or known.kind in info.kinds:
+        return None
+    what = "a flow-matching" if known.kind == FLOW else "a diffusion (noise-predicting)"
+    return (
+        f"scheduler {scheduler} does not apply to {known.title} (family {family}, "
+        f"{what} model); its schedulers are {', '.join(schedulers_for(known.kind))}"
+    )
+
+
+def sampler_problem(model: str, scheduler: str) -> str | None:
+    """Why ``scheduler`` cannot sample ``model`` (a manifest's model value), as far as this
+    machine can tell its family (``workers.models.family_name``), or None."""
+    from workers.models import family_name
+
+    family = family_name(model)
+    return family_problem(family, scheduler) if family is not None else None
+
+
+# A flow model's latents go to its transformer in 2x2 patches: its image sides are multiples
+# of twice the VAE's scale of 8.
+FLOW_SIZE_MULTIPLE = 16
+
+
+def size_problem(model: str, width: int, height: int) -> str | None:
+    """Why a ``width`` x ``height`` image cannot be made by ``model`` (its family's pipeline
+    would change the size), or None."""
+    from workers.models import family_name
+
+    family = FAMILIES.get(family_name(model) or "")
+    if family is None or family.kind != FLOW:
+        return None
+    if width % FLOW_SIZE_MULTIPLE == 0 and height % FLOW_SIZE_MULTIPLE == 0:
+        return None
+    return (
+        f"{width}x{height} is not a size {family.title} (family {family.name}) makes: its "
+        f"width and height must be multiples of {FLOW_SIZE_MULTIPLE} (2x2 patches of 8x latents)"
+    )
+
+
 def steps_problem(model: str, scheduler: str, steps: int) -> str | None:
     """Why ``scheduler`` at ``steps`` steps would not draw on ``model``, or None."""
     least = MIN_STEPS.get((model, scheduler))
@@ -87,11 +166,63 @@ def steps_problem(model: str, scheduler: str, steps: int) -> str | None:
     )
 
 
-def build_scheduler(name: str, base_config: dict[str, Any]) -> Any:
-    """A fresh scheduler of the named kind, with the model's training noise schedule."""
+# The keys of a flow model's scheduler config that say how its timesteps are shifted; the
+# pipelines read the dynamic ones from whatever scheduler they are given.
+_SHIFT_KEYS = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+
+
+def build_flow_scheduler(name: str, base_config: dict[str, Any]) -> Any:
+    """A fresh scheduler of the named kind for a flow-matching model whose own (FlowMatch
+    Euler) scheduler config is ``base_config``: the same shift, static or dynamic.
+
+    DPM-Solver++ takes a dynamic shift as ``mu`` (``flow_shift = exp(mu)``, FlowMatch Euler's
+    exponential time shift) and refuses a ``mu`` when not set for it, while the FLUX pipelines
+    pass one always: so it is always built dynamic, and a model with a static shift ``s`` gets
+    base and max shift ``ln(s)``, which makes every image size's ``mu`` ``ln(s)``, the static
+    shift (Klein's pipeline computes its ``mu`` itself, from the image size and steps).
+    """
     import diffusers
 
     info = SCHEDULERS[name]
+    if name == "flow_euler":
+        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(base_config)
+    cls = getattr(diffusers, info.cls)
+    shift = float(base_config.get("shift") or 1.0)
+    dynamic = bool(base_config.get("use_dynamic_shifting"))
+    shifts: dict[str, Any] = {k: base_config[k] for k in _SHIFT_KEYS if k in base_config}
+    options: dict[str, Any] = {
+        "num_train_timesteps": int(base_config.get("num_train_timesteps") or 1000),
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": True,
+        "flow_shift": shift,
+        **dict(info.options),
+    }
+    if cls is diffusers.DPMSolverMultistepScheduler:
+        if not dynamic:
+            shifts.update(base_shift=math.log(shift), max_shift=math.log(shift))
+        options.update(use_dynamic_shifting=True, time_shift_type="exponential")
+    else:  # UniPC takes mu only when dynamic, and ignores one passed otherwise
+        options.update(use_dynamic_shifting=dynamic)
+    scheduler = cls.from_config(options)
+    scheduler.register_to_config(**shifts)
+    return scheduler
+
+
+def build_scheduler(name: str, base_config: dict[str, Any], kind: str = DIFFUSION) -> Any:
+    """A fresh scheduler of the named kind, with the model's training noise schedule (the
+    flow shift of a flow model: ``build_flow_scheduler``)."""
+    import diffusers
+
+    info = SCHEDULERS[name]
+    if kind not in info.kinds:  # the manifest refuses it where it can tell the family
+        from contract.errors import JobInputError
+
+        raise JobInputError(
+            f"scheduler {name} does not apply to a {kind} model; its schedulers are "
+            + ", ".join(schedulers_for(kind))
+        )
+    if kind == FLOW:
+        return build_flow_scheduler(name, base_config)
     cls = getattr(diffusers, info.cls)
     config = {k: v for k, v in base_config.items() if k in _BASE_KEYS}
     config.setdefault("steps_offset", 1)

@@ -1,0 +1,198 @@
+"""The flow-matching families through the real task: the built-in tiny SD3, FLUX.1 (dev layout)
+and FLUX.2 Klein, each with its samplers, guidance as the family means it, the metadata that
+says so, micro-batches bit-identical to lone runs on the CPU, and a uniform palettized variant
+of the transformer."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from contract.job import GenerationRequest
+from tests.conftest import sample_job
+from tests.helpers import cli_for, write
+from workers.metadata import read_png_metadata
+from workers.models.schedulers import FLOW_SCHEDULERS
+from workers.task import PipelineCache, run_job
+
+FLOW_MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux2")
+
+
+def pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def job(model: str, **kw: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "prompt": "a red circle",
+        "negative_prompt": "blurry",
+        "model": model,
+        "seed": 7,
+        "steps": 4,
+        "guidance_scale": 4.0,
+        "scheduler": "dpmpp_2m",
+        **kw,
+    }
+    return sample_job(**fields)
+
+
+@pytest.fixture(scope="module")
+def cache() -> PipelineCache:
+    return PipelineCache(device="cpu", threads=1)
+
+
+@pytest.mark.parametrize(
+    ("model", "pipeline", "guidance", "calls_per_step"),
+    [
+        ("tiny-sd3", "StableDiffusion3Pipeline", "cfg", 2),
+        ("tiny-flux", "FluxPipeline", "distilled", 1),
+        ("tiny-flux2", "Flux2KleinPipeline", "cfg", 2),
+    ],
+)
+def test_each_flow_model_runs_through_the_task_same_seed_same_pixels(
+    cache: PipelineCache, model: str, pipeline: str, guidance: str, calls_per_step: int
+) -> None:
+    backend, _ = cache.get(model)
+    assert type(backend.pipe).__name__ == pipeline
+    assert backend.family == model and backend.dtype == "fp32"
+    first = run_job(job(model), cache)
+    image = pixels(first.png)
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    assert np.array_equal(image, pixels(run_job(job(model), cache).png))
+    assert not np.array_equal(image, pixels(run_job(job(model, seed=8), cache).png))
+    assert not np.array_equal(image, pixels(run_job(job(model, prompt="a cat"), cache).png))
+    assert first.result["unet_evaluations"] == 4 * calls_per_step
+
+    meta = read_png_metadata(first.png)
+    versions = meta["meta"]["run"]["versions"]
+    assert versions["model_family"] == model and versions["guidance"] == guidance
+    params = meta["parameters"]
+    assert "Sampler: DPM++ 2M" in params and "Schedule type: Simple" in params
+    if guidance == "distilled":  # FLUX.1 dev: as Forge writes it
+        assert "CFG scale: 1," in params and "Distilled CFG Scale: 4" in params
+    else:
+        assert "CFG scale: 4," in params and "Distilled" not in params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", FLOW_MODELS)
+def test_guidance_and_the_negative_prompt_change_what_cfg_models_draw(
+    cache: PipelineCache, model: str
+) -> None:
+    base = pixels(run_job(job(model), cache).png)
+    other_scale = pixels(run_job(job(model, guidance_scale=2.0), cache).png)
+    other_negative = pixels(run_job(job(model, negative_prompt="noise"), cache).png)
+    # FLUX.1 dev takes the scale as an input and has no negative prompt
+    assert not np.array_equal(base, other_scale)
+    assert np.array_equal(base, other_negative) == (model == "tiny-flux")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", FLOW_MODELS)
+def test_every_flow_sampler_draws_something_of_its_own(cache: PipelineCache, model: str) -> None:
+    images = {
+        name: pixels(run_job(job(model, scheduler=name), cache).png) for name in FLOW_SCHEDULERS
+    }
+    assert all(image.std() > 0 for image in images.values())
+    assert len({image.tobytes() for image in images.values()}) == len(FLOW_SCHEDULERS)
+    meta = read_png_metadata(run_job(job(model, scheduler="flow_euler"), cache).png)
+    assert "Sampler: Euler, Schedule type: Simple" in meta["parameters"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "scheduler"),
+    [("tiny-sd3", "dpmpp_2m"), ("tiny-flux", "flow_euler"), ("tiny-flux2", "unipc")],
+)
+def test_a_flow_batch_makes_each_image_its_lone_run_makes(
+    cache: PipelineCache, model: str, scheduler: str
+) -> None:
+    backend, _ = cache.get(model)
+    requests = [
+        GenerationRequest(
+            prompt=f"shape {i}",
+            negative_prompt="blurry" if i % 2 else "",
+            seed=40 + i,
+            steps=4,
+            guidance_scale=4.0,
+            width=64,
+            height=64,
+            scheduler=scheduler,
+        )
+        for i in range(3)
+    ]
+    alone = [np.asarray(backend.generate(r).image).tobytes() for r in requests]
+    together = backend.generate_batch(requests)
+    assert [np.asarray(g.image).tobytes() for g in together] == alone
+    assert len(set(alone)) == 3
+    assert all(g.batch_size == 3 for g in together)
+
+
+@pytest.mark.slow
+def test_a_uniform_variant_palettizes_the_transformer(cache: PipelineCache) -> None:
+    full = run_job(job("tiny-flux"), cache)
+    eight = run_job(job("tiny-flux", quantization="8bit"), cache)
+    assert cache.current.family == "tiny-flux"
+    transformer = cache.current.pipe.transformer
+    weights = [m.weight for m in transformer.modules() if type(m).__name__ == "Linear"]
+    big = [w for w in weights if w.numel() > 2048]  # coremltools' weight_threshold
+    assert big and all(len(np.unique(w.detach().numpy())) <= 256 for w in big)
+    a, b = pixels(full.png), pixels(eight.png)
+    assert not np.array_equal(a, b)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 20  # close, not equal
+
+
+# -- the CLI: run, reproduce and submit's check, as a user types them -------------------------
+
+
+@pytest.mark.slow
+def test_a_manifest_of_every_family_runs_and_each_image_reproduces(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    cli = cli_for(tmp_path, model_cache, in_process=True)
+    write(
+        tmp_path / "jobs.csv",
+        "prompt,model,seed,steps,scheduler,guidance_scale,output_name\n"
+        "a red fox,tiny,5,3,,,sd\n"
+        "a red fox,tiny-xl,5,3,,,xl\n"
+        "a red fox,tiny-sd3,5,3,dpmpp_2m,5,sd3\n"
+        "a red fox,tiny-flux,5,3,flow_euler,3.5,flux\n"
+        "a red fox,tiny-flux2,5,3,unipc,4,flux2\n",
+    )
+    run = cli("run", "jobs.csv", timeout=600)
+    assert "5/5 succeeded, 0 failed" in run.stdout, run.stdout
+    pngs = {p.stem.split("-", 1)[1]: p for p in (tmp_path / "output" / "1").glob("*.png")}
+    assert set(pngs) == {"sd", "xl", "sd3", "flux", "flux2"}, pngs
+    for stem in ("sd3", "flux", "flux2"):
+        meta = read_png_metadata(pngs[stem].read_bytes())
+        model = meta["meta"]["job"]["model"]
+        assert meta["meta"]["run"]["versions"]["model_family"] == model
+        shutil.copy(pngs[stem], tmp_path / f"{stem}.png")
+        proc = cli("reproduce", f"{stem}.png", "--compare", timeout=600)
+        assert proc.stdout.splitlines()[0] == f"{stem}.png: reproduced, pixels identical"
+    flux = read_png_metadata(pngs["flux"].read_bytes())["parameters"]
+    assert "Sampler: Euler, Schedule type: Simple, CFG scale: 1," in flux
+    assert "Distilled CFG Scale: 3.5" in flux
+
+
+@pytest.mark.slow
+def test_submit_refuses_a_sampler_a_flow_model_cannot_use(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    cli = cli_for(tmp_path, model_cache, in_process=True)
+    write(tmp_path / "jobs.csv", "prompt,model,scheduler\na fox,tiny-flux,euler_a\n")
+    proc = cli("submit", "jobs.csv", check=2)
+    assert (
+        "jobs.csv:2: column 'scheduler': scheduler euler_a does not apply to the built-in tiny "
+        "FLUX.1 (family tiny-flux, a flow-matching model); its schedulers are dpmpp_2m, "
+        "flow_euler, unipc (got 'euler_a')"
+    ) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

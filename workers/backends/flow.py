@@ -1,0 +1,156 @@
+"""What the diffusers backend does differently for the flow-matching families (SD 3/3.5,
+FLUX.1, FLUX.2 Klein): how a prompt is encoded, what else the pipeline is called with, how many
+denoiser calls a step takes and how the latents become an image.
+
+Each family's pipeline does these itself when given a prompt; the backend does them here
+instead, prompt by prompt and image by image, so that a batch's images are bit-identical to the
+lone jobs' on the CPU (``DiffusersBackend.generate_batch``).
+
+Guidance follows ``workers.models.families``: SD3 and a Klein that is not step-distilled run
+classifier-free guidance (SD3's pipeline stacks the negative and the prompt in one denoiser
+batch; Klein's makes two calls); FLUX.1 dev takes the scale as an input of the model (one call);
+FLUX.1 schnell and a distilled Klein take none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contract.job import GenerationRequest
+from workers.models import families
+
+# Each family's usual text length (tokens) for its T5 or Qwen encoder, as its pipeline
+# defaults it; a tokenizer that holds fewer (the built-in toys') caps it.
+MAX_SEQUENCE_LENGTH = {
+    families.SD3_PIPELINE: 256,
+    families.FLUX_PIPELINE: 512,
+    families.FLUX2_KLEIN_PIPELINE: 512,
+}
+# FLUX.1 schnell was trained with 256 tokens of T5 text.
+SCHNELL_SEQUENCE_LENGTH = 256
+# The Qwen3 hidden states FLUX.2 Klein's transformer reads, as its pipeline defaults them.
+KLEIN_TEXT_LAYERS = (9, 18, 27)
+
+
+def long_text_tokenizer(pipe: Any) -> Any:
+    """The tokenizer of the family's long-text encoder (T5, or Qwen3 for Klein)."""
+    name = type(pipe).__name__
+    if name == families.SD3_PIPELINE:
+        return pipe.tokenizer_3
+    if name == families.FLUX_PIPELINE:
+        return pipe.tokenizer_2
+    return pipe.tokenizer
+
+
+def max_sequence_length(pipe: Any, info: families.ModelInfo) -> int:
+    """How many tokens of long text a job's prompt gets: the family's usual count, capped by
+    what the model's tokenizer holds."""
+    usual = MAX_SEQUENCE_LENGTH[info.pipeline]
+    if info.pipeline == families.FLUX_PIPELINE and info.guidance == families.NO_GUIDANCE:
+        usual = SCHNELL_SEQUENCE_LENGTH
+    tokenizer = long_text_tokenizer(pipe)
+    held = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    return min(usual, int(held)) if isinstance(held, int) and held > 0 else usual
+
+
+def klein_text_layers(info: families.ModelInfo) -> tuple[int, ...]:
+    """The Qwen3 layers whose hidden states a Klein transformer reads."""
+    if info.family.name == "tiny-flux2":
+        from workers.tiny.flow import FLUX2_TEXT_LAYERS
+
+        return tuple(FLUX2_TEXT_LAYERS)
+    return KLEIN_TEXT_LAYERS
+
+
+def uses_cfg(info: families.ModelInfo, guidance_scale: float) -> bool:
+    """Whether the denoiser runs with and without the prompt at this scale."""
+    return info.guidance == families.CFG and guidance_scale > 1.0
+
+
+def stacked_halves(info: families.ModelInfo, do_cfg: bool) -> int:
+    """How many rows an image has in one denoiser call: 2 where the pipeline stacks the
+    negative and the prompt (SD, SDXL, SD3 with guidance), else 1 (FLUX: one call; Klein:
+    a call for each)."""
+    stacks = info.pipeline != families.FLUX2_KLEIN_PIPELINE
+    return 2 if do_cfg and stacks else 1
+
+
+def encode(
+    pipe: Any,
+    info: families.ModelInfo,
+    request: GenerationRequest,
+    do_cfg: bool,
+    device: str,
+    length: int,
+) -> dict[str, Any]:
+    """One prompt's embeddings as the pipeline's keyword arguments."""
+    negative = request.negative_prompt or None
+    if info.pipeline == families.SD3_PIPELINE:
+        prompt, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=request.prompt,
+            prompt_2=None,
+            prompt_3=None,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=negative,
+            max_sequence_length=length,
+        )
+        return {
+            "prompt_embeds": prompt,
+            "negative_prompt_embeds": negative_embeds,
+            "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
+    if info.pipeline == families.FLUX_PIPELINE:
+        prompt, pooled, _text_ids = pipe.encode_prompt(
+            prompt=request.prompt,
+            prompt_2=None,
+            device=device,
+            num_images_per_prompt=1,
+            max_sequence_length=length,
+        )
+        return {"prompt_embeds": prompt, "pooled_prompt_embeds": pooled}
+    layers = klein_text_layers(info)
+    prompt, _text_ids = pipe.encode_prompt(
+        prompt=request.prompt,
+        device=device,
+        num_images_per_prompt=1,
+        max_sequence_length=length,
+        text_encoder_out_layers=layers,
+    )
+    embeds: dict[str, Any] = {"prompt_embeds": prompt, "negative_prompt_embeds": None}
+    if do_cfg:  # Klein's pipeline would use "" for the negative: a job's own is encoded here
+        embeds["negative_prompt_embeds"] = pipe.encode_prompt(
+            prompt=request.negative_prompt or "",
+            device=device,
+            num_images_per_prompt=1,
+            max_sequence_length=length,
+            text_encoder_out_layers=layers,
+        )[0]
+    return embeds
+
+
+def call_options(info: families.ModelInfo, guidance_scale: float, length: int) -> dict[str, Any]:
+    """The pipeline call's family-specific keyword arguments."""
+    options: dict[str, Any] = {"max_sequence_length": length}
+    if info.guidance == families.NO_GUIDANCE:
+        guidance_scale = 1.0  # nothing to guide; Klein warns of a scale it ignores
+    options["guidance_scale"] = guidance_scale
+    if info.pipeline == families.FLUX2_KLEIN_PIPELINE:
+        options["text_encoder_out_layers"] = klein_text_layers(info)
+    return options
+
+
+def decode(pipe: Any, info: families.ModelInfo, latents: Any, width: int, height: int) -> Any:
+    """One image's latents (as the pipeline returns them with ``output_type="latent"``) to an
+    image tensor, as the family's pipeline decodes them."""
+    vae = pipe.vae
+    config = vae.config
+    if info.pipeline == families.FLUX2_KLEIN_PIPELINE:
+        # Klein's pipeline unpacks and un-normalizes before it returns latents
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    if info.pipeline == families.FLUX_PIPELINE:
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    latents = latents / config.scaling_factor + (config.get("shift_factor") or 0.0)
+    return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
