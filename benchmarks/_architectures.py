@@ -125,3 +125,86 @@ def sdxl_pipeline(tiny_xl: Any) -> Any:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
+
+
+# -- the flow-matching transformers at full size (built on the meta device: shapes only) --------
+# Configs as the published models' transformer/config.json give them (parameter counts checked:
+# SD 3.5 Medium 2.24B, Large 8.06B, FLUX.1 11.9B, FLUX.2 Klein 4B 3.88B).
+
+
+def sd35_medium_transformer() -> Any:
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        out_channels=16,
+        pos_embed_max_size=384,
+        dual_attention_layers=tuple(range(13)),
+        qk_norm="rms_norm",
+    )
+
+
+def sd35_large_transformer() -> Any:
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        num_layers=38,
+        attention_head_dim=64,
+        num_attention_heads=38,
+        joint_attention_dim=4096,
+        caption_projection_dim=2432,
+        pooled_projection_dim=2048,
+        out_channels=16,
+        pos_embed_max_size=192,
+        qk_norm="rms_norm",
+    )
+
+
+def flux1_transformer() -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+
+
+def klein_4b_transformer() -> Any:
+    from diffusers import Flux2Transformer2DModel
+
+    return Flux2Transformer2DModel(
+        num_layers=5,
+        num_single_layers=20,
+        num_attention_heads=24,
+        attention_head_dim=128,
+        joint_attention_dim=7680,  # three Qwen3-4B hidden states of 2,560
+        in_channels=128,
+        guidance_embeds=False,
+    )
+
+
+FLOW_TRANSFORMERS = {
+    "SD 3.5 Medium": sd35_medium_transformer,
+    "SD 3.5 Large": sd35_large_transformer,
+    "FLUX.1 [dev]/[schnell]": flux1_transformer,
+    "FLUX.2 Klein 4B": klein_4b_transformer,
+}

@@ -38,10 +38,13 @@ MAX_JUDGE_NAME = 255  # characters of a judge's name in a result
 BACKENDS = ("diffusers", "coreml")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # torch's, for the diffusers backend
 COMPUTE_UNITS = ("CPU_AND_NE", "CPU_AND_GPU", "ALL", "CPU_ONLY")  # Core ML's
-# fp16 (unquantized) and the uniformly palettized variants, by their bits; a manifest may also
-# name a mixed-bit recipe's variant.
+# fp16 (unquantized), the uniformly palettized variants, by their bits, and the linear
+# per-block quantized ones, by (bits, block of input channels): coremltools' per_block
+# linear_symmetric int4, the 4-bit preset of Apple's Core AI export. A manifest may also name a
+# mixed-bit recipe's variant.
 UNIFORM_BITS = {"8bit": 8, "6bit": 6, "4bit": 4}
-QUANTIZATIONS = ("fp16", *UNIFORM_BITS)
+BLOCK_QUANTIZED = {"int4b32": (4, 32)}
+QUANTIZATIONS = ("fp16", *UNIFORM_BITS, *BLOCK_QUANTIZED)
 
 # -- defaults --------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.errors import JobInputError
-from contract.limits import UNIFORM_BITS
+from contract.limits import BLOCK_QUANTIZED, UNIFORM_BITS
 from workers.models import expand_path, families, hub, looks_like_path
 
 ModelKey = tuple[str, str]  # (model, quantization)
@@ -165,8 +165,8 @@ def model_problem(model: str, quantization: str = "fp16", backend: str = "diffus
 
     from workers.compression import registry
 
-    if quantization in UNIFORM_BITS:
-        return None  # a uniform variant: built from the model on first use
+    if quantization in UNIFORM_BITS or quantization in BLOCK_QUANTIZED:
+        return None  # a uniform or int4 per-block variant: built from the model on first use
     if registry.lookup(model, quantization, "torch") is None:
         return (
             f"no compressed variant {quantization!r} of it on this machine"

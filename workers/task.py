@@ -17,6 +17,7 @@ from contract.errors import JobInputError, JobInterrupted
 from contract.job import BATCH_FIELDS, GATE_FIELDS, PIXEL_FIELDS, GenerationRequest
 from contract.limits import (
     BACKENDS,
+    BLOCK_QUANTIZED,
     DEFAULT_QUALITY_TRIES,
     DEFAULT_THREADS,
     TINY_THREADS,
@@ -143,15 +144,17 @@ class PipelineCache:
 
 def resolve_variant(model: str, quantization: str) -> str | None:
     """The folder of a compressed variant (None for the unquantized model). Uniform 8/6/4-bit
-    variants are built on first use; a recipe variant must have been made with
-    ``orchestrate model compress``."""
+    and int4 per-block variants are built on first use; a recipe variant must have been made
+    with ``orchestrate model compress``."""
     if quantization == "fp16":
         return None
     from workers.compression import registry
-    from workers.compression.variants import ensure_uniform_variant
+    from workers.compression.variants import ensure_block_variant, ensure_uniform_variant
 
     if quantization in UNIFORM_BITS:
         return str(ensure_uniform_variant(model, quantization))
+    if quantization in BLOCK_QUANTIZED:
+        return str(ensure_block_variant(model, quantization))
     found = registry.lookup(model, quantization, "torch")
     if found is None:
         raise JobInputError(
@@ -171,6 +174,11 @@ def resolve_coreml_folder(model: str, quantization: str) -> Any:
     from workers.backends.coreml_folder import is_coreml_folder
     from workers.compression import registry
 
+    if quantization in BLOCK_QUANTIZED:
+        raise JobInputError(
+            f"{quantization} is a torch variant (--backend diffusers); a Core ML int4 per-block "
+            "export is not built (palettize one with `orchestrate model convert --bits 4`)"
+        )
     found = registry.lookup(model, quantization, "coreml")
     if found is not None:
         return found
@@ -298,6 +306,17 @@ def _package(
         "timings": {**timings, "step_times": gen.step_times, "shared": gen.batch_size > 1},
         "unet_evaluations": gen.unet_evaluations,
     }
+    if gen.truncated:  # what of the prompt a text encoder never saw
+        meta["prompt_truncated"] = gen.truncated
+        logger.warning(
+            "job %s: the prompt is longer than %s reads; the rest was left out",
+            job.get("id"),
+            ", ".join(
+                f"{name} ({kept} of {tokens} tokens)"
+                for name, (tokens, kept) in gen.truncated.items()
+            ),
+            extra={"action": "prompt_truncated", "job_id": job.get("id")},
+        )
     if quality_meta:
         meta["quality"] = quality_meta
     png = encode_png(gen.image, parameters, meta)

@@ -443,7 +443,8 @@ def defaults_from(kw: dict[str, Any]) -> Defaults:
     q = kw["quantization"]
     if q not in (*QUANTIZATIONS, MIXED) and not VARIANT_NAME.match(q):
         raise UsageError(
-            f"--quantization must be fp16, 8bit, 6bit, 4bit, mixed or a recipe name, not {q!r}"
+            f"--quantization must be {', '.join((*QUANTIZATIONS, MIXED))} or a recipe name, "
+            f"not {q!r}"
         )
     defaults = Defaults(
         steps=kw["steps"],

@@ -73,8 +73,8 @@ def analyze_cmd(
     grouped: str,
     threads: int | None,
 ) -> None:
-    """Per-layer sensitivity of the UNet to 1/2/4/6/8-bit and grouped-channel palettization
-    (hours on a real model)."""
+    """Per-layer sensitivity of the UNet (or a flow model's transformer) to 1/2/4/6/8-bit and
+    grouped-channel palettization (hours on a real model)."""
     require_extra("diffusers")
     from orchestrator.progress import Bar
     from workers.compression.commands import analyze_model
@@ -205,7 +205,7 @@ def compress_cmd(
     )
     click.echo(
         f"{r['variant']} ({fmt}) in {r['path']}: {r['unet_avg_bits']:.2f} bits/weight on average "
-        f"({r['recipe_avg_bits']:.2f} over the recipe's layers), UNet {r['fp16_mb']:.1f} MB fp16 -> "
+        f"({r['recipe_avg_bits']:.2f} over the recipe's layers), denoiser {r['fp16_mb']:.1f} MB fp16 -> "
         f"{r['palettized_mb']:.1f} MB, denoising output PSNR {r['psnr_db']:.1f} dB vs the original, {r['seconds']:.0f}s"
     )
     click.echo(f"use it in a manifest: quantization = {r['variant']}")

@@ -196,3 +196,18 @@ def test_submit_refuses_a_sampler_a_flow_model_cannot_use(
         "flow_euler, unipc (got 'euler_a')"
     ) in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_prompt_longer_than_a_text_encoder_reads_is_recorded(cache: PipelineCache) -> None:
+    long = "a red circle on a blue background next to " + "a small green square, " * 20
+    flux = read_png_metadata(run_job(job("tiny-flux", prompt=long), cache).png)["meta"]
+    t5_tokens, kept = flux["prompt_truncated"]["T5"]
+    assert kept == 32 and t5_tokens > 32  # the tiny models' T5 reads 32 tokens
+    assert flux["prompt_truncated"]["CLIP-L"][1] == 77
+    klein = read_png_metadata(run_job(job("tiny-flux2", prompt=long), cache).png)["meta"]
+    assert list(klein["prompt_truncated"]) == ["Qwen3"]
+    sd = read_png_metadata(run_job(job("tiny", prompt=long, scheduler="dpmpp_2m"), cache).png)
+    assert sd["meta"]["prompt_truncated"]["CLIP"][1] == 77
+    short = read_png_metadata(run_job(job("tiny-sd3", prompt="a red circle"), cache).png)
+    assert "prompt_truncated" not in short["meta"]

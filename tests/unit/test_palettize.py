@@ -1,5 +1,6 @@
 """Grouped-channel palettization on its own: the recipe values, the numpy k-means per group of
-output channels, its size accounting, and recipes that may choose it (numpy only, no model)."""
+output channels, its size accounting, and recipes that may choose it (numpy only, no model);
+and linear int4 quantization per block of input channels against coremltools' own numpy."""
 
 from __future__ import annotations
 
@@ -244,3 +245,81 @@ def test_apply_recipe_palettizes_a_torch_layer_per_group() -> None:
         "recipe: layer '1' has 48 output channels, not a multiple of the group size of "
         "'4g32'; use a group size dividing 48"
     )
+
+
+# -- linear quantization per block of input channels (int4b32) --------------------------------
+
+
+def coremltools_block_quantized(w: np.ndarray, bits: int = 4, block: int = 32) -> Any:
+    """What coremltools 9's own per-block linear_symmetric pass computes for ``w`` (the numpy
+    behind ``OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4",
+    granularity="per_block", block_size=32)``): its parameters, or None where it skips ``w``."""
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
+
+    block_sizes = [1, block] + [0] * (w.ndim - 2)  # what the pass infers for linear and conv
+    return linear_quantize_weights.blockwise_compress(
+        w, nbits=bits, mode="LINEAR_SYMMETRIC", signed=True, block_sizes=block_sizes
+    )
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (48, 64, 3, 3), (16, 32, 1, 1), (7, 96)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_block_quantization_is_coremltools_int4_per_block_bit_for_bit(
+    shape: tuple[int, ...], dtype: type
+) -> None:
+    import warnings
+
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
+
+    from workers.compression.palettize import block_quantize_array
+
+    rng = np.random.default_rng(1)
+    scales = rng.uniform(0.01, 3.0, (shape[0],) + (1,) * (len(shape) - 1))
+    w = (rng.standard_normal(shape) * scales).astype(dtype)
+    w[0, :32] = 0  # an all-zero block: coremltools divides 0 by a 0 scale
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        params = coremltools_block_quantized(w)
+    assert params is not None
+    # symmetric, signed, no zero point: int4 in [-7, 7] (-8 unused), one scale per block
+    assert params.offset is None and params.data.min() >= -7 and params.data.max() <= 7
+    assert params.scale.shape[:2] == (shape[0], shape[1] // 32) and params.scale.dtype == dtype
+    theirs = linear_quantize_weights.decompress(params)
+    ours = block_quantize_array(w)
+    assert ours.dtype == np.float32 and ours.shape == w.shape
+    assert theirs.dtype == dtype and np.array_equal(ours, theirs.astype(np.float32))
+    assert not ours[0, :32].any()
+    # at most 15 values per block: each output channel's 32 input channels (x the kernel)
+    per_block = ours.reshape(shape[0], shape[1] // 32, -1)
+    assert max(len(np.unique(b)) for row in per_block for b in row) <= 15
+
+
+def test_block_quantization_by_hand_and_a_row_not_in_whole_blocks() -> None:
+    from workers.compression.palettize import (
+        block_quantizable,
+        block_quantize_array,
+        block_quantized_bits,
+    )
+
+    # max |w| 0.875: scale 0.875 / 7 = 0.125; halves round to even, as numpy's round does
+    row = np.zeros(32, dtype=np.float32)
+    row[:7] = [0.875, -0.875, 0.0625, 0.1875, -0.3125, 0.05, 0.4]
+    expected = np.zeros(32, dtype=np.float32)
+    expected[:7] = [0.875, -0.875, 0.0, 0.25, -0.25, 0.0, 0.375]
+    np.testing.assert_array_equal(block_quantize_array(row[None, :]), expected[None, :])
+    # two blocks of a row get their own scales
+    two = np.concatenate([row, row * 4])[None, :]
+    np.testing.assert_array_equal(block_quantize_array(two)[0, 32:], expected * 4)
+    # 40 input channels are one block and 8 over: coremltools skips the whole weight (it
+    # quantizes no partial block), and so does the variant; so too fewer than 32 channels
+    ragged = np.random.default_rng(0).standard_normal((4, 40)).astype(np.float16)
+    assert coremltools_block_quantized(ragged) is None
+    assert not block_quantizable(ragged.shape) and not block_quantizable((32, 8, 3, 3))
+    kept = block_quantize_array(ragged)
+    assert kept.dtype == np.float32 and np.array_equal(kept, ragged.astype(np.float32))
+    assert block_quantized_bits(ragged.shape) == KEEP
+    # the bits stored: 4 per weight and a 16-bit scale per block of 32 (x a conv's kernel)
+    assert block_quantized_bits((64, 256)) == 4.5
+    assert block_quantized_bits((48, 64, 3, 3)) == pytest.approx(4 + 16 / 288)
+    assert block_quantized_bits((64, 256), bits=8, block=64) == 8.25
+    assert block_quantized_bits((64, 256), scale_bits=32) == 5.0

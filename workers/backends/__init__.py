@@ -24,6 +24,8 @@ class GenerationResult:
     step_times: list[float] = field(default_factory=list)
     # Images made in the same pipeline call; above 1 the times above are the batch's shared out.
     batch_size: int = 1
+    # Text encoders that saw only the start of the prompt: name -> [tokens, tokens kept].
+    truncated: dict[str, list[int]] = field(default_factory=dict)
 
 
 def batch_key(request: GenerationRequest) -> tuple[Any, ...]:

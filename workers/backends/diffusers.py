@@ -369,6 +369,10 @@ class DiffusersBackend:
         with torch.inference_mode():
             # 2. Text encoding, prompt by prompt (the text encoder's cost is small), stacked.
             t0 = time.perf_counter()
+            cut = [
+                flow_family.truncation(pipe, self.info, r.prompt, self._text_length)
+                for r in requests
+            ]
             parts = [self._encode(r, do_cfg) for r in requests]
             embeddings = {
                 k: None if parts[0][k] is None else torch.cat([p[k] for p in parts])
@@ -424,8 +428,9 @@ class DiffusersBackend:
                 unet_evaluations=len(step_ends) * (2 if do_cfg else 1),  # denoiser calls
                 step_times=step_times,
                 batch_size=n,
+                truncated=truncated,
             )
-            for image in images
+            for image, truncated in zip(images, cut, strict=True)
         ]
 
     @property

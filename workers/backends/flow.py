@@ -62,6 +62,47 @@ def klein_text_layers(info: families.ModelInfo) -> tuple[int, ...]:
     return KLEIN_TEXT_LAYERS
 
 
+# What each family's text encoders are called in a truncation note, by tokenizer attribute.
+_TEXT_ENCODERS = {
+    families.SD_PIPELINE: (("tokenizer", "CLIP"),),
+    families.SDXL_PIPELINE: (("tokenizer", "CLIP-L"), ("tokenizer_2", "CLIP-G")),
+    families.SD3_PIPELINE: (
+        ("tokenizer", "CLIP-L"),
+        ("tokenizer_2", "CLIP-G"),
+        ("tokenizer_3", "T5"),
+    ),
+    families.FLUX_PIPELINE: (("tokenizer", "CLIP-L"), ("tokenizer_2", "T5")),
+    families.FLUX2_KLEIN_PIPELINE: (("tokenizer", "Qwen3"),),
+}
+CLIP_LENGTH = 77
+
+
+def truncation(
+    pipe: Any, info: families.ModelInfo, prompt: str, length: int | None
+) -> dict[str, list[int]]:
+    """The text encoders that see only the start of ``prompt``: name -> [its tokens, tokens
+    kept] (CLIP keeps 77, start and end marks included; T5 and Qwen3 the job's
+    ``length``). Klein's Qwen3 reads the prompt inside its chat template, counted too."""
+    cut: dict[str, list[int]] = {}
+    for attribute, name in _TEXT_ENCODERS.get(info.pipeline, ()):
+        tokenizer = getattr(pipe, attribute, None)
+        if tokenizer is None:
+            continue
+        text = prompt
+        if info.pipeline == families.FLUX2_KLEIN_PIPELINE:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=False,
+            )
+        limit = CLIP_LENGTH if name.startswith("CLIP") else int(length or CLIP_LENGTH)
+        tokens = len(tokenizer(text, truncation=False).input_ids)
+        if tokens > limit:
+            cut[name] = [tokens, limit]
+    return cut
+
+
 def uses_cfg(info: families.ModelInfo, guidance_scale: float) -> bool:
     """Whether the denoiser runs with and without the prompt at this scale."""
     return info.guidance == families.CFG and guidance_scale > 1.0

@@ -5,6 +5,10 @@ palettization (per-tensor widths {1, 2, 4, 6, 8} and a few grouped-channel ones,
 ``2g16`` by default), palettize that layer alone and measure the PSNR of a fixed denoising
 output (fixed prompts, seed, latents and timestep; one UNet evaluation with classifier-free
 guidance) against the unpalettized model; then palettize cumulatively, least harmful first.
+A flow-matching model's transformer (SD3, FLUX.1, FLUX.2 Klein) is analysed the same way,
+layer by layer, on the inputs its own pipeline gives it at that step (``FlowProbe``): the
+family's text encoders, guidance (stacked, separate calls, or an input of the model), packed
+latents and position ids, as generation conditions it.
 The JSON has the top-level keys of Apple's pre-analysis (``model_version``, ``single_layer``,
 ``cumulative``, ``baselines``, ``recipes``), keyed by ``"4"`` per tensor as Apple's and
 ``"4g16"`` grouped, and is rewritten (atomically) every ``SAVE_EVERY_S`` seconds of measuring
@@ -33,6 +37,7 @@ from workers.compression.palettize import (
     NBITS,
     Palette,
     candidate_layers,
+    denoiser,
     get_weight,
     linear_quantize_array,
     mean,
@@ -134,6 +139,120 @@ class Probe:
         return [round(psnr(r, t), 2) for r, t in zip(reference, out, strict=True)]
 
 
+class _Captured(Exception):
+    """Ends a pipeline run once the probe's step has been seen."""
+
+
+def _detached(value: Any) -> Any:
+    import torch
+
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
+class FlowProbe:
+    """A flow model's transformer and the inputs its own pipeline gives it at one step of a
+    20-step DPM-Solver++ run (prompts, seed and guidance of the ``ProbeConfig``); ``run()``
+    replays that step's transformer calls and gives the guided velocity for each prompt, as
+    generation combines them."""
+
+    def __init__(self, pipe: Any, config: ProbeConfig) -> None:
+        import torch
+
+        from workers.backends import flow as flow_family
+        from workers.models import families
+        from workers.models.schedulers import build_scheduler
+
+        torch.set_num_threads(config.threads)
+        self.config = config
+        info = families.of_pipeline(pipe)
+        self.transformer = pipe.transformer.to(torch.float32).eval()
+        scale = info.vae_scale
+        side = config.latent_size * scale if config.latent_size else info.native_size[0]
+        guided = flow_family.uses_cfg(info, config.guidance_scale)
+        # SD3 stacks the unconditional half before the prompts in one call; Klein makes a
+        # call for the prompts, then one for the negative; FLUX.1 one call (guidance an input).
+        self.layout = (
+            "single"
+            if not guided
+            else "stacked"
+            if flow_family.stacked_halves(info, True) == 2
+            else "pair"
+        )
+        calls: list[tuple[Any, Any]] = []
+        seen = {"step": 0}
+
+        def capture(_module: Any, args: Any, kwargs: Any) -> None:
+            if seen["step"] == config.step_of_20:
+                calls.append((_detached(args), _detached(kwargs)))
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            seen["step"] = i + 1
+            if i >= config.step_of_20:
+                raise _Captured
+            return kw
+
+        own = pipe.scheduler
+        pipe.scheduler = build_scheduler("dpmpp_2m", dict(own.config), families.FLOW)
+        handle = self.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+        options = flow_family.call_options(
+            info, config.guidance_scale, flow_family.max_sequence_length(pipe, info)
+        )
+        try:
+            with torch.inference_mode():
+                pipe(
+                    prompt=list(config.prompts),
+                    num_inference_steps=20,
+                    height=side,
+                    width=side,
+                    generator=torch.Generator("cpu").manual_seed(config.seed),
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                    **options,
+                )
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+            pipe.scheduler = own  # a variant saved from this pipeline keeps the model's own
+        if not calls:
+            raise CompressionError("the probe's pipeline run never reached its step")
+        self.calls = calls
+        timestep = calls[0][1].get("timestep")
+        self.timestep = float(timestep.flatten()[0]) if timestep is not None else 0.0
+
+    def run(self) -> np.ndarray:
+        import torch
+
+        g = self.config.guidance_scale
+        with torch.inference_mode():
+            outs = [self.transformer(*args, **kwargs)[0] for args, kwargs in self.calls]
+            if self.layout == "stacked":
+                uncond, cond = outs[0].chunk(2)
+                out = uncond + g * (cond - uncond)
+            elif self.layout == "pair":
+                out = outs[1] + g * (outs[0] - outs[1])
+            else:
+                out = outs[0]
+        return out.float().numpy().copy()
+
+    def psnr_per_prompt(self, reference: np.ndarray) -> list[float]:
+        out = self.run()
+        return [round(psnr(r, t), 2) for r, t in zip(reference, out, strict=True)]
+
+
+def probe_for(pipe: Any, config: ProbeConfig) -> Probe | FlowProbe:
+    """The probe of a pipeline's denoiser: its UNet's, or a flow model's transformer's."""
+    if getattr(pipe, "unet", None) is not None:
+        return Probe(pipe, config)
+    return FlowProbe(pipe, config)
+
+
 def _save(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -198,18 +317,19 @@ def analyze(
 ) -> dict[str, Any]:
     """Run (or resume) the analysis; the JSON at ``plan.out`` is rewritten every
     ``SAVE_EVERY_S`` seconds and when the run returns or raises."""
-    unet = pipe.unet
+    unet = denoiser(pipe)  # a UNet, or a flow model's transformer
     sizes = candidate_layers(unet, plan.min_size)
     if not sizes:
+        what = "UNet" if getattr(pipe, "unet", None) is not None else "transformer"
         raise CompressionError(
-            f"no Linear/Conv2d weight of this UNet has more than {plan.min_size:g} elements; "
+            f"no Linear/Conv2d weight of this {what} has more than {plan.min_size:g} elements; "
             "lower --min-size (the tiny model's largest weights have ~37k)"
         )
     palettes = plan.palettes
     modules = dict(unet.named_modules())
     channels = {name: int(modules[name].weight.shape[0]) for name in sizes}
     layers = {p.key: [n for n in sizes if p.fits(channels[n])] for p in palettes}
-    probe = Probe(pipe, plan.probe)
+    probe = probe_for(pipe, plan.probe)
     settings = {
         "min_size": plan.min_size,
         "nbits": list(plan.nbits),
@@ -337,7 +457,7 @@ def analyze(
 
 
 def measure_recipe(
-    probe: Probe,
+    probe: Probe | FlowProbe,
     modules: dict[str, Any],
     originals: dict[str, np.ndarray],
     recipe: dict[str, Any],

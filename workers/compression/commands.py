@@ -11,9 +11,10 @@ from typing import Any
 
 from contract.errors import CompressionError
 from workers.compression import registry
-from workers.compression.analysis import GROUPED, AnalysisPlan, Probe, ProbeConfig, analyze
+from workers.compression.analysis import GROUPED, AnalysisPlan, ProbeConfig, analyze, probe_for
 from workers.compression.palettize import (
     Recipe,
+    denoiser,
     mean,
     parse_palette,
     psnr,
@@ -22,15 +23,16 @@ from workers.compression.palettize import (
     uniform_recipe,
 )
 from workers.compression.recipes import RECIPE_NAME, load_recipe, recipe_for_bits, recipe_for_psnr
-from workers.models.families import DIFFUSION_PIPELINES, SD_PIPELINE
+from workers.models.families import DIFFUSION_PIPELINES, FLOW, PIPELINES, SD_PIPELINE
 
 FORMATS = ("torch", "coreml")
 
 
-def _pipeline(model: str, *, families: tuple[str, ...] = DIFFUSION_PIPELINES) -> Any:
+def _pipeline(model: str, *, families: tuple[str, ...] = PIPELINES) -> Any:
     """``model`` loaded in fp32 for the model commands, refused in one line when its pipeline
-    is not one of ``families``: SD 1.x/2.x and SDXL for analyze, recipe, compress and convert
-    (Apple's Core ML layouts for both); the single-file export is SD 1.x/2.x's layout only."""
+    is not one of ``families``: every family for analyze, recipe and a torch compress (a UNet's
+    or a flow transformer's layers); SD 1.x/2.x and SDXL for Core ML (Apple's layouts for
+    both); the single-file export is SD 1.x/2.x's layout only."""
     import torch
 
     from workers.backends.diffusers import load_pipeline, model_source, source_family
@@ -39,9 +41,15 @@ def _pipeline(model: str, *, families: tuple[str, ...] = DIFFUSION_PIPELINES) ->
     info = source_family(source)
     if info is not None and info.pipeline not in families:
         which = "SD 1.x and 2.x" if families == (SD_PIPELINE,) else "SD 1.x, 2.x and SDXL"
+        why = ""
+        if info.family.kind == FLOW:
+            why = (
+                " (Core ML conversion of the SD3/FLUX transformers is not built: "
+                "`--format torch` compresses them for the diffusers backend)"
+            )
         raise CompressionError(
             f"model {model!r} is {info.family.title} (family {info.family.name}); this "
-            f"`orchestrate model` command takes {which} models only"
+            f"`orchestrate model` command takes {which} models only{why}"
         )
     return load_pipeline(source, torch.float32)
 
@@ -135,7 +143,7 @@ def _choose_recipe(
     if palette.keep:
         raise CompressionError("--bits 16 leaves the model as it is; give 1, 2, 4, 6, 8 or 4g16")
     name = palette.key if palette.grouped else f"{palette.bits}bit"
-    return name, uniform_recipe(pipe.unet, palette.to_json())
+    return name, uniform_recipe(denoiser(pipe), palette.to_json())
 
 
 def _probe_config(model: str, prompts: int, threads: int | None = None) -> ProbeConfig:
@@ -147,7 +155,7 @@ def _probe_config(model: str, prompts: int, threads: int | None = None) -> Probe
 
 
 def _probe_psnr(pipe: Any, probe_config: ProbeConfig, reference: Any) -> float:
-    probe = Probe(pipe, probe_config)
+    probe = probe_for(pipe, probe_config)
     return round(mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True)), 2)
 
 
@@ -176,11 +184,11 @@ def compress_model(
 
     if fmt not in FORMATS:
         raise CompressionError(f"--format must be one of {FORMATS}")
-    pipe = _pipeline(model)
+    pipe = _pipeline(model, families=PIPELINES if fmt == "torch" else DIFFUSION_PIPELINES)
     variant, recipe = _choose_recipe(pipe, recipe_spec, bits)
     variant = name or variant
     probe_config = _probe_config(model, 2)
-    reference = Probe(pipe, probe_config).run()
+    reference = probe_for(pipe, probe_config).run()
     t0 = time.perf_counter()
     if fmt == "torch":
         note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
@@ -251,7 +259,7 @@ def convert_model(
 
     t0 = time.perf_counter()
     layout = convert_pipeline(
-        _pipeline(model),
+        _pipeline(model, families=DIFFUSION_PIPELINES),
         out,
         model_version=model,
         attention=attention,

@@ -1,6 +1,7 @@
 """Weight palettization: k-means lookup tables of 2^n values, one per tensor or one per group
-of output channels, and the uniform 8-bit linear quantization baseline. Pure numpy/torch: no
-coremltools needed for analysis.
+of output channels, the uniform 8-bit linear quantization baseline, and coremltools' linear
+quantization per block of input channels (int4, blocks of 32: :func:`block_quantize_array`).
+Pure numpy/torch: no coremltools needed for analysis.
 
 How a layer is palettized is a :class:`Palette`. In recipes and analysis JSON it is written as:
 
@@ -17,7 +18,7 @@ reads a recipe goes through it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +201,70 @@ def linear_quantize_array(values: np.ndarray, nbits: int = 8) -> np.ndarray:
     zero = np.round(-lo / scale)
     q = np.clip(np.round(flat / scale) + zero, 0, levels)
     return ((q - zero) * scale).reshape(v.shape).astype(np.float32)
+
+
+def block_quantizable(shape: Sequence[int], block: int = 32) -> bool:
+    """Whether coremltools' ``per_block`` linear quantization takes a weight of this shape: a
+    Linear (out, in) or Conv2d (out, in, kh, kw) weight whose input channels (axis 1) split
+    into whole blocks. coremltools skips any other weight (with a log warning) and leaves it as
+    it was: a last partial block is never quantized, nor fewer than ``block`` input channels."""
+    return len(shape) >= 2 and block > 0 and shape[1] > 0 and shape[1] % block == 0
+
+
+def block_quantize_array(weight: np.ndarray, bits: int = 4, block: int = 32) -> np.ndarray:
+    """The weight as coremltools 9 reconstructs it after ``OpLinearQuantizerConfig(
+    mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32)`` (``bits``
+    and ``block`` generalize the two numbers), same shape, as float32.
+
+    Each block is one output channel's ``block`` consecutive input channels (axis 1), with all
+    of a Conv2d's kernel positions: (1, 32) of a Linear weight, (1, 32, kh, kw) of a Conv2d one.
+    A block's scale is ``max|w| / 7`` (coremltools writes ``(max - min) / (q_max - q_min)`` over
+    the symmetric range [-max|w|, max|w|] and the int4 range [-7, 7]: -8 is never used), there
+    is no zero point, ``q = clip(round(w / scale), -7, 7)`` with numpy's round-half-to-even, and
+    the weight is ``q * scale`` rounded to the scale's dtype. Arithmetic is in the weight's own
+    float dtype, as coremltools' is: pass an fp16 weight (what an fp16 Core ML model holds) for
+    fp16 scales, bit for bit what its ``decompress_weights`` gives. A weight
+    :func:`block_quantizable` refuses, or one holding an infinity, is returned as it is, as
+    coremltools skips it. An all-zero block stays zero (coremltools divides 0 by a 0 scale,
+    and multiplies whatever it gets back by 0)."""
+    w = np.asarray(weight)
+    if not np.issubdtype(w.dtype, np.floating):
+        w = w.astype(np.float32)
+    if not block_quantizable(w.shape, block) or np.any(np.isinf(w)):
+        return w.astype(np.float32)
+    out_channels, in_channels = w.shape[:2]
+    # (out, blocks, block, kernel positions): a block's values are axes 2 and 3
+    blocks = w.reshape(out_channels, in_channels // block, block, -1)
+    q_max = 2 ** (bits - 1) - 1
+    max_abs = np.maximum(
+        np.abs(blocks.min(axis=(2, 3), keepdims=True)),
+        np.abs(blocks.max(axis=(2, 3), keepdims=True)),
+    )
+    scale = (max_abs - -max_abs) / (q_max - -q_max)  # coremltools' order of operations
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.round(blocks / scale), -q_max, q_max)
+    q = np.where(scale == 0, 0, q)
+    dense = (q.astype(np.float32) * scale.astype(np.float32)).astype(scale.dtype)
+    return dense.reshape(w.shape).astype(np.float32)
+
+
+def block_quantized_bits(
+    weight_shape: Sequence[int], bits: int = 4, block: int = 32, scale_bits: int = 16
+) -> float:
+    """Average bits per weight stored by :func:`block_quantize_array`: ``bits`` per weight and
+    one ``scale_bits`` scale per block (4.5 for a Linear weight in blocks of 32, fp16 scales;
+    4 + 16/288 for a 3x3 Conv2d, whose blocks hold 32 x 9 weights); :data:`KEEP` (16, fp16)
+    for a weight coremltools would skip."""
+    if not block_quantizable(weight_shape, block):
+        return float(KEEP)
+    per_block = block * int(np.prod(weight_shape[2:], dtype=np.int64))
+    return bits + scale_bits / per_block
+
+
+def denoiser(pipe: Any) -> Any:
+    """The network a pipeline runs every step: its UNet, or a flow model's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
 
 
 def candidate_layers(unet: Any, min_size: float) -> dict[str, int]:
