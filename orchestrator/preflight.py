@@ -15,6 +15,7 @@ the local Hugging Face cache, and the hub when it can answer quickly (``workers.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Any
 from contract.errors import JobInputError
 from contract.limits import BLOCK_QUANTIZED, UNIFORM_BITS
 from workers.models import expand_path, families, hub, looks_like_path
+
+logger = logging.getLogger(__name__)
 
 ModelKey = tuple[str, str]  # (model, quantization)
 
@@ -214,6 +217,81 @@ def check_models(
             held = tuple((waiting or {}).get(key, ()))
             problems.append(ModelProblem(key[0], key[1], n, reason, held))
     return sorted(problems, key=lambda p: (-p.jobs, p.model, p.quantization))
+
+
+# A model whose weights take more than this share of the device's memory leaves too little for
+# the activations (and on a Mac, for everything else): warned about before the run.
+MEMORY_SHARE = 0.8
+
+
+def _weights_folder(model: str) -> Path | None:
+    """The folder whose files a model loads from, where one is on this machine (a local
+    folder, a cached hub id's snapshot); None for the built-in toys and anything else."""
+    from workers.models import hub_snapshot, is_builtin, local_folder
+
+    if is_builtin(model):
+        return None  # megabytes: nothing to warn about, and not built just to be measured
+    found = local_folder(model)
+    if found is not None:
+        return found
+    if looks_like_path(model):
+        return None
+    return hub_snapshot(model)
+
+
+def memory_warnings(models: Iterable[str], device: str, low_memory: bool = False) -> list[str]:
+    """One line for each model whose weights would not leave room on ``device`` (``auto`` is
+    what the backend would pick), with what ``--low-memory`` needs instead; from the
+    safetensors headers of its folder, nothing loaded. Each checked model's figures are
+    logged too."""
+    from workers import memory
+
+    found = {m: f for m in dict.fromkeys(models) if (f := _weights_folder(m)) is not None}
+    if not found:
+        return []
+    if device == "auto":
+        from workers.backends.diffusers import pick_device
+
+        device = pick_device("auto")
+    have = memory.device_bytes(device)
+    lines = []
+    for model, folder in found.items():
+        elements = memory.component_elements(folder)
+        if not elements:
+            continue
+        try:
+            flow = families.detect_folder(folder).family.kind == families.FLOW
+        except families.UnsupportedModel:
+            continue  # refused by the model check already
+        dtype = memory.run_dtype(device, flow)
+        need = memory.need_bytes(elements, dtype, low_memory)
+        parts = ", ".join(
+            f"{name} {n * memory.DTYPE_BYTES[dtype] / 1e9:.1f}"
+            for name, n in sorted(elements.items(), key=lambda kv: -kv[1])
+        )
+        logger.info(
+            "model %s: weights %.1f GB in %s on %s (%s GB)%s",
+            model,
+            need / 1e9,
+            dtype,
+            device,
+            parts,
+            "" if have is None else f"; the device has {have / 1e9:.1f} GB",
+        )
+        if have is None or need <= MEMORY_SHARE * have:
+            continue
+        line = (
+            f"model {model!r}: its weights take {need / 1e9:.1f} GB in {dtype} on {device} "
+            f"({parts} GB), more than {MEMORY_SHARE:.0%} of its {have / 1e9:.1f} GB"
+        )
+        if not low_memory and device != "cpu":
+            largest = memory.need_bytes(elements, dtype, True)
+            line += (
+                f"; --low-memory keeps each component on the {device} only while it runs "
+                f"({largest / 1e9:.1f} GB at most)"
+            )
+        lines.append(line)
+    return lines
 
 
 def manifest_models(jobs: Iterable[Any]) -> Counter[ModelKey]:

@@ -39,15 +39,23 @@ class ModelsMissing(UsageError):
 
 
 def check_models_here(
-    store: JobStore, manifest: Manifest | None, *, device: str, backend: str
-) -> None:
+    store: JobStore,
+    manifest: Manifest | None,
+    *,
+    device: str,
+    backend: str,
+    low_memory: bool = False,
+) -> list[str]:
     """Refuse to start a run whose models this machine cannot load: every distinct model of
     the manifest (before it is submitted) and of the jobs already waiting, which a run works
-    through too, with job counts, their batches and the way out (``ModelsMissing``)."""
+    through too, with job counts, their batches and the way out (``ModelsMissing``). Returns
+    warnings: the models whose weights would leave no room on the device
+    (``preflight.memory_warnings``)."""
     from orchestrator.preflight import (
         check_models,
         device_problem,
         manifest_models,
+        memory_warnings,
         pending_by_batch,
         refusal,
     )
@@ -64,6 +72,9 @@ def check_models_here(
     problems = check_models(counts, backend, waiting)
     if problems:
         raise ModelsMissing(refusal(problems, submitting=manifest is not None), problems)
+    if backend != "diffusers":
+        return []
+    return memory_warnings((model for model, _q in counts), device, low_memory)
 
 
 def manifest_scope(store: JobStore, manifest: Manifest, result: SubmitResult) -> Counts:

@@ -46,3 +46,73 @@ def peak_mb(device: str) -> float | None:
         except OSError:
             return None
     return None
+
+
+# -- what a model needs, before it is loaded ----------------------------------------------------
+
+_WEIGHT_SUFFIXES = (".safetensors",)
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def _safetensors_numel(path: Path) -> int:
+    """Elements stored in a ``.safetensors`` file, from its JSON header (no tensor is read)."""
+    import json
+    import math
+
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if size <= 0 or size > 100_000_000:
+            raise ValueError(f"{path}: not a safetensors header")
+        header = json.loads(fh.read(size))
+    return sum(
+        math.prod(entry["shape"])
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict)
+    )
+
+
+def component_elements(folder: Path) -> dict[str, int]:
+    """Weights (elements) of each component of a diffusers folder (``transformer``, ``unet``,
+    ``text_encoder_2``, ``vae``...), read from the safetensors headers; {} when it has none."""
+    found: dict[str, int] = {}
+    for path in sorted(folder.glob("*/*")):
+        if path.suffix in _WEIGHT_SUFFIXES and path.is_file():
+            try:
+                n = _safetensors_numel(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found[path.parent.name] = found.get(path.parent.name, 0) + n
+    return found
+
+
+def device_bytes(device: str) -> int | None:
+    """Memory the device has: a CUDA GPU's own; the machine's RAM for the CPU and for Apple's
+    MPS (unified memory; macOS lets the GPU use most of it, not all); None when unknown."""
+    import os
+
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def run_dtype(device: str, flow: bool) -> str:
+    """The dtype the diffusers backend runs a model in on ``device`` (its rule, restated
+    without loading anything): fp32 on the CPU, bf16 for a flow model on a GPU, else fp16."""
+    if device == "cpu":
+        return "fp32"
+    return "bf16" if flow else "fp16"
+
+
+def need_bytes(elements: dict[str, int], dtype: str, low_memory: bool) -> int:
+    """The device memory a model's weights take in ``dtype``: all components at once, or with
+    ``low_memory`` (model CPU offload) the largest one. Activations come on top: a few GB at
+    1024 px on a GPU."""
+    per = DTYPE_BYTES[dtype]
+    if not elements:
+        return 0
+    return per * (max(elements.values()) if low_memory else sum(elements.values()))

@@ -135,7 +135,15 @@ def run(
     judge_from(kw["judge"])  # a --judge that cannot run here: refused before anything is submitted
     if not skip_model_check:
         try:
-            check_models_here(state.store(), m, device=kw["device"], backend=kw["backend"])
+            warnings = check_models_here(
+                state.store(),
+                m,
+                device=kw["device"],
+                backend=kw["backend"],
+                low_memory=bool(kw.get("low_memory")),
+            )
+            for line in warnings:
+                click.echo(f"warning: {line}", err=True)
         except ModelsMissing as exc:
             for p in exc.problems:
                 click.echo(f"error: {p}", err=True)

@@ -188,7 +188,7 @@ def _digest_file(digest: Any, path: Path, name: str) -> None:
             digest.update(f.read(_SAMPLE))
 
 
-def _hub_snapshot(model: str) -> Path | None:
+def hub_snapshot(model: str) -> Path | None:
     """The local snapshot folder of a hub id in this machine's Hugging Face cache, if any."""
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -217,7 +217,7 @@ def model_fingerprint(source: str) -> str | None:
         if path.is_file():
             files = [(path.name, path)]
         else:
-            folder = path if path.is_dir() else _hub_snapshot(source)
+            folder = path if path.is_dir() else hub_snapshot(source)
             if folder is None:
                 return None
             files = [(p.relative_to(folder).as_posix(), p) for p in _model_files(folder)]
