@@ -51,6 +51,7 @@ from orchestrator.output import check_output_dir, check_output_name
 from orchestrator.presets import MIXED, PRESET_NAMES, PRESETS, nearest_mixed
 from workers.models.schedulers import (
     SCHEDULER_NAMES,
+    model_kind,
     sampler_problem,
     size_problem,
     steps_problem,
@@ -232,8 +233,11 @@ class _Resolver:
             "seed": None,
         }
         preset = values["preset"]
+        kind = model_kind(str(values["model"] or base["model"]))
         if preset is not None:
-            base.update(PRESETS[str(preset)].values())
+            base.update(PRESETS[str(preset)].values(kind))
+        elif defaults.preset and base["scheduler"] == PRESETS[defaults.preset].scheduler:
+            base["scheduler"] = PRESETS[defaults.preset].scheduler_for(kind)  # --preset's
         spec = {k: (values[k] if values[k] is not None else v) for k, v in base.items()}
         spec["preset"] = preset or defaults.preset
         model = str(spec["model"])

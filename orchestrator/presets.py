@@ -27,10 +27,20 @@ class Preset:
     quantization: str
     compute_units: str  # advice for Core ML workers (a worker flag, not a job field)
     summary: str
+    # Its sampler for a flow-matching model (SD3, FLUX), where the one above is a diffusion one.
+    flow_scheduler: str | None = None
 
-    def values(self) -> dict[str, object]:
-        """The job fields this preset sets."""
-        return {"scheduler": self.scheduler, "steps": self.steps, "quantization": self.quantization}
+    def scheduler_for(self, kind: str) -> str:
+        """Its sampler for a model of ``kind`` (``workers.models.families`` DIFFUSION/FLOW)."""
+        return self.flow_scheduler if kind == "flow" and self.flow_scheduler else self.scheduler
+
+    def values(self, kind: str = "diffusion") -> dict[str, object]:
+        """The job fields this preset sets, for a model of ``kind``."""
+        return {
+            "scheduler": self.scheduler_for(kind),
+            "steps": self.steps,
+            "quantization": self.quantization,
+        }
 
 
 PRESETS: dict[str, Preset] = {
@@ -66,7 +76,9 @@ PRESETS: dict[str, Preset] = {
             50,
             "fp16",
             "CPU_AND_GPU",
-            "reference quality: unquantized weights, PNDM 50 steps",
+            "reference quality: unquantized weights, PNDM 50 steps (flow models: their own "
+            "FlowMatch Euler)",
+            flow_scheduler="flow_euler",
         ),
     )
 }

@@ -232,3 +232,16 @@ def test_a_flow_model_takes_sizes_in_multiples_of_16(tmp_path: Path) -> None:
     assert "multiples of 16" in str(issue)
     m = parse_manifest("prompt,model,width,height\na,tiny-flux,80,96\nb,tiny,72,64\n", "m.csv")
     assert [(j.width, j.height) for j in m.jobs] == [(80, 96), (72, 64)]
+
+
+def test_the_pro_preset_samples_a_flow_model_with_its_own_sampler() -> None:
+    m = parse_manifest("prompt,model,preset\na,tiny-flux,pro\nb,tiny,pro\n", "m.csv")
+    assert [(j.model, j.scheduler, j.steps) for j in m.jobs] == [
+        ("tiny-flux", "flow_euler", 50),
+        ("tiny", "pndm", 50),
+    ]
+    from orchestrator.manifest import Defaults
+
+    flag = Defaults().with_preset("pro")  # `--preset pro`
+    m = parse_manifest("prompt,model\na,tiny-flux\nb,tiny\n", "m.csv", defaults=flag)
+    assert [j.scheduler for j in m.jobs] == ["flow_euler", "pndm"]

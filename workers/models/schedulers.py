@@ -124,6 +124,15 @@ def family_problem(family: str, scheduler: str) -> str | None:
     )
 
 
+def model_kind(model: str) -> str:
+    """DIFFUSION or FLOW for a manifest's model value, as far as this machine can tell its
+    family (DIFFUSION when it cannot)."""
+    from workers.models import family_name
+
+    family = FAMILIES.get(family_name(model) or "")
+    return family.kind if family is not None else DIFFUSION
+
+
 def sampler_problem(model: str, scheduler: str) -> str | None:
     """Why ``scheduler`` cannot sample ``model`` (a manifest's model value), as far as this
     machine can tell its family (``workers.models.family_name``), or None."""
