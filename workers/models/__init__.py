@@ -82,6 +82,32 @@ def checkpoint_file(model: str) -> Path | None:
     return p if p.suffix.lower() == ".safetensors" and p.is_file() else None
 
 
+def _checkpoint_family(path: Path) -> str | None:
+    """The family a single-file checkpoint's metadata names (ours mark the tiny family);
+    None for one made elsewhere or unreadable (the load says so)."""
+    from workers.models.checkpoints import family
+
+    try:
+        return family(path)
+    except Exception:  # not readable as safetensors
+        return None
+
+
+def _config_reader(model: str) -> Any:
+    """A reader of the model's config files on this machine (``families.Reader``): a local
+    folder's, or a hub id's in this machine's Hugging Face cache; None when there are none
+    here (a path not on this machine, a hub id not downloaded)."""
+    from workers.models import families
+
+    folder = local_folder(model)
+    if folder is not None:
+        return families.folder_reader(folder)
+    if looks_like_path(model):
+        return None
+    read = families.hub_cache_reader(model)
+    return read if read("model_index.json") is not None else None
+
+
 @lru_cache(maxsize=64)
 def native_size(model: str) -> tuple[int, int]:
     """The (width, height) a model was trained at: the size used when a row gives none.
@@ -93,26 +119,16 @@ def native_size(model: str) -> tuple[int, int]:
     the preflight check refuses it with the reason.
     """
     from workers.models import families
+    from workers.models.checkpoints import TINY_FAMILY
 
     if is_builtin(model):
         return TINY_NATIVE
     checkpoint = checkpoint_file(model)
     if checkpoint is not None:
-        from workers.models.checkpoints import TINY_FAMILY, family
-
-        try:
-            return TINY_NATIVE if family(checkpoint) == TINY_FAMILY else SD_NATIVE
-        except Exception:  # not readable as safetensors: the load will say so
-            return SD_NATIVE
-    folder = local_folder(model)
-    if folder is not None:
-        read = families.folder_reader(folder)
-    elif looks_like_path(model):
+        return TINY_NATIVE if _checkpoint_family(checkpoint) == TINY_FAMILY else SD_NATIVE
+    read = _config_reader(model)
+    if read is None:
         return SD_NATIVE
-    else:
-        read = families.hub_cache_reader(model)
-        if read("model_index.json") is None:
-            return SD_NATIVE
     try:
         return families.detect(read).native_size
     except families.UnsupportedModel:
@@ -126,26 +142,16 @@ def family_name(model: str) -> str | None:
     id's; None when nothing here says (a hub id not downloaded, a single file made elsewhere, a
     kind this tool does not run: the preflight check and the load say why)."""
     from workers.models import families
+    from workers.models.checkpoints import TINY_FAMILY
 
     if is_builtin(model):
         return BUILTIN_MODELS[model]
     checkpoint = checkpoint_file(model)
     if checkpoint is not None:
-        from workers.models.checkpoints import TINY_FAMILY, family
-
-        try:
-            return TINY_FAMILY if family(checkpoint) == TINY_FAMILY else None
-        except Exception:  # not readable as safetensors: the load will say so
-            return None
-    folder = local_folder(model)
-    if folder is not None:
-        read = families.folder_reader(folder)
-    elif looks_like_path(model):
+        return TINY_FAMILY if _checkpoint_family(checkpoint) == TINY_FAMILY else None
+    read = _config_reader(model)
+    if read is None:
         return None
-    else:
-        read = families.hub_cache_reader(model)
-        if read("model_index.json") is None:
-            return None
     try:
         return families.detect(read).family.name
     except families.UnsupportedModel:
