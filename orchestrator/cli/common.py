@@ -160,7 +160,7 @@ def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--model",
             default=d.model,
             help="A built-in model (" + ", ".join(BUILTIN_MODELS) + "), a diffusers folder "
-            "(SD 1.x, 2.x, SDXL, SD 3/3.5, FLUX.1, FLUX.2 Klein), or a hub id.",
+            "(SD 1.x, 2.x, SDXL, SD 3/3.5, FLUX.1, FLUX.2 Klein, Z-Image), or a hub id.",
         ),
         option(
             "--quantization",

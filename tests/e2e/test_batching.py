@@ -1,7 +1,7 @@
 """Micro-batching end to end, in both transports, as a user runs it: a manifest mixing the
-built-in models (tiny, tiny-xl and the flow-matching tiny-sd3, tiny-flux and tiny-flux2) run
-with ``--batch-size 3`` makes, job for job, the pixels its unbatched run makes, each job exactly
-once; and a worker killed mid-batch loses none."""
+built-in models (tiny, tiny-xl and the flow-matching tiny-sd3, tiny-flux, tiny-flux2 and
+tiny-zimage) run with ``--batch-size 3`` makes, job for job, the pixels its unbatched run makes,
+each job exactly once; and a worker killed mid-batch loses none."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ MIXED = (
     "a blue square,30,tiny-sd3,4,3,dpmpp_2m\n"
     "a green circle,40,tiny-flux,4,2,flow_euler\n"
     "a red triangle,50,tiny-flux2,4,3,unipc\n"
+    "a yellow circle,60,tiny-zimage,4,2,dpmpp_2m\n"
 )
-JOBS = 16
+JOBS = 18
 
 
 def pixels_by_job(db: Path) -> dict[int, str]:
@@ -60,7 +61,7 @@ def test_local_batches_make_the_unbatched_images_once_each(
     cli("run", "mixed.csv", "--batch-size", "3", timeout=600)
     db = tmp_path / "orchestrate.db"
     exactly_once(db, JOBS)
-    assert batch_sizes(db) == [3, 3, 3, 3, 3, 3, 2, 2, 3, 3, 3, 2, 2, 3, 3, 3]
+    assert batch_sizes(db) == [3, 3, 3, 3, 3, 3, 2, 2, 3, 3, 3, 2, 2, 3, 3, 3, 2, 2]
     assert pixels_by_job(db) == unbatched
 
 

@@ -20,7 +20,7 @@ from tests.e2e.conftest import Cli
 from workers.cache import default_cache_dir
 from workers.metadata import read_png_metadata
 from workers.models import families
-from workers.models.schedulers import SCHEDULER_NAMES, build_scheduler
+from workers.models.schedulers import DIFFUSION_SCHEDULERS, build_scheduler
 from workers.task import PipelineCache, run_job
 
 pytestmark = pytest.mark.slow
@@ -249,7 +249,7 @@ def test_v_prediction_folder_keeps_v_prediction_and_generates(v_model: tuple[Pat
     assert type(backend.pipe).__name__ == "StableDiffusionPipeline"
     assert backend.family == "tiny"
     # every scheduler a job may name keeps the model's prediction type and timestep spacing
-    for name in SCHEDULER_NAMES:
+    for name in DIFFUSION_SCHEDULERS:
         scheduler = build_scheduler(name, backend._scheduler_config)
         assert scheduler.config.prediction_type == "v_prediction", name
         assert scheduler.config.timestep_spacing == "trailing", name

@@ -31,7 +31,12 @@ def load(model: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("model", "layout", "calls"),
-    [("tiny-sd3", "stacked", 1), ("tiny-flux", "single", 1), ("tiny-flux2", "pair", 2)],
+    [
+        ("tiny-sd3", "stacked", 1),
+        ("tiny-flux", "single", 1),
+        ("tiny-flux2", "pair", 2),
+        ("tiny-zimage", "stacked", 1),  # a list of latents, the prompts first
+    ],
 )
 def test_the_probe_replays_the_pipelines_own_transformer_calls(
     model: str, layout: str, calls: int

@@ -1,6 +1,7 @@
-"""The built-in tiny flow-matching models (tiny-sd3, tiny-flux, tiny-flux2) and the tokenizers
-written for them: built offline from code, loaded with their pipelines' ``from_pretrained``,
-drawing the same 64x64 image for the same seed, the same bytes every build."""
+"""The built-in tiny flow-matching models (tiny-sd3, tiny-flux, tiny-flux2, tiny-zimage) and the
+tokenizers written for them: built offline from code, loaded with their pipelines'
+``from_pretrained``, drawing the same 64x64 image for the same seed, the same bytes every
+build."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 from workers.tiny.flow import (
     FLOW_MODELS,
     FLUX2_TEXT_LAYERS,
+    QWEN_LAYERS,
     T5_MAX_LENGTH,
     TINY_FLUX2_MODEL_NAME,
     TINY_FLUX_MODEL_NAME,
     TINY_SD3_MODEL_NAME,
+    TINY_ZIMAGE_MODEL_NAME,
     build_tiny_flow_model,
     ensure_tiny_flow_model,
     tiny_flow_model_path,
@@ -114,25 +117,32 @@ def test_tokenizer_files_are_the_same_bytes_every_time(tmp_path: Path) -> None:
 
 
 def test_a_name_that_is_not_a_flow_model_is_refused(tmp_path: Path) -> None:
-    assert set(FLOW_MODELS) == {"tiny-sd3", "tiny-flux", "tiny-flux2"}
+    assert set(FLOW_MODELS) == {"tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-zimage"}
     assert tiny_flow_model_path("tiny-sd3", tmp_path) == tmp_path / "models" / "tiny-sd3-v1"
     with pytest.raises(ValueError, match="not a built-in flow-matching model"):
         tiny_flow_model_path("tiny-xl", tmp_path)
 
 
 def _pipeline_class(name: str) -> Any:
-    from diffusers import Flux2KleinPipeline, FluxPipeline, StableDiffusion3Pipeline
+    from diffusers import (
+        Flux2KleinPipeline,
+        FluxPipeline,
+        StableDiffusion3Pipeline,
+        ZImagePipeline,
+    )
 
     return {
         TINY_SD3_MODEL_NAME: StableDiffusion3Pipeline,
         TINY_FLUX_MODEL_NAME: FluxPipeline,
         TINY_FLUX2_MODEL_NAME: Flux2KleinPipeline,
+        TINY_ZIMAGE_MODEL_NAME: ZImagePipeline,
     }[name]
 
 
 def _call_kwargs(name: str) -> dict[str, Any]:
-    """What a backend passes each pipeline: the size (FLUX's and Klein's default is 1024 px),
-    the short text length, guidance, and for Klein the Qwen layers its transformer reads."""
+    """What a backend passes each pipeline: the size (FLUX's, Klein's and Z-Image's default is
+    1024 px), the short text length, guidance, and for Klein the Qwen layers its transformer
+    reads."""
     kwargs: dict[str, Any] = {
         "prompt": "two small red circles on a blue background",
         "height": 64,
@@ -145,6 +155,8 @@ def _call_kwargs(name: str) -> dict[str, Any]:
         kwargs.update(guidance_scale=5.0, negative_prompt="blurry")
     elif name == TINY_FLUX_MODEL_NAME:
         kwargs.update(guidance_scale=3.5)  # embedded: one pass a step
+    elif name == TINY_ZIMAGE_MODEL_NAME:
+        kwargs.update(guidance_scale=3.0, negative_prompt="blurry")  # pos + 3 (pos - neg)
     else:
         kwargs.update(guidance_scale=4.0, text_encoder_out_layers=FLUX2_TEXT_LAYERS)
     return kwargs
@@ -237,6 +249,66 @@ def test_the_klein_transformer_reads_the_documented_qwen_layers(tmp_path: Path) 
     # the pipeline's default layers (Klein 4B's 9, 18, 27) are not this model's
     with pytest.raises(IndexError):
         draw(prompt="a red circle", max_sequence_length=T5_MAX_LENGTH)
+
+
+@pytest.mark.slow
+def test_the_z_image_caption_is_qwens_second_to_last_hidden_states_in_its_chat(
+    tmp_path: Path,
+) -> None:
+    """ZImagePipeline reads the prompt inside Qwen3's chat template with thinking on (no empty
+    <think> block), padded to max_sequence_length, takes hidden_states[-2] (the last layer's
+    input, not the normed output) and keeps the prompt's own tokens: a list of one tensor per
+    prompt, as long as its chat, as wide as the transformer's cap_feat_dim."""
+    import torch
+
+    pipe = _pipeline_class(TINY_ZIMAGE_MODEL_NAME).from_pretrained(
+        ensure_tiny_flow_model(TINY_ZIMAGE_MODEL_NAME, tmp_path)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.text_encoder).__name__ == "Qwen3Model"  # as Z-Image ships it
+    width = pipe.text_encoder.config.hidden_size
+    assert pipe.transformer.config.cap_feat_dim == width < 256  # the toy's width
+    assert pipe.text_encoder.config.num_hidden_layers == QWEN_LAYERS
+    chat = pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a red circle"}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=True,
+    )
+    assert chat == QWEN3_CHAT.removesuffix("<think>\n\n</think>\n\n")
+    tokens = pipe.tokenizer(chat, return_tensors="pt")
+    embeds, negative = pipe.encode_prompt(
+        "a red circle", do_classifier_free_guidance=True, max_sequence_length=T5_MAX_LENGTH
+    )
+    assert isinstance(embeds, list) and len(embeds) == len(negative) == 1
+    assert embeds[0].shape == (tokens.input_ids.shape[1], width)
+    hidden = pipe.text_encoder(input_ids=tokens.input_ids, output_hidden_states=True)
+    assert torch.allclose(embeds[0], hidden.hidden_states[QWEN_LAYERS - 1][0], atol=1e-5)
+    assert not torch.allclose(embeds[0], hidden.last_hidden_state[0], atol=1e-3)
+    # a longer prompt is cut at the length, chat end included, as the pipeline cuts it
+    (long,), _ = pipe.encode_prompt(
+        LONG_PROMPT, do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH
+    )
+    assert long.shape == (T5_MAX_LENGTH, width)
+
+
+@pytest.mark.slow
+def test_tiny_zimage_draws_at_eight_steps_with_guidance_well_under_a_second(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    import torch
+
+    pipe = _pipeline_class(TINY_ZIMAGE_MODEL_NAME).from_pretrained(
+        ensure_tiny_flow_model(TINY_ZIMAGE_MODEL_NAME, tmp_path)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {**_call_kwargs(TINY_ZIMAGE_MODEL_NAME), "num_inference_steps": 8}
+    pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(0))  # warm
+    started = time.perf_counter()
+    pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(0))
+    assert time.perf_counter() - started < 5  # about 0.2 s on one thread; generous
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The diffusers/PyTorch backend: Stable Diffusion 1.x, 2.x, SDXL and the flow-matching families
-(SD 3/3.5, FLUX.1, FLUX.2 Klein: ``workers.backends.flow``) on CPU, CUDA or Apple's MPS.
+(SD 3/3.5, FLUX.1, FLUX.2 Klein, Z-Image: ``workers.backends.flow``) on CPU, CUDA or Apple's
+MPS.
 
 The pipeline class comes from the model's family (``workers.models.families``): read from the model's
 configs before any weights are loaded, so a model of another kind is refused with one line.
@@ -222,6 +223,18 @@ def _load_checkpoint(path: Path, dtype: Any) -> Any:
     return pipe
 
 
+def _stack(values: list[Any]) -> Any:
+    """One embedding keyword's values for each prompt of a batch, as one: tensors concatenated
+    along the batch, lists (Z-Image's, a tensor per prompt) joined; None stays None."""
+    import torch
+
+    if values[0] is None:
+        return None
+    if isinstance(values[0], list):
+        return [tensor for value in values for tensor in value]
+    return torch.cat(values)
+
+
 class DiffusersBackend:
     """A loaded pipeline of one of the families (``workers.models.families``), kept for every
     job that names its model."""
@@ -374,10 +387,7 @@ class DiffusersBackend:
                 for r in requests
             ]
             parts = [self._encode(r, do_cfg) for r in requests]
-            embeddings = {
-                k: None if parts[0][k] is None else torch.cat([p[k] for p in parts])
-                for k in parts[0]
-            }
+            embeddings = {k: _stack([p[k] for p in parts]) for k in parts[0]}
             self._sync()
             t1 = time.perf_counter()
 
@@ -450,7 +460,9 @@ class DiffusersBackend:
         image: the pipeline's batch is [negatives..., prompts...] (with guidance), and image
         i's call gets rows (i, n + i), exactly the two rows its lone job's call has. A flow
         model's transformer likewise (Klein's guidance halves come as calls of their own);
-        FLUX.1's position ids (one 2-D table for the whole batch) are not split."""
+        FLUX.1's position ids (one 2-D table for the whole batch) are not split. Z-Image's
+        transformer takes its latents and captions as lists, a tensor per row, and gives a list
+        back: a list is split and merged as a batch's tensors are."""
         if n == 1 or self.fused_batches:
             yield
             return
@@ -463,11 +475,13 @@ class DiffusersBackend:
         def per_image(*args: Any, **kwargs: Any) -> Any:
             first = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
             assert first is not None, "a denoiser call without its latents"
-            rows = first.shape[0]
+            rows = len(first) if isinstance(first, list) else first.shape[0]
 
             def part(value: Any, i: int, name: str = "") -> Any:
                 if isinstance(value, dict):
                     return {k: part(v, i, k) for k, v in value.items()}
+                if isinstance(value, list) and len(value) == rows:  # Z-Image's rows
+                    return [value[i + k * n] for k in range(halves)]
                 if name in ("img_ids", "txt_ids") and torch.is_tensor(value) and value.ndim == 2:
                     return value  # FLUX.1's ids: shared by every row
                 if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == rows:
@@ -482,6 +496,8 @@ class DiffusersBackend:
                 )[0]
                 for i in range(n)
             ]
+            if isinstance(outs[0], list):
+                return ([out[k] for k in range(halves) for out in outs],)
             merged = torch.cat([out[k : k + 1] for k in range(halves) for out in outs])
             return (merged,)
 

@@ -175,8 +175,9 @@ class FlowProbe:
         scale = info.vae_scale
         side = config.latent_size * scale if config.latent_size else info.native_size[0]
         guided = flow_family.uses_cfg(info, config.guidance_scale)
-        # SD3 stacks the unconditional half before the prompts in one call; Klein makes a
-        # call for the prompts, then one for the negative; FLUX.1 one call (guidance an input).
+        # SD3 stacks the unconditional half before the prompts in one call (Z-Image the
+        # prompts first, as a list); Klein makes a call for the prompts, then one for the
+        # negative; FLUX.1 one call (guidance an input).
         self.layout = (
             "single"
             if not guided
@@ -184,6 +185,7 @@ class FlowProbe:
             if flow_family.stacked_halves(info, True) == 2
             else "pair"
         )
+        self.prompts_first = info.pipeline == families.ZIMAGE_PIPELINE
         calls: list[tuple[Any, Any]] = []
         seen = {"step": 0}
 
@@ -231,9 +233,15 @@ class FlowProbe:
 
         g = self.config.guidance_scale
         with torch.inference_mode():
-            outs = [self.transformer(*args, **kwargs)[0] for args, kwargs in self.calls]
+            outs = []
+            for args, kwargs in self.calls:
+                out = self.transformer(*args, **kwargs)[0]
+                # Z-Image's transformer answers a list, a tensor an image
+                outs.append(torch.stack(list(out)) if isinstance(out, list | tuple) else out)
             if self.layout == "stacked":
                 uncond, cond = outs[0].chunk(2)
+                if self.prompts_first:
+                    uncond, cond = cond, uncond
                 out = uncond + g * (cond - uncond)
             elif self.layout == "pair":
                 out = outs[1] + g * (outs[0] - outs[1])

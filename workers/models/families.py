@@ -6,8 +6,9 @@ A diffusers model folder says what it is: ``model_index.json`` names its pipelin
 "text_time"`` (pooled text embeddings and size/crop "time ids" added to the timestep), and the
 VAE's its downsampling (``block_out_channels``: one level fewer than blocks). The flow-matching
 families have a transformer instead of a UNet; its config gives the text width
-(``joint_attention_dim``), SD3's its ``sample_size`` and FLUX.1's whether guidance is an input
-of the model (``guidance_embeds``: dev) or not (schnell). From these:
+(``joint_attention_dim``; Z-Image's ``cap_feat_dim``), SD3's its ``sample_size`` and FLUX.1's
+whether guidance is an input of the model (``guidance_embeds``: dev) or not (schnell). From
+these:
 
 ===========  ==========================  ==============================================  ==========
 family       pipeline                    told by                                         guidance
@@ -22,11 +23,14 @@ flux1        FluxPipeline                FLUX.1: dev (``guidance_embeds``) or sc
 flux2-klein  Flux2KleinPipeline          FLUX.2 Klein (Qwen3 text); native 1024          cfg, or
                                                                                          none when
                                                                                          distilled
+zimage       ZImagePipeline              Z-Image, Z-Image-Turbo (single-stream DiT,      cfg (none
+                                         Qwen3 text, ``cap_feat_dim``); native 1024      at <= 1)
 tiny         StableDiffusionPipeline     toy width (< 256): the built-in ``tiny``        cfg
 tiny-xl      StableDiffusionXLPipeline   toy width: the built-in ``tiny-xl``             cfg
 tiny-sd3     StableDiffusion3Pipeline    toy width: the built-in ``tiny-sd3``            cfg
 tiny-flux    FluxPipeline                toy width: the built-in ``tiny-flux`` (dev)     distilled
 tiny-flux2   Flux2KleinPipeline          toy width: the built-in ``tiny-flux2``          cfg
+tiny-zimage  ZImagePipeline              toy width: the built-in ``tiny-zimage``         cfg
 ===========  ==========================  ==============================================  ==========
 
 ``guidance`` is what a manifest's ``guidance_scale`` means for the model: ``cfg`` classifier-free
@@ -34,6 +38,13 @@ guidance (the denoiser runs with and without the prompt), ``distilled`` the guid
 dev takes as an input (one denoiser call a step; A1111/Forge call it "Distilled CFG Scale"),
 ``none`` a model that takes no guidance (FLUX.1 schnell, a step-distilled Klein): the value is
 recorded and does nothing.
+
+Z-Image-Turbo is step-distilled (8-9 steps, run without guidance), but nothing in its configs
+says so as Klein's ``is_distilled`` does: its ``model_index.json`` and transformer config are
+those of the base Z-Image, which runs classifier-free guidance. So ``zimage`` is ``cfg`` for
+both, and as for every ``cfg`` family a ``guidance_scale`` of 1 or less means no guidance: give
+the Turbo 1. (Z-Image's pipeline counts its scale one lower, ``pos + g * (pos - neg)``: its
+model card's 0.0 for the Turbo is 1 here; ``workers.backends.flow`` converts.)
 
 The native size is read from the configs when they are there (UNet or SD3 transformer
 ``sample_size`` x the VAE's scale), the family's usual one when not. Any other pipeline class
@@ -57,10 +68,11 @@ SDXL_PIPELINE = "StableDiffusionXLPipeline"
 SD3_PIPELINE = "StableDiffusion3Pipeline"
 FLUX_PIPELINE = "FluxPipeline"
 FLUX2_KLEIN_PIPELINE = "Flux2KleinPipeline"
+ZIMAGE_PIPELINE = "ZImagePipeline"
 # Denoised with a UNet by a diffusion (noise/v-prediction) sampler; with a transformer by a
 # flow-matching one.
 DIFFUSION_PIPELINES = (SD_PIPELINE, SDXL_PIPELINE)
-FLOW_PIPELINES = (SD3_PIPELINE, FLUX_PIPELINE, FLUX2_KLEIN_PIPELINE)
+FLOW_PIPELINES = (SD3_PIPELINE, FLUX_PIPELINE, FLUX2_KLEIN_PIPELINE, ZIMAGE_PIPELINE)
 PIPELINES = DIFFUSION_PIPELINES + FLOW_PIPELINES
 
 # What a family's model is: denoised by a diffusion sampler or a flow-matching one.
@@ -71,7 +83,7 @@ CFG = "cfg"
 DISTILLED = "distilled"
 NO_GUIDANCE = "none"
 
-# Narrower text than any real family's (768, 1024, 2048): the built-in toy models.
+# Narrower text than any real family's (768, 1024, 2048, 2560): the built-in toy models.
 TOY_TEXT_WIDTH = 256
 SD2_TEXT_WIDTH = 1024
 
@@ -98,11 +110,13 @@ FAMILIES: dict[str, Family] = {
         Family("sd3", SD3_PIPELINE, 1024, "Stable Diffusion 3/3.5"),
         Family("flux1", FLUX_PIPELINE, 1024, "FLUX.1"),
         Family("flux2-klein", FLUX2_KLEIN_PIPELINE, 1024, "FLUX.2 Klein"),
+        Family("zimage", ZIMAGE_PIPELINE, 1024, "Z-Image"),
         Family("tiny", SD_PIPELINE, 64, "the built-in tiny Stable Diffusion"),
         Family("tiny-xl", SDXL_PIPELINE, 64, "the built-in tiny SDXL"),
         Family("tiny-sd3", SD3_PIPELINE, 64, "the built-in tiny SD3"),
         Family("tiny-flux", FLUX_PIPELINE, 64, "the built-in tiny FLUX.1"),
         Family("tiny-flux2", FLUX2_KLEIN_PIPELINE, 64, "the built-in tiny FLUX.2 Klein"),
+        Family("tiny-zimage", ZIMAGE_PIPELINE, 64, "the built-in tiny Z-Image"),
     )
 }
 # The full-size family of each pipeline, and its toy-width (built-in) one.
@@ -110,11 +124,14 @@ _BY_PIPELINE = {
     SD3_PIPELINE: ("sd3", "tiny-sd3"),
     FLUX_PIPELINE: ("flux1", "tiny-flux"),
     FLUX2_KLEIN_PIPELINE: ("flux2-klein", "tiny-flux2"),
+    ZIMAGE_PIPELINE: ("zimage", "tiny-zimage"),
 }
+# The transformer config key that gives a flow family's text (caption) width.
+_TEXT_WIDTH_KEY = {ZIMAGE_PIPELINE: "cap_feat_dim"}
 SUPPORTED = (
     "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL base "
     "(StableDiffusionXLPipeline), Stable Diffusion 3/3.5 (StableDiffusion3Pipeline), FLUX.1 "
-    "(FluxPipeline) and FLUX.2 Klein (Flux2KleinPipeline)"
+    "(FluxPipeline), FLUX.2 Klein (Flux2KleinPipeline) and Z-Image (ZImagePipeline)"
 )
 
 
@@ -269,9 +286,10 @@ def _classify_flow(
     vae: Mapping[str, Any] | None,
     index: Mapping[str, Any],
 ) -> ModelInfo:
-    """SD3, FLUX.1 or FLUX.2 Klein (or a toy of each) from its transformer's config."""
+    """SD3, FLUX.1, FLUX.2 Klein or Z-Image (or a toy of each) from its transformer's
+    config."""
     full, toy = _BY_PIPELINE[pipeline]
-    width = transformer.get("joint_attention_dim")
+    width = transformer.get(_TEXT_WIDTH_KEY.get(pipeline, "joint_attention_dim"))
     narrow = isinstance(width, int) and width < TOY_TEXT_WIDTH
     family = FAMILIES[toy if narrow else full]
     if pipeline == FLUX_PIPELINE:
@@ -280,8 +298,8 @@ def _classify_flow(
         guidance = NO_GUIDANCE if index.get("is_distilled") else CFG
     else:
         guidance = CFG
-    # SD3's transformer gives its latent side; FLUX's configs do not (1024 px, or 64 for the
-    # built-in toys).
+    # SD3's transformer gives its latent side; FLUX's and Z-Image's configs do not (1024 px, or
+    # 64 for the built-in toys).
     sample_size = _sample_size(transformer) if pipeline == SD3_PIPELINE else None
     scale = vae_scale(vae)
     side = sample_size * scale if sample_size is not None else family.native

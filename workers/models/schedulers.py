@@ -13,6 +13,7 @@ Only the builder imports diffusers, so the manifest validator can use the names 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -188,7 +189,9 @@ def build_flow_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     exponential time shift) and refuses a ``mu`` when not set for it, while the FLUX pipelines
     pass one always: so it is always built dynamic, and a model with a static shift ``s`` gets
     base and max shift ``ln(s)``, which makes every image size's ``mu`` ``ln(s)``, the static
-    shift (Klein's pipeline computes its ``mu`` itself, from the image size and steps).
+    shift (Klein's pipeline computes its ``mu`` itself, from the image size and steps; Z-Image's
+    from the image size and the shift keys of the scheduler it is given, so ``ln(s)`` too). Both
+    take the linear ``sigmas`` Z-Image's pipeline passes (``_flow_sampler_class``).
     """
     import diffusers
 
@@ -212,9 +215,66 @@ def build_flow_scheduler(name: str, base_config: dict[str, Any]) -> Any:
         options.update(use_dynamic_shifting=True, time_shift_type="exponential")
     else:  # UniPC takes mu only when dynamic, and ignores one passed otherwise
         options.update(use_dynamic_shifting=dynamic)
-    scheduler = cls.from_config(options)
+    scheduler = _flow_sampler_class(name).from_config(options)
     scheduler.register_to_config(**shifts)
     return scheduler
+
+
+def linear_flow_sigmas(steps: int) -> list[float]:
+    """The unshifted flow sigmas a flow pipeline starts from, 1 down to 1/steps (Z-Image's
+    pipeline passes them to its scheduler as ``sigmas``; FLUX's drop them for a scheduler with
+    flow sigmas of its own)."""
+    return [1.0 - i / steps for i in range(steps)]
+
+
+@functools.cache
+def _flow_sampler_class(name: str) -> Any:
+    """DPM-Solver++ or UniPC with flow sigmas, taking the ``sigmas`` a pipeline passes.
+
+    Z-Image's pipeline passes its scheduler the linear sigmas (``linear_flow_sigmas``, as a
+    list) whatever the scheduler, for it to shift, where FLUX's drop them for a scheduler with
+    flow sigmas of its own. diffusers' DPMSolverMultistepScheduler has no ``sigmas`` argument
+    (the pipeline refuses it), and UniPC takes them as a numpy array only (a list fails in its
+    shift). DPM-Solver++'s own flow sigmas are the same linear spacing (to the 1/1000 they
+    start short of 1), shifted by ``mu`` as FlowMatch Euler shifts the pipeline's: it takes
+    those sigmas as the step count and refuses others (it follows no custom schedule). UniPC
+    takes any, as an array, and shifts them as FlowMatch Euler does.
+    """
+    import diffusers
+    import numpy as np
+
+    base = getattr(diffusers, SCHEDULERS[name].cls)
+
+    class FlowSampler(base):  # type: ignore[misc, valid-type]
+        def set_timesteps(
+            self,
+            num_inference_steps: int | None = None,
+            device: Any = None,
+            sigmas: Any = None,
+            mu: float | None = None,
+        ) -> None:
+            if sigmas is not None and base is diffusers.DPMSolverMultistepScheduler:
+                steps = len(sigmas)
+                linear = linear_flow_sigmas(steps)
+                if not all(
+                    math.isclose(float(a), b, abs_tol=1e-6)
+                    for a, b in zip(sigmas, linear, strict=True)
+                ):
+                    raise ValueError(
+                        "DPM-Solver++ with flow sigmas takes only the linear flow sigmas "
+                        "(1 down to 1/steps), not a custom schedule"
+                    )
+                super().set_timesteps(steps, device, mu=mu)
+            elif sigmas is not None:
+                sigmas = np.asarray(sigmas, dtype=np.float64)
+                super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
+            else:
+                super().set_timesteps(num_inference_steps, device, mu=mu)
+
+    # A module-level name, so that pickle and copy find the class as they find diffusers' own.
+    FlowSampler.__name__ = FlowSampler.__qualname__ = f"Flow{base.__name__}"
+    globals()[FlowSampler.__name__] = FlowSampler
+    return FlowSampler
 
 
 def build_scheduler(name: str, base_config: dict[str, Any], kind: str = DIFFUSION) -> Any:

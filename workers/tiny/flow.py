@@ -1,5 +1,6 @@
-"""The built-in tiny flow-matching models (``model = tiny-sd3``, ``tiny-flux``, ``tiny-flux2``),
-so the Stable Diffusion 3, FLUX.1 and FLUX.2 [klein] paths run and are tested with no download.
+"""The built-in tiny flow-matching models (``model = tiny-sd3``, ``tiny-flux``, ``tiny-flux2``,
+``tiny-zimage``), so the Stable Diffusion 3, FLUX.1, FLUX.2 [klein] and Z-Image paths run and are
+tested with no download.
 
 Built from code as the tiny SDXL is (``workers.tiny.xl``), the way diffusers' own fast tests
 build theirs: the real diffusers/transformers classes at toy size, with the parts that make
@@ -24,12 +25,19 @@ each family what it is:
   the pipeline's default would index layers this model does not have), Qwen's chat template;
   an ``AutoencoderKLFlux2`` (2x2 patches, batch-normed latents); Klein's scheduler (FLUX.1
   [dev]'s config, with Klein's own shift from image size and step count).
+* ``tiny-zimage`` (``ZImagePipeline``), Z-Image's layout: a single-stream
+  ``ZImageTransformer2DModel`` (2x2 patches, noise and caption refiner blocks, then the joint
+  blocks over [image, caption]; 3-axis RoPE), a ``Qwen3Model`` whose second-to-last hidden
+  states (layer ``QWEN_LAYERS - 1``) are the caption (``cap_feat_dim`` = its width), Qwen's chat
+  template with thinking on; FLUX.1's 16-channel VAE scaling and shift; Z-Image-Turbo's
+  scheduler (``FlowMatchEulerDiscreteScheduler(shift=3.0)``, static). Its guidance is
+  classifier-free, the prompt and negative stacked in one transformer call.
 
 All draw 64x64 images natively (VAEs with three downsamplings: 8x8 latents). The T5 and Qwen
 tokenizers are written by ``workers.tiny.tokenizers``, the CLIP ones are the byte-level
 vocabulary of ``workers.tiny``. Pass ``max_sequence_length=T5_MAX_LENGTH`` (the pipelines'
-defaults, 256 or 512 tokens, work but cost more) and ``height=width=64`` to FLUX and Klein
-(their default is 1024 px whatever the model). ``T5_MAX_LENGTH`` is also the T5 and Qwen
+defaults, 256 or 512 tokens, work but cost more) and ``height=width=64`` to FLUX, Klein and
+Z-Image (their default is 1024 px whatever the model). ``T5_MAX_LENGTH`` is also the T5 and Qwen
 tokenizers' ``model_max_length``.
 
 Weights are random, drawn from a fixed seed per model (the same torch builds the same bytes):
@@ -61,11 +69,13 @@ logger = logging.getLogger(__name__)
 TINY_SD3_MODEL_NAME = "tiny-sd3"
 TINY_FLUX_MODEL_NAME = "tiny-flux"
 TINY_FLUX2_MODEL_NAME = "tiny-flux2"
+TINY_ZIMAGE_MODEL_NAME = "tiny-zimage"
 # name -> family name
 FLOW_MODELS: dict[str, str] = {
     TINY_SD3_MODEL_NAME: "tiny-sd3",
     TINY_FLUX_MODEL_NAME: "tiny-flux",
     TINY_FLUX2_MODEL_NAME: "tiny-flux2",
+    TINY_ZIMAGE_MODEL_NAME: "tiny-zimage",
 }
 # Bump a model's version when its architecture, weights or tokenizers change, so old caches
 # are not reused.
@@ -73,16 +83,18 @@ TINY_FLOW_MODEL_VERSIONS: dict[str, str] = {
     TINY_SD3_MODEL_NAME: "tiny-sd3-v1",
     TINY_FLUX_MODEL_NAME: "tiny-flux-v1",
     TINY_FLUX2_MODEL_NAME: "tiny-flux2-v1",
+    TINY_ZIMAGE_MODEL_NAME: "tiny-zimage-v1",
 }
 TINY_FLOW_WEIGHT_SEEDS: dict[str, int] = {
     TINY_SD3_MODEL_NAME: 20260301,
     TINY_FLUX_MODEL_NAME: 20260302,
     TINY_FLUX2_MODEL_NAME: 20260303,
+    TINY_ZIMAGE_MODEL_NAME: 20260304,
 }
 
 # The max_sequence_length to pass to the pipelines: T5's tokens (tiny-sd3, tiny-flux) or the
-# chat-templated prompt's Qwen tokens (tiny-flux2). A prompt of the tiny world fits. Also the
-# T5 and Qwen tokenizers' model_max_length.
+# chat-templated prompt's Qwen tokens (tiny-flux2, tiny-zimage). A prompt of the tiny world fits.
+# Also the T5 and Qwen tokenizers' model_max_length.
 T5_MAX_LENGTH = MODEL_MAX_LENGTH
 # The Qwen3 hidden states tiny-flux2's transformer reads (0 is the embeddings; 4, the last,
 # is after the final norm, which Klein never takes): pass as text_encoder_out_layers.
@@ -94,6 +106,7 @@ TOKENIZERS: dict[str, dict[str, tuple[str, ...]]] = {
     TINY_SD3_MODEL_NAME: {"clip": ("tokenizer", "tokenizer_2"), "t5": ("tokenizer_3",)},
     TINY_FLUX_MODEL_NAME: {"clip": ("tokenizer",), "t5": ("tokenizer_2",)},
     TINY_FLUX2_MODEL_NAME: {"qwen": ("tokenizer",)},
+    TINY_ZIMAGE_MODEL_NAME: {"qwen": ("tokenizer",)},
 }
 
 IMAGE_SIZE = 64  # native: 8x8 latents
@@ -101,6 +114,7 @@ LATENT_SIZE = 8
 CLIP_WIDTH = 32  # each CLIP encoder's hidden size and projection
 T5_WIDTH = 64  # T5's d_model: the MMDiTs' joint_attention_dim
 QWEN_WIDTH = 16  # Qwen3's hidden size; Klein's context is len(FLUX2_TEXT_LAYERS) of it
+ZIMAGE_WIDTH = 32  # the Z-Image transformer's width (2 heads of 16)
 
 
 def tiny_flow_model_path(name: str, cache_dir: Path | None = None) -> Path:
@@ -122,6 +136,7 @@ def build_tiny_flow_model(name: str, destination: Path) -> None:
         TINY_SD3_MODEL_NAME: _build_sd3,
         TINY_FLUX_MODEL_NAME: _build_flux,
         TINY_FLUX2_MODEL_NAME: _build_flux2,
+        TINY_ZIMAGE_MODEL_NAME: _build_zimage,
     }
     _version(name)
     import torch
@@ -333,32 +348,39 @@ def _build_flux(destination: Path) -> Any:
     )
 
 
-def _build_flux2(destination: Path) -> Any:
-    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
-    from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
+def _qwen(destination: Path, what: str) -> tuple[Any, Any]:
+    """The Qwen tokenizer written into ``destination / "tokenizer"``, and Qwen3 4B's config at
+    toy size (grouped-query attention, tied embeddings) for it."""
+    from transformers import Qwen2TokenizerFast, Qwen3Config
 
     folder = destination / "tokenizer"
     vocab_size = write_qwen_tokenizer(folder)
     tokenizer = Qwen2TokenizerFast.from_pretrained(folder)
-    check_tokenizer_size(tokenizer, vocab_size, "tiny-flux2 tokenizer")
-    # Qwen3 4B's layout at toy size: grouped-query attention, tied embeddings.
-    text_encoder = Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=vocab_size,
-            hidden_size=QWEN_WIDTH,
-            intermediate_size=32,
-            num_hidden_layers=QWEN_LAYERS,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=8,
-            max_position_embeddings=512,  # the pipeline's default max_sequence_length
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        )
+    check_tokenizer_size(tokenizer, vocab_size, what)
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=QWEN_WIDTH,
+        intermediate_size=32,
+        num_hidden_layers=QWEN_LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,  # the pipelines' default max_sequence_length
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
     )
+    return tokenizer, config
+
+
+def _build_flux2(destination: Path) -> Any:
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3ForCausalLM
+
+    tokenizer, qwen_config = _qwen(destination, "tiny-flux2 tokenizer")
+    text_encoder = Qwen3ForCausalLM(qwen_config)
     latent_channels = 8
     transformer = Flux2Transformer2DModel(
         patch_size=1,
@@ -393,4 +415,49 @@ def _build_flux2(destination: Path) -> Any:
         tokenizer=tokenizer,
         transformer=transformer,
         is_distilled=False,
+    )
+
+
+def _build_zimage(destination: Path) -> Any:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Model
+
+    tokenizer, qwen_config = _qwen(destination, "tiny-zimage tokenizer")
+    # Z-Image ships the bare Qwen3 (no LM head) and reads its second-to-last hidden states.
+    text_encoder = Qwen3Model(qwen_config)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=ZIMAGE_WIDTH,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=QWEN_WIDTH,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],  # sums to the head dim
+        axes_lens=[512, 64, 64],  # caption positions; up to 64x64 patches (1024 px)
+    )
+    # The pad tokens (what fills each row's image and caption out to a multiple of 32 tokens)
+    # are zeros or torch.empty as built, depending on the diffusers version: drawn here.
+    with torch.no_grad():
+        transformer.x_pad_token.copy_(torch.randn_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.randn_like(transformer.cap_pad_token))
+    # Z-Image uses FLUX.1's VAE: its latent scaling and shift.
+    vae = _vae(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159)
+    # Z-Image-Turbo's scheduler config: a static shift of 3.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
+    )
+    return ZImagePipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
     )
