@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,26 @@ def write_clip_vocabulary(folder: Path, merges: Sequence[tuple[str, str]] = ()) 
     lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(vocab)
+
+
+def clip_text_config(vocab_size: int, width: int = 32) -> Any:
+    """The built-in random-weight models' CLIP text encoder at toy size (two layers, ``width``
+    wide and projected to ``width``), for a byte-level vocabulary of ``vocab_size`` tokens
+    whose last two are the start and end marks (``write_clip_vocabulary``)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        projection_dim=width,
+    )
 
 
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:

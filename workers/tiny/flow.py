@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.cache import default_cache_dir
-from workers.tiny import write_clip_vocabulary
+from workers.tiny import clip_text_config, write_clip_vocabulary
 from workers.tiny.tokenizers import (
     MODEL_MAX_LENGTH,
     check_tokenizer_size,
@@ -190,23 +190,6 @@ def _clip_tokenizer(folder: Path, what: str) -> Any:
     return tokenizer
 
 
-def _clip_config(vocab_size: int) -> Any:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=CLIP_WIDTH,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-        projection_dim=CLIP_WIDTH,
-    )
-
-
 def _t5(folder: Path, what: str) -> tuple[Any, Any]:
     """A T5 v1.1-style encoder (gated GELU, relative attention) and its tokenizer."""
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
@@ -280,8 +263,8 @@ def _build_sd3(destination: Path) -> Any:
 
     tokenizer = _clip_tokenizer(destination / "tokenizer", "tiny-sd3 tokenizer")
     tokenizer_2 = _clip_tokenizer(destination / "tokenizer_2", "tiny-sd3 tokenizer_2")
-    text_encoder = CLIPTextModelWithProjection(_clip_config(len(tokenizer)))
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(tokenizer_2)))
+    text_encoder = CLIPTextModelWithProjection(clip_text_config(len(tokenizer), CLIP_WIDTH))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(len(tokenizer_2), CLIP_WIDTH))
     text_encoder_3, tokenizer_3 = _t5(destination / "tokenizer_3", "tiny-sd3 tokenizer_3")
     transformer = SD3Transformer2DModel(
         sample_size=LATENT_SIZE,  # the pipeline's default size: 8 * 8 = 64 px
@@ -320,7 +303,7 @@ def _build_flux(destination: Path) -> Any:
     from transformers import CLIPTextModel
 
     tokenizer = _clip_tokenizer(destination / "tokenizer", "tiny-flux tokenizer")
-    text_encoder = CLIPTextModel(_clip_config(len(tokenizer)))
+    text_encoder = CLIPTextModel(clip_text_config(len(tokenizer), CLIP_WIDTH))
     text_encoder_2, tokenizer_2 = _t5(destination / "tokenizer_2", "tiny-flux tokenizer_2")
     latent_channels = 16
     transformer = FluxTransformer2DModel(

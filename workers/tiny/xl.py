@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from workers.cache import default_cache_dir
-from workers.tiny import write_clip_vocabulary
+from workers.tiny import clip_text_config, write_clip_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def build_tiny_xl_model(destination: Path) -> None:
         UNet2DConditionModel,
     )
     from transformers import (
-        CLIPTextConfig,
         CLIPTextModel,
         CLIPTextModelWithProjection,
         CLIPTokenizer,
@@ -67,23 +66,9 @@ def build_tiny_xl_model(destination: Path) -> None:
             raise RuntimeError(f"tiny-xl {name} has {len(tokenizer)} tokens, expected {vocab_size}")
         tokenizers.append(tokenizer)
 
-    def text_config() -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-            projection_dim=POOLED_WIDTH,
-        )
-
     torch.manual_seed(TINY_XL_WEIGHT_SEED)
-    text_encoder = CLIPTextModel(text_config())
-    text_encoder_2 = CLIPTextModelWithProjection(text_config())
+    text_encoder = CLIPTextModel(clip_text_config(vocab_size, TEXT_WIDTH))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab_size, TEXT_WIDTH))
     # SDXL's layout at toy size: attention only in the lower-resolution level, with more
     # transformer layers there, linear projections, per-level head counts.
     unet = UNet2DConditionModel(
