@@ -93,12 +93,17 @@ def wait_for_batch(db: Path, n: int, timeout: float = 120) -> None:
 
 
 SLOW_JOBS = "prompt,seed,steps,width,height,num_images\na slow one,1,12,192,192,6\n"
+# The same on a flow-matching model: a batch of its transformer calls split per image.
+SLOW_FLOW_JOBS = (
+    "prompt,model,seed,steps,width,height,num_images\na slow one,tiny-flux,1,24,256,256,6\n"
+)
 
 
+@pytest.mark.parametrize("manifest", [SLOW_JOBS, SLOW_FLOW_JOBS], ids=["tiny", "tiny-flux"])
 def test_sigkill_mid_batch_then_another_worker_finishes_all_exactly_once(
-    cli: Cli, tmp_path: Path
+    cli: Cli, tmp_path: Path, manifest: str
 ) -> None:
-    write(tmp_path / "slow.csv", SLOW_JOBS)
+    write(tmp_path / "slow.csv", manifest)
     cli("submit", "slow.csv")
     db = tmp_path / "orchestrate.db"
     victim = cli.popen("work", "--local", "--burst", "--lease", "2", "--batch-size", "3")
