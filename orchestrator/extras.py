@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "diffusers",
         "transformers",
         "tokenizers",
+        "accelerate",
         "huggingface_hub",
         "safetensors",
         "numpy",

@@ -264,7 +264,7 @@ def memory_warnings(models: Iterable[str], device: str, low_memory: bool = False
         except families.UnsupportedModel:
             continue  # refused by the model check already
         dtype = memory.run_dtype(device, flow)
-        need = memory.need_bytes(elements, dtype, low_memory)
+        need = memory.need_bytes(elements, dtype, memory.offloads(device, flow, low_memory))
         parts = ", ".join(
             f"{name} {n * memory.DTYPE_BYTES[dtype] / 1e9:.1f}"
             for name, n in sorted(elements.items(), key=lambda kv: -kv[1])
@@ -284,11 +284,16 @@ def memory_warnings(models: Iterable[str], device: str, low_memory: bool = False
             f"model {model!r}: its weights take {need / 1e9:.1f} GB in {dtype} on {device} "
             f"({parts} GB), more than {MEMORY_SHARE:.0%} of its {have / 1e9:.1f} GB"
         )
-        if not low_memory and device != "cpu":
+        if memory.offloads(device, flow, True) and not low_memory:
             largest = memory.need_bytes(elements, dtype, True)
             line += (
                 f"; --low-memory keeps each component on the {device} only while it runs "
                 f"({largest / 1e9:.1f} GB at most)"
+            )
+        elif flow and device != "cuda":
+            line += (
+                f"; on {device} --low-memory cannot move them off (one memory pool): run a "
+                "compressed variant (quantization = int4b32 keeps its transformer at 4.5 of 16 bits)"
             )
         lines.append(line)
     return lines

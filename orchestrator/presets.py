@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from workers.models.families import DIFFUSION, FLOW
+
 MIXED = "mixed"
 MIXED_TARGET_BITS = 4.5
 _RECIPE_BITS = re.compile(r"^recipe_(\d+(?:\.\d+)?)_bit_mixedpalette$")
@@ -32,9 +34,9 @@ class Preset:
 
     def scheduler_for(self, kind: str) -> str:
         """Its sampler for a model of ``kind`` (``workers.models.families`` DIFFUSION/FLOW)."""
-        return self.flow_scheduler if kind == "flow" and self.flow_scheduler else self.scheduler
+        return self.flow_scheduler if kind == FLOW and self.flow_scheduler else self.scheduler
 
-    def values(self, kind: str = "diffusion") -> dict[str, object]:
+    def values(self, kind: str = DIFFUSION) -> dict[str, object]:
         """The job fields this preset sets, for a model of ``kind``."""
         return {
             "scheduler": self.scheduler_for(kind),

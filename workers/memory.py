@@ -64,6 +64,8 @@ def _safetensors_numel(path: Path) -> int:
         if size <= 0 or size > 100_000_000:
             raise ValueError(f"{path}: not a safetensors header")
         header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors header")
     return sum(
         math.prod(entry["shape"])
         for name, entry in header.items()
@@ -72,16 +74,29 @@ def _safetensors_numel(path: Path) -> int:
 
 
 def component_elements(folder: Path) -> dict[str, int]:
-    """Weights (elements) of each component of a diffusers folder (``transformer``, ``unet``,
-    ``text_encoder_2``, ``vae``...), read from the safetensors headers; {} when it has none."""
+    """Weights (elements) of each component of a diffusers folder that its pipeline loads
+    (``transformer``, ``unet``, ``text_encoder_2``, ``vae``...: the ones ``model_index.json``
+    names), read from the safetensors headers of the files ``from_pretrained`` reads (a
+    variant's copy, ``*.fp16.safetensors``, is not counted again); {} when it has none."""
+    import json
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(index, dict):
+        return {}
+    components = [k for k, v in index.items() if isinstance(v, list) and not k.startswith("_")]
     found: dict[str, int] = {}
-    for path in sorted(folder.glob("*/*")):
-        if path.suffix in _WEIGHT_SUFFIXES and path.is_file():
+    for name in components:
+        for path in sorted((folder / name).glob("*.safetensors")):
+            if "." in path.stem:  # diffusion_pytorch_model.fp16: another variant's copy
+                continue
             try:
                 n = _safetensors_numel(path)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
-            found[path.parent.name] = found.get(path.parent.name, 0) + n
+            found[name] = found.get(name, 0) + n
     return found
 
 
@@ -108,11 +123,17 @@ def run_dtype(device: str, flow: bool) -> str:
     return "bf16" if flow else "fp16"
 
 
-def need_bytes(elements: dict[str, int], dtype: str, low_memory: bool) -> int:
-    """The device memory a model's weights take in ``dtype``: all components at once, or with
-    ``low_memory`` (model CPU offload) the largest one. Activations come on top: a few GB at
+def offloads(device: str, flow: bool, low_memory: bool) -> bool:
+    """Whether ``--low-memory`` keeps a model's components off the device but the one running:
+    a flow model on a CUDA GPU (``workers.tuning.apply``)."""
+    return low_memory and flow and device == "cuda"
+
+
+def need_bytes(elements: dict[str, int], dtype: str, offloaded: bool) -> int:
+    """The device memory a model's weights take in ``dtype``: all components at once, or when
+    ``offloaded`` (model CPU offload) the largest one. Activations come on top: a few GB at
     1024 px on a GPU."""
     per = DTYPE_BYTES[dtype]
     if not elements:
         return 0
-    return per * (max(elements.values()) if low_memory else sum(elements.values()))
+    return per * (max(elements.values()) if offloaded else sum(elements.values()))

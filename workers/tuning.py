@@ -10,9 +10,10 @@ change the pixels, so none is on by default.
   prefer.
 - ``low_memory``: attention computed a slice of heads at a time and the VAE decoding in tiles:
   what lets SDXL fit a 16 GB Mac or a 1024 px image fit a small GPU, for some speed. For the
-  flow-matching families (SD3, FLUX): model CPU offload on a GPU (each component moved to the
-  GPU only while it runs) and the VAE in tiles, what lets FLUX.1 or SD 3.5 Large fit a 24-32 GB
-  Mac.
+  flow-matching families (SD3, FLUX, Z-Image): on a CUDA GPU, model CPU offload (each component
+  moved to the GPU only while it runs: FLUX.1's 24 GB transformer the most at a time) and the
+  VAE in tiles; on a Mac the VAE in tiles only (its memory is one pool: offloading saves none of
+  it; a Mac short of memory runs a compressed variant, FLUX.1's transformer at 4.5 bits 6.7 GB).
 - ``fused_batches``: on the CPU, a batch's UNet evaluations as one call (on CUDA and MPS they
   always are). Without it each image of a CPU batch is byte-identical to its lone run; with it
   small models run several times faster (benchmarks/throughput.py), and each image differs
@@ -66,8 +67,8 @@ class Tuning:
         return self if device == "cuda" else dataclasses.replace(self, compile=False)
 
 
-def apply(pipe: Any, tuning: Tuning) -> None:
-    """Switch ``tuning`` on in a loaded diffusers pipeline."""
+def apply(pipe: Any, tuning: Tuning, device: str = "cpu") -> None:
+    """Switch ``tuning`` on in a loaded diffusers pipeline that runs on ``device``."""
     import torch
 
     unet = getattr(pipe, "unet", None)  # None: a flow model's transformer denoises
@@ -76,10 +77,11 @@ def apply(pipe: Any, tuning: Tuning) -> None:
     if tuning.low_memory:
         if unet is not None:
             pipe.enable_attention_slicing()
-        elif pipe.device.type != "cpu":
+        elif device == "cuda":
             # the flow pipelines have no attention slicing: their components (text encoders,
-            # transformer, VAE) wait in the CPU's memory and go to the GPU in turn
-            pipe.enable_model_cpu_offload(device=pipe.device)
+            # transformer, VAE) wait in the CPU's memory and go to the GPU in turn (accelerate's
+            # hooks); on MPS the memory is the Mac's one pool, so moving them saves nothing
+            pipe.enable_model_cpu_offload(device=torch.device(device))
         pipe.vae.enable_tiling()
     if tuning.compile:
         if unet is not None:

@@ -326,8 +326,8 @@ def tuning_options(f: Callable[..., Any]) -> Callable[..., Any]:
         option(
             "--low-memory",
             is_flag=True,
-            help="Attention a slice at a time and the VAE in tiles: for small Macs and GPUs, "
-            "and large sizes.",
+            help="Attention a slice at a time and the VAE in tiles (a flow model on CUDA: model "
+            "CPU offload): for small Macs and GPUs, and large sizes.",
         ),
         option(
             "--fused-batches",

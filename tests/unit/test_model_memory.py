@@ -28,7 +28,14 @@ def header_only(path: Path, shapes: dict[str, list[int]], dtype: str = "BF16") -
 def flux_like(folder: Path) -> Path:
     """FLUX.1's components at their real element counts (12 B transformer, 4.7 B T5)."""
     folder.mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    index = {
+        "_class_name": "FluxPipeline",
+        **{
+            c: ["diffusers", "X"]
+            for c in ("transformer", "text_encoder", "text_encoder_2", "vae", "scheduler")
+        },
+    }
+    (folder / "model_index.json").write_text(json.dumps(index))
     (folder / "transformer").mkdir()
     (folder / "transformer" / "config.json").write_text(
         json.dumps({"joint_attention_dim": 4096, "guidance_embeds": True})
@@ -44,6 +51,10 @@ def flux_like(folder: Path) -> Path:
     header_only(folder / "text_encoder_2" / "model.safetensors", {"t5": [4_760_000_000]})
     header_only(folder / "text_encoder" / "model.safetensors", {"clip": [123_000_000]})
     header_only(folder / "vae" / "diffusion_pytorch_model.safetensors", {"v": [84_000_000]})
+    # neither a variant's copy nor a folder the pipeline does not load is counted
+    header_only(folder / "vae" / "diffusion_pytorch_model.fp16.safetensors", {"v": [84_000_000]})
+    header_only(folder / "safety_checker" / "model.safetensors", {"s": [300_000_000]})
+    (folder / "text_encoder" / "broken.safetensors").write_bytes(b"\x02" + b"\0" * 7 + b"[1]")
     return folder
 
 
@@ -56,6 +67,8 @@ def test_elements_are_read_per_component_from_the_headers(tmp_path: Path) -> Non
         "vae": 84_000_000,
     }
     elements = memory.component_elements(folder)
+    assert memory.offloads("cuda", True, True) and not memory.offloads("mps", True, True)
+    assert not memory.offloads("cuda", False, True)  # a UNet's --low-memory slices attention
     assert memory.need_bytes(elements, "bf16", False) == 2 * 16_867_000_000
     assert memory.need_bytes(elements, "bf16", True) == 2 * 11_900_000_000
     assert memory.need_bytes(elements, "fp32", False) == 4 * 16_867_000_000
@@ -68,16 +81,19 @@ def test_a_model_too_large_for_the_device_is_warned_about_with_the_way_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = flux_like(tmp_path / "flux")
-    monkeypatch.setattr(memory, "device_bytes", lambda device: 32 * 10**9)  # a 32 GB Mac
-    (line,) = memory_warnings([str(folder), "tiny", str(folder)], "mps")
-    assert line.startswith(f"model {str(folder)!r}: its weights take 33.7 GB in bf16 on mps")
+    monkeypatch.setattr(memory, "device_bytes", lambda device: 32 * 10**9)  # a 32 GB GPU
+    (line,) = memory_warnings([str(folder), "tiny", str(folder)], "cuda")
+    assert line.startswith(f"model {str(folder)!r}: its weights take 33.7 GB in bf16 on cuda")
     assert "transformer 23.8, text_encoder_2 9.5, text_encoder 0.2, vae 0.2 GB" in line
     assert "more than 80% of its 32.0 GB" in line
     assert line.endswith(
-        "--low-memory keeps each component on the mps only while it runs (23.8 GB at most)"
+        "--low-memory keeps each component on the cuda only while it runs (23.8 GB at most)"
     )
     # with --low-memory the largest component fits: nothing to say
-    assert memory_warnings([str(folder)], "mps", low_memory=True) == []
+    assert memory_warnings([str(folder)], "cuda", low_memory=True) == []
+    # a Mac's memory is one pool: --low-memory moves nothing off it
+    (mac,) = memory_warnings([str(folder)], "mps", low_memory=True)
+    assert "33.7 GB in bf16 on mps" in mac and "run a compressed variant" in mac
     # a big enough GPU: nothing to say
     monkeypatch.setattr(memory, "device_bytes", lambda device: 80 * 10**9)
     assert memory_warnings([str(folder)], "cuda") == []

@@ -68,8 +68,9 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def model_source(model: str) -> str:
-    """Where ``from_pretrained`` finds a manifest's model: a built-in model's folder (``tiny``,
-    ``tiny-xl``), a local diffusers folder, a single-file checkpoint, or a hub id."""
+    """Where ``from_pretrained`` finds a manifest's model: a built-in model's folder
+    (``workers.models.BUILTIN_MODELS``), a local diffusers folder, a single-file checkpoint, or
+    a hub id."""
     builtin = builtin_model(model)
     if builtin is not None:
         return str(builtin)
@@ -293,7 +294,10 @@ class DiffusersBackend:
         else:
             pipe = pipeline.to(dtype=self._torch_dtype)
             pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
+        # --low-memory on a GPU keeps a flow model's components in the CPU's memory, each moved
+        # to the GPU only while it runs (apply_tuning): never all of it on the GPU at once.
+        offload = flow and self.tuning.low_memory and self.device == "cuda"
+        self.pipe = pipe if offload else pipe.to(self.device)
         self.info = families.of_pipeline(pipe)
         self.family = self.info.family.name
         self._flow = self.info.family.kind == families.FLOW
@@ -306,7 +310,7 @@ class DiffusersBackend:
         # The model's own scheduler config: its prediction type (v-prediction for SD 2.x 768)
         # and timestep spacing carry over to every scheduler a job names.
         self._scheduler_config = dict(pipe.scheduler.config)
-        apply_tuning(pipe, self.tuning)
+        apply_tuning(pipe, self.tuning, self.device)
 
     @functools.cached_property
     def _versions(self) -> dict[str, str]:

@@ -5,7 +5,7 @@ palettization (per-tensor widths {1, 2, 4, 6, 8} and a few grouped-channel ones,
 ``2g16`` by default), palettize that layer alone and measure the PSNR of a fixed denoising
 output (fixed prompts, seed, latents and timestep; one UNet evaluation with classifier-free
 guidance) against the unpalettized model; then palettize cumulatively, least harmful first.
-A flow-matching model's transformer (SD3, FLUX.1, FLUX.2 Klein) is analysed the same way,
+A flow-matching model's transformer (SD3, FLUX.1, FLUX.2 Klein, Z-Image) is analysed the same way,
 layer by layer, on the inputs its own pipeline gives it at that step (``FlowProbe``): the
 family's text encoders, guidance (stacked, separate calls, or an input of the model), packed
 latents and position ids, as generation conditions it.
@@ -193,7 +193,10 @@ class FlowProbe:
             if seen["step"] == config.step_of_20:
                 calls.append((_detached(args), _detached(kwargs)))
 
-        def on_step_end(_pipe: Any, i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        pipe_timesteps: list[float] = []
+
+        def on_step_end(_pipe: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            pipe_timesteps.append(float(t))
             seen["step"] = i + 1
             if i >= config.step_of_20:
                 raise _Captured
@@ -225,8 +228,8 @@ class FlowProbe:
         if not calls:
             raise CompressionError("the probe's pipeline run never reached its step")
         self.calls = calls
-        timestep = calls[0][1].get("timestep")
-        self.timestep = float(timestep.flatten()[0]) if timestep is not None else 0.0
+        # the scheduler's own t of that step (each family scales what it hands its transformer)
+        self.timestep = float(pipe_timesteps[config.step_of_20]) if pipe_timesteps else 0.0
 
     def run(self) -> np.ndarray:
         import torch

@@ -154,8 +154,10 @@ def _probe_config(model: str, prompts: int, threads: int | None = None) -> Probe
     return ProbeConfig(prompts=ProbeConfig().prompts[:prompts], threads=threads_for(model, threads))
 
 
-def _probe_psnr(pipe: Any, probe_config: ProbeConfig, reference: Any) -> float:
-    probe = probe_for(pipe, probe_config)
+def _probe_psnr(probe: Any, reference: Any) -> float:
+    """The probe's output now (its denoiser's weights changed in place) against ``reference``:
+    the same inputs, so a flow model's step is the one the reference ran, not one reached
+    through the compressed model's own earlier steps."""
     return round(mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True)), 2)
 
 
@@ -187,12 +189,12 @@ def compress_model(
     pipe = _pipeline(model, families=PIPELINES if fmt == "torch" else DIFFUSION_PIPELINES)
     variant, recipe = _choose_recipe(pipe, recipe_spec, bits)
     variant = name or variant
-    probe_config = _probe_config(model, 2)
-    reference = probe_for(pipe, probe_config).run()
+    probe = probe_for(pipe, _probe_config(model, 2))
+    reference = probe.run()
     t0 = time.perf_counter()
     if fmt == "torch":
         note = build_torch_variant(pipe, recipe, out, source_model=model, name=variant)
-        note["psnr_db"] = _probe_psnr(pipe, probe_config, reference)
+        note["psnr_db"] = _probe_psnr(probe, reference)
         (out / "orchestrate_compression.json").write_text(json.dumps(note, indent=2))
         info = {
             k: note[k]
@@ -219,7 +221,7 @@ def compress_model(
             "fp16_mb": fp16_mb,
             "palettized_mb": package_megabytes(out / f"{UNET}.mlpackage"),
             "estimated_mb": sizes["palettized_mb"],
-            "psnr_db": _probe_psnr(pipe, probe_config, reference),
+            "psnr_db": _probe_psnr(probe, reference),
             "palettized_layers": len(coreml_bits),
             **compile_packages(out),
         }

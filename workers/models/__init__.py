@@ -28,8 +28,8 @@ def is_tiny(model: str) -> bool:
 
 
 def is_builtin(model: str) -> bool:
-    """Whether ``model`` names a built-in model (``tiny``, ``tiny-xl``, ``tiny-sd3``,
-    ``tiny-flux``, ``tiny-flux2``)."""
+    """Whether ``model`` names a built-in model (``BUILTIN_MODELS``: ``tiny``, ``tiny-xl`` and
+    the flow-matching toys)."""
     return model in BUILTIN_MODELS
 
 
@@ -108,7 +108,7 @@ def _config_reader(model: str) -> Any:
     return read if read("model_index.json") is not None else None
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)
 def native_size(model: str) -> tuple[int, int]:
     """The (width, height) a model was trained at: the size used when a row gives none.
 
@@ -135,7 +135,7 @@ def native_size(model: str) -> tuple[int, int]:
         return families.native_of(read)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)
 def family_name(model: str) -> str | None:
     """The family (``families.FAMILIES``) of the model a manifest names, as far as its configs
     on this machine tell without loading it: a built-in model's, a local folder's, a cached hub

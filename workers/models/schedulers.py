@@ -50,6 +50,9 @@ class SchedulerInfo:
     kinds: tuple[str, ...] = (DIFFUSION,)  # the kinds of model it samples (families.Family.kind)
 
 
+# On a flow model the schedule is the model's shifted linear one (Forge's "Simple").
+FLOW_A1111_SCHEDULE = "Simple"
+
 SCHEDULERS: dict[str, SchedulerInfo] = {
     # DPM-Solver++ (2M): reaches in ~20 steps what PNDM needs 50 for.
     "dpmpp_2m": SchedulerInfo(
@@ -72,7 +75,7 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
     # A flow model's own sampler: FlowMatch Euler with the model's shift (A1111/Forge: Euler on
     # the "Simple" schedule).
     "flow_euler": SchedulerInfo(
-        "FlowMatchEulerDiscreteScheduler", (), "Euler", "Simple", kinds=(FLOW,)
+        "FlowMatchEulerDiscreteScheduler", (), "Euler", FLOW_A1111_SCHEDULE, kinds=(FLOW,)
     ),
     # UniPC (bh2) with flow sigmas, as diffusers runs it for flow-prediction models.
     "unipc": SchedulerInfo(
@@ -82,8 +85,7 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
         kinds=(FLOW,),
     ),
 }
-# On a flow model the schedule is the model's shifted linear one (Forge's "Simple").
-FLOW_A1111_SCHEDULE = "Simple"
+
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 
 # Keys that one scheduler class leaves in a saved config and another would carry along.
