@@ -83,7 +83,7 @@ def test_bad_manifest_is_rejected_whole(cli: Cli, tmp_path: Path) -> None:
         "error: bad.csv:3: column 'prompt': must not be empty (got '')",
         "error: bad.csv:3: column 'steps': must be between 1 and 500 (got '0')",
         "error: bad.csv:3: column 'width': must be a multiple of 8 (Stable Diffusion's VAE scale) (got '65')",
-        "error: bad.csv:4: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim (got 'plms')",
+        "error: bad.csv:4: column 'scheduler': must be one of dpmpp_2m, dpmpp_2m_karras, pndm, euler, euler_a, ddim, flow_euler, unipc (got 'plms')",
         "4 errors in the manifest; nothing was submitted",
     ]
     assert "Traceback" not in proc.stderr
