@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,31 @@ def clip_text_config(vocab_size: int, width: int = 32) -> Any:
         pad_token_id=vocab_size - 1,
         projection_dim=width,
     )
+
+
+def build_once(path: Path, build: Callable[[Path], None], what: str) -> Path:
+    """The built-in model folder at ``path``, made by ``build(folder)`` once: into a temporary
+    folder beside it, renamed into place whole (a process that finds another's copy there
+    first keeps it: the build is deterministic, so the two are the same)."""
+    import os
+    import shutil
+    import tempfile
+
+    if (path / "model_index.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        logger.info("building %s in %s", what, path, extra={"action": "tiny_model_build"})
+        build(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / "model_index.json").is_file():  # not another process's copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:

@@ -48,23 +48,17 @@ they draw noise, not pictures, but the same noise for the same job. Each is save
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from workers.cache import default_cache_dir
-from workers.tiny import clip_text_config, write_clip_vocabulary
+from workers.tiny import build_once, clip_text_config, write_clip_vocabulary
 from workers.tiny.tokenizers import (
     MODEL_MAX_LENGTH,
     check_tokenizer_size,
     write_qwen_tokenizer,
     write_t5_tokenizer,
 )
-
-logger = logging.getLogger(__name__)
 
 TINY_SD3_MODEL_NAME = "tiny-sd3"
 TINY_FLUX_MODEL_NAME = "tiny-flux"
@@ -161,24 +155,7 @@ def ensure_tiny_flow_model(name: str, cache_dir: Path | None = None) -> Path:
     """Return a tiny flow-matching model's folder, building it once (atomically, safe across
     processes)."""
     path = tiny_flow_model_path(name, cache_dir)
-    if (path / "model_index.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        logger.info(
-            "building the tiny model %s in %s", name, path, extra={"action": "tiny_model_build"}
-        )
-        build_tiny_flow_model(name, tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            # Another process finished first; its copy is identical.
-            if not (path / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return build_once(path, lambda folder: build_tiny_flow_model(name, folder), f"the tiny {name}")
 
 
 def _clip_tokenizer(folder: Path, what: str) -> Any:

@@ -17,16 +17,10 @@ user's SDXL folder is.
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from workers.cache import default_cache_dir
-from workers.tiny import clip_text_config, write_clip_vocabulary
-
-logger = logging.getLogger(__name__)
+from workers.tiny import build_once, clip_text_config, write_clip_vocabulary
 
 TINY_XL_MODEL_NAME = "tiny-xl"
 # Bump when the architecture or weights change, so old caches are not reused.
@@ -133,22 +127,4 @@ def build_tiny_xl_model(destination: Path) -> None:
 
 def ensure_tiny_xl_model(cache_dir: Path | None = None) -> Path:
     """Return the tiny SDXL's folder, building it once (atomically, safe across processes)."""
-    path = tiny_xl_model_path(cache_dir)
-    if (path / "model_index.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        logger.info(
-            "building the tiny SDXL model in %s", path, extra={"action": "tiny_model_build"}
-        )
-        build_tiny_xl_model(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            # Another process finished first; its copy is identical.
-            if not (path / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return build_once(tiny_xl_model_path(cache_dir), build_tiny_xl_model, "the tiny SDXL model")
