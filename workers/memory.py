@@ -116,8 +116,9 @@ def device_bytes(device: str) -> int | None:
 
 
 def run_dtype(device: str, flow: bool) -> str:
-    """The dtype the diffusers backend runs a model in on ``device`` (its rule, restated
-    without loading anything): fp32 on the CPU, bf16 for a flow model on a GPU, else fp16."""
+    """The dtype the diffusers backend runs a model in on ``device`` (the backend asks here; the
+    model check too, without loading anything): fp32 on the CPU (fp16 is slow and partly
+    unsupported there), bf16 for a flow model on a GPU (FLUX overflows fp16), else fp16."""
     if device == "cpu":
         return "fp32"
     return "bf16" if flow else "fp16"

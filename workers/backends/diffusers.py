@@ -23,6 +23,7 @@ from typing import Any
 
 from contract.errors import JobInputError, JobInterrupted, ModelLoadError, ModelNotFound
 from contract.job import GenerationRequest
+from workers import memory
 from workers.backends import GenerationResult, batch_key
 from workers.backends import flow as flow_family
 from workers.models import (
@@ -279,15 +280,12 @@ class DiffusersBackend:
         else:
             ahead = families.of_pipeline(pipeline)
         flow = ahead is not None and ahead.family.kind == families.FLOW
-        # CPU fp16 is slow and partly unsupported; the unquantized weights run in fp32 there.
-        # On a GPU the flow-matching transformers run in bf16 (FLUX overflows fp16), the
-        # UNets in fp16.
-        if self.device == "cpu":
-            self._torch_dtype, self.dtype = torch.float32, "fp32"
-        elif flow:
-            self._torch_dtype, self.dtype = torch.bfloat16, "bf16"
-        else:
-            self._torch_dtype, self.dtype = torch.float16, "fp16"
+        self.dtype = memory.run_dtype(self.device, flow)  # fp32 on the CPU; bf16 or fp16 on GPUs
+        self._torch_dtype = {
+            "fp32": torch.float32,
+            "bf16": torch.bfloat16,
+            "fp16": torch.float16,
+        }[self.dtype]
         if where is not None:
             pipe = load_pipeline(where, self._torch_dtype)
             self.fingerprint = model_fingerprint(where)
