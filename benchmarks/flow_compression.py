@@ -68,17 +68,12 @@ PROMPTS = (
 
 
 def _block_sizes(net: Any, names: list[str]) -> tuple[float, float]:
-    """(MB, average bits) of ``net`` with the named layers INT4 block-32 quantized."""
-    from workers.compression.palettize import block_quantized_bits
+    """(MB, average bits) of ``net`` with the named layers INT4 block-32 quantized (a layer
+    whose input channels are not in whole blocks stays fp16, as coremltools leaves it)."""
+    from workers.compression.variants import block_sizes
 
-    modules = dict(net.named_modules())
-    chosen = {id(modules[n].weight) for n in names}
-    bits = total = 0.0
-    for p in net.parameters():
-        n = p.numel()
-        total += n
-        bits += n * (block_quantized_bits(tuple(p.shape)) if id(p) in chosen else 16)
-    return bits / 8 / 1e6, bits / total
+    sizes = block_sizes(net, names, 4, 32)
+    return sizes["quantized_mb"], sizes["unet_avg_bits"]
 
 
 def _mixed_size(net: Any, avg: float) -> tuple[float, float]:
