@@ -138,6 +138,34 @@ def sample_job(**fields: object) -> dict[str, object]:
     return {k: v for k, v in sample_payload(**fields).items() if k not in ("attempt", "token")}
 
 
+def image_job(model: str, **fields: Any) -> dict[str, Any]:
+    """A real job of ``model`` for the task: a short guided run (4 steps, guidance 4, a negative
+    prompt), ``fields`` changed."""
+    return sample_job(
+        **{
+            "prompt": "a red circle",
+            "negative_prompt": "blurry",
+            "model": model,
+            "seed": 7,
+            "steps": 4,
+            "guidance_scale": 4.0,
+            "scheduler": "dpmpp_2m",
+            **fields,
+        }
+    )
+
+
+def png_pixels(png: bytes) -> Any:
+    """A PNG's RGB pixels (numpy)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 @pytest.fixture
 def redis(redis_server: RedisServer) -> Any:
     """A client of this test's own Redis."""

@@ -6,7 +6,6 @@ on a converted program reconstructs the very weights the variant holds."""
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path
@@ -17,7 +16,9 @@ import pytest
 
 from contract.errors import JobInputError
 from orchestrator.preflight import model_problem
-from tests.conftest import manifest_of, sample_job
+from tests.conftest import image_job as job
+from tests.conftest import manifest_of
+from tests.conftest import png_pixels as pixels
 from tests.helpers import cli_for
 from workers.compression import registry
 from workers.compression.palettize import (
@@ -37,30 +38,9 @@ CORE_ML_REFUSAL = (
 )
 
 
-def pixels(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 def psnr_8bit(reference: np.ndarray, test: np.ndarray) -> float:
     mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
-def job(model: str, **kw: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "prompt": "a red circle",
-        "negative_prompt": "blurry",
-        "model": model,
-        "seed": 7,
-        "steps": 4,
-        "guidance_scale": 4.0,
-        "scheduler": "dpmpp_2m",
-        **kw,
-    }
-    return sample_job(**fields)
 
 
 def values_per_block(weight: np.ndarray) -> int:

@@ -4,7 +4,6 @@ refusal of other kinds of model."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from contract.errors import JobInputError
+from tests.conftest import png_pixels as pixels
 from tests.conftest import sample_job
 from tests.e2e.conftest import Cli
 from workers.cache import default_cache_dir
@@ -28,13 +28,6 @@ pytestmark = pytest.mark.slow
 XL_JOB = sample_job(
     prompt="a lighthouse, at dawn", negative_prompt="blurry", model="tiny-xl", seed=11, steps=3
 )
-
-
-def pixels(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 @pytest.fixture(scope="module")

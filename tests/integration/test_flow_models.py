@@ -6,7 +6,6 @@ of the transformer."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,34 +14,14 @@ import numpy as np
 import pytest
 
 from contract.job import GenerationRequest
-from tests.conftest import sample_job
+from tests.conftest import image_job as job
+from tests.conftest import png_pixels as pixels
 from tests.helpers import cli_for, write
 from workers.metadata import read_png_metadata
 from workers.models.schedulers import FLOW_SCHEDULERS
 from workers.task import PipelineCache, run_job
 
 FLOW_MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-zimage")
-
-
-def pixels(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as img:
-        return np.asarray(img.convert("RGB"))
-
-
-def job(model: str, **kw: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "prompt": "a red circle",
-        "negative_prompt": "blurry",
-        "model": model,
-        "seed": 7,
-        "steps": 4,
-        "guidance_scale": 4.0,
-        "scheduler": "dpmpp_2m",
-        **kw,
-    }
-    return sample_job(**fields)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from contract.errors import JobInputError, JobInterrupted
+from tests.conftest import png_pixels as pixels
 from tests.conftest import sample_payload
 from workers.metadata import read_png_metadata
 from workers.models.schedulers import DIFFUSION_SCHEDULERS
@@ -34,14 +35,6 @@ JOB = sample_payload(
 @pytest.fixture(scope="module")
 def cache() -> PipelineCache:
     return PipelineCache(threads=1)
-
-
-def pixels(png: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def test_tiny_model_is_a_real_loadable_sd_folder() -> None:
