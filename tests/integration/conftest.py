@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +20,12 @@ def tiny() -> object:
     return backend
 
 
-@pytest.fixture(scope="session")
-def tiny_coreml(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny_coreml(precision)``: the built-in tiny model converted to Core ML packages
+def shared_conversions(
+    tmp_path_factory: pytest.TempPathFactory, model: str, make_pipe: Callable[[Path], Any]
+) -> Callable[[str], Path]:
+    """``folder(precision)``: ``make_pipe(scratch)``'s pipeline converted to Core ML packages
     (``convert_pipeline``'s folder), made once for the whole run and shared by the test
-    processes (pytest-xdist's workers take turns under a file lock). Read-only: a test that
-    changes a folder copies it first."""
+    processes (pytest-xdist's workers take turns under a file lock)."""
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
@@ -32,13 +33,35 @@ def tiny_coreml(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
         shared = shared.parent  # this run's folder, above each worker's own
 
     def folder(precision: str) -> Path:
-        out = shared / f"tiny-coreml-{precision}"
+        out = shared / f"{model}-coreml-{precision}"
         with FileLock(str(out) + ".lock"):
             if not out.exists():  # convert_pipeline writes it atomically
                 from workers.compression.coreml import convert_pipeline
 
-                backend, _ = PipelineCache(device="cpu", threads=1).get("tiny")
-                convert_pipeline(backend.pipe, out, model_version="tiny", precision=precision)
+                pipe = make_pipe(shared / f"{model}-scratch-{os.getpid()}")
+                convert_pipeline(pipe, out, model_version=model, precision=precision)
         return out
 
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_coreml(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_coreml(precision)``: the built-in tiny model converted to Core ML packages, once
+    for the whole run (``shared_conversions``). Read-only: a test that changes a folder copies
+    it first."""
+
+    def tiny(_scratch: Path) -> Any:
+        return PipelineCache(device="cpu", threads=1).get("tiny")[0].pipe
+
+    return shared_conversions(tmp_path_factory, "tiny", tiny)
+
+
+@pytest.fixture(scope="session")
+def dummy_coreml(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``dummy_coreml(precision)``: the random-weight dummy pipeline (tests/dummy_pipeline.py,
+    the same weights in every process) converted to Core ML packages, once for the whole run.
+    Read-only, as ``tiny_coreml``'s."""
+    from tests.dummy_pipeline import dummy_pipe
+
+    return shared_conversions(tmp_path_factory, "dummy", dummy_pipe)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +36,18 @@ def dummy(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 @pytest.fixture(scope="module")
-def folders(dummy: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Our fp32 and fp16 conversions of the dummy, and Apple-layout folders made from them.
-    The model is v-prediction (as tiny is): its scheduler config and VAE config go beside
-    Apple's files, as a user of such a model puts them (Apple's folders default to SD's
-    epsilon schedule and 0.18215)."""
-    from workers.compression.coreml import convert_pipeline
-
+def folders(
+    dummy: object, dummy_coreml: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Our fp32 and fp16 conversions of the dummy (shared with test_coreml_standin.py), and
+    Apple-layout folders made from them. The model is v-prediction (as tiny is): its scheduler
+    config and VAE config go beside Apple's files, as a user of such a model puts them (Apple's
+    folders default to SD's epsilon schedule and 0.18215)."""
     root = tmp_path_factory.mktemp("apple")
     pipe = dummy.pipe  # type: ignore[attr-defined]
     out = {}
     for precision in ("fp32", "fp16"):
-        ours = out[f"ours-{precision}"] = root / f"ours-{precision}"
-        convert_pipeline(pipe, ours, model_version="dummy", precision=precision)
+        ours = out[f"ours-{precision}"] = dummy_coreml(precision)
         for chunked in (False, True):
             name = f"resources-{precision}{'-chunked' if chunked else ''}"
             out[name] = apple_resources(

@@ -39,14 +39,11 @@ def dummy(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 @pytest.fixture(scope="module")
 def folders(
-    tiny_coreml: Callable[[str], Path], dummy: object, tmp_path_factory: pytest.TempPathFactory
+    tiny_coreml: Callable[[str], Path], dummy_coreml: Callable[[str], Path]
 ) -> dict[str, Path]:
-    """tiny's fp16 conversion (shared with test_compression.py) and the dummy's fp32 one."""
-    from workers.compression.coreml import convert_pipeline
-
-    fp32 = tmp_path_factory.mktemp("coreml") / "dummy-fp32"
-    convert_pipeline(dummy.pipe, fp32, model_version="dummy", precision="fp32")  # type: ignore[attr-defined]
-    return {"fp32": fp32, "fp16": tiny_coreml("fp16")}
+    """tiny's fp16 conversion (shared with test_compression.py) and the dummy's fp32 one
+    (shared with test_coreml_apple_layout.py)."""
+    return {"fp32": dummy_coreml("fp32"), "fp16": tiny_coreml("fp16")}
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +207,7 @@ def test_an_fp32_sdxl_package_makes_the_diffusers_image_bit_for_bit(
 
 
 def test_a_palettized_package_holds_and_draws_the_torch_variants_weights(
-    tiny: object, folders: dict[str, Path], tmp_path: Path
+    dummy: object, dummy_coreml: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Per-tensor lookup tables are ours in both formats, so a palettized package's weights are
     exactly the torch variant's; its image differs only by the package's fp16 (the other
@@ -224,9 +221,9 @@ def test_a_palettized_package_holds_and_draws_the_torch_variants_weights(
     from workers.compression.coreml import load_package_weights, palettize_unet
     from workers.compression.palettize import apply_recipe, uniform_recipe
 
-    pipe = tiny.pipe  # type: ignore[attr-defined]
-    folder = tmp_path / "tiny-4bit"
-    shutil.copytree(folders["fp16"], folder)
+    pipe = dummy.pipe  # type: ignore[attr-defined]
+    folder = tmp_path / "dummy-4bit"
+    shutil.copytree(dummy_coreml("fp16"), folder)
     recipe = uniform_recipe(pipe.unet, 4)
     palettize_unet(folder, pipe.unet, recipe)
     from_package = copy.deepcopy(pipe.unet)
@@ -238,53 +235,37 @@ def test_a_palettized_package_holds_and_draws_the_torch_variants_weights(
 
     from workers.backends.diffusers import DiffusersBackend
 
-    torch_variant = DiffusersBackend("tiny", device="cpu", threads=1, pipeline=variant)
+    torch_variant = DiffusersBackend("dummy", device="cpu", threads=1, pipeline=variant)
     with pytest.MonkeyPatch.context() as mp:
         made = install(mp, pipe)
-        coreml = CoreMLBackend("tiny", folder, compute_units="CPU_ONLY")
+        coreml = CoreMLBackend("dummy", folder, compute_units="CPU_ONLY")
         got = pixels(coreml, request("dpmpp_2m"))
     # the stand-in evaluates the package's own (decompressed) weights, every one of them
     assert all("norm" in name for name in made["Unet"].missing)
     want = pixels(torch_variant, request("dpmpp_2m"))
     psnr = image_psnr(got, want)
     print(f"4-bit package vs the torch 4-bit variant, DPM++ 6 steps: {psnr:.1f} dB")
-    # measured 54.8 dB (the unpalettized fp16 package vs fp32: 59.4 dB); a 4-bit variant's
-    # image is 18.6 dB from the unpalettized one's, so the tables are the same ones
-    assert psnr > 40
+    unpalettized = image_psnr(want, pixels(dummy, request("dpmpp_2m")))
+    print(f"the torch 4-bit variant vs the dummy unpalettized: {unpalettized:.1f} dB")
+    # measured 65.1 dB, and 30.9 dB from the 4-bit variant to the unpalettized dummy: the
+    # package draws with the variant's tables, not merely close to the model
+    assert psnr > 40 > unpalettized
 
 
-def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(tmp_path: Path) -> None:
-    """Nothing assumes SD's x8: a three-level VAE (16x16 latent for 64 px) converts to
+def test_a_model_whose_vae_scales_by_4_converts_and_draws_bit_for_bit(
+    dummy: object, folders: dict[str, Path], backends: dict[str, object]
+) -> None:
+    """Nothing assumes SD's x8: the dummy's three-level VAE (16x16 latent for 64 px) converts to
     packages of its own latent size, the folder says its scale, and the Core ML backend draws
     the diffusers image from it."""
     import json
 
-    from workers.backends.coreml import CoreMLBackend
-    from workers.backends.diffusers import DiffusersBackend
-    from workers.compression.coreml import convert_pipeline
-    from workers.tiny.training import TrainConfig, assemble, build_components
-
-    config = TrainConfig(
-        vae_channels=(32, 32, 64),
-        unet_channels=(32, 64, 64),
-        unet_attention=(False, True, True),
-        unet_layers=1,
-    )
-    parts = build_components(config, tmp_path / "tokenizer")
-    for name in ("unet", "vae", "text_encoder"):
-        parts[name].eval()
-    pipe = assemble(parts, zero_terminal_snr=True)
-    assert pipe.vae_scale_factor == 4
-    folder = tmp_path / "x4-fp32"
-    convert_pipeline(pipe, folder, model_version="x4", precision="fp32")
-    layout = json.loads((folder / "orchestrate-coreml.json").read_text())
+    assert dummy.pipe.vae_scale_factor == 4  # type: ignore[attr-defined]
+    layout = json.loads((folders["fp32"] / "orchestrate-coreml.json").read_text())
     assert layout["vae_scale_factor"] == 4
     assert layout["inputs"]["Unet"]["sample"][-2:] == [16, 16]
-    diffusers = DiffusersBackend("x4", device="cpu", threads=1, pipeline=pipe)
-    with pytest.MonkeyPatch.context() as mp:
-        install(mp, pipe)
-        coreml = CoreMLBackend("x4", folder, compute_units="CPU_ONLY")
-        assert coreml.folder.vae_scale == 4
-        got = pixels(coreml, request("dpmpp_2m"))
+    coreml = backends["fp32"]
+    assert coreml.folder.vae_scale == 4  # type: ignore[attr-defined]
+    got = pixels(coreml, request("dpmpp_2m"))
     assert got.shape == (64, 64, 3)
-    assert np.array_equal(got, pixels(diffusers, request("dpmpp_2m")))
+    assert np.array_equal(got, pixels(dummy, request("dpmpp_2m")))
