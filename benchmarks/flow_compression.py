@@ -52,6 +52,7 @@ from _architectures import FLOW_TRANSFORMERS
 from _common import save
 
 TINY_FLOW = ("tiny-sd3", "tiny-flux", "tiny-flux2")
+TRAINED = ("tiny-flow",)  # on request (--models tiny-flow): trained, its images judged
 UNIFORM = (8, 6, 4, 2)
 MIXED_TARGETS = (6.5, 4.5, 3.4, 2.8)
 MIN_SIZE = 1000  # candidate layers of the tiny transformers (their largest have ~4k weights)
@@ -133,6 +134,26 @@ def _images(backend: Any, prompts: list[str]) -> list[np.ndarray]:
     ]
 
 
+def _adherence(images: list[np.ndarray], prompts: list[str]) -> float:
+    """The judge's adherence of the images to their prompts (a model of the scenes world)."""
+    from PIL import Image
+
+    from workers.tiny.judge import adherence, judge
+
+    verdicts = [judge(Image.fromarray(im), p) for im, p in zip(images, prompts, strict=True)]
+    return round(adherence(v for v in verdicts if v is not None), 3)
+
+
+def sensitive_layers(analysis: dict[str, Any], bits: int, n: int = 6) -> list[list[Any]]:
+    """The ``n`` layers whose palettization alone at ``bits`` costs the probe most: [name,
+    probe PSNR dB]."""
+    from workers.compression.palettize import mean
+
+    single = analysis["single_layer"][str(bits)]
+    ranked = sorted(single, key=lambda name: mean(single[name]))
+    return [[name, round(mean(single[name]), 1)] for name in ranked[:n]]
+
+
 def _image_psnr(reference: list[np.ndarray], images: list[np.ndarray]) -> float:
     from workers.compression.palettize import psnr
 
@@ -162,7 +183,9 @@ def tiny_rows(model: str, prompts: list[str], threads: int) -> dict[str, Any]:
     )
     from workers.compression.recipes import recipe_for_bits
     from workers.compression.variants import unet_megabytes
+    from workers.models import is_tiny
 
+    scored = is_tiny(model)  # draws the scenes world: the judge scores its images
     pipe = load_pipeline(model_source(model), torch.float32)
     net = denoiser(pipe)
     config = ProbeConfig(prompts=ProbeConfig().prompts[:2], threads=threads)
@@ -199,6 +222,7 @@ def tiny_rows(model: str, prompts: list[str], threads: int) -> dict[str, Any]:
             "mb": round(unet_megabytes(net, {})["fp16_mb"], 3),
             "probe_psnr_db": 120.0,
             "image_psnr_db": 99.0,
+            **({"adherence": _adherence(baseline, prompts)} if scored else {}),
         }
     ]
     for name, recipe in variants.items():
@@ -213,7 +237,8 @@ def tiny_rows(model: str, prompts: list[str], threads: int) -> dict[str, Any]:
             mb = sizes["palettized_mb"]
             avg_bits = 16 * sizes["palettized_mb"] / sizes["fp16_mb"]
         probe_db = mean(psnr(r, t) for r, t in zip(reference, probe.run(), strict=True))
-        image_db = _image_psnr(baseline, _images(backend, prompts))
+        images = _images(backend, prompts)
+        image_db = _image_psnr(baseline, images)
         for n in names:
             set_weight(modules[n], originals[n])
         rows.append(
@@ -223,16 +248,34 @@ def tiny_rows(model: str, prompts: list[str], threads: int) -> dict[str, Any]:
                 "mb": round(mb, 3),
                 "probe_psnr_db": round(probe_db, 1),
                 "image_psnr_db": image_db,
+                **({"adherence": _adherence(images, prompts)} if scored else {}),
             }
         )
-    return {"model": model, "analysis_s": round(analysis_s, 1), "layers": len(names), "rows": rows}
+    return {
+        "model": model,
+        "analysis_s": round(analysis_s, 1),
+        "layers": len(names),
+        "sensitive_at_4_bits": sensitive_layers(analysis, 4),
+        "sensitive_at_2_bits": sensitive_layers(analysis, 2),
+        "rows": rows,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--models",
+        default=",".join(TINY_FLOW),
+        help=f"of {', '.join(TINY_FLOW + TRAINED)} (tiny-flow: trained, its images judged)",
+    )
+    parser.add_argument("--name", default="flow_compression", help="benchmarks/results/NAME.json")
     args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in TINY_FLOW + TRAINED]
+    if unknown:
+        parser.error(f"--models: {', '.join(unknown)} is not one of {TINY_FLOW + TRAINED}")
     prompts = list(PROMPTS[: args.prompts])
 
     full = full_size_rows()
@@ -245,16 +288,23 @@ def main() -> None:
         print(f"  {row['model']:24} {row['params_b']:>6.2f}B {cells}")
 
     tiny = []
-    for model in TINY_FLOW:
+    for model in models:
         result = tiny_rows(model, prompts, args.threads)
         tiny.append(result)
         print(f"\n{model}: {result['layers']} candidate layers, analysis {result['analysis_s']} s")
-        print(f"  {'variant':18} {'avg bits':>8} {'MB':>7} {'probe dB':>9} {'image dB':>9}")
+        print(
+            f"  {'variant':18} {'avg bits':>8} {'MB':>7} {'probe dB':>9} {'image dB':>9}"
+            + (" adherence" if "adherence" in result["rows"][0] else "")
+        )
         for r in result["rows"]:
             print(
                 f"  {r['variant']:18} {r['avg_bits']:>8.2f} {r['mb']:>7.3f} "
                 f"{r['probe_psnr_db']:>9.1f} {r['image_psnr_db']:>9.1f}"
+                + (f" {r['adherence']:>9.3f}" if "adherence" in r else "")
             )
+        for bits in (4, 2):
+            worst = ", ".join(f"{n} {db}" for n, db in result[f"sensitive_at_{bits}_bits"])
+            print(f"  most sensitive alone at {bits} bits (probe dB): {worst}")
 
     answer = []
     for result in tiny:
@@ -271,10 +321,11 @@ def main() -> None:
         )
     print("\nAt about equal size:\n  " + "\n  ".join(answer))
     save(
-        "flow_compression",
+        args.name,
         {
             "prompts": len(prompts),
             "threads": args.threads,
+            "models": models,
             "full_size": full,
             "tiny": tiny,
             "at_equal_size": answer,

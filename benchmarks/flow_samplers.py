@@ -90,10 +90,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from contract.job import GenerationRequest
-from workers.tiny.evaluation import EVAL_SEED
-from workers.tiny.judge import HELD_OUT_PROMPTS
+from workers.tiny.evaluation import EVAL_SEED, Evaluation
+from workers.tiny.judge import HELD_OUT_PROMPTS, judge
 
 MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux2")
+# Also runs, on request: the trained tiny-flow (SD3's layout), whose rows are scored by the judge.
+TRAINED = ("tiny-flow",)
 REFERENCE = ("flow_euler", 100)
 DPM_REFERENCE = ("dpmpp_2m", 100)
 # How converged the reference itself is: Euler at four times its steps.
@@ -188,20 +190,30 @@ class LatentRecorder:
 
 
 def run_row(
-    backend: Any, prompts: list[str], scheduler: str, steps: int, size: int
+    backend: Any,
+    prompts: list[str],
+    scheduler: str,
+    steps: int,
+    size: int,
+    guidance: float = GUIDANCE,
+    score: bool = False,
 ) -> dict[str, Any]:
+    """One sampler at one step count over the prompts; with ``score``, the judge's adherence of
+    its images too (for a model that draws the scenes world: ``tiny-flow``)."""
+
     def request(i: int) -> GenerationRequest:
         return GenerationRequest(
             prompt=prompts[i],
             negative_prompt="",
             seed=EVAL_SEED + i,
             steps=steps,
-            guidance_scale=GUIDANCE,
+            guidance_scale=guidance,
             width=size,
             height=size,
             scheduler=scheduler,
         )
 
+    judgements = []
     try:
         backend.generate(request(0))  # untimed warm-up (first use of this sampler and steps)
         sigmas = schedule(backend.pipe.scheduler)
@@ -212,13 +224,22 @@ def run_row(
                 out = backend.generate(request(i))
                 seconds.append(time.perf_counter() - t0)
                 images.append(pixels(out.image))
+                if score:
+                    verdict = judge(out.image, prompts[i])
+                    assert verdict is not None, prompts[i]
+                    judgements.append(verdict)
                 assert recorder.last is not None
                 latents.append(recorder.last)
                 evaluations.add(out.unet_evaluations)
     except Exception as exc:  # a sampler that fails on a family is a row of its own
         return {"error": f"{type(exc).__name__}: {exc}"}
     assert len(evaluations) == 1, evaluations
+    scored = {}
+    if score:
+        ev = Evaluation(judgements, [])
+        scored = {"adherence": ev.adherence, "accuracy": ev.accuracy()}
     return {
+        **scored,
         "pixels": images,
         "latents": latents,
         "seconds": statistics.median(seconds),
@@ -228,14 +249,22 @@ def run_row(
 
 
 def measure_model(
-    model: str, prompts: list[str], size: int, threads: int, t_start: float
+    model: str,
+    prompts: list[str],
+    size: int,
+    threads: int,
+    t_start: float,
+    guidance: float = GUIDANCE,
 ) -> dict[str, Any]:
+    from workers.models import is_tiny
     from workers.task import PipelineCache
 
     backend, _ = PipelineCache(device="cpu", threads=threads).get(model)
     measured: dict[tuple[str, int], dict[str, Any]] = {}
     for scheduler, steps in (REFERENCE, *RUNS):
-        measured[(scheduler, steps)] = run_row(backend, prompts, scheduler, steps, size)
+        measured[(scheduler, steps)] = run_row(
+            backend, prompts, scheduler, steps, size, guidance, score=is_tiny(model)
+        )
         status = measured[(scheduler, steps)].get("error", "done")
         print(
             f"  {model} {scheduler} {steps}: {status} ({time.perf_counter() - t_start:.0f}s)",
@@ -284,10 +313,16 @@ def measure_model(
                     for a, b in zip(m["pixels"], ref["pixels"], strict=True)
                 ),
                 "schedule": m["schedule"],
+                **(
+                    {"adherence": m["adherence"], "accuracy": m["accuracy"]}
+                    if "adherence" in m
+                    else {}
+                ),
             }
         )
     return {
         "model": model,
+        "guidance_scale": guidance,
         "family": backend.family,
         "guidance": backend.info.guidance,
         "scheduler_config": {
@@ -366,7 +401,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"{'sampler':<17} {'steps':>5} {'evals':>5} {'s/image':>7} {'PSNR':>9} {'worst':>5} "
         f"{'vs DPM-100':>10} {'vs E-400':>9} {'latent SNR':>10} {'vs E-400':>9} "
-        f"{'sigma 1st':>9} {'last':>6}"
+        f"{'sigma 1st':>9} {'last':>6}" + (" adherence" if "adherence" in result["rows"][0] else "")
     )
     for r in result["rows"]:
         name = r["scheduler"] + (" (ref)" if r["reference"] else "")
@@ -382,6 +417,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"{fmt_db(r['latent_snr_vs_reference_db']):>10} "
             f"{fmt_db(r['latent_snr_vs_euler400_db']):>9} {s['first_sigma']:>9.4f} "
             f"{s['last_nonzero_sigma']:>6.4f}"
+            + (f" {r['adherence']:>9.3f}" if "adherence" in r else "")
         )
     shifts = result["shift_by_steps"]
     print("time shift by steps: " + ", ".join(f"{n}: {v:g}" for n, v in shifts.items()))
@@ -605,6 +641,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=SIZE)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny models' 1)")
     ap.add_argument(
+        "--guidance", type=float, default=GUIDANCE, help=f"guidance scale (default {GUIDANCE:g})"
+    )
+    ap.add_argument(
         "--no-probe", action="store_true", help="skip timing full-width blocks (about a minute)"
     )
     ap.add_argument(
@@ -612,19 +651,23 @@ def main() -> None:
     )
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:  # the probe and the roughness check know these three families' call shapes
-        ap.error(f"--models: {', '.join(unknown)}: this benchmark runs {', '.join(MODELS)}")
+    unknown = [m for m in models if m not in MODELS + TRAINED]
+    if unknown:  # the probe and the roughness check know these families' call shapes
+        ap.error(
+            f"--models: {', '.join(unknown)}: this benchmark runs {', '.join(MODELS + TRAINED)}"
+        )
     prompts = list(HELD_OUT_PROMPTS[: args.prompts])
     load_before = os.getloadavg()
 
     t_start = time.perf_counter()
-    results = [measure_model(m, prompts, args.size, args.threads, t_start) for m in models]
+    results = [
+        measure_model(m, prompts, args.size, args.threads, t_start, args.guidance) for m in models
+    ]
     sweep_s = time.perf_counter() - t_start
 
     print(
         f"\n{len(prompts)} held-out prompts (seeds {EVAL_SEED}..{EVAL_SEED + len(prompts) - 1}), "
-        f"{args.size}x{args.size}, guidance {GUIDANCE}, CPU fp32, {args.threads} torch thread(s); "
+        f"{args.size}x{args.size}, guidance {args.guidance:g}, CPU fp32, {args.threads} torch thread(s); "
         "reference: flow_euler at 100 steps; PSNR: mean over prompts, dB, 8-bit RGB "
         "(identical = 99); worst: the lowest image's"
     )
@@ -643,6 +686,8 @@ def main() -> None:
     if not args.no_probe:
         print("\nThe architectures at full width (one block each, random weights):")
         for m in models:
+            if m in TRAINED:
+                continue
             probes[m] = probe_full_size(m, args.threads)
             p = probes[m]
             print(
@@ -674,7 +719,7 @@ def main() -> None:
             "threads": args.threads,
             "device": "cpu",
             "dtype": "fp32",
-            "guidance_scale": GUIDANCE,
+            "guidance_scale": args.guidance,
             "prompts": len(prompts),
             "seeds": [EVAL_SEED, EVAL_SEED + len(prompts) - 1],
             "reference": {"scheduler": REFERENCE[0], "steps": REFERENCE[1]},

@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Train the built-in tiny Stable Diffusion from code and save it as a diffusers folder.
+"""Train a built-in model from code and save it as a diffusers folder: the tiny Stable Diffusion
+(``--recipe unet``, the default) or the tiny SD3-style flow-matching model (``--recipe flow``).
 
     .venv/bin/python scripts/train_tiny.py                  # the shipped model, into workers/tiny/model
+    .venv/bin/python scripts/train_tiny.py --recipe flow    # the shipped tiny-flow, workers/tiny/flow_model
     .venv/bin/python scripts/train_tiny.py --out DIR        # elsewhere
     .venv/bin/python scripts/train_tiny.py --scale 0.05     # a short smoke run (5% of the steps)
     .venv/bin/python scripts/train_tiny.py --out DIR --set unet_steps=8000 \
         --set 'unet_channels=[32,64,64]'                    # another recipe (JSON values)
 
 It draws its own dataset (``workers/tiny/scenes.py``), trains the VAE, then the UNet with the text
-encoder (``workers/tiny/training.py``), prints the losses and times, and writes the folder with
-``save_pretrained`` plus ``training.json``. Given the same seed, thread count, torch version
+encoder (``workers/tiny/training.py``); the flow recipe reuses the shipped tiny's VAE and trains an
+MMDiT with its text encoders (``workers/tiny/flow_training.py``). It prints the losses and times,
+writes the folder with ``save_pretrained`` plus ``training.json``, and scores the held-out prompts. Given the same seed, thread count, torch version
 and CPU it writes the same weights, bit for bit: compare ``sha256sum DIR/*/*.safetensors``.
 """
 
@@ -36,14 +39,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 from orchestrator.progress import Bar  # noqa: E402
 from workers.task import PipelineCache  # noqa: E402
-from workers.tiny import SHIPPED_TINY  # noqa: E402
+from workers.tiny import SHIPPED_TINY, SHIPPED_TINY_FLOW  # noqa: E402
 from workers.tiny.evaluation import contact_sheet, evaluate  # noqa: E402
-from workers.tiny.training import TrainConfig, train  # noqa: E402
+from workers.tiny.flow_training import FlowTrainConfig, FlowTrainReport, train_flow  # noqa: E402
+from workers.tiny.training import TrainConfig, TrainReport, train, windows  # noqa: E402
+
+RECIPES: dict[str, tuple[type[Any], Path]] = {
+    "unet": (TrainConfig, SHIPPED_TINY),
+    "flow": (FlowTrainConfig, SHIPPED_TINY_FLOW),
+}
 
 
-def overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
-    """``--set NAME=VALUE`` options as TrainConfig fields (lists become tuples)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "threads"}
+def overrides(ap: argparse.ArgumentParser, config: type[Any], items: list[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` options as the recipe's config fields (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(config)} - {"seed", "threads"}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -61,8 +70,14 @@ def overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", type=Path, default=SHIPPED_TINY, help="folder to write (replaced)")
-    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
+    ap.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="unet",
+        help="unet: the tiny Stable Diffusion; flow: the tiny SD3-style flow model (tiny-flow)",
+    )
+    ap.add_argument("--out", type=Path, help="folder to write (replaced; default: the shipped one)")
+    ap.add_argument("--seed", type=int, help="the recipe's seed (default: the shipped one's)")
     ap.add_argument("--threads", type=int, default=TrainConfig.threads)
     ap.add_argument("--scale", type=float, default=1.0, help="scale the step counts (smoke runs)")
     ap.add_argument(
@@ -76,8 +91,11 @@ def main() -> None:
         "--sheet", type=Path, help="also save the held-out images as one PNG (a contact sheet)"
     )
     args = ap.parse_args()
+    kind, shipped = RECIPES[args.recipe]
+    args.out = args.out or shipped
+    seed = {} if args.seed is None else {"seed": args.seed}
     try:
-        config = TrainConfig(seed=args.seed, threads=args.threads, **overrides(ap, args.set))
+        config = kind(threads=args.threads, **seed, **overrides(ap, kind, args.set))
     except ValueError as e:
         ap.error(str(e))
     if args.scale != 1.0:
@@ -96,10 +114,15 @@ def main() -> None:
         if step == total - 1:
             bar.close()
 
+    report: TrainReport | None = None
+    flow_report: FlowTrainReport | None = None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=args.out.parent))
     try:
-        report = train(tmp, config, progress)
+        if args.recipe == "unet":
+            report = train(tmp, config, progress)
+        else:
+            flow_report = train_flow(tmp, config, progress)
         if args.out.exists():
             shutil.rmtree(args.out)
         tmp.chmod(0o755)  # mkdtemp makes it private; the model is for everyone on the machine
@@ -111,10 +134,21 @@ def main() -> None:
         last = [v for _, v in losses[-n:]]
         return sum(last) / len(last)
 
-    print(f"VAE:  {config.vae_steps} steps, MSE (last 100 mean) {tail(report.vae_losses):.5f}")
-    print(f"UNet: {config.unet_steps} steps, loss (last 100 mean) {tail(report.unet_losses):.5f}")
-    s = report.seconds
-    print(f"time: VAE {s['vae']:.0f} s, UNet {s['unet']:.0f} s, total {s['total'] / 60:.1f} min")
+    if report is not None:
+        print(f"VAE:  {config.vae_steps} steps, MSE (last 100 mean) {tail(report.vae_losses):.5f}")
+        print(
+            f"UNet: {config.unet_steps} steps, loss (last 100 mean) {tail(report.unet_losses):.5f}"
+        )
+        s = report.seconds
+        print(
+            f"time: VAE {s['vae']:.0f} s, UNet {s['unet']:.0f} s, total {s['total'] / 60:.1f} min"
+        )
+    if flow_report is not None:
+        print(
+            f"transformer: {config.steps} steps, loss (last 100 mean) {tail(flow_report.losses):.5f}"
+        )
+        print(f"  per 1000 steps: {[row[1] for row in windows(flow_report.losses, 1000)]}")
+        print(f"time: {flow_report.seconds['transformer'] / 60:.1f} min")
     for f in sorted(args.out.glob("*/*.safetensors")):
         digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
         print(f"{f.relative_to(args.out)}  {f.stat().st_size / 1e6:.2f} MB  sha256 {digest}")

@@ -7,6 +7,7 @@ exercises the same code, and two such runs must write the same bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from transformers import CLIPTokenizer
 
 from workers.tiny import write_clip_vocabulary
+from workers.tiny.flow_training import FlowTrainConfig, train_flow
 from workers.tiny.judge import HELD_OUT_PROMPTS
 from workers.tiny.scenes import parse_prompt
 from workers.tiny.training import (
@@ -60,8 +62,16 @@ def _digests(folder: Path) -> dict[str, str]:
 def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
+    # the VAE checkpoint is still selected by the judge, on 8 validation scenes (not 120)
     config = TrainConfig(
-        vae_steps=3, vae_batch=4, scenes=64, unet_steps=3, unet_batch=4, warmup=1, threads=1
+        vae_steps=3,
+        vae_batch=4,
+        vae_select_scenes=8,
+        scenes=64,
+        unet_steps=3,
+        unet_batch=4,
+        warmup=1,
+        threads=1,
     )
     losses = []
     for name in ("a", "b"):
@@ -81,6 +91,43 @@ def test_a_short_training_run_is_deterministic_and_loads_as_a_pipeline(tmp_path:
 
 
 @pytest.mark.slow
+def test_a_short_flow_training_run_is_deterministic_and_loads_as_an_sd3_pipeline(
+    tmp_path: Path,
+) -> None:
+    """The flow recipe (``scripts/train_tiny.py --recipe flow``) at its smallest: the same seed
+    writes the same bytes; the folder is a StableDiffusion3Pipeline of the toy family whose
+    VAE is the shipped tiny's, untouched but for SD3's shift, on 16x16 latents."""
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors.torch import load_file
+
+    from workers.models.families import detect_folder
+    from workers.tiny import SHIPPED_TINY
+
+    config = FlowTrainConfig(steps=2, batch=2, scenes=64, warmup=1, threads=1, width=32, layers=1)
+    losses = []
+    for name in ("a", "b"):
+        report = train_flow(tmp_path / name, config)
+        losses.append(report.losses)
+    digests = _digests(tmp_path / "a")
+    assert digests == _digests(tmp_path / "b")
+    assert len(digests) == 5  # transformer, three text encoders, the VAE
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+    info = detect_folder(tmp_path / "a")
+    assert (info.family.name, info.guidance) == ("tiny-sd3", "cfg")
+    pipe = StableDiffusion3Pipeline.from_pretrained(tmp_path / "a")
+    assert pipe.vae_scale_factor == 4 and pipe.transformer.config.in_channels == 8
+    assert pipe.vae.config.shift_factor == 0.0 and pipe.tokenizer.model_max_length == 32
+    name = "vae/diffusion_pytorch_model.safetensors"
+    ours, shipped = load_file(tmp_path / "a" / name), load_file(SHIPPED_TINY / name)
+    assert ours.keys() == shipped.keys()
+    assert all(torch.equal(ours[k], shipped[k]) for k in ours)
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["recipe"] == "flow"
+    other = train_flow(tmp_path / "c", FlowTrainConfig(**{**config.__dict__, "seed": 7}))
+    assert other.losses != losses[0]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("snr_shift", [1.0, 4.0])
 def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
     tmp_path: Path, snr_shift: float
@@ -96,6 +143,7 @@ def test_a_zero_terminal_snr_model_keeps_its_schedule_in_every_sampler(
     config = TrainConfig(
         vae_steps=1,
         vae_batch=2,
+        vae_select_scenes=2,
         scenes=64,
         unet_steps=2,
         unet_batch=2,
@@ -285,7 +333,9 @@ def test_the_training_script_takes_config_fields_as_json_values() -> None:
     spec.loader.exec_module(script)
     ap = argparse.ArgumentParser()
     got = script.overrides(
-        ap, ["min_snr_gamma=null", "unet_channels=[32,64,64,96]", "vae_steps=10", "snr_shift=2"]
+        ap,
+        TrainConfig,
+        ["min_snr_gamma=null", "unet_channels=[32,64,64,96]", "vae_steps=10", "snr_shift=2"],
     )
     assert got == {
         "min_snr_gamma": None,
@@ -296,4 +346,11 @@ def test_the_training_script_takes_config_fields_as_json_values() -> None:
     TrainConfig(**got)
     for bad in ("seed=3", "nothing=1", "vae_steps", "vae_steps=ten"):
         with pytest.raises(SystemExit):
-            script.overrides(ap, [bad])
+            script.overrides(ap, TrainConfig, [bad])
+    # the flow recipe's fields are its own
+    assert script.overrides(ap, FlowTrainConfig, ["layers=4", "shift=2.5"]) == {
+        "layers": 4,
+        "shift": 2.5,
+    }
+    with pytest.raises(SystemExit):
+        script.overrides(ap, FlowTrainConfig, ["unet_steps=10"])

@@ -114,7 +114,11 @@ def truncation(
                 add_generation_prompt=True,
                 enable_thinking=_CHAT_THINKING[info.pipeline],
             )
-        limit = CLIP_LENGTH if name.startswith("CLIP") else int(length or CLIP_LENGTH)
+        if name.startswith("CLIP"):  # 77, or fewer where the tokenizer holds fewer (tiny-flow)
+            held = getattr(tokenizer, "model_max_length", CLIP_LENGTH)
+            limit = min(CLIP_LENGTH, held) if isinstance(held, int) and held > 0 else CLIP_LENGTH
+        else:
+            limit = int(length or CLIP_LENGTH)
         tokens = len(tokenizer(text, truncation=False).input_ids)
         if tokens > limit:
             cut[name] = [tokens, limit]

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from workers.tiny import TINY_MODEL_NAME
+from workers.tiny import TINY_FLOW_MODEL_NAME, TINY_MODEL_NAME
 from workers.tiny.flow import FLOW_MODELS
 from workers.tiny.xl import TINY_XL_MODEL_NAME
 
@@ -20,11 +20,18 @@ SD_NATIVE = (512, 512)
 TINY_NATIVE = (64, 64)
 
 # The models that come with the tool, by name: built-in family of each.
-BUILTIN_MODELS = {TINY_MODEL_NAME: "tiny", TINY_XL_MODEL_NAME: "tiny-xl", **FLOW_MODELS}
+BUILTIN_MODELS = {
+    TINY_MODEL_NAME: "tiny",
+    TINY_FLOW_MODEL_NAME: "tiny-sd3",
+    TINY_XL_MODEL_NAME: "tiny-xl",
+    **FLOW_MODELS,
+}
 
 
 def is_tiny(model: str) -> bool:
-    return model == TINY_MODEL_NAME
+    """Whether ``model`` is a built-in model trained on the scenes world (``tiny``,
+    ``tiny-flow``): its prompts follow that world's grammar and the judge scores its images."""
+    return model in (TINY_MODEL_NAME, TINY_FLOW_MODEL_NAME)
 
 
 def is_builtin(model: str) -> bool:
@@ -35,10 +42,10 @@ def is_builtin(model: str) -> bool:
 
 def builtin_model(model: str) -> Path | None:
     """The folder of a built-in model (built on first use), or None when ``model`` names none."""
-    if model == TINY_MODEL_NAME:
-        from workers.tiny import ensure_tiny_model
+    if model in (TINY_MODEL_NAME, TINY_FLOW_MODEL_NAME):
+        from workers.tiny import shipped_model
 
-        return ensure_tiny_model()
+        return shipped_model(model)
     if model == TINY_XL_MODEL_NAME:
         from workers.tiny.xl import ensure_tiny_xl_model
 

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 TINY_MODEL_NAME = "tiny"
 # The trained weights that ship with the package (scripts/train_tiny.py writes them).
 SHIPPED_TINY = Path(__file__).resolve().parent / "model"
+# The trained flow-matching model (SD3's layout; ``scripts/train_tiny.py --recipe flow``).
+TINY_FLOW_MODEL_NAME = "tiny-flow"
+SHIPPED_TINY_FLOW = Path(__file__).resolve().parent / "flow_model"
 
 
 def byte_unicode_table() -> dict[int, str]:
@@ -107,17 +110,25 @@ def build_once(path: Path, build: Callable[[Path], None], what: str) -> Path:
     return path
 
 
+def shipped_model(name: str) -> Path:
+    """The folder of a built-in model whose trained weights ship in the package (``tiny``,
+    ``tiny-flow``)."""
+    folder = {TINY_MODEL_NAME: SHIPPED_TINY, TINY_FLOW_MODEL_NAME: SHIPPED_TINY_FLOW}[name]
+    if not (folder / "model_index.json").is_file():
+        from contract.errors import ModelLoadError
+
+        recipe = " --recipe flow" if name == TINY_FLOW_MODEL_NAME else ""
+        raise ModelLoadError(
+            f"the built-in {name} model's weights are missing from {folder}; "
+            f"rebuild them with `.venv/bin/python scripts/train_tiny.py{recipe}`"
+        )
+    return folder
+
+
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     """The built-in tiny model's folder: the trained weights shipped in the package.
 
     ``cache_dir`` is accepted for callers that pass one and not used: nothing is built.
     """
     del cache_dir
-    if not (SHIPPED_TINY / "model_index.json").is_file():
-        from contract.errors import ModelLoadError
-
-        raise ModelLoadError(
-            f"the built-in tiny model's weights are missing from {SHIPPED_TINY}; "
-            "rebuild them with `.venv/bin/python scripts/train_tiny.py`"
-        )
-    return SHIPPED_TINY
+    return shipped_model(TINY_MODEL_NAME)

@@ -369,7 +369,7 @@ def noise_scheduler(zero_terminal_snr: bool = False, betas: list[float] | None =
 Progress = Callable[[str, int, int, float], None]  # phase, step, total, loss
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -415,7 +415,7 @@ def train_vae(
         images, _ = draw_scenes(rng, config.vae_batch, config.size)
         x = to_tensor(random_crops(images, config.vae_crop, rng))
         for g in opt.param_groups:
-            g["lr"] = config.vae_lr * _lr_factor(step, config.vae_steps, config.warmup)
+            g["lr"] = config.vae_lr * lr_factor(step, config.vae_steps, config.warmup)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         mse = torch.nn.functional.mse_loss(recon, x)
@@ -519,7 +519,7 @@ def train_unet(
         t = torch.randint(0, 1000, (config.unet_batch,), generator=generator)
         noisy = ddpm.add_noise(latents, noise, t)
         for g in opt.param_groups:
-            g["lr"] = g["base"] * _lr_factor(step, config.unet_steps, config.warmup)
+            g["lr"] = g["base"] * lr_factor(step, config.unet_steps, config.warmup)
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         target = ddpm.get_velocity(latents, noise, t)
@@ -601,23 +601,25 @@ def train(destination: Path, config: TrainConfig, progress: Progress | None = No
     return report
 
 
+def windows(losses: Iterable[tuple[int, float]], size: int = 100) -> list[list[float]]:
+    """Losses as [last step, mean] over consecutive windows of ``size`` steps."""
+    rows: list[list[float]] = []
+    chunk: list[float] = []
+    last = 0
+    for step, value in losses:
+        chunk.append(value)
+        last = step
+        if len(chunk) == size:
+            rows.append([last, round(sum(chunk) / len(chunk), 5)])
+            chunk = []
+    if chunk:
+        rows.append([last, round(sum(chunk) / len(chunk), 5)])
+    return rows
+
+
 def summary(report: TrainReport) -> dict[str, Any]:
     """What ``training.json`` records: the configuration, environment, times, and the losses
     as means over windows of 100 steps (the full curves are long)."""
-
-    def windows(losses: Iterable[tuple[int, float]], size: int = 100) -> list[list[float]]:
-        rows: list[list[float]] = []
-        chunk: list[float] = []
-        last = 0
-        for step, value in losses:
-            chunk.append(value)
-            last = step
-            if len(chunk) == size:
-                rows.append([last, round(sum(chunk) / len(chunk), 5)])
-                chunk = []
-        if chunk:
-            rows.append([last, round(sum(chunk) / len(chunk), 5)])
-        return rows
 
     return {
         "config": report.config,
