@@ -104,7 +104,9 @@ def test_a_short_flow_training_run_is_deterministic_and_loads_as_an_sd3_pipeline
     from workers.models.families import detect_folder
     from workers.tiny import SHIPPED_TINY
 
-    config = FlowTrainConfig(steps=2, batch=2, scenes=64, warmup=1, threads=1, width=32, layers=1)
+    config = FlowTrainConfig(
+        steps=2, batch=2, scenes=16, scale_scenes=16, warmup=1, threads=1, width=32, layers=1
+    )
     losses = []
     for name in ("a", "b"):
         report = train_flow(tmp_path / name, config)
