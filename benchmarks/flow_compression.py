@@ -149,7 +149,11 @@ def sensitive_layers(analysis: dict[str, Any], bits: int, n: int = 6) -> list[li
     probe PSNR dB]."""
     from workers.compression.palettize import mean
 
-    single = analysis["single_layer"][str(bits)]
+    single = {
+        name: values
+        for name, values in analysis["single_layer"][str(bits)].items()
+        if isinstance(values, list)  # not its "metadata"
+    }
     ranked = sorted(single, key=lambda name: mean(single[name]))
     return [[name, round(mean(single[name]), 1)] for name in ranked[:n]]
 
