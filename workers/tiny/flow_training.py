@@ -43,9 +43,9 @@ from workers.tiny.training import (
     PROMPT_DROPOUT,
     Progress,
     draw_scenes,
+    encode_scenes,
     learn_merges,
     lr_factor,
-    to_tensor,
     vocabulary_words,
     windows,
 )
@@ -217,19 +217,6 @@ def noise_levels(config: FlowTrainConfig, generator: Any, n: int) -> Any:
     return config.shift * u / (1 + (config.shift - 1) * u)
 
 
-def encode_latents(vae: Any, images: np.ndarray, batch: int = 256) -> tuple[Any, Any]:
-    """The VAE posterior's mean and std of every scene."""
-    import torch
-
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            dist = vae.encode(to_tensor(images[i : i + batch])).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
-
-
 def train_transformer(
     pipe: Any, config: FlowTrainConfig, rng: np.random.Generator, progress: Progress
 ) -> tuple[dict[str, Any], list[tuple[int, float]]]:
@@ -239,7 +226,7 @@ def train_transformer(
 
     trained = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
     images, prompts = draw_scenes(rng, config.scenes, config.size)
-    means, stds = encode_latents(pipe.vae, images)
+    means, stds = encode_scenes(pipe.vae, images)
     del images
     vae_config = pipe.vae.config
     models = {name: getattr(pipe, name) for name in trained}
@@ -308,7 +295,7 @@ def latent_scale(vae: Any, config: FlowTrainConfig, rng: np.random.Generator) ->
     """1 / the std of the VAE's latent means over scenes from their own stream (SD3's recipe
     for ``scaling_factor``: unit-variance latents), leaving the training draws as they are."""
     images, _ = draw_scenes(rng, config.scale_scenes, config.size)
-    means, _ = encode_latents(vae, images)
+    means, _ = encode_scenes(vae, images)
     return float(1.0 / means.std())
 
 
