@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,9 @@ from workers.tiny.training import (
     PROMPT_DROPOUT,
     Progress,
     draw_scenes,
+    ema_update,
     encode_scenes,
+    environment,
     learn_merges,
     lr_factor,
     vocabulary_words,
@@ -281,11 +282,7 @@ def train_transformer(
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*transformer_params, *text_params], 1.0)
         opt.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name, model in models.items():
-                for p, q in zip(model.parameters(), emas[name].parameters(), strict=True):
-                    q.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        ema_update(((m, emas[name]) for name, m in models.items()), step, config.ema_decay)
         losses.append((step, float(loss.detach())))
         progress("transformer", step, config.steps, losses[-1][1])
     return {name: ema.eval() for name, ema in emas.items()}, losses
@@ -306,23 +303,14 @@ def train_flow(
     vae_folder: Path | None = None,
 ) -> FlowTrainReport:
     """Train the model and save it as a diffusers folder at ``destination``."""
-    import diffusers
     import torch
-    import transformers
 
     from workers.tiny import SHIPPED_TINY, write_clip_vocabulary
     from workers.tiny.tokenizers import write_t5_tokenizer
 
     torch.set_num_threads(config.threads)
     report = FlowTrainReport(config=asdict(config))
-    report.environment = {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "threads": config.threads,
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
+    report.environment = environment(config.threads)
     rng = np.random.default_rng(config.seed)
     pipe = build_pipeline(config, destination, vae_folder or SHIPPED_TINY / "vae")
     pipe.vae.register_to_config(

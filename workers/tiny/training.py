@@ -532,14 +532,38 @@ def train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
         opt.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
-                for p, q in zip(model.parameters(), ema.parameters(), strict=True):
-                    q.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        ema_update(((unet, ema_unet), (text_encoder, ema_text)), step, config.ema_decay)
         losses.append((step, float(per_sample.detach().mean())))
         progress("unet", step, config.unet_steps, losses[-1][1])
     return ema_unet.eval(), ema_text.eval(), losses, scale
+
+
+def ema_update(pairs: Iterable[tuple[Any, Any]], step: int, ema_decay: float) -> None:
+    """Move each (model, EMA copy) pair's copy toward the model, by ``ema_decay`` (ramped in
+    over the first steps)."""
+    import torch
+
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for model, ema in pairs:
+            for p, q in zip(model.parameters(), ema.parameters(), strict=True):
+                q.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What a training run's bytes depend on besides its configuration (``training.json``)."""
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "threads": threads,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def assemble(
@@ -562,22 +586,13 @@ def assemble(
 
 def train(destination: Path, config: TrainConfig, progress: Progress | None = None) -> TrainReport:
     """Train the whole model and save it as a diffusers folder at ``destination``."""
-    import diffusers
     import torch
-    import transformers
 
     from workers.tiny import write_clip_vocabulary
 
     torch.set_num_threads(config.threads)
     report = TrainReport(config=asdict(config))
-    report.environment = {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "threads": config.threads,
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
+    report.environment = environment(config.threads)
     rng = np.random.default_rng(config.seed)
     tok_dir = destination / "tokenizer"
     components = build_components(config, tok_dir)
