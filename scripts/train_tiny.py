@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a built-in model from code and save it as a diffusers folder: the tiny Stable Diffusion
+r"""Train a built-in model from code and save it as a diffusers folder: the tiny Stable Diffusion
 (``--recipe unet``, the default) or the tiny SD3-style flow-matching model (``--recipe flow``).
 
     .venv/bin/python scripts/train_tiny.py                  # the shipped model, into workers/tiny/model
@@ -11,9 +11,11 @@
 
 It draws its own dataset (``workers/tiny/scenes.py``), trains the VAE, then the UNet with the text
 encoder (``workers/tiny/training.py``); the flow recipe reuses the shipped tiny's VAE and trains an
-MMDiT with its text encoders (``workers/tiny/flow_training.py``). It prints the losses and times,
-writes the folder with ``save_pretrained`` plus ``training.json``, and scores the held-out prompts. Given the same seed, thread count, torch version
-and CPU it writes the same weights, bit for bit: compare ``sha256sum DIR/*/*.safetensors``.
+MMDiT with its text encoders (``workers/tiny/flow_training.py``). It shows a progress bar (a line
+every 5% when not on a terminal), prints the losses and times, writes the folder with
+``save_pretrained`` plus ``training.json``, and scores the held-out prompts. Given the same seed,
+thread count, torch version and CPU it writes the same weights, bit for bit: compare
+``sha256sum DIR/*/*.safetensors``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +106,23 @@ def main() -> None:
 
     bars: dict[str, Bar] = {}
     losses: dict[str, str] = {}
+    # Not a terminal (a log file, nohup, CI): a plain line every 5% of a phase instead of a bar.
+    plain = not sys.stderr.isatty()
+    started: dict[str, float] = {}
 
     def progress(phase: str, step: int, total: int, loss: float) -> None:
+        if plain:
+            t0 = started.setdefault(phase, time.perf_counter())
+            if (step + 1) % max(1, total // 20) == 0 or step == total - 1:
+                took = time.perf_counter() - t0
+                left = took / (step + 1) * (total - step - 1)
+                print(
+                    f"{phase}: {step + 1}/{total} steps, loss {loss:.4f}, "
+                    f"{took / 60:.1f} min, about {left / 60:.0f} min left",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
         bar = bars.get(phase)
         if bar is None:
             bar = bars[phase] = Bar(phase, unit="steps")
