@@ -6,3 +6,7 @@ The control plane (``orchestrator/``) and the data plane (``workers/``) build on
 neither, nor torch, diffusers or SQLAlchemy, so that "a worker never opens the database" is a
 fact the import graph shows (``tests/unit/test_import_graph.py``).
 """
+
+# The project's version: the package metadata reads it from here (pyproject.toml), the
+# command line prints it, and every image names it as the software that made it.
+__version__ = "0.1.0"

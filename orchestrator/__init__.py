@@ -1,3 +1,5 @@
 """Batch orchestrator for Stable Diffusion text-to-image dataset generation."""
 
-__version__ = "0.1.0"
+from contract import __version__
+
+__all__ = ["__version__"]

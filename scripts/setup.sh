@@ -4,8 +4,8 @@
 # constraints and EXTRAS have not changed since the last successful install. Plain POSIX sh and
 # tools every Mac and Linux box ships; Python 3.11 or newer is found on PATH.
 #   --test   also install the system programs the test suite drives (Debian/Ubuntu, as root):
-#            redis-server (tests start their own on free ports) and Chromium + chromedriver
-#            (the dashboard's browser test).
+#            redis-server (tests start their own on free ports), Chromium + chromedriver
+#            (the dashboard's browser test) and exiftool (reads the images' XMP marking back).
 # Environment:
 #   PYTHON=/path/to/python3.12   the interpreter to build the venv with [first 3.11+ on PATH]
 #   VENV=DIR                     where to install [.venv]
@@ -18,6 +18,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
   command -v chromium >/dev/null 2>&1 || need="$need chromium"
   command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
+  command -v exiftool >/dev/null 2>&1 || need="$need libimage-exiftool-perl"
   if [ -n "$need" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       apt-get update -qq

@@ -319,7 +319,7 @@ def _package(
         )
     if quality_meta:
         meta["quality"] = quality_meta
-    png = encode_png(gen.image, parameters, meta)
+    png = encode_png(gen.image, parameters, meta, model=image_job["model"])
     t_end = time.perf_counter()
 
     result = {

@@ -49,7 +49,9 @@ def crafted(tmp_path: Path, **job: object) -> Path:
     }
     base.update(job)
     path = tmp_path / "crafted.png"
-    path.write_bytes(encode_png(Image.new("RGB", (8, 8)), "p", {"job": base, "run": {}}))
+    path.write_bytes(
+        encode_png(Image.new("RGB", (8, 8)), "p", {"job": base, "run": {}}, model="tiny")
+    )
     return path
 
 

@@ -44,7 +44,53 @@ def test_no_negative_prompt_line_when_empty_and_quantization_shown() -> None:
 def test_png_chunks_round_trip_unicode() -> None:
     img = Image.new("RGB", (8, 8), (10, 20, 30))
     params = a1111_parameters({**JOB, "prompt": "京都の夜, neon"})
-    data = encode_png(img, params, {"job": {"id": 1, "prompt": "京都の夜"}})
+    data = encode_png(img, params, {"job": {"id": 1, "prompt": "京都の夜"}}, model="tiny")
     meta = read_png_metadata(data)
     assert meta["parameters"] == params
     assert meta["meta"] == {"job": {"id": 1, "prompt": "京都の夜"}}
+
+
+def test_every_png_is_marked_as_ai_generated_in_xmp() -> None:
+    from workers.metadata import SOFTWARE, TRAINED_ALGORITHMIC_MEDIA
+
+    img = Image.new("RGB", (8, 8), (10, 20, 30))
+    model = 'C:\\models\\a & "b" <c>'  # XML's special characters, escaped and read back
+    data = encode_png(img, a1111_parameters(JOB), {"job": JOB}, model=model)
+    xmp = read_png_metadata(data)["xmp"]
+    assert xmp["DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
+    assert xmp["AISystemUsed"] == model
+    assert xmp["CreatorTool"] == SOFTWARE
+    assert xmp["description"].startswith("AI-generated image, made by ")
+    # Nothing in the packet varies between runs: the same job writes the same bytes.
+    assert encode_png(img, a1111_parameters(JOB), {"job": JOB}, model=model) == data
+    # The prompt is not in the marking.
+    assert "fox" not in data.split(b"XML:com.adobe.xmp", 1)[1].split(b"IEND")[0].decode("latin-1")
+
+
+def test_exiftool_reads_the_iptc_source_type(tmp_path) -> None:
+    """exiftool (``apt-get install libimage-exiftool-perl``; ``scripts/setup.sh --test``
+    installs it) reads the marking as IPTC's field, not as private text."""
+    import json
+    import shutil
+    import subprocess
+
+    from workers.metadata import SOFTWARE, TRAINED_ALGORITHMIC_MEDIA
+
+    exiftool = shutil.which("exiftool")
+    assert exiftool, "exiftool is not installed: ./scripts/setup.sh --test installs it"
+    path = tmp_path / "x.png"
+    img = Image.new("RGB", (8, 8), (10, 20, 30))
+    path.write_bytes(encode_png(img, a1111_parameters(JOB), {"job": JOB}, model="tiny"))
+    out = subprocess.run(
+        [exiftool, "-j", "-n", "-G1", "-XMP:all", "-PNG:all", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    tags = json.loads(out.stdout)[0]
+    assert tags["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
+    assert tags["XMP-iptcExt:AISystemUsed"] == "tiny"
+    assert tags["XMP-xmp:CreatorTool"] == SOFTWARE
+    assert tags["XMP-dc:Description"].startswith("AI-generated image, made by tiny")
+    assert tags["PNG:Parameters"].startswith("a red fox, in the snow")

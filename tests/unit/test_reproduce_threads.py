@@ -50,7 +50,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Fake:
 
 
 def write_image(path: Path, run: dict[str, Any]) -> bytes:
-    png = encode_png(Image.new("RGB", (64, 64), (10, 20, 30)), "x", {"job": JOB, "run": run})
+    png = encode_png(
+        Image.new("RGB", (64, 64), (10, 20, 30)), "x", {"job": JOB, "run": run}, model="tiny"
+    )
     path.write_bytes(png)
     return png
 
