@@ -1,5 +1,6 @@
 """Dataset export: succeeded jobs' images and metadata as a Hugging Face ``imagefolder``, a
-Parquet file with embedded images, or WebDataset tar shards.
+Parquet file with embedded images, or WebDataset tar shards, each with a dataset card
+(``README.md``, ``orchestrator.dataset_card``) that the Hugging Face Hub reads.
 
 Every export is reproducible: rows go in job-id order, JSON keys are sorted, tar headers carry
 fixed times and owners, and Parquet is written with fixed options, so the same database and
@@ -26,11 +27,13 @@ from typing import IO, Any
 
 from contract.errors import UsageError
 from contract.job import JOB_FIELDS
+from orchestrator.dataset_card import CARD_NAME, dataset_card, is_ours
 from orchestrator.models import Job
 from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse
 from orchestrator.store import ReadModel
 from orchestrator.store.base import EXPORT_RUN, EXPORT_TIMINGS
+from workers.models.licences import recorded
 
 FORMATS = ("imagefolder", "parquet", "webdataset")
 DEFAULT_SHARD_SIZE = 1000
@@ -57,6 +60,11 @@ COLUMNS: dict[str, str] = {
     **{name: _arrow_type(name) for name in (*JOB_FIELDS, "tags", "score", "image_seed")},
     **dict.fromkeys(EXPORT_RUN, "string"),
     **dict.fromkeys(EXPORT_TIMINGS, "float64"),
+    # The model's licence as the batch recorded it at submit (workers.models.licences): its
+    # id (SPDX where one exists), its text's URL, and a limit on what the image may be used for.
+    "licence": "string",
+    "licence_url": "string",
+    "licence_restriction": "string",
 }
 _SPLIT = re.compile(r"\w+(\.\w+)*")  # what `datasets` accepts as a split name
 _OUR_IMAGE = re.compile(r"\d{6,}(-[^/]*)?\.png")
@@ -77,6 +85,7 @@ class ExportResult:
     copied: int = 0  # imagefolder: images copied (the rest were already there)
     removed: int = 0  # stale images or shards of an earlier, larger export
     in_flight: int = 0  # succeeded jobs whose image was not in place yet: left out
+    card: Path | None = None  # the dataset card (README.md) beside the data
 
     def summary(self) -> str:
         """One line for the user (two when images were left out)."""
@@ -126,12 +135,29 @@ def export_dataset(
         )
     _check_sources(rows, store.identify_owner())
     outdir = Path(outdir)
+    card = outdir / CARD_NAME
+    if card.exists() and not (card.is_file() and is_ours(card.read_text(errors="replace"))):
+        raise UsageError(
+            f"{card} is there and is not a card an export wrote: the export writes its dataset "
+            "card under that name; move it, or export to another folder"
+        )
+    licences = store.read_licences(batch_id)
+    for row in rows:
+        licence = recorded(licences.get(row["batch_id"]), row["model"])
+        row.update(
+            licence=licence.id,
+            licence_url=licence.url,
+            licence_restriction=licence.restriction,
+            licence_record=licence.as_dict(),  # for the dataset card; not a column
+        )
     if fmt == "imagefolder":
         result = _imagefolder(rows, outdir / split)
     elif fmt == "parquet":
         result = _parquet(rows, outdir / f"{split}.parquet")
     else:
         result = _webdataset(rows, outdir, split, shard_size)
+    _publish(card, dataset_card(rows, fmt, split).encode("utf-8"), _file_mode())
+    result.card = card
     result.in_flight = len(everything) - len(rows)
     return result
 

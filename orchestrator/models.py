@@ -53,6 +53,9 @@ class Batch(Base):
     loader_seen_at: Mapped[float | None] = mapped_column(Float)
     # When the user paused it (NULL: not paused): no new job of it is claimed or dispatched.
     paused_at: Mapped[float | None] = mapped_column(Float)
+    # Model (as the manifest names it) to its licence, as submit found it (JSON; NULL before
+    # migration 0011): workers.models.licences.
+    licences_json: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):

@@ -95,7 +95,13 @@ def manifest_of(text: str, defaults: Defaults | None = None):  # type: ignore[no
 
 
 def submit_text(store: JobStore, text: str, *, max_attempts: int = 3):  # type: ignore[no-untyped-def]
-    return store.submit(manifest_of(text), name="test", defaults={}, max_attempts=max_attempts)
+    from workers.models.licences import licences_of
+
+    manifest = manifest_of(text)
+    licences = licences_of(s.model for s in manifest.jobs)  # as the CLI's submit records them
+    return store.submit(
+        manifest, name="test", defaults={}, max_attempts=max_attempts, licences=licences
+    )
 
 
 def worker(name: str = "w1") -> WorkerIdentity:

@@ -506,8 +506,14 @@ def settings_from_options(output: Path, kw: dict[str, Any], **worker: Any) -> Ru
 
 def submit_manifest(state: State, manifest: Manifest, name: str, kw: dict[str, Any]) -> Any:
     defaults = defaults_from(kw)
+    from workers.models.licences import licences_of
+
     return state.store().submit(
-        manifest, name=name, defaults=asdict(defaults), max_attempts=kw["max_attempts"]
+        manifest,
+        name=name,
+        defaults=asdict(defaults),
+        max_attempts=kw["max_attempts"],
+        licences=licences_of(s.model for s in manifest.jobs),
     )
 
 

@@ -120,10 +120,15 @@ def jobs_show(state: State, job_id: int, as_json: bool) -> None:
         for k in (*GATE_FIELDS, *QUALITY_RESULT_FIELDS):
             job.pop(k)
     from orchestrator.web.app import ran_as  # the dashboard's job page says the same
+    from workers.models.licences import from_record
 
     ran = ran_as(job["quantization"], attempts)
+    licence = from_record(job.pop("licence"))
     for k, v in job.items():
         click.echo(f"{k:>16}: {_when(v) if k in _TIMES and v is not None else v}")
+        if k == "model":  # what its images may be used for, as its batch recorded it
+            link = f", {licence.url}" if licence.url else ""
+            click.echo(f"{'licence':>16}: {licence.short()} ({licence.source}{link})")
         if k == "quantization":  # what was asked; then what ran (fp16 on a CPU runs in fp32)
             click.echo(f"{'ran as':>16}: {ran['text'] if ran else 'not run yet'}")
     for a in attempts:

@@ -76,6 +76,7 @@ def submit(state: State, manifest: str, as_json: bool, skip_model_check: bool, *
     report_submit(submit_manifest(state, m, Path(manifest).name, kw), as_json)
     warn_missing_local_models(m)
     warn_outside_tiny_world(m)
+    warn_restrictive_licences(m)
 
 
 def warn_missing_local_models(manifest: Any) -> None:
@@ -88,6 +89,24 @@ def warn_missing_local_models(manifest: Any) -> None:
             "machine; a worker that runs these jobs needs it",
             err=True,
         )
+
+
+def warn_restrictive_licences(manifest: Any) -> None:
+    """A warning per model whose licence limits what its images may be used for (FLUX.1
+    [dev]: not to train a competing model), once per batch."""
+    from collections import Counter
+
+    from workers.models.licences import licence_of
+
+    for model, n in sorted(Counter(s.model for s in manifest.jobs).items()):
+        licence = licence_of(model)
+        if licence.restriction:
+            click.echo(
+                f"warning: model {model!r} ({n} job{'' if n == 1 else 's'}) is under the "
+                f"{licence.name}: its images are {licence.restriction}"
+                + (f" ({licence.url})" if licence.url else ""),
+                err=True,
+            )
 
 
 def warn_outside_tiny_world(manifest: Any) -> None:
@@ -154,6 +173,7 @@ def run(
         submitted = submit_manifest(state, m, Path(manifest).name, kw)
         report_submit(submitted)
         warn_outside_tiny_world(m)
+        warn_restrictive_licences(m)
     settings = settings_from_options(state.output, kw, burst=True)
     report = run_manifest(state.store(), m, settings, submitted=submitted, say=_say)
     report_run(state.store(), report)

@@ -8,7 +8,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, delete, insert, select, update
@@ -68,6 +68,7 @@ class JobsMixin(ReadModel):
         name: str,
         defaults: dict[str, Any],
         max_attempts: int,
+        licences: Mapping[str, Any] | None = None,
         chunk_rows: int = CHUNK_ROWS,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> SubmitResult:
@@ -79,7 +80,9 @@ class JobsMixin(ReadModel):
         until every row is in; then they are made pending, again in chunks. A loader that dies
         half way leaves a batch that the next submit (or ``verify --repair``) removes whole;
         one that dies while publishing leaves one they finish. A manifest of one chunk or
-        less goes in as one transaction, pending at once (complete when it becomes visible)."""
+        less goes in as one transaction, pending at once (complete when it becomes visible).
+        ``licences``: each model's licence (``workers.models.licences.licences_of``), recorded
+        with the batch; None records none (read as unknown)."""
         self.recover_submits()
         now = time.time()
         whole = len(manifest.jobs) <= chunk_rows
@@ -88,6 +91,7 @@ class JobsMixin(ReadModel):
         extra_json = [
             json.dumps(s.extra, ensure_ascii=False) if s.extra else None for s in manifest.jobs
         ]
+        licences_json = None if licences is None else json.dumps(licences, sort_keys=True)
 
         def rows(batch_id: int, start: int, stop: int) -> list[tuple[Any, ...]]:
             # Fingerprints and tuples outside the lock: only the INSERT holds it.
@@ -117,6 +121,7 @@ class JobsMixin(ReadModel):
                         job_count=0,
                         duplicates=0,
                         defaults_json=json.dumps(defaults, sort_keys=True),
+                        licences_json=licences_json,
                         created_at=now,
                         state=state.value,
                         loader=None if whole else loader,

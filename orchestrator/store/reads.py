@@ -13,6 +13,7 @@ in Python over that window (``reports``).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -185,6 +186,11 @@ class ReadModel(StoreBase):
             if job is None:
                 raise JobNotFound(f"no job with id {job_id}")
             out = dict(job)
+            licences = conn.execute(
+                select(Batch.licences_json).where(Batch.id == job["batch_id"])
+            ).scalar()
+            # The licence of its model as its batch recorded it at submit (None: not recorded).
+            out["licence"] = json.loads(licences or "{}").get(job["model"])
             out["attempt_rows"] = [
                 dict(r)
                 for r in conn.execute(
@@ -782,6 +788,14 @@ class ReadModel(StoreBase):
             stmt = stmt.where(Job.batch_id == batch_id)
         with self._tx(write=False) as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def read_licences(self, batch_id: int | None = None) -> dict[int, str | None]:
+        """Each batch's recorded licences (``batches.licences_json``: model to licence)."""
+        stmt = select(Batch.id, Batch.licences_json)
+        if batch_id is not None:
+            stmt = stmt.where(Batch.id == batch_id)
+        with self._tx(write=False) as conn:
+            return {bid: licences for bid, licences in conn.execute(stmt)}
 
     def identify_owner(self) -> Owner:
         """This database as the owner an output folder records: its id, and where it is."""

@@ -26,6 +26,7 @@ from contract.status import ACTIVE_STATUSES, VISIBLE_STATUSES, AttemptStatus, Jo
 from orchestrator import status as st
 from orchestrator.store import JobStore, ReadModel
 from orchestrator.store.control import check_priority
+from workers.models.licences import from_record
 
 logger = logging.getLogger(__name__)
 
@@ -531,6 +532,10 @@ class DashboardApp:
         job["can_retry"] = job["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
         job["can_cancel"] = job["status"] in [s.value for s in ACTIVE_STATUSES]
         job["ran"] = ran_as(job["quantization"], job["attempt_rows"])
+        # A link only to the web: a model card's licence_link is whatever its README says.
+        job["licence"] = from_record(job["licence"]).as_dict()
+        url = job["licence"]["url"] or ""
+        job["licence_link"] = url if url.startswith(("https://", "http://")) else None
         return job
 
     def job(self, request: Request, job_id: str) -> Response:

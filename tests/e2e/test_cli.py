@@ -168,3 +168,26 @@ def test_unsupported_database_url_is_a_clear_error(cli: Cli) -> None:
     assert proc.stderr.strip() == (
         "error: only SQLite databases are supported, got 'postgresql' in 'postgresql://x/y'"
     )
+
+
+def test_submit_warns_once_per_model_whose_licence_limits_its_images(
+    cli: Cli, tmp_path: Path
+) -> None:
+    write(
+        tmp_path / "j.csv",
+        "prompt,seed,model,num_images\n"
+        "a fox,1,black-forest-labs/FLUX.1-dev,2\n"
+        "a cat,2,black-forest-labs/FLUX.1-dev,1\n"
+        "a dog,3,tiny,1\n",
+    )
+    proc = cli("submit", "j.csv")
+    warnings = [line for line in proc.stderr.splitlines() if "licen" in line.lower()]
+    assert warnings == [
+        "warning: model 'black-forest-labs/FLUX.1-dev' (3 jobs) is under the FLUX.1 [dev] "
+        "Non-Commercial License: its images are not to be used to train, fine-tune or distil a "
+        "model that competes with it "
+        "(https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md)"
+    ]
+    shown = cli("jobs", "show", "1").stdout
+    assert "         licence: flux-1-dev-non-commercial-license (not to be used to train" in shown
+    assert "licence: MIT (built-in, " in cli("jobs", "show", "4").stdout

@@ -426,3 +426,29 @@ def test_job_page_gives_an_attempts_error_the_tables_width(
     css = (web.TEMPLATES / "base.html").read_text()
     rule = re.search(r"td\.error \{([^}]*)\}", css).group(1)  # type: ignore[union-attr]
     assert "break-word" not in rule.replace("overflow-wrap: break-word", "")
+
+
+def test_job_page_gives_the_models_licence_and_links_only_to_the_web(
+    store: JobStore, client: Client, tmp_path: Path
+) -> None:
+    """The licence its batch recorded; a model card's licence_link is whatever its README
+    says, so only an http(s) link becomes one."""
+    card = tmp_path / "model"
+    card.mkdir()
+    (card / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: evil\nlicense_link: javascript:alert(1)\n---\n"
+    )
+    submit_text(store, f"prompt,seed,model\na fox,1,black-forest-labs/FLUX.1-dev\nb,2,{card}\n")
+
+    def licence(job_id: int) -> str:
+        body = client.page(f"/jobs/{job_id}")
+        return re.search(r'<dd id="licence">.*?</dd>', body, re.S).group(0)  # type: ignore[union-attr]
+
+    flux = licence(1)
+    assert '<a href="https://huggingface.co/black-forest-labs/FLUX.1-dev/' in flux
+    assert visible(flux).startswith("flux-1-dev-non-commercial-license : not to be used to train")
+    assert visible(flux).endswith("(known model)")
+    evil = licence(2)
+    assert "<a " not in evil and "javascript" not in evil
+    assert visible(evil) == "evil (model card)"
+    assert client.api("/api/jobs/2")["licence"]["url"] == "javascript:alert(1)"

@@ -142,6 +142,7 @@ def test_parquet_loads_with_datasets_and_filters_by_batch(
     result = export_dataset(done, tmp_path / "ds", "parquet", split="validation")
     path = tmp_path / "ds" / "validation.parquet"
     assert result.files == [path] and result.rows == 4
+    assert result.card == tmp_path / "ds" / "README.md"
     one = export_dataset(done, tmp_path / "one", "parquet", batch_id=2)
     assert one.rows == 1
 
@@ -161,6 +162,7 @@ def test_parquet_loads_with_datasets_and_filters_by_batch(
 def test_webdataset_shards(done: JobStore, tmp_path: Path) -> None:
     result = export_dataset(done, tmp_path / "wds", "webdataset", shard_size=3)
     assert [p.name for p in result.files] == ["train-000000.tar", "train-000001.tar"]
+    assert result.card is not None and result.card.name == "README.md"
     members: list[tarfile.TarInfo] = []
     contents: dict[str, bytes] = {}
     for shard in result.files:
@@ -189,7 +191,7 @@ def test_webdataset_shards(done: JobStore, tmp_path: Path) -> None:
     # fewer rows later: the shard past the end goes, so it is not read as part of the split
     again = export_dataset(done, tmp_path / "wds", "webdataset", shard_size=10)
     assert (len(again.files), again.removed) == (1, 1)
-    assert sorted(p.name for p in (tmp_path / "wds").iterdir()) == ["train-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "wds").iterdir()) == ["README.md", "train-000000.tar"]
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "parquet", "webdataset"])
@@ -314,3 +316,73 @@ def test_jobs_show_says_what_was_asked_and_what_ran(done: JobStore, db_url: str)
         "(fake, 1 torch thread)\n"
     ) in shown.output
     assert "attempt 1: succeeded on " in shown.output and " (fake cpu fp32) from " in shown.output
+    # The model's licence, as its batch recorded it at submit.
+    assert "         licence: MIT (built-in, https://opensource.org/license/mit)\n" in shown.output
+
+
+def load_card(path: Path) -> Any:
+    """The card as the Hub's parser reads it (warnings are errors in this suite)."""
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard.load(path)
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "parquet", "webdataset"])
+def test_every_export_ships_a_dataset_card_the_hub_reads(
+    done: JobStore, tmp_path: Path, fmt: str
+) -> None:
+    result = export_dataset(done, tmp_path / "ds", fmt)
+    assert result.card == tmp_path / "ds" / "README.md"
+    card = load_card(result.card)
+    assert card.data.license == "mit"  # the built-in tiny's weights are this project's
+    assert card.data.task_categories == ["text-to-image"]
+    assert card.data.size_categories == ["n<1K"]
+    assert "synthetic" in card.data.tags and "ai-generated" in card.data.tags
+    text = result.card.read_text(encoding="utf-8")
+    assert "4 images, **every one AI-generated**" in text
+    assert (
+        "| tiny | MIT | 4 | dpmpp_2m | 4-20 (3 values) | 7.5 | 10-40 (4 values) "
+        "| 64x128, 64x64, 96x64 |"
+    ) in text
+    assert "batch 1: 3, batch 2: 1" in text
+    assert "trainedAlgorithmicMedia" in text and "orchestrate reproduce IMAGE.png" in text
+    # The same export again writes the same card.
+    before = result.card.read_bytes()
+    export_dataset(done, tmp_path / "ds", fmt)
+    assert result.card.read_bytes() == before
+
+
+def test_licences_per_image_and_per_set(store: JobStore, tmp_path: Path) -> None:
+    """Two models under different terms: each row carries its own, the card lists both and
+    says the limit FLUX.1 [dev]'s licence puts on its images."""
+    submit_text(store, "prompt,seed\na fox,1\n")
+    submit_text(store, "prompt,seed,model\na cat,2,black-forest-labs/FLUX.1-dev\n")
+    settings = WorkerSettings(output_dir=tmp_path / "out", burst=True, poll_seconds=0.05)
+    LocalWorker(store, settings, cache=PipelineCache(), runner=fake_runner).run()
+    result = export_dataset(store, tmp_path / "if", "imagefolder")
+    lines = (tmp_path / "if" / "train" / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [(r["model"], r["licence"]) for r in rows] == [
+        ("tiny", "MIT"),
+        ("black-forest-labs/FLUX.1-dev", "flux-1-dev-non-commercial-license"),
+    ]
+    assert rows[0]["licence_restriction"] is None
+    assert "competes" in rows[1]["licence_restriction"]
+    assert result.card is not None
+    card = load_card(result.card)
+    assert card.data.license == ["mit", "other"]
+    assert card.data.license_name == "FLUX.1 [dev] Non-Commercial License"
+    assert card.data.license_link.startswith("https://huggingface.co/black-forest-labs/")
+    assert "**Limit: its images are not to be used to train" in result.card.read_text()
+
+
+def test_a_readme_the_export_did_not_write_is_refused_and_kept(
+    done: JobStore, tmp_path: Path
+) -> None:
+    (tmp_path / "ds").mkdir()
+    mine = tmp_path / "ds" / "README.md"
+    mine.write_text("# my notes\n")
+    with pytest.raises(UsageError, match="is not a card an export wrote"):
+        export_dataset(done, tmp_path / "ds", "parquet")
+    assert mine.read_text() == "# my notes\n"
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["README.md"]
