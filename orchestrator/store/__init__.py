@@ -1,8 +1,8 @@
 """JobStore: every SQL statement of the orchestrator, so transaction rules live in one place.
 
 Two sides. ``reads.ReadModel`` holds every query that status, the dashboard, export and the
-user's read commands ask (counts, batches, the pause state, the fleet, reports, images); code
-that only reads takes one. ``JobStore`` is the write path over it, the one the transports
+user's read commands ask (counts, batches, the pause state, images and export; the fleet and
+the reports it inherits from ``report_reads.ReportReads``); code that only reads takes one. ``JobStore`` is the write path over it, the one the transports
 and the commands that change things use, written in parts by concept: ``jobs``
 (submission, the user's retry and cancel), ``leases`` (a job's lifecycle under a lease, for
 local workers and the Redis dispatcher), ``fleet`` (workers, the coordinator's lease, dead

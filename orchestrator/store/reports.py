@@ -1,6 +1,6 @@
 """What the reports of ``orchestrate status``, the dashboard and its JSON API are made of:
 their windows and stages, percentiles, error grouping and a worker's liveness (the queries
-themselves are ``reads.ReadModel``'s).
+themselves are ``report_reads.ReportReads``'s).
 
 Every query reads a bounded window of recent work through an index (the last N attempts by
 id, or the attempts finished in the last minutes), so each costs the same at a million jobs
