@@ -114,8 +114,10 @@ def export_dataset(
     batch_id: int | None = None,
     split: str = "train",
     shard_size: int = DEFAULT_SHARD_SIZE,
+    card: bool = True,
 ) -> ExportResult:
-    """Export the succeeded jobs (of one batch, or all) to ``outdir`` in format ``fmt``."""
+    """Export the succeeded jobs (of one batch, or all) to ``outdir`` in format ``fmt``, with
+    a dataset card (``README.md``) unless ``card`` is False."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not _SPLIT.fullmatch(split):
@@ -135,11 +137,15 @@ def export_dataset(
         )
     _check_sources(rows, store.identify_owner())
     outdir = Path(outdir)
-    card = outdir / CARD_NAME
-    if card.exists() and not (card.is_file() and is_ours(card.read_text(errors="replace"))):
+    card_path = outdir / CARD_NAME
+    if (
+        card
+        and card_path.exists()
+        and not (card_path.is_file() and is_ours(card_path.read_text(errors="replace")))
+    ):
         raise UsageError(
-            f"{card} is there and is not a card an export wrote: the export writes its dataset "
-            "card under that name; move it, or export to another folder"
+            f"{card_path} is there and is not a card an export wrote: the export writes its "
+            "dataset card under that name; move it, export to another folder, or pass --no-card"
         )
     licences = store.read_licences(batch_id)
     for row in rows:
@@ -156,8 +162,10 @@ def export_dataset(
         result = _parquet(rows, outdir / f"{split}.parquet")
     else:
         result = _webdataset(rows, outdir, split, shard_size)
-    _publish(card, dataset_card(rows, fmt, split).encode("utf-8"), _file_mode())
-    result.card = card
+    if card:
+        earlier = card_path.read_text(errors="replace") if card_path.is_file() else None
+        _publish(card_path, dataset_card(rows, fmt, split, earlier).encode("utf-8"), _file_mode())
+        result.card = card_path
     result.in_flight = len(everything) - len(rows)
     return result
 

@@ -71,9 +71,18 @@ def a1111_parameters(job: dict[str, Any], extra: dict[str, object] | None = None
     return "\n".join(lines)
 
 
+def _xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 cannot hold (control characters but tab and
+    line breaks), each replaced by U+FFFD."""
+    return "".join(
+        c if c in "\t\n\r" or (c >= " " and c not in "\ufffe\uffff") else "\ufffd" for c in text
+    )
+
+
 def xmp_packet(model: str) -> str:
     """The XMP that marks an image as made by ``model`` with this software (no prompt, nothing
     that varies between runs)."""
+    model = _xml_safe(model)
     description = f"AI-generated image, made by {model} with {SOFTWARE}"
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -100,10 +109,14 @@ def xmp_packet(model: str) -> str:
 
 def read_xmp(xmp: str) -> dict[str, str]:
     """The marking's fields of an XMP packet (``DigitalSourceType``, ``AISystemUsed``,
-    ``CreatorTool``, ``description``), parsed as XML; missing ones are absent."""
+    ``CreatorTool``, ``description``), parsed as XML; missing ones are absent, and a packet
+    that is not XML (another tool's, damaged) gives none."""
     from xml.etree import ElementTree
 
-    root = ElementTree.fromstring(xmp.encode("utf-8"))
+    try:
+        root = ElementTree.fromstring(xmp.encode("utf-8"))
+    except ElementTree.ParseError:
+        return {}
     found: dict[str, str] = {}
     for desc in root.iter(f"{{{_NS['rdf']}}}Description"):
         for prefix, name in (

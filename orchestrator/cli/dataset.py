@@ -30,13 +30,26 @@ from orchestrator.extras import require as require_extra
     default=DEFAULT_SHARD_SIZE,
     help="Samples per webdataset shard.",
 )
+@option(
+    "--card/--no-card",
+    default=True,
+    help="Write OUTDIR/README.md, a dataset card the Hugging Face Hub reads (--no-card: leave "
+    "OUTDIR's own README.md alone).",
+)
 @pass_state
 def export(
-    state: State, outdir: str, fmt: str, batch_id: int | None, split: str, shard_size: int
+    state: State,
+    outdir: str,
+    fmt: str,
+    batch_id: int | None,
+    split: str,
+    shard_size: int,
+    card: bool,
 ) -> None:
     """Export the succeeded jobs' images and metadata to OUTDIR as a dataset.
 
-    The same database and images give byte-identical files.
+    The same database and images give byte-identical files, with a dataset card (README.md:
+    licences, what made the images, how they are marked).
     """
     from orchestrator.export import export_dataset
 
@@ -49,6 +62,7 @@ def export(
         batch_id=batch_id,
         split=split,
         shard_size=shard_size,
+        card=card,
     )
     click.echo(result.summary())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -341,10 +342,10 @@ def test_every_export_ships_a_dataset_card_the_hub_reads(
     text = result.card.read_text(encoding="utf-8")
     assert "4 images, **every one AI-generated**" in text
     assert (
-        "| tiny | MIT | 4 | dpmpp_2m | 4-20 (3 values) | 7.5 | 10-40 (4 values) "
+        "| train | tiny | MIT | 4 | dpmpp\\_2m | 4-20 (3 values) | 7.5 | 10-40 (4 values) "
         "| 64x128, 64x64, 96x64 |"
     ) in text
-    assert "batch 1: 3, batch 2: 1" in text
+    assert "split train: batch 1: 3, batch 2: 1" in text
     assert "trainedAlgorithmicMedia" in text and "orchestrate reproduce IMAGE.png" in text
     # The same export again writes the same card.
     before = result.card.read_bytes()
@@ -371,7 +372,7 @@ def test_licences_per_image_and_per_set(store: JobStore, tmp_path: Path) -> None
     assert result.card is not None
     card = load_card(result.card)
     assert card.data.license == ["mit", "other"]
-    assert card.data.license_name == "FLUX.1 [dev] Non-Commercial License"
+    assert card.data.license_name == "flux-1-dev-non-commercial-license"
     assert card.data.license_link.startswith("https://huggingface.co/black-forest-labs/")
     assert "**Limit: its images are not to be used to train" in result.card.read_text()
 
@@ -386,3 +387,55 @@ def test_a_readme_the_export_did_not_write_is_refused_and_kept(
         export_dataset(done, tmp_path / "ds", "parquet")
     assert mine.read_text() == "# my notes\n"
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["README.md"]
+    # --no-card: the data, and the user's README.md as it was.
+    result = export_dataset(done, tmp_path / "ds", "parquet", card=False)
+    assert result.card is None and mine.read_text() == "# my notes\n"
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["README.md", "train.parquet"]
+
+
+def test_a_second_split_keeps_the_first_in_the_card(done: JobStore, tmp_path: Path) -> None:
+    """Exporting validation beside train describes both (the card carries each split's
+    summary), and exporting train again replaces only train's."""
+    export_dataset(done, tmp_path / "ds", "parquet", batch_id=1)
+    result = export_dataset(done, tmp_path / "ds", "parquet", batch_id=2, split="validation")
+    assert result.card is not None
+    card = load_card(result.card)
+    assert card.data.size_categories == ["n<1K"]
+    text = result.card.read_text()
+    assert "4 images, **every one AI-generated**" in text
+    assert "split `train`, 3 as Parquet" in text and "split `validation`, 1 as Parquet" in text
+    assert "| train | tiny | MIT | 3 |" in text and "| validation | tiny | MIT | 1 |" in text
+    again = export_dataset(done, tmp_path / "ds", "parquet", split="train")
+    assert again.card is not None
+    assert (
+        "5 images" in again.card.read_text()
+        and "| train | tiny | MIT | 4 |" in again.card.read_text()
+    )
+
+
+def test_the_card_escapes_what_users_wrote_and_counts_seed_zero(tmp_path: Path) -> None:
+    from orchestrator.dataset_card import dataset_card, size_category
+    from workers.models.licences import UNKNOWN
+
+    row = {
+        "model": "evil](javascript:x) <img src=x> `code` | pipe\nnewline",
+        "scheduler": "euler",
+        "steps": 4,
+        "guidance_scale": 5.0,
+        "seed": 0,
+        "image_seed": None,
+        "width": 64,
+        "height": 64,
+        "batch_id": 1,
+        "licence_record": UNKNOWN.as_dict(),
+    }
+    text = dataset_card([row], "parquet", "train")
+    table_row = next(line for line in text.splitlines() if line.startswith("| train |"))
+    # Markdown and HTML punctuation is escaped: no tag, link or code span comes through.
+    for mark in ("<", ">", "]", "[", "`"):
+        assert re.search(rf"(?<!\\){re.escape(mark)}", table_row) is None, (mark, table_row)
+    assert table_row.count(" | ") == 8  # nine cells: the pipe in the name is escaped
+    assert "| 0 | 64x64 |" in table_row  # seed 0 is a seed
+    (tmp_path / "README.md").write_text(text)
+    assert load_card(tmp_path / "README.md").data.license == "unknown"
+    assert size_category(999) == "n<1K" and size_category(150_000_000) == "100M<n<1B"

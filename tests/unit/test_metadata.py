@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 from PIL import Image
 
 from workers.metadata import a1111_parameters, a1111_quote, encode_png, read_png_metadata
@@ -94,3 +96,22 @@ def test_exiftool_reads_the_iptc_source_type(tmp_path) -> None:
     assert tags["XMP-xmp:CreatorTool"] == SOFTWARE
     assert tags["XMP-dc:Description"].startswith("AI-generated image, made by tiny")
     assert tags["PNG:Parameters"].startswith("a red fox, in the snow")
+
+
+def test_a_model_name_xml_cannot_hold_and_a_foreign_packet_do_not_break_reading() -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    from workers.metadata import JSON_KEY, XMP_KEY
+
+    img = Image.new("RGB", (8, 8))
+    data = encode_png(img, "p", {"job": JOB}, model="a\x01b\x1bc")
+    assert read_png_metadata(data)["xmp"]["AISystemUsed"] == "a\ufffdb\ufffdc"
+    # Another tool's damaged packet: the A1111 and JSON chunks still read, the marking is empty.
+    info = PngInfo()
+    info.add_text("parameters", "p")
+    info.add_text(JSON_KEY, '{"job": {}}')
+    info.add_itxt(XMP_KEY, "<x:xmpmeta><unclosed>")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    meta = read_png_metadata(buf.getvalue())
+    assert (meta["parameters"], meta["meta"], meta["xmp"]) == ("p", {"job": {}}, {})

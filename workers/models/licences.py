@@ -3,15 +3,19 @@
 A dataset inherits its generator's terms: FLUX.1 [schnell], FLUX.2 [klein] 4B and Z-Image-Turbo
 are Apache 2.0; FLUX.1 [dev] and FLUX.2 [klein] 9B are non-commercial licences whose terms
 forbid using the outputs to train a model that competes with theirs; SD 3/3.5 are under the
-Stability AI Community Licence (free below USD 1M a year of revenue); SD 1.x, 2.x and SDXL carry
+Stability AI Community Licence (no outputs to create or improve a foundational generative
+model; commercial use free below USD 1M a year of revenue); SD 1.x, 2.x and SDXL carry
 OpenRAIL licences whose use restrictions pass to whoever uses the images. This module answers,
 for a model as a manifest names it:
 
-1. a known hub id (``KNOWN``, the exact id; Apple's Core ML conversions carry the original's
-   terms), or a built-in model (this project's own weights, trained from code: MIT);
+1. a known hub id (``KNOWN``, matched as the Hub matches, without regard to case; Apple's Core
+   ML conversions carry the original's terms), or a built-in model (this project's own
+   weights, trained from code: MIT);
 2. else the ``license`` of the model card (the YAML front matter of ``README.md``) of a local
    folder, or of a hub model in this machine's cache: the Hub's licence ids, with
-   ``license_name``/``license_link`` for ``other``;
+   ``license_name``/``license_link`` for ``other`` (the names of the licences in the table,
+   FLUX's and Stability's, are taken for the table's entry: a local copy of FLUX.1 [dev] keeps
+   its limit);
 3. else unknown, said as such (a fine-tune may carry other terms than its base model's, so a
    family is never taken for a licence).
 
@@ -30,7 +34,10 @@ from typing import Any
 # Limits on what the images may be used for (``Licence.restriction``), as ``submit`` warns
 # about them ("its images are ...").
 NO_COMPETING_MODELS = "not to be used to train, fine-tune or distil a model that competes with it"
-REVENUE_CAP = "free for commercial use only below USD 1M annual revenue"
+NO_FOUNDATION_MODELS = (
+    "not to be used to create or improve a foundational generative AI model (other than the "
+    "licensed models' derivatives), and free for commercial use only below USD 1M annual revenue"
+)
 
 
 @dataclass(frozen=True)
@@ -39,13 +46,16 @@ class Licence:
 
     id: str  # the SPDX id where one exists (Apache-2.0), else the Hub's licence id or "unknown"
     name: str
-    url: str | None
+    url: str | None  # the licence's text on the web (http or https), or None
     outputs: str  # what the terms say about the images, in one sentence
     # A use of the images the terms forbid or limit, beyond the use restrictions of a RAIL
     # licence (which bind every use, and which submit does not repeat for every batch).
     restriction: str | None = None
     # Where the answer came from: known model (this table), built-in, model card, unknown.
     source: str = "known model"
+    # The Hub's licence id (a dataset card's ``license``): apache-2.0, mit, openrail++,
+    # "other" (with ``id`` as its ``license_name``), "unknown".
+    hub_id: str = "other"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,13 +74,21 @@ APACHE = Licence(
     "Apache License 2.0",
     "https://www.apache.org/licenses/LICENSE-2.0",
     "the images may be used for any purpose, commercial included",
+    hub_id="apache-2.0",
 )
 MIT = Licence(
     "MIT",
-    "MIT License (this project's weights, trained from code)",
+    "MIT License",
     "https://opensource.org/license/mit",
     "the images may be used for any purpose",
-    source="built-in",
+    hub_id="mit",
+)
+BUILT_IN = Licence(
+    **{
+        **MIT.as_dict(),
+        "name": "MIT License (this project's weights, trained from code)",
+        "source": "built-in",
+    }
 )
 OPENRAIL_M = Licence(
     "CreativeML-OpenRAIL-M",
@@ -78,6 +96,7 @@ OPENRAIL_M = Licence(
     "https://huggingface.co/spaces/CompVis/stable-diffusion-license",
     "the images are yours to use, within the licence's use restrictions (its Attachment A), "
     "which pass to whoever uses them",
+    hub_id="creativeml-openrail-m",
 )
 OPENRAIL_PP = Licence(
     "openrail++",
@@ -85,21 +104,25 @@ OPENRAIL_PP = Licence(
     "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/LICENSE.md",
     "the images are yours to use, within the licence's use restrictions (its Attachment A), "
     "which pass to whoever uses them",
+    hub_id="openrail++",
 )
 STABILITY_COMMUNITY = Licence(
     "stabilityai-ai-community",
     "Stability AI Community License",
     "https://stability.ai/community-license-agreement",
-    "the images may be used, commercially only by those under USD 1M annual revenue (above "
-    "it, an enterprise licence)",
-    REVENUE_CAP,
+    "the images may be used within its acceptable use policy, but not to create or improve a "
+    "foundational generative AI model, and commercially only by those under USD 1M annual "
+    "revenue (above it, an enterprise licence)",
+    NO_FOUNDATION_MODELS,
 )
 FLUX1_DEV = Licence(
     "flux-1-dev-non-commercial-license",
     "FLUX.1 [dev] Non-Commercial License",
     "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md",
     "the images may be used, commercially too, except to train, fine-tune or distil a model "
-    "that competes with FLUX.1 [dev]",
+    "that competes with FLUX.1 [dev]; the model itself is for non-commercial use, and the "
+    "licence asks for content filtering before outputs are shared: read it before any "
+    "commercial use",
     NO_COMPETING_MODELS,
 )
 FLUX_NON_COMMERCIAL = Licence(
@@ -107,7 +130,8 @@ FLUX_NON_COMMERCIAL = Licence(
     "FLUX Non-Commercial License",
     "https://huggingface.co/black-forest-labs/FLUX.2-klein-9B/blob/main/LICENSE.md",
     "the images may be used, commercially too, except to train, fine-tune or distil a model "
-    "that competes with the FLUX models",
+    "that competes with the FLUX models; the model itself is for non-commercial use: read it "
+    "before any commercial use",
     NO_COMPETING_MODELS,
 )
 UNKNOWN = Licence(
@@ -116,9 +140,10 @@ UNKNOWN = Licence(
     None,
     "unknown: the model's own licence decides what its images may be used for",
     source="unknown",
+    hub_id="unknown",
 )
 
-# Known hub ids, exactly as the Hub spells them.
+# Known hub ids, as the Hub spells them (looked up without regard to case, as the Hub does).
 KNOWN: dict[str, Licence] = {
     "runwayml/stable-diffusion-v1-5": OPENRAIL_M,
     "stable-diffusion-v1-5/stable-diffusion-v1-5": OPENRAIL_M,
@@ -143,13 +168,13 @@ KNOWN: dict[str, Licence] = {
     "Tongyi-MAI/Z-Image-Turbo": APACHE,
 }
 
-# The Hub's licence ids a model card may give, where they are SPDX ids or known here.
+_KNOWN_LOWER = {k.lower(): v for k, v in KNOWN.items()}
+# The Hub's licence ids a model card may give that the table knows (SPDX ids where they exist)
+# and the ``license_name`` of an ``other`` licence the table knows (its own id, as the models'
+# cards on the Hub spell it).
 _HUB_IDS: dict[str, Licence] = {
-    "apache-2.0": APACHE,
-    "mit": MIT,
-    "creativeml-openrail-m": OPENRAIL_M,
-    "openrail++": OPENRAIL_PP,
-}
+    lic.hub_id: lic for lic in (APACHE, MIT, OPENRAIL_M, OPENRAIL_PP)
+} | {lic.id: lic for lic in (STABILITY_COMMUNITY, FLUX1_DEV, FLUX_NON_COMMERCIAL)}
 
 
 def front_matter(text: str) -> dict[str, str]:
@@ -167,40 +192,72 @@ def front_matter(text: str) -> dict[str, str]:
         if not line or line[0] in " \t-#" or ":" not in line:
             continue
         key, _, value = line.partition(":")
-        value = value.split(" #", 1)[0].strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = json.loads(value) if value[0] == '"' else value[1:-1].replace("''", "'")
+        value = _scalar(value.strip())
         if value:
             found[key.strip()] = value
     return {}  # no closing ---: not front matter
 
 
-def from_model_card(text: str) -> Licence | None:
-    """The licence a model card states, or None when it states none."""
+def _scalar(value: str) -> str:
+    """A YAML scalar as written on one line: a quoted one up to its closing quote (escapes of
+    the common kinds undone), a plain one up to a `` #`` comment."""
+    if value[:1] == "'":
+        end = 1
+        while (end := value.find("'", end)) != -1 and value[end : end + 2] == "''":
+            end += 2
+        return value[1:end].replace("''", "'") if end != -1 else value
+    if value[:1] == '"':
+        out, i = [], 1
+        while i < len(value) and value[i] != '"':
+            if value[i] == "\\" and i + 1 < len(value):
+                i += 1
+                out.append({"n": "\n", "t": "\t"}.get(value[i], value[i]))
+            else:
+                out.append(value[i])
+            i += 1
+        return "".join(out)
+    return value.split(" #", 1)[0].strip()
+
+
+def from_model_card(text: str, base: str | None = None) -> Licence | None:
+    """The licence a model card states, or None when it states none. ``base``: the web address
+    a relative ``license_link`` (``LICENSE.md``) is relative to (a hub model's page); without
+    one a relative link is dropped (it names a file beside the card, not a page)."""
     meta = front_matter(text)
-    hub_id = meta.get("license", "").strip()
+    hub_id = meta.get("license", "").strip().lower()
     if not hub_id:
         return None
-    known = _HUB_IDS.get(hub_id.lower())
+    name = meta.get("license_name", "").strip()
+    known = _HUB_IDS.get(name.lower() if hub_id == "other" and name else hub_id)
     if known is not None:
         return Licence(**{**known.as_dict(), "source": "model card"})
-    name = meta.get("license_name") or hub_id
+    link = meta.get("license_link", "").strip()
+    if not link.startswith(("https://", "http://")):
+        link = f"{base}/blob/main/{link.lstrip('./')}" if base and link else ""
+    label = name or hub_id
     return Licence(
-        hub_id if hub_id != "other" else name,
-        name,
-        meta.get("license_link"),
-        f"as its licence ({name}) says: read it before using the images",
+        label,
+        label,
+        link or None,
+        f"as its licence ({label}) says: read it before using the images",
         None,
         "model card",
+        hub_id,
     )
+
+
+def _is_folder(model: str) -> bool:
+    from workers.models import expand_path, looks_like_path
+
+    return looks_like_path(model) or expand_path(model).is_dir()
 
 
 def _card_of(model: str) -> str | None:
     """The text of ``model``'s README.md: in its folder, or in this machine's hub cache."""
-    from workers.models import expand_path, looks_like_path
+    from workers.models import expand_path
 
     folder = expand_path(model)
-    candidates = [folder / "README.md"] if looks_like_path(model) or folder.is_dir() else []
+    candidates = [folder / "README.md"] if _is_folder(model) else []
     if not candidates and model.count("/") == 1:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -223,11 +280,12 @@ def licence_of(model: str) -> Licence:
     from workers.models import is_builtin
 
     if is_builtin(model):
-        return MIT
-    if model in KNOWN:
-        return KNOWN[model]
+        return BUILT_IN
+    if model.lower() in _KNOWN_LOWER:
+        return _KNOWN_LOWER[model.lower()]
     card = _card_of(model)
-    found = from_model_card(card) if card is not None else None
+    base = None if _is_folder(model) else f"https://huggingface.co/{model}"
+    found = from_model_card(card, base) if card is not None else None
     return found if found is not None else UNKNOWN
 
 
