@@ -169,18 +169,26 @@ def _clip_tokenizer(folder: Path, what: str) -> Any:
 
 def _t5(folder: Path, what: str) -> tuple[Any, Any]:
     """A T5 v1.1-style encoder (gated GELU, relative attention) and its tokenizer."""
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers import T5EncoderModel, T5TokenizerFast
 
     vocab_size = write_t5_tokenizer(folder)
     tokenizer = T5TokenizerFast.from_pretrained(folder)
     check_tokenizer_size(tokenizer, vocab_size, what)
-    config = T5Config(
+    return T5EncoderModel(t5_config(vocab_size, T5_WIDTH, d_ff=64)), tokenizer
+
+
+def t5_config(vocab_size: int, width: int, d_ff: int) -> Any:
+    """The built-in models' T5 v1.1-style encoder: two layers, heads of 16, gated GELU,
+    relative attention over 8 buckets (``tiny-flow`` and the flow toys)."""
+    from transformers import T5Config
+
+    return T5Config(
         vocab_size=vocab_size,
-        d_model=T5_WIDTH,
+        d_model=width,
         d_kv=16,
-        d_ff=64,
+        d_ff=d_ff,
         num_layers=2,
-        num_heads=4,
+        num_heads=width // 16,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=32,
         feed_forward_proj="gated-gelu",
@@ -190,7 +198,6 @@ def _t5(folder: Path, what: str) -> tuple[Any, Any]:
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return T5EncoderModel(config), tokenizer
 
 
 def _vae(latent_channels: int, scaling_factor: float, shift_factor: float) -> Any:

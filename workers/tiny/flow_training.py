@@ -123,12 +123,12 @@ def build_pipeline(config: FlowTrainConfig, destination: Path, vae_folder: Path)
         CLIPTextConfig,
         CLIPTextModelWithProjection,
         CLIPTokenizer,
-        T5Config,
         T5EncoderModel,
         T5TokenizerFast,
     )
 
     from workers.tiny import write_clip_vocabulary
+    from workers.tiny.flow import t5_config
     from workers.tiny.tokenizers import check_tokenizer_size, write_t5_tokenizer
 
     merges = learn_merges(vocabulary_words())
@@ -165,24 +165,7 @@ def build_pipeline(config: FlowTrainConfig, destination: Path, vae_folder: Path)
     )
     text_encoder = CLIPTextModelWithProjection(clip_config)
     text_encoder_2 = CLIPTextModelWithProjection(clip_config)
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=t5_size,
-            d_model=config.t5_width,
-            d_kv=16,
-            d_ff=config.t5_width * 2,
-            num_layers=2,
-            num_heads=config.t5_width // 16,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            feed_forward_proj="gated-gelu",
-            dropout_rate=0.0,
-            tie_word_embeddings=False,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder_3 = T5EncoderModel(t5_config(t5_size, config.t5_width, d_ff=config.t5_width * 2))
     transformer = SD3Transformer2DModel(
         sample_size=latent_side,
         patch_size=2,
