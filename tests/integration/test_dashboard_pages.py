@@ -448,7 +448,16 @@ def test_job_page_gives_the_models_licence_and_links_only_to_the_web(
     assert '<a href="https://huggingface.co/black-forest-labs/FLUX.1-dev/' in flux
     assert visible(flux).startswith("flux-1-dev-non-commercial-license : not to be used to train")
     assert visible(flux).endswith("(known model)")
+    # A link that is not a web page is not recorded (a relative one names a file beside the
+    # card); and should a record hold one anyway, the page shows no link.
+    assert client.api("/api/jobs/2")["licence"]["url"] is None
+    with store.engine.begin() as conn:
+        raw = conn.execute(text("SELECT licences_json FROM batches WHERE id = 1")).scalar_one()
+        licences = json.loads(raw)
+        licences[str(card)]["url"] = "javascript:alert(1)"
+        conn.execute(
+            text("UPDATE batches SET licences_json = :j WHERE id = 1"), {"j": json.dumps(licences)}
+        )
     evil = licence(2)
     assert "<a " not in evil and "javascript" not in evil
     assert visible(evil) == "evil (model card)"
-    assert client.api("/api/jobs/2")["licence"]["url"] == "javascript:alert(1)"
