@@ -33,7 +33,7 @@ from orchestrator.output import write_atomic
 from orchestrator.ownership import Owner, owner_above, refuse
 from orchestrator.store import ReadModel
 from orchestrator.store.base import EXPORT_RUN, EXPORT_TIMINGS
-from workers.models.licences import recorded
+from workers.models.licences import Licence, from_record
 
 FORMATS = ("imagefolder", "parquet", "webdataset")
 DEFAULT_SHARD_SIZE = 1000
@@ -147,9 +147,16 @@ def export_dataset(
             f"{card_path} is there and is not a card an export wrote: the export writes its "
             "dataset card under that name; move it, export to another folder, or pass --no-card"
         )
-    licences = store.read_licences(batch_id)
+    # Each batch's record parsed once, each (batch, model) looked up once: not per row.
+    recorded = {
+        bid: json.loads(licences or "{}") for bid, licences in store.read_licences(batch_id).items()
+    }
+    found: dict[tuple[int, str], Licence] = {}
     for row in rows:
-        licence = recorded(licences.get(row["batch_id"]), row["model"])
+        key = (row["batch_id"], row["model"])
+        if key not in found:
+            found[key] = from_record(recorded.get(key[0], {}).get(key[1]))
+        licence = found[key]
         row.update(
             licence=licence.id,
             licence_url=licence.url,
