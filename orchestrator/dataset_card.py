@@ -276,16 +276,6 @@ def _web(url: object) -> bool:
 
 
 def _licence(row: dict[str, Any]) -> dict[str, Any]:
-    """The licence of an export row: the whole record ``export_dataset`` attached
-    (``licence_record``), else what its columns say."""
-    record = row.get("licence_record")
-    if isinstance(record, dict):
-        return record
-    return {
-        "id": row.get("licence") or "unknown",
-        "name": row.get("licence") or "unknown",
-        "url": row.get("licence_url"),
-        "outputs": "as its licence says",
-        "restriction": row.get("licence_restriction"),
-        "hub_id": "other" if row.get("licence") else "unknown",
-    }
+    """The licence record ``export_dataset`` attached to an export row."""
+    record: dict[str, Any] = row["licence_record"]
+    return record
